@@ -1,0 +1,117 @@
+//! The one error type of the core, and configuration errors.
+
+use std::fmt;
+
+/// Boxed error kept as the cause of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The same operation may succeed later: timeouts, lost connections,
+    /// broker leader changes, deadlocks, a full destination.
+    Temporary,
+    /// Retrying cannot help: message too large, unknown topic, malformed row,
+    /// access refused. A message failing this way is dead-lettered at once.
+    Permanent,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Temporary => "temporary",
+            ErrorKind::Permanent => "permanent",
+        })
+    }
+}
+
+/// An error of a source, a destination or the relay, classified by whether
+/// retrying can help. Adapters build it from their driver's errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A failure worth retrying.
+    pub fn temporary(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Temporary, message)
+    }
+
+    /// A failure retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+
+    /// An error of the given kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `source` as the cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Whether retrying can help.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// True when retrying can help.
+    pub fn is_temporary(&self) -> bool {
+        self.kind == ErrorKind::Temporary
+    }
+
+    /// The message alone, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message followed by each cause, as stored in a row's last error.
+    pub fn report(&self) -> String {
+        let mut out = self.message.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            out.push_str(": ");
+            out.push_str(&err.to_string());
+            cause = err.source();
+        }
+        out
+    }
+}
+
+/// Invalid configuration, found at start-up. Names the setting at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration `{setting}`: {reason}")]
+pub struct ConfigError {
+    /// The setting, as the user spells it (`max_attempts`, `table`, ...).
+    pub setting: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A complaint about `setting`.
+    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(err: ConfigError) -> Self {
+        Error::permanent(err.to_string())
+    }
+}

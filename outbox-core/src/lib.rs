@@ -1,0 +1,36 @@
+//! The core of the transactional outbox: the [`Message`] and [`Item`] types,
+//! the [`Source`] and [`Destination`] traits adapters implement, and the
+//! [`Relay`] that moves items between them under the outbox contract.
+//!
+//! No database or broker crate is a dependency; adapters live in their own
+//! crates (`outbox-postgres`, `outbox-nats`, ...). The [`memory`] module has an
+//! in-memory pair for tests.
+
+mod backoff;
+mod config;
+mod destination;
+mod error;
+mod histogram;
+mod item;
+pub mod memory;
+mod message;
+mod relay;
+mod scheduler;
+mod source;
+mod stats;
+
+pub use backoff::Backoff;
+pub use config::{duration_ms, RelayConfig};
+pub use destination::Destination;
+pub use error::{BoxError, ConfigError, Error, ErrorKind};
+pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
+pub use item::Item;
+pub use message::{
+    Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_MESSAGE_ID,
+};
+pub use relay::Relay;
+pub use source::{Backlog, Failure, OnDeadLetter, Source};
+pub use stats::{Health, Stats};
+
+/// Re-exported so users need not depend on tokio-util for shutdown.
+pub use tokio_util::sync::CancellationToken;

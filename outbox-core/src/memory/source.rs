@@ -1,0 +1,291 @@
+//! A [`Source`] over a shared in-memory table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::{Backlog, Error, Failure, Message, OnDeadLetter, Source};
+
+/// A dead-lettered message kept for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message as it was last claimed.
+    pub message: Message,
+    /// Why it was dead-lettered.
+    pub error: String,
+}
+
+#[derive(Debug)]
+struct Row {
+    message: Message,
+    dead: bool,
+    last_error: Option<String>,
+    not_before: Instant,
+    leased_by: Option<u64>,
+    lease_until: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_seq: u64,
+    rows: BTreeMap<u64, Row>,
+    by_id: HashMap<Uuid, u64>,
+}
+
+static NEXT_RELAY: AtomicU64 = AtomicU64::new(1);
+
+/// An outbox table in memory. Clones share the table and the relay identity;
+/// [`MemorySource::another_relay`] shares the table under a new identity, as a
+/// second relay process would.
+#[derive(Debug, Clone)]
+pub struct MemorySource {
+    table: Arc<Mutex<Table>>,
+    notify: Arc<Notify>,
+    relay: u64,
+    lease: Duration,
+    on_dead_letter: OnDeadLetter,
+}
+
+impl Default for MemorySource {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(30))
+    }
+}
+
+impl MemorySource {
+    /// An empty table whose claims hold for `lease`.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            table: Arc::default(),
+            notify: Arc::default(),
+            relay: NEXT_RELAY.fetch_add(1, Ordering::Relaxed),
+            lease,
+            on_dead_letter: OnDeadLetter::Continue,
+        }
+    }
+
+    /// Chooses what later messages of a dead-lettered key do.
+    pub fn on_dead_letter(mut self, policy: OnDeadLetter) -> Self {
+        self.on_dead_letter = policy;
+        self
+    }
+
+    /// The same table seen by another relay, with its own leases.
+    pub fn another_relay(&self, lease: Duration) -> Self {
+        Self {
+            relay: NEXT_RELAY.fetch_add(1, Ordering::Relaxed),
+            lease,
+            ..self.clone()
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enqueues messages, as a committed transaction would, and wakes relays.
+    pub fn enqueue(&self, messages: impl IntoIterator<Item = Message>) {
+        let now = Instant::now();
+        let mut table = self.table();
+        for message in messages {
+            let seq = table.next_seq;
+            table.next_seq += 1;
+            table.by_id.insert(message.id, seq);
+            table.rows.insert(
+                seq,
+                Row {
+                    message,
+                    dead: false,
+                    last_error: None,
+                    not_before: now,
+                    leased_by: None,
+                    lease_until: now,
+                },
+            );
+        }
+        drop(table);
+        self.notify.notify_waiters();
+    }
+
+    /// Messages not yet delivered, dead letters excluded.
+    pub fn waiting(&self) -> usize {
+        self.table().rows.values().filter(|row| !row.dead).count()
+    }
+
+    /// The dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.table()
+            .rows
+            .values()
+            .filter(|row| row.dead)
+            .map(|row| DeadLetter {
+                message: row.message.clone(),
+                error: row.last_error.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Puts a dead letter back in the delivery path with its attempts reset.
+    /// Returns false if `id` is not a dead letter.
+    pub fn requeue(&self, id: Uuid) -> bool {
+        let mut table = self.table();
+        let Some(seq) = table.by_id.get(&id).copied() else {
+            return false;
+        };
+        let row = table.rows.get_mut(&seq).expect("index points at a row");
+        if !row.dead {
+            return false;
+        }
+        row.dead = false;
+        row.message.attempts = 0;
+        row.not_before = Instant::now();
+        drop(table);
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// Applies `change` to the row of each item this relay still leases;
+    /// rows whose lease was lost are left alone (fencing).
+    fn update_leased<T>(
+        &self,
+        items: &[T],
+        id: impl Fn(&T) -> Uuid,
+        mut change: impl FnMut(&mut Row, &T),
+    ) {
+        let now = Instant::now();
+        let mut table = self.table();
+        for item in items {
+            let Some(seq) = table.by_id.get(&id(item)).copied() else {
+                continue;
+            };
+            let row = table.rows.get_mut(&seq).expect("index points at a row");
+            if row.leased_by == Some(self.relay) && row.lease_until > now {
+                change(row, item);
+            }
+        }
+    }
+}
+
+impl Source for MemorySource {
+    type Item = Message;
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+        let now = Instant::now();
+        let lease_until = now + self.lease;
+        let mut table = self.table();
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut claimed = Vec::new();
+        for row in table.rows.values_mut() {
+            if claimed.len() >= limit {
+                break;
+            }
+            if row.dead {
+                if self.on_dead_letter == OnDeadLetter::Park {
+                    blocked.insert(row.message.ordering_key.clone());
+                }
+                continue;
+            }
+            let available = row.not_before <= now && row.lease_until <= now;
+            if !available {
+                blocked.insert(row.message.ordering_key.clone());
+                continue;
+            }
+            if blocked.contains(&row.message.ordering_key) {
+                continue;
+            }
+            row.leased_by = Some(self.relay);
+            row.lease_until = lease_until;
+            claimed.push(row.message.clone());
+        }
+        Ok(claimed)
+    }
+
+    async fn ack(&self, items: &[Message]) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut table = self.table();
+        for item in items {
+            let Some(seq) = table.by_id.get(&item.id).copied() else {
+                continue;
+            };
+            let row = &table.rows[&seq];
+            if row.leased_by == Some(self.relay) && row.lease_until > now {
+                table.rows.remove(&seq);
+                table.by_id.remove(&item.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+        let now = Instant::now();
+        self.update_leased(
+            failures,
+            |f| f.item.id,
+            |row, failure| {
+                row.message.attempts = failure.attempts;
+                row.last_error = Some(failure.error.clone());
+                row.not_before = now + failure.retry_after;
+                row.leased_by = None;
+                row.lease_until = now;
+            },
+        );
+        Ok(())
+    }
+
+    async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+        let now = Instant::now();
+        self.update_leased(
+            failures,
+            |f| f.item.id,
+            |row, failure| {
+                row.message.attempts = failure.attempts;
+                row.last_error = Some(failure.error.clone());
+                row.dead = true;
+                row.leased_by = None;
+                row.lease_until = now;
+            },
+        );
+        Ok(())
+    }
+
+    async fn release(&self, items: &[Message]) -> Result<(), Error> {
+        let now = Instant::now();
+        self.update_leased(
+            items,
+            |m| m.id,
+            |row, _| {
+                row.leased_by = None;
+                row.lease_until = now;
+            },
+        );
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    async fn wait_for_work(&self) {
+        self.notify.notified().await;
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>, Error> {
+        let table = self.table();
+        let waiting: Vec<&Row> = table.rows.values().filter(|row| !row.dead).collect();
+        let oldest_age = waiting
+            .iter()
+            .map(|row| row.message.created_at)
+            .min()
+            .map(|created| (chrono::Utc::now() - created).to_std().unwrap_or_default());
+        Ok(Some(Backlog {
+            waiting: waiting.len() as u64,
+            oldest_age,
+            dead_letters: (table.rows.len() - waiting.len()) as u64,
+        }))
+    }
+}

@@ -1,0 +1,291 @@
+//! The relay loop: claim, deliver, report, repeat; wake on new work; stop
+//! gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::scheduler::{deliver_batch, BatchOutcome, Bounds};
+use crate::{ConfigError, Destination, Error, Item, RelayConfig, Source, Stats};
+
+/// How often the relay asks its source for the backlog.
+const BACKLOG_REFRESH: Duration = Duration::from_secs(5);
+/// Attempts at reporting outcomes to the source before leaving the rows to
+/// their lease (they are then delivered again: at least once).
+const REPORT_ATTEMPTS: u32 = 3;
+
+/// Moves items from a [`Source`] to a [`Destination`], keeping the outbox
+/// contract: order per key, no head-of-line blocking across keys, retries with
+/// backoff, dead letters, graceful shutdown.
+pub struct Relay<S, D> {
+    source: S,
+    destination: D,
+    config: RelayConfig,
+    stats: Arc<Stats>,
+}
+
+/// A claimed batch and when it was claimed (the lease started no later).
+struct Claimed<I> {
+    items: Vec<I>,
+    at: Instant,
+}
+
+impl<S, D> Relay<S, D>
+where
+    S: Source,
+    D: Destination<Item = S::Item>,
+{
+    /// Builds a relay; fails if a setting is invalid, naming it.
+    pub fn new(source: S, destination: D, config: RelayConfig) -> Result<Self, ConfigError> {
+        config.validate_with_lease(source.lease())?;
+        let stats = Arc::new(Stats::new(config.stall_after));
+        Ok(Self {
+            source,
+            destination,
+            config,
+            stats,
+        })
+    }
+
+    /// Live statistics and health, readable while the relay runs.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The source, for operator calls.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight
+    /// keys finish within `shutdown_timeout`, reports every outcome, releases
+    /// what it still holds and flushes the destination.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let stop = AtomicBool::new(false);
+        let mut idle = self.config.poll_interval_min;
+        let mut prefetched: Option<Claimed<S::Item>> = None;
+        let mut last_backlog: Option<Instant> = None;
+        tracing::info!(batch_size = self.config.batch_size, "relay started");
+
+        while !shutdown.is_cancelled() {
+            if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_REFRESH) {
+                last_backlog = Some(Instant::now());
+                self.refresh_backlog().await;
+            }
+            let batch = match prefetched.take() {
+                Some(batch) => batch,
+                None => {
+                    let claimed = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        claimed = self.claim(&shutdown) => claimed,
+                    };
+                    match claimed {
+                        Some(batch) if !batch.items.is_empty() => batch,
+                        _ => {
+                            self.wait_idle(idle, &shutdown).await;
+                            idle = (idle * 2).min(self.config.poll_interval_max);
+                            continue;
+                        }
+                    }
+                }
+            };
+            idle = self.config.poll_interval_min;
+
+            let full = batch.items.len() >= self.config.batch_size;
+            let claimed_at = batch.at;
+            let deliver = self.deliver(batch, &stop, &shutdown);
+            let outcome = if self.config.prefetch && full {
+                let (outcome, next) = tokio::join!(deliver, self.claim(&shutdown));
+                prefetched = next.filter(|batch| !batch.items.is_empty());
+                outcome
+            } else {
+                deliver.await
+            };
+            self.report(outcome, claimed_at).await;
+        }
+
+        if let Some(batch) = prefetched.take() {
+            let held = batch.items.len() as u64;
+            self.with_retries("release", || self.source.release(&batch.items))
+                .await;
+            self.stats.released.fetch_add(held, Ordering::Relaxed);
+            self.stats.in_flight.fetch_sub(held, Ordering::Relaxed);
+        }
+        if let Err(err) = self.destination.flush().await {
+            tracing::warn!(error = %err.report(), "destination flush on shutdown failed");
+        }
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+
+    /// Claims a batch; `None` on error (logged and counted) or shutdown.
+    async fn claim(&self, shutdown: &CancellationToken) -> Option<Claimed<S::Item>> {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let at = Instant::now();
+        match self.source.claim(self.config.batch_size).await {
+            Ok(items) => {
+                self.stats.claim_succeeded();
+                if !items.is_empty() {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .in_flight
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                }
+                Some(Claimed { items, at })
+            }
+            Err(err) => {
+                self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.record_error(format!("claim: {}", err.report()));
+                tracing::warn!(error = %err.report(), "claim failed; will try again");
+                None
+            }
+        }
+    }
+
+    async fn wait_idle(&self, wait: Duration, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.source.wait_for_work() => {}
+        }
+    }
+
+    async fn refresh_backlog(&self) {
+        match self.source.backlog().await {
+            Ok(Some(backlog)) => self.stats.set_backlog(backlog),
+            Ok(None) => {}
+            Err(err) => tracing::debug!(error = %err.report(), "backlog query failed"),
+        }
+    }
+
+    /// Delivers one batch; once shutdown's grace period is over, keys stop
+    /// starting new sends.
+    async fn deliver(
+        &self,
+        batch: Claimed<S::Item>,
+        stop: &AtomicBool,
+        shutdown: &CancellationToken,
+    ) -> BatchOutcome<S::Item> {
+        let span =
+            tracing::info_span!("outbox_batch", run_id = %Uuid::now_v7(), size = batch.items.len());
+        let bounds = Bounds {
+            last_send_start: batch.at
+                + self.source.lease().saturating_sub(self.config.send_timeout),
+            stop,
+        };
+        let delivery =
+            deliver_batch(&self.destination, batch.items, &self.config, &bounds).instrument(span);
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.config.shutdown_timeout).await;
+            stop.store(true, Ordering::Relaxed);
+            std::future::pending::<Infallible>().await
+        };
+        tokio::select! {
+            outcome = delivery => outcome,
+            never = grace => match never {},
+        }
+    }
+
+    /// Tells the source what became of a batch, one call per kind of outcome.
+    async fn report(&self, outcome: BatchOutcome<S::Item>, claimed_at: Instant) {
+        let stats = &self.stats;
+        let now = SystemTime::now();
+        for item in &outcome.delivered {
+            if let Some(created) = item.created_at() {
+                let latency = now.duration_since(created).unwrap_or_default();
+                stats.end_to_end_latency.observe(latency);
+            }
+        }
+        let ack = async {
+            if !outcome.delivered.is_empty() {
+                self.with_retries("ack", || self.source.ack(&outcome.delivered))
+                    .await;
+            }
+        };
+        let retry = async {
+            if !outcome.retry.is_empty() {
+                self.with_retries("retry", || self.source.retry(&outcome.retry))
+                    .await;
+            }
+        };
+        let dead = async {
+            if !outcome.dead.is_empty() {
+                self.with_retries("dead_letter", || self.source.dead_letter(&outcome.dead))
+                    .await;
+            }
+        };
+        let release = async {
+            if !outcome.released.is_empty() {
+                self.with_retries("release", || self.source.release(&outcome.released))
+                    .await;
+            }
+        };
+        tokio::join!(ack, retry, dead, release);
+
+        let counts = [
+            (&stats.published, outcome.delivered.len()),
+            (&stats.retried, outcome.retry.len()),
+            (&stats.dead_lettered, outcome.dead.len()),
+            (&stats.released, outcome.released.len()),
+        ];
+        for (counter, n) in counts {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let total = outcome.delivered.len()
+            + outcome.retry.len()
+            + outcome.dead.len()
+            + outcome.released.len()
+            + outcome.expired.len();
+        stats.in_flight.fetch_sub(total as u64, Ordering::Relaxed);
+        if total > outcome.released.len() + outcome.expired.len() {
+            stats.progressed();
+        }
+        if !outcome.expired.is_empty() {
+            tracing::warn!(
+                count = outcome.expired.len(),
+                "lease ran out before these items could be sent; left to the next claim"
+            );
+        }
+        stats.batch_latency.observe(claimed_at.elapsed());
+        tracing::debug!(
+            delivered = outcome.delivered.len(),
+            retried = outcome.retry.len(),
+            dead_lettered = outcome.dead.len(),
+            released = outcome.released.len(),
+            "batch reported"
+        );
+    }
+
+    /// Runs a report call, retrying temporary errors a few times. If it still
+    /// fails the rows keep their lease and are claimed again when it ends.
+    async fn with_retries<F, Fut>(&self, what: &str, mut call: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), Error>>,
+    {
+        for attempt in 1..=REPORT_ATTEMPTS {
+            match call().await {
+                Ok(()) => return,
+                Err(err) => {
+                    self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_error(format!("{what}: {}", err.report()));
+                    tracing::warn!(what, attempt, error = %err.report(), "reporting to the source failed");
+                    if !err.is_temporary() || attempt == REPORT_ATTEMPTS {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Delivering one claimed batch: grouped by ordering key, each key in order,
+//! keys concurrently up to a limit, a failure stopping only its own key.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::{Destination, Error, ErrorKind, Failure, Item, RelayConfig};
+
+/// What became of each item of a batch, ready to report to the source.
+#[derive(Debug)]
+pub(crate) struct BatchOutcome<I> {
+    /// Acknowledged by the destination.
+    pub delivered: Vec<I>,
+    /// Failed, to be retried later.
+    pub retry: Vec<Failure<I>>,
+    /// Failed for good.
+    pub dead: Vec<Failure<I>>,
+    /// Not attempted, or sent behind a failure of their key: hand back.
+    pub released: Vec<I>,
+    /// Not attempted because the lease ran out: another relay may own them
+    /// now, so they are neither sent nor reported.
+    pub expired: Vec<I>,
+}
+
+impl<I> Default for BatchOutcome<I> {
+    fn default() -> Self {
+        Self {
+            delivered: Vec::new(),
+            retry: Vec::new(),
+            dead: Vec::new(),
+            released: Vec::new(),
+            expired: Vec::new(),
+        }
+    }
+}
+
+impl<I> BatchOutcome<I> {
+    fn absorb(&mut self, other: BatchOutcome<I>) {
+        self.delivered.extend(other.delivered);
+        self.retry.extend(other.retry);
+        self.dead.extend(other.dead);
+        self.released.extend(other.released);
+        self.expired.extend(other.expired);
+    }
+}
+
+/// Limits one batch's delivery works within.
+pub(crate) struct Bounds<'a> {
+    /// No send may start after this instant: the lease would end mid-send.
+    pub last_send_start: Instant,
+    /// Set on shutdown once the grace period is over: start no new sends.
+    pub stop: &'a AtomicBool,
+}
+
+/// Splits `items` into groups by ordering key, keeping claim order inside each.
+pub(crate) fn group_by_key<I: Item>(items: Vec<I>) -> Vec<Vec<I>> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<Vec<I>> = Vec::new();
+    for item in items {
+        match index.get(item.ordering_key()) {
+            Some(&at) => groups[at].push(item),
+            None => {
+                index.insert(item.ordering_key().to_owned(), groups.len());
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
+}
+
+/// Delivers a batch and sorts every item into an outcome.
+pub(crate) async fn deliver_batch<D: Destination>(
+    destination: &D,
+    items: Vec<D::Item>,
+    config: &RelayConfig,
+    bounds: &Bounds<'_>,
+) -> BatchOutcome<D::Item> {
+    let groups = group_by_key(items);
+    stream::iter(groups)
+        .map(|group| deliver_group(destination, group, config, bounds))
+        .buffer_unordered(config.max_concurrent_keys)
+        .fold(BatchOutcome::default(), |mut all, one| async move {
+            all.absorb(one);
+            all
+        })
+        .await
+}
+
+/// Delivers the items of one key in order, in chunks, stopping at the first
+/// failure: the failed item is retried or dead-lettered, the rest released so
+/// they wait for it.
+async fn deliver_group<D: Destination>(
+    destination: &D,
+    items: Vec<D::Item>,
+    config: &RelayConfig,
+    bounds: &Bounds<'_>,
+) -> BatchOutcome<D::Item> {
+    let mut outcome = BatchOutcome::default();
+    let mut rest = items.into_iter();
+    loop {
+        let chunk: Vec<D::Item> = rest.by_ref().take(config.max_in_flight_per_key).collect();
+        if chunk.is_empty() {
+            return outcome;
+        }
+        if bounds.stop.load(Ordering::Relaxed) {
+            outcome.released.extend(chunk);
+            outcome.released.extend(rest);
+            return outcome;
+        }
+        if Instant::now() >= bounds.last_send_start {
+            outcome.expired.extend(chunk);
+            outcome.expired.extend(rest);
+            return outcome;
+        }
+        let results = send_chunk(destination, &chunk, config).await;
+        let mut failed = false;
+        for (item, result) in chunk.into_iter().zip(results) {
+            if failed {
+                outcome.released.push(item);
+                continue;
+            }
+            match result {
+                Ok(()) => outcome.delivered.push(item),
+                Err(error) => {
+                    failed = true;
+                    classify(item, error, config, &mut outcome);
+                }
+            }
+        }
+        if failed {
+            outcome.released.extend(rest);
+            return outcome;
+        }
+    }
+}
+
+async fn send_chunk<D: Destination>(
+    destination: &D,
+    chunk: &[D::Item],
+    config: &RelayConfig,
+) -> Vec<Result<(), Error>> {
+    let send = std::panic::AssertUnwindSafe(destination.send_ordered(chunk));
+    let guarded = futures_util::FutureExt::catch_unwind(send);
+    match tokio::time::timeout(config.send_timeout, guarded).await {
+        Ok(Ok(mut results)) => {
+            // A destination returning too few results must not lose items.
+            results.truncate(chunk.len());
+            while results.len() < chunk.len() {
+                results.push(Err(Error::temporary(
+                    "destination returned no result for this message",
+                )));
+            }
+            results
+        }
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            let message = format!("destination panicked: {what}");
+            chunk
+                .iter()
+                .map(|_| Err(Error::temporary(&message)))
+                .collect()
+        }
+        Err(_) => {
+            let message = format!(
+                "destination did not acknowledge within send_timeout ({:?})",
+                config.send_timeout
+            );
+            chunk
+                .iter()
+                .map(|_| Err(Error::temporary(&message)))
+                .collect()
+        }
+    }
+}
+
+/// Decides between retry and dead letter for a failed item.
+fn classify<I: Item>(item: I, error: Error, config: &RelayConfig, outcome: &mut BatchOutcome<I>) {
+    let attempts = item.attempts().saturating_add(1);
+    let report = error.report();
+    match error.kind() {
+        ErrorKind::Permanent => {
+            tracing::warn!(id = %item.id(), key = item.ordering_key(), attempts, error = %report,
+                "permanent failure, dead-lettering");
+            outcome.dead.push(Failure {
+                item,
+                error: report,
+                attempts,
+                retry_after: Default::default(),
+            });
+        }
+        ErrorKind::Temporary if attempts >= config.max_attempts => {
+            tracing::warn!(id = %item.id(), key = item.ordering_key(), attempts, error = %report,
+                "attempts exhausted, dead-lettering");
+            outcome.dead.push(Failure {
+                item,
+                error: format!("gave up after {attempts} attempts: {report}"),
+                attempts,
+                retry_after: Default::default(),
+            });
+        }
+        ErrorKind::Temporary => {
+            let retry_after = config.backoff.delay(attempts);
+            tracing::info!(id = %item.id(), key = item.ordering_key(), attempts, ?retry_after,
+                error = %report, "delivery failed, will retry");
+            outcome.retry.push(Failure {
+                item,
+                error: report,
+                attempts,
+                retry_after,
+            });
+        }
+    }
+}

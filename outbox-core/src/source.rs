@@ -1,0 +1,106 @@
+//! Where messages come from: the outbox table, behind a lease.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{Error, Item};
+
+/// A retryable failure or a dead letter, reported for many items at once.
+#[derive(Debug, Clone)]
+pub struct Failure<I> {
+    /// The item that failed.
+    pub item: I,
+    /// The error with its causes, stored as the row's last error.
+    pub error: String,
+    /// Attempts failed so far, this one included.
+    pub attempts: u32,
+    /// For a retry: wait at least this long before the next attempt. Sources
+    /// store `now() + retry_after` by their own clock, so the wait survives
+    /// restarts. Unused for dead letters.
+    pub retry_after: Duration,
+}
+
+/// What happens to later messages of a key whose message was dead-lettered.
+///
+/// A source setting: the claim query enforces it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadLetter {
+    /// Later messages of the key go on being delivered (the default): one
+    /// poison message does not stop its entity.
+    #[default]
+    Continue,
+    /// Later messages of the key wait until an operator requeues or deletes
+    /// the dead letter, so consumers never see a gap in an entity's history.
+    Park,
+}
+
+/// Size and age of what waits in the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Messages waiting to be delivered (not dead letters).
+    pub waiting: u64,
+    /// Age of the oldest waiting message.
+    pub oldest_age: Option<Duration>,
+    /// Dead letters kept for an operator.
+    pub dead_letters: u64,
+}
+
+/// The relay's side of an outbox: claims batches under a lease and records
+/// what became of them.
+///
+/// # What a source promises
+///
+/// * **Lease.** Claimed items are not handed out again until this source
+///   reports them or [`Source::lease`] passes; then any relay may claim them.
+/// * **Order.** For each ordering key, a claim returns a prefix of the key's
+///   waiting messages in enqueue order, and none at all while an earlier
+///   message of the key is leased, waiting for its retry time, or (with
+///   [`OnDeadLetter::Park`]) dead. This is what keeps a key in order across
+///   retries, overlapping claims and several relays.
+/// * **Fencing.** Reports about items whose lease this source lost change
+///   nothing.
+///
+/// Reports carry many items so a database source can use one statement each.
+pub trait Source: Send + Sync + 'static {
+    /// What this source hands out.
+    type Item: Item;
+
+    /// Claims up to `limit` deliverable items under a lease of [`Source::lease`].
+    fn claim(&self, limit: usize) -> impl Future<Output = Result<Vec<Self::Item>, Error>> + Send;
+
+    /// The items were published: remove them from the delivery path.
+    fn ack(&self, items: &[Self::Item]) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The items failed and will be retried after their `retry_after`.
+    fn retry(
+        &self,
+        failures: &[Failure<Self::Item>],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The items failed for good: keep them with their error, out of the
+    /// delivery path, for an operator.
+    fn dead_letter(
+        &self,
+        failures: &[Failure<Self::Item>],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The items were not attempted (shutdown, or an earlier message of their
+    /// key failed): make them claimable again at once, attempts unchanged.
+    fn release(&self, items: &[Self::Item]) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// How long a claim holds.
+    fn lease(&self) -> Duration;
+
+    /// Resolves when new work may have arrived (for instance a PostgreSQL
+    /// NOTIFY), so the relay need not wait for its next poll. The default
+    /// never resolves: the relay polls.
+    fn wait_for_work(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// The backlog, for statistics and health; `None` when not supported.
+    fn backlog(&self) -> impl Future<Output = Result<Option<Backlog>, Error>> + Send {
+        async { Ok(None) }
+    }
+}

@@ -1,0 +1,143 @@
+//! Counters and health of a running relay.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{Backlog, Histogram};
+
+/// Live statistics of one relay, shared with whoever exports them.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    stall_after: Duration,
+    /// Items published and acknowledged.
+    pub published: AtomicU64,
+    /// Failed attempts that will be retried.
+    pub retried: AtomicU64,
+    /// Items dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Items handed back unattempted (shutdown, or behind a failure of their key).
+    pub released: AtomicU64,
+    /// Items claimed and not yet reported.
+    pub in_flight: AtomicU64,
+    /// Batches claimed (non-empty).
+    pub batches: AtomicU64,
+    /// Claims or reports that failed against the source.
+    pub source_errors: AtomicU64,
+    /// Time from claim to the last report of a batch.
+    pub batch_latency: Histogram,
+    /// Time from an item's commit to its acknowledgement by the destination.
+    pub end_to_end_latency: Histogram,
+    last_claim_ms: AtomicU64,
+    last_progress_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    backlog: Mutex<Option<Backlog>>,
+}
+
+/// Whether the relay is making progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// True while claims succeed and claimed items reach an outcome.
+    pub healthy: bool,
+    /// Why, in words.
+    pub reason: String,
+    /// The last error from the source or destination, if any.
+    pub last_error: Option<String>,
+}
+
+impl Stats {
+    /// Fresh statistics; `stall_after` sets when the health check gives up.
+    pub fn new(stall_after: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            stall_after,
+            published: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            source_errors: AtomicU64::new(0),
+            batch_latency: Histogram::default(),
+            end_to_end_latency: Histogram::default(),
+            last_claim_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            backlog: Mutex::new(None),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn claim_succeeded(&self) {
+        self.last_claim_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn progressed(&self) {
+        self.last_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub(crate) fn set_backlog(&self, backlog: Backlog) {
+        *self.backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some(backlog);
+    }
+
+    /// The last backlog the source reported, if it reports one.
+    pub fn backlog(&self) -> Option<Backlog> {
+        *self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last item reached an outcome (published, retried,
+    /// dead-lettered), or since start if none did.
+    pub fn since_progress(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Whether the relay is making progress: a claim succeeded within
+    /// `stall_after`, and, if items are in flight, one of them reached an
+    /// outcome within `stall_after`.
+    pub fn health(&self) -> Health {
+        let now = self.now_ms();
+        let since_claim =
+            Duration::from_millis(now.saturating_sub(self.last_claim_ms.load(Ordering::Relaxed)));
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let (healthy, reason) = if since_claim > self.stall_after {
+            (false, format!("no successful claim for {since_claim:?}"))
+        } else if in_flight > 0 && self.since_progress() > self.stall_after {
+            (
+                false,
+                format!(
+                    "{in_flight} items in flight and none reached an outcome for {:?}",
+                    self.since_progress()
+                ),
+            )
+        } else {
+            (true, "claiming and delivering".to_string())
+        };
+        Health {
+            healthy,
+            reason,
+            last_error,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Relay behaviour beyond the conformance suite: wake-up, panics, health,
+//! parked keys, configuration errors.
+
+use std::time::{Duration, Instant};
+
+use outbox_core::memory::{MemoryDestination, MemorySource};
+use outbox_core::{Message, OnDeadLetter, Relay, RelayConfig, Stats};
+use outbox_testkit::{eventually, numbered_messages, run_relay};
+
+fn fast() -> RelayConfig {
+    RelayConfig {
+        send_timeout: Duration::from_secs(1),
+        backoff: outbox_core::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            ..Default::default()
+        },
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn new_work_wakes_an_idle_relay_before_its_poll() {
+    let source = MemorySource::default();
+    let destination = MemoryDestination::new();
+    let config = RelayConfig {
+        poll_interval_min: Duration::from_secs(5),
+        poll_interval_max: Duration::from_secs(5),
+        ..fast()
+    };
+    let relay = run_relay(source.clone(), destination.clone(), config);
+    // Let the relay find the outbox empty and go idle.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            relay.stats.health().healthy
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    source.enqueue(numbered_messages("t", 1, 1));
+    assert!(destination.wait_for(1, Duration::from_secs(2)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited for the poll: {:?}",
+        started.elapsed()
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_destination_is_a_temporary_failure() {
+    let source = MemorySource::default();
+    let destination = MemoryDestination::new();
+    let messages = numbered_messages("t", 2, 2);
+    destination.panic_on(messages[0].id);
+    source.enqueue(messages.clone());
+    let config = RelayConfig {
+        max_attempts: 2,
+        ..fast()
+    };
+    let relay = run_relay(source.clone(), destination.clone(), config);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            source.dead_letters().len() == 1
+        })
+        .await
+    );
+    assert!(destination.wait_for(3, Duration::from_secs(5)).await);
+    relay.stop().await;
+    let dead = source.dead_letters();
+    assert!(
+        dead[0].error.contains("destination panicked"),
+        "{}",
+        dead[0].error
+    );
+}
+
+#[tokio::test]
+async fn parked_keys_wait_for_their_dead_letter() {
+    let source = MemorySource::default().on_dead_letter(OnDeadLetter::Park);
+    let destination = MemoryDestination::new();
+    let messages = numbered_messages("t", 2, 3);
+    destination.fail_permanently(messages[0].id);
+    source.enqueue(messages.clone());
+    let relay = run_relay(source.clone(), destination.clone(), fast());
+    assert!(destination.wait_for(3, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        destination.sent_count(),
+        3,
+        "later messages of a parked key went out"
+    );
+    // The operator fixes the cause and requeues: the key resumes in order.
+    destination.heal();
+    assert!(source.requeue(messages[0].id));
+    assert!(destination.wait_for(6, Duration::from_secs(5)).await);
+    relay.stop().await;
+    let key0: Vec<_> = destination
+        .sent()
+        .into_iter()
+        .filter(|s| s.message.ordering_key == "key-0")
+        .map(|s| s.message.id)
+        .collect();
+    assert_eq!(key0, vec![messages[0].id, messages[2].id, messages[4].id]);
+}
+
+#[tokio::test]
+async fn stats_count_outcomes_and_health_sees_a_stall() {
+    let source = MemorySource::default();
+    let destination = MemoryDestination::new();
+    let messages = numbered_messages("t", 3, 2);
+    destination.fail_times(messages[0].id, 1);
+    destination.fail_permanently(messages[1].id);
+    source.enqueue(messages);
+    let config = RelayConfig {
+        stall_after: Duration::from_millis(300),
+        ..fast()
+    };
+    let relay = run_relay(source.clone(), destination.clone(), config);
+    let stats = relay.stats.clone();
+    // key-0: retried once, then both delivered; key-1: its head is
+    // dead-lettered and (OnDeadLetter::Continue) its second delivered; key-2:
+    // both delivered. Five published in all.
+    let settled = eventually(Duration::from_secs(5), || async {
+        Stats::get(&stats.published) == 5 && Stats::get(&stats.in_flight) == 0
+    })
+    .await;
+    assert!(settled, "published {}", Stats::get(&stats.published));
+    assert_eq!(Stats::get(&stats.retried), 1);
+    assert_eq!(Stats::get(&stats.dead_lettered), 1);
+    assert_eq!(Stats::get(&stats.in_flight), 0);
+    assert!(stats.health().healthy, "{:?}", stats.health());
+    assert_eq!(stats.end_to_end_latency.snapshot().count, 5);
+
+    // A destination that never answers: items stay in flight, health fails.
+    destination.delay_all(Duration::from_secs(30));
+    source.enqueue([Message::builder("t", "slow").build().unwrap()]);
+    let stalled = eventually(Duration::from_secs(5), || async { !stats.health().healthy }).await;
+    relay.stop().await;
+    assert!(stalled, "health never reported the stall");
+}
+
+#[test]
+fn bad_configuration_names_the_setting() {
+    let config = RelayConfig {
+        max_concurrent_keys: 0,
+        ..RelayConfig::default()
+    };
+    let err = Relay::new(MemorySource::default(), MemoryDestination::new(), config)
+        .err()
+        .expect("invalid config accepted");
+    assert_eq!(err.setting, "max_concurrent_keys");
+}

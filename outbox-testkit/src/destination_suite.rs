@@ -1,0 +1,91 @@
+//! Scenarios every Destination passes, fed by the in-memory source.
+
+use std::time::Duration;
+
+use outbox_core::memory::MemorySource;
+use outbox_core::{RelayConfig, HEADER_EVENT_VERSION};
+
+use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
+use crate::DestinationHarness;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 100,
+        send_timeout: Duration::from_secs(5),
+        poll_interval_max: Duration::from_millis(50),
+        ..RelayConfig::default()
+    }
+}
+
+/// 200 messages over 10 keys reach the broker, each key in order, with id,
+/// payload, user headers and event type intact.
+pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H) {
+    let mut messages = numbered_messages(&harness.address(), 10, 20);
+    for message in &mut messages {
+        message
+            .headers
+            .insert(HEADER_EVENT_VERSION.to_string(), "3".to_string());
+    }
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue(messages.clone());
+    let relay = run_relay(source.clone(), harness.destination().await, config());
+    let received = harness.received(messages.len(), DEADLINE).await;
+    relay.stop().await;
+
+    let by_id: std::collections::HashMap<_, _> = messages.iter().map(|m| (m.id, m)).collect();
+    let mut arrivals = Vec::new();
+    for got in &received {
+        let sent = by_id
+            .get(&got.id)
+            .unwrap_or_else(|| panic!("received unknown id {}", got.id));
+        assert_eq!(got.payload, sent.payload, "payload of {}", got.id);
+        assert_eq!(
+            got.headers.get("seq"),
+            sent.headers.get("seq"),
+            "header of {}",
+            got.id
+        );
+        assert_eq!(
+            got.headers.get(HEADER_EVENT_VERSION).map(String::as_str),
+            Some("3")
+        );
+        assert_eq!(got.event_type.as_deref(), Some("TestEvent"));
+        arrivals.push((sent.ordering_key.clone(), got.id));
+    }
+    assert_order_per_key(&messages, &arrivals);
+    assert_eq!(source.waiting(), 0, "delivered messages left in the outbox");
+}
+
+/// A message the broker refuses for good is dead-lettered with the broker's
+/// reason at its first attempt while the other keys flow.
+pub async fn refused_message_is_dead_lettered<H: DestinationHarness>(harness: &H) {
+    let Some(refused) = harness.refused_message() else {
+        eprintln!("this broker cannot be made to refuse a message; scenario skipped");
+        return;
+    };
+    let messages = numbered_messages(&harness.address(), 5, 4);
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue([refused.clone()]);
+    source.enqueue(messages.clone());
+    let relay = run_relay(source.clone(), harness.destination().await, config());
+    let received = harness.received(messages.len(), DEADLINE).await;
+    let dead = eventually(DEADLINE, || async { !source.dead_letters().is_empty() }).await;
+    relay.stop().await;
+    assert!(dead, "the refused message was not dead-lettered");
+    let letters = source.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message.id, refused.id);
+    assert_eq!(
+        letters[0].message.attempts, 1,
+        "a permanent refusal is not retried"
+    );
+    assert!(!letters[0].error.is_empty());
+    assert_eq!(
+        received.len(),
+        messages.len(),
+        "other messages were held back"
+    );
+    assert!(received.iter().all(|r| r.id != refused.id));
+}

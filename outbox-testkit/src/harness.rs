@@ -1,0 +1,65 @@
+//! What an adapter's tests provide to the suite.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use outbox_core::{Destination, Message, Source};
+use uuid::Uuid;
+
+/// Access to one outbox table (or equivalent) of a real database.
+pub trait SourceHarness: Send + Sync {
+    /// The source under test.
+    type Source: Source<Item = Message>;
+
+    /// A source on this harness's table acting as a new relay (its own
+    /// identity and leases), with claims holding for `lease`.
+    fn relay(&self, lease: Duration) -> impl Future<Output = Self::Source> + Send;
+
+    /// Commits `messages` to the table, in this order, as an application would.
+    fn enqueue(&self, messages: Vec<Message>) -> impl Future<Output = ()> + Send;
+
+    /// The dead letters: id and stored error.
+    fn dead_letters(&self) -> impl Future<Output = Vec<(Uuid, String)>> + Send;
+
+    /// Messages waiting for delivery, dead letters excluded.
+    fn waiting(&self) -> impl Future<Output = u64> + Send;
+}
+
+/// A message as a consumer read it back from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The message id as the broker carried it.
+    pub id: Uuid,
+    /// The body.
+    pub payload: Vec<u8>,
+    /// Headers, including those the destination adds.
+    pub headers: BTreeMap<String, String>,
+    /// The event type, from the broker's native field or header.
+    pub event_type: Option<String>,
+}
+
+/// Access to one topic, queue or subject of a real broker.
+pub trait DestinationHarness: Send + Sync {
+    /// The destination under test.
+    type Destination: Destination<Item = Message>;
+
+    /// A destination connected to the broker.
+    fn destination(&self) -> impl Future<Output = Self::Destination> + Send;
+
+    /// What to put in `Message::destination` to reach this harness's
+    /// topic, queue or subject.
+    fn address(&self) -> String;
+
+    /// Reads from the broker until `count` messages arrived or `timeout`
+    /// passed, in arrival order.
+    fn received(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<Received>> + Send;
+
+    /// A message this broker refuses for good (too large, unroutable), or
+    /// `None` if it cannot be made to refuse one.
+    fn refused_message(&self) -> Option<Message>;
+}

@@ -1,0 +1,66 @@
+//! The conformance suite: scenarios every [`Source`](outbox_core::Source) and
+//! every [`Destination`](outbox_core::Destination) must pass against its real
+//! server.
+//!
+//! An adapter's test file implements [`SourceHarness`] or
+//! [`DestinationHarness`] and expands [`source_conformance!`] or
+//! [`destination_conformance!`], which generate one `#[tokio::test]` per
+//! scenario. Each scenario asks the harness factory for a fresh harness by
+//! scenario name, so each can use its own table, topic, queue or subject.
+
+mod destination_suite;
+mod harness;
+mod source_suite;
+mod verify;
+
+pub use destination_suite::*;
+pub use harness::{DestinationHarness, Received, SourceHarness};
+pub use source_suite::*;
+pub use verify::{assert_order_per_key, eventually, numbered_messages, run_relay, RunningRelay};
+
+/// Generates one test per source scenario. `$make` is an async fn taking the
+/// scenario name (`&'static str`) and returning a [`SourceHarness`].
+#[macro_export]
+macro_rules! source_conformance {
+    ($make:path) => {
+        $crate::source_conformance!(@tests $make;
+            order_per_key_and_nothing_lost,
+            retry_then_success,
+            poison_is_dead_lettered,
+            no_head_of_line_blocking,
+            dead_relay_claims_taken_over,
+            shutdown_releases_claims,
+            stale_relay_is_fenced,
+        );
+    };
+    (@tests $make:path; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let harness = $make(stringify!($scenario)).await;
+                $crate::$scenario(&harness).await;
+            }
+        )*
+    };
+}
+
+/// Generates one test per destination scenario. `$make` is an async fn taking
+/// the scenario name and returning a [`DestinationHarness`].
+#[macro_export]
+macro_rules! destination_conformance {
+    ($make:path) => {
+        $crate::destination_conformance!(@tests $make;
+            delivers_in_order_with_metadata,
+            refused_message_is_dead_lettered,
+        );
+    };
+    (@tests $make:path; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let harness = $make(stringify!($scenario)).await;
+                $crate::$scenario(&harness).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,267 @@
+//! Scenarios every Source passes, with the in-memory destination.
+
+use std::time::{Duration, Instant};
+
+use outbox_core::memory::MemoryDestination;
+use outbox_core::{Backoff, Message, RelayConfig, Source};
+
+use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
+use crate::SourceHarness;
+
+const LEASE: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 50,
+        max_concurrent_keys: 8,
+        max_in_flight_per_key: 4,
+        send_timeout: Duration::from_secs(2),
+        poll_interval_min: Duration::from_millis(5),
+        poll_interval_max: Duration::from_millis(50),
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            multiplier: 2.0,
+            jitter: 0.1,
+        },
+        ..RelayConfig::default()
+    }
+}
+
+fn arrivals(destination: &MemoryDestination) -> Vec<(String, uuid::Uuid)> {
+    destination
+        .sent()
+        .into_iter()
+        .map(|sent| (sent.message.ordering_key, sent.message.id))
+        .collect()
+}
+
+/// 600 messages over 20 keys: all arrive, each key in enqueue order, and the
+/// table ends empty.
+pub async fn order_per_key_and_nothing_lost<H: SourceHarness>(harness: &H) {
+    let messages = numbered_messages("events", 20, 30);
+    harness.enqueue(messages.clone()).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config());
+    assert!(
+        destination.wait_for(messages.len(), DEADLINE).await,
+        "only {} of {} messages arrived",
+        destination.sent_count(),
+        messages.len()
+    );
+    relay.stop().await;
+    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
+    assert_eq!(
+        duplicates, 0,
+        "no failure happened, so no duplicate may arrive"
+    );
+    assert!(
+        eventually(DEADLINE, || async { harness.waiting().await == 0 }).await,
+        "delivered messages are still waiting in the outbox"
+    );
+}
+
+/// A message failing twice is retried with backoff, then delivered, and the
+/// later messages of its key wait for it.
+pub async fn retry_then_success<H: SourceHarness>(harness: &H) {
+    let messages = numbered_messages("events", 1, 3);
+    let destination = MemoryDestination::new();
+    destination.fail_times(messages[0].id, 2);
+    harness.enqueue(messages.clone()).await;
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config());
+    assert!(
+        destination.wait_for(3, DEADLINE).await,
+        "messages did not arrive"
+    );
+    relay.stop().await;
+    assert_order_per_key(&messages, &arrivals(&destination));
+    assert_eq!(destination.attempts(messages[0].id), 3);
+    let first = &destination.sent()[0];
+    assert_eq!(first.message.id, messages[0].id);
+    assert_eq!(
+        first.message.attempts, 2,
+        "the source kept the failed attempts"
+    );
+}
+
+/// A permanent failure is dead-lettered at once; a message failing every
+/// attempt is dead-lettered after `max_attempts`; both keep their reason and
+/// other messages are delivered.
+pub async fn poison_is_dead_lettered<H: SourceHarness>(harness: &H) {
+    let messages = numbered_messages("events", 4, 3);
+    let refused = messages[0].id;
+    let exhausted = messages[1].id;
+    let destination = MemoryDestination::new();
+    destination.fail_permanently(refused);
+    destination.fail_always(exhausted);
+    harness.enqueue(messages.clone()).await;
+    let config = RelayConfig {
+        max_attempts: 3,
+        ..config()
+    };
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    assert!(
+        destination.wait_for(messages.len() - 2, DEADLINE).await,
+        "healthy messages did not arrive"
+    );
+    let settled = eventually(DEADLINE, || async {
+        harness.dead_letters().await.len() == 2
+    })
+    .await;
+    relay.stop().await;
+    assert!(settled, "dead letters: {:?}", harness.dead_letters().await);
+    let dead = harness.dead_letters().await;
+    let reason = |id| dead.iter().find(|(d, _)| *d == id).map(|(_, e)| e.clone());
+    assert!(reason(refused).unwrap().contains("permanent"), "{dead:?}");
+    assert!(
+        reason(exhausted)
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{dead:?}"
+    );
+    assert_eq!(
+        destination.attempts(refused),
+        1,
+        "a permanent error is not retried"
+    );
+    assert_eq!(destination.attempts(exhausted), 3);
+    assert_eq!(harness.waiting().await, 0);
+}
+
+/// A key whose head keeps failing holds back only its own later messages.
+pub async fn no_head_of_line_blocking<H: SourceHarness>(harness: &H) {
+    let messages = numbered_messages("events", 5, 10);
+    let stuck = messages[0].id;
+    let destination = MemoryDestination::new();
+    destination.fail_always(stuck);
+    harness.enqueue(messages.clone()).await;
+    let config = RelayConfig {
+        max_attempts: u32::MAX,
+        ..config()
+    };
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    let others = messages.len() - 10;
+    assert!(
+        destination.wait_for(others, DEADLINE).await,
+        "other keys were held back: {} of {others} arrived",
+        destination.sent_count()
+    );
+    // Give the stuck key several retries' worth of time to misbehave.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.stop().await;
+    let sent = destination.sent();
+    assert!(
+        destination.attempts(stuck) >= 2,
+        "the stuck message was not retried"
+    );
+    assert!(
+        sent.iter()
+            .all(|s| s.message.ordering_key != messages[0].ordering_key),
+        "a later message of the stuck key was published before its head"
+    );
+    assert_eq!(sent.len(), others);
+}
+
+/// A relay that claimed and died without releasing: its claims are taken
+/// over once the lease passes, and nothing is lost.
+pub async fn dead_relay_claims_taken_over<H: SourceHarness>(harness: &H) {
+    let lease = Duration::from_millis(1500);
+    let messages = numbered_messages("events", 5, 4);
+    harness.enqueue(messages.clone()).await;
+    let crashed = harness.relay(lease).await;
+    let held = crashed.claim(100).await.expect("claim");
+    let claimed_at = Instant::now();
+    assert_eq!(held.len(), messages.len());
+    drop(crashed);
+
+    let survivor = harness.relay(lease).await;
+    assert!(
+        survivor.claim(100).await.expect("claim").is_empty(),
+        "leased messages were handed out twice"
+    );
+    let destination = MemoryDestination::new();
+    let config = RelayConfig {
+        send_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let relay = run_relay(survivor, destination.clone(), config);
+    assert!(
+        destination.wait_for(messages.len(), DEADLINE).await,
+        "claims were never taken over"
+    );
+    relay.stop().await;
+    assert!(
+        claimed_at.elapsed() >= lease.mul_f32(0.9),
+        "taken over before the lease ended"
+    );
+    assert_order_per_key(&messages, &arrivals(&destination));
+}
+
+/// On shutdown the relay releases what it did not send: another relay can
+/// claim it at once, without waiting for the lease.
+pub async fn shutdown_releases_claims<H: SourceHarness>(harness: &H) {
+    let messages = numbered_messages("events", 20, 2);
+    harness.enqueue(messages.clone()).await;
+    let destination = MemoryDestination::new();
+    destination.delay_all(Duration::from_millis(100));
+    let config = RelayConfig {
+        max_concurrent_keys: 2,
+        shutdown_timeout: Duration::from_millis(10),
+        ..config()
+    };
+    let relay = run_relay(
+        harness.relay(Duration::from_secs(60)).await,
+        destination.clone(),
+        config,
+    );
+    assert!(destination.wait_for(1, DEADLINE).await, "nothing was sent");
+    relay.stop().await;
+    let sent = destination.sent_count();
+    let waiting = harness.waiting().await as usize;
+    assert!(waiting > 0, "the relay was expected to stop before the end");
+    assert_eq!(
+        waiting + sent,
+        messages.len(),
+        "messages were lost or acked twice"
+    );
+    let next = harness.relay(Duration::from_secs(60)).await;
+    let claimed = next.claim(1000).await.expect("claim");
+    assert_eq!(claimed.len(), waiting, "shutdown left claims held");
+}
+
+/// A relay whose lease ran out cannot acknowledge rows another relay now
+/// holds.
+pub async fn stale_relay_is_fenced<H: SourceHarness>(harness: &H) {
+    let lease = Duration::from_millis(500);
+    let messages = numbered_messages("events", 3, 1);
+    harness.enqueue(messages.clone()).await;
+    let stale = harness.relay(lease).await;
+    let mine: Vec<Message> = stale.claim(10).await.expect("claim");
+    assert_eq!(mine.len(), 3);
+    let other = harness.relay(Duration::from_secs(30)).await;
+    let deadline = Instant::now() + DEADLINE;
+    let theirs = loop {
+        let claimed = other.claim(10).await.expect("claim");
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the expired lease was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(theirs.len(), 3);
+    stale
+        .ack(&mine)
+        .await
+        .expect("a fenced ack is not an error");
+    assert_eq!(
+        harness.waiting().await,
+        3,
+        "a stale relay removed rows it no longer held"
+    );
+    other.ack(&theirs).await.expect("ack");
+    assert_eq!(harness.waiting().await, 0);
+}

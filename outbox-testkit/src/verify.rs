@@ -1,0 +1,120 @@
+//! Helpers the scenarios share: test messages, running a relay, checking order.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_core::{CancellationToken, Destination, Message, Relay, RelayConfig, Source, Stats};
+use uuid::Uuid;
+
+/// `keys * per_key` messages to `address`, interleaved across keys
+/// (`key-0/0, key-1/0, ..., key-0/1, ...`); each payload is `key/seq`.
+pub fn numbered_messages(address: &str, keys: usize, per_key: usize) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(keys * per_key);
+    for seq in 0..per_key {
+        for key in 0..keys {
+            let message = Message::builder(address, format!("key-{key}"))
+                .payload(format!("key-{key}/{seq}"))
+                .event_type("TestEvent")
+                .header("seq", seq.to_string())
+                .build()
+                .expect("valid test message");
+            messages.push(message);
+        }
+    }
+    messages
+}
+
+/// Checks that every message of `enqueued` arrived, and that for each key the
+/// arrivals, duplicates dropped (first arrival kept), follow enqueue order.
+/// `arrived` holds `(ordering key, id)` in arrival order. Returns how many
+/// duplicates arrived.
+pub fn assert_order_per_key(enqueued: &[Message], arrived: &[(String, Uuid)]) -> usize {
+    let mut expected: HashMap<&str, Vec<Uuid>> = HashMap::new();
+    for message in enqueued {
+        expected
+            .entry(message.ordering_key.as_str())
+            .or_default()
+            .push(message.id);
+    }
+    let mut seen = HashSet::new();
+    let mut got: HashMap<&str, Vec<Uuid>> = HashMap::new();
+    let mut duplicates = 0;
+    for (key, id) in arrived {
+        if seen.insert(*id) {
+            got.entry(key.as_str()).or_default().push(*id);
+        } else {
+            duplicates += 1;
+        }
+    }
+    for (key, ids) in &expected {
+        let arrived_ids = got.get(key).cloned().unwrap_or_default();
+        assert_eq!(
+            arrived_ids.len(),
+            ids.len(),
+            "key {key}: {} of {} messages arrived",
+            arrived_ids.len(),
+            ids.len()
+        );
+        assert_eq!(
+            &arrived_ids, ids,
+            "key {key}: messages arrived out of order"
+        );
+    }
+    duplicates
+}
+
+/// Polls `condition` until it holds or `timeout` passes; true if it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A relay running in a task of its own.
+pub struct RunningRelay {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), outbox_core::Error>>,
+    /// The relay's statistics.
+    pub stats: Arc<Stats>,
+}
+
+impl RunningRelay {
+    /// Cancels the relay and waits for it to return.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("relay task panicked")
+            .expect("relay returned an error");
+    }
+}
+
+/// Starts a relay; panics on invalid configuration.
+pub fn run_relay<S, D>(source: S, destination: D, config: RelayConfig) -> RunningRelay
+where
+    S: Source,
+    D: Destination<Item = S::Item>,
+{
+    let relay = Relay::new(source, destination, config).expect("valid relay configuration");
+    let stats = relay.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    RunningRelay {
+        shutdown,
+        task,
+        stats,
+    }
+}

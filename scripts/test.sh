@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace against real servers:
+# formatting, clippy, then all tests (unit, conformance, integration,
+# examples and benchmark smoke runs), after making sure the servers run.
+#
+#   scripts/test.sh
+#
+# Servers: scripts/services.sh up uses those answering on their ports and
+# starts the missing ones (see that script for the ports and URLs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages for the build"
+scripts/services.sh deps
+
+step "servers"
+scripts/services.sh up
+# shellcheck source=/dev/null
+source .services/env
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "tests"
+# One build, then every test binary; test binaries run one after another and
+# the tests inside each in parallel (each test owns its table, topic, queue
+# or subject).
+cargo test --workspace --all-features --no-fail-fast
+
+step "quickstart"
+cargo run --quiet --example quickstart
+
+step "scheduler benchmark (smoke)"
+cargo bench --quiet -p outbox-core --bench scheduler -- 20000 1000
