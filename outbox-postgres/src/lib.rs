@@ -1,1 +1,36 @@
-//! outbox-postgres (placeholder).
+//! PostgreSQL for the transactional outbox: write messages inside your own
+//! sqlx transaction, and relay them with a [`PostgresSource`].
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), outbox_core::Error> {
+//! use outbox_core::Message;
+//! use outbox_postgres::{PostgresConfig, PostgresOutbox};
+//!
+//! let outbox = PostgresOutbox::new(PostgresConfig::default())?;
+//! outbox.migrate(&pool).await?;
+//!
+//! let mut tx = pool.begin().await.map_err(outbox_postgres::classify)?;
+//! // ... your business rows, on the same transaction ...
+//! let message = Message::builder("orders", "order-42").payload("{}").build()?;
+//! outbox.enqueue(&mut tx, &message).await?;
+//! tx.commit().await.map_err(outbox_postgres::classify)?;
+//!
+//! let source = outbox.source(pool.clone()).await?; // hand it to outbox_core::Relay
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod operator;
+mod row;
+mod schema;
+mod source;
+mod sql;
+mod writer;
+
+pub use config::{AckMode, PostgresConfig};
+pub use error::classify;
+pub use operator::DeadLetter;
+pub use schema::MIGRATIONS;
+pub use source::PostgresSource;
+pub use writer::PostgresOutbox;

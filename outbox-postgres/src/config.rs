@@ -1,0 +1,126 @@
+//! Settings of a PostgreSQL outbox, checked when the outbox is built.
+
+use std::time::Duration;
+
+use outbox_core::{ConfigError, OnDeadLetter};
+
+/// What acknowledging a delivered message does to its row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// Delete the row (the default): the table holds only what is waiting
+    /// and the dead letters.
+    #[default]
+    Delete,
+    /// Set `done_at`; [`PostgresOutbox::cleanup`](crate::PostgresOutbox::cleanup)
+    /// removes such rows later, in bounded batches.
+    MarkDone,
+}
+
+/// Where the outbox lives and how its relays behave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// Schema of the table. Default `public`.
+    pub schema: String,
+    /// Table name. Default `outbox_messages`.
+    pub table: String,
+    /// How long a claim holds before another relay may take the rows over.
+    /// Default 30 s.
+    pub lease: Duration,
+    /// Delete delivered rows, or mark them done. Default delete.
+    pub ack_mode: AckMode,
+    /// Whether later messages of a dead-lettered key go on or wait.
+    /// Default [`OnDeadLetter::Continue`].
+    pub on_dead_letter: OnDeadLetter,
+    /// Writers send `pg_notify` (once per transaction) and relays LISTEN, so
+    /// an idle relay wakes at once instead of at its next poll. Default true.
+    pub notify: bool,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            schema: "public".to_string(),
+            table: "outbox_messages".to_string(),
+            lease: Duration::from_secs(30),
+            ack_mode: AckMode::Delete,
+            on_dead_letter: OnDeadLetter::Continue,
+            notify: true,
+        }
+    }
+}
+
+/// Longest table name: PostgreSQL cuts identifiers at 63 bytes, and index
+/// names append up to 8 characters.
+const MAX_TABLE_LEN: usize = 55;
+
+impl PostgresConfig {
+    /// Checks every setting; the error names the first one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        identifier("schema", &self.schema, 63)?;
+        identifier("table", &self.table, MAX_TABLE_LEN)?;
+        if self.lease < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "lease",
+                format!("must be at least 100 ms, got {:?}", self.lease),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The channel relays LISTEN on.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}_{}", self.schema, self.table)
+    }
+}
+
+/// Accepts plain lowercase SQL identifiers only, so names are safe to splice
+/// into SQL (they are quoted as well).
+fn identifier(setting: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let mut chars = value.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !first_ok || !rest_ok || value.len() > max {
+        return Err(ConfigError::new(
+            setting,
+            format!(
+                "{value:?} is not a plain identifier: use 1 to {max} lowercase letters, \
+                 digits and underscores, not starting with a digit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injection_is_refused_and_named() {
+        for bad in ["outbox; drop table x", "Outbox", "1abc", "", "a\"b", "a.b"] {
+            let config = PostgresConfig {
+                table: bad.to_string(),
+                ..PostgresConfig::default()
+            };
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.setting, "table", "{bad}");
+        }
+        let config = PostgresConfig {
+            schema: "public\"; --".to_string(),
+            ..PostgresConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().setting, "schema");
+        PostgresConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn short_lease_is_refused() {
+        let config = PostgresConfig {
+            lease: Duration::from_millis(10),
+            ..PostgresConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().setting, "lease");
+    }
+}

@@ -1,0 +1,143 @@
+//! What an operator asks of an outbox: backlog, dead letters, requeue,
+//! cleanup.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outbox_core::{Backlog, Error, Message};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::error::classify;
+use crate::row::{decode, Decoded};
+use crate::PostgresOutbox;
+
+/// A dead-lettered row, as an operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The message id.
+    pub id: Uuid,
+    /// The message, when the row can still be read as one.
+    pub message: Option<Message>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why it was dead-lettered.
+    pub error: String,
+    /// When.
+    pub dead_at: DateTime<Utc>,
+}
+
+impl PostgresOutbox {
+    /// Messages waiting, age of the oldest, and dead letters.
+    pub async fn backlog(&self, pool: &PgPool) -> Result<Backlog, Error> {
+        let row = sqlx::query(&self.sql.backlog)
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?;
+        let waiting: i64 = row.try_get(0).map_err(classify)?;
+        let oldest: Option<f64> = row.try_get(1).map_err(classify)?;
+        let dead: i64 = row.try_get(2).map_err(classify)?;
+        Ok(Backlog {
+            waiting: waiting as u64,
+            oldest_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            dead_letters: dead as u64,
+        })
+    }
+
+    /// The oldest `limit` dead letters, with their reasons.
+    pub async fn dead_letters(&self, pool: &PgPool, limit: u32) -> Result<Vec<DeadLetter>, Error> {
+        let rows = sqlx::query(&self.sql.dead_letters)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let id: Uuid = row.try_get("id")?;
+                let attempts: i32 = row.try_get("attempts")?;
+                let message = match decode(row)? {
+                    Decoded::Message(message) => Some(message),
+                    Decoded::Malformed { .. } => None,
+                };
+                Ok(DeadLetter {
+                    id,
+                    message,
+                    attempts: attempts.max(0) as u32,
+                    error: row
+                        .try_get::<Option<String>, _>("last_error")?
+                        .unwrap_or_default(),
+                    dead_at: row.try_get("dead_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    /// How many dead letters wait.
+    pub async fn count_dead_letters(&self, pool: &PgPool) -> Result<u64, Error> {
+        let count: i64 = sqlx::query_scalar(&self.sql.count_dead)
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?;
+        Ok(count as u64)
+    }
+
+    /// Puts these dead letters back in the delivery path, attempts reset.
+    /// Returns how many were requeued (ids that are not dead letters are
+    /// ignored).
+    pub async fn requeue(&self, pool: &PgPool, ids: &[Uuid]) -> Result<u64, Error> {
+        let done = sqlx::query(&self.sql.requeue)
+            .bind(ids.to_vec())
+            .execute(pool)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Puts every dead letter back in the delivery path.
+    pub async fn requeue_all(&self, pool: &PgPool) -> Result<u64, Error> {
+        let done = sqlx::query(&self.sql.requeue_all)
+            .execute(pool)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    /// The plan PostgreSQL chooses for a claim of `limit` rows (`EXPLAIN`),
+    /// to check that it stays an index scan on a large backlog.
+    pub async fn explain_claim(&self, pool: &PgPool, limit: u32) -> Result<String, Error> {
+        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", self.sql.claim))
+            .bind(Uuid::nil())
+            .bind(self.config.lease.as_millis() as i64)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+        Ok(lines.join("\n"))
+    }
+
+    /// In mark-done mode, deletes rows delivered more than `older_than` ago,
+    /// `batch` rows per statement (never one unbounded DELETE), and returns
+    /// how many it deleted.
+    pub async fn cleanup(
+        &self,
+        pool: &PgPool,
+        older_than: Duration,
+        batch: u32,
+    ) -> Result<u64, Error> {
+        let batch = i64::from(batch.max(1));
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(&self.sql.cleanup)
+                .bind(older_than.as_millis() as i64)
+                .bind(batch)
+                .execute(pool)
+                .await
+                .map_err(classify)?;
+            total += done.rows_affected();
+            if (done.rows_affected() as i64) < batch {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The outbox handle: schema, writing inside the caller's transaction, and
+//! making relays.
+
+use std::sync::Arc;
+
+use outbox_core::{ConfigError, Error, Event, Message};
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::classify;
+use crate::row::headers_json;
+use crate::schema::render;
+use crate::sql::Statements;
+use crate::{PostgresConfig, PostgresSource};
+
+/// One outbox table: writes messages in your transactions, runs migrations,
+/// makes relay sources and answers operators. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PostgresOutbox {
+    pub(crate) config: Arc<PostgresConfig>,
+    pub(crate) sql: Arc<Statements>,
+}
+
+impl PostgresOutbox {
+    /// Checks `config` (naming a bad setting) and prepares the statements.
+    pub fn new(config: PostgresConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let sql = Statements::new(&config);
+        Ok(Self {
+            config: Arc::new(config),
+            sql: Arc::new(sql),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// The schema as plain SQL for the configured names, for teams that run
+    /// their own migration tool.
+    pub fn schema_sql(&self) -> String {
+        render(&self.config)
+    }
+
+    /// Creates the schema if needed (idempotent; concurrent callers wait for
+    /// each other).
+    pub async fn migrate(&self, pool: &PgPool) -> Result<(), Error> {
+        let mut tx = pool.begin().await.map_err(classify)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(self.sql.claim_lock ^ 0x5f5f)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        sqlx::query(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            self.config.schema
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::raw_sql(&self.schema_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Writes one message on `conn`, which should be your open transaction
+    /// (`&mut tx`): it commits or rolls back with your business rows.
+    pub async fn enqueue(&self, conn: &mut PgConnection, message: &Message) -> Result<(), Error> {
+        self.enqueue_many(conn, std::slice::from_ref(message)).await
+    }
+
+    /// Writes many messages in one statement, in this order.
+    pub async fn enqueue_many(
+        &self,
+        conn: &mut PgConnection,
+        messages: &[Message],
+    ) -> Result<(), Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for message in messages {
+            message.validate()?;
+        }
+        let column = |f: fn(&Message) -> _| messages.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&self.sql.enqueue)
+            .bind(self.sql.key_lock_class)
+            .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
+            .bind(column(|m| m.ordering_key.clone()))
+            .bind(column(|m| m.destination.clone()))
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| m.partition_key.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| m.payload.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(headers_json))
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| m.event_type.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(messages.iter().map(|m| m.created_at).collect::<Vec<_>>())
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Writes a typed event to `destination` (see [`Message::from_event`]).
+    pub async fn enqueue_event<E: Event>(
+        &self,
+        conn: &mut PgConnection,
+        destination: &str,
+        event: &E,
+    ) -> Result<Message, Error> {
+        let message = Message::from_event(destination, event)?;
+        self.enqueue(conn, &message).await?;
+        Ok(message)
+    }
+
+    /// A relay's source on this table: its own identity and leases, and (when
+    /// `notify` is on) a LISTEN connection that wakes it on new work.
+    pub async fn source(&self, pool: PgPool) -> Result<PostgresSource, Error> {
+        PostgresSource::connect(self.clone(), pool).await
+    }
+}

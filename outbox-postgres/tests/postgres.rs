@@ -1,0 +1,443 @@
+//! outbox-postgres against a real PostgreSQL (`OUTBOX_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`; `scripts/services.sh up` starts
+//! one). Every test owns its table in the `outbox_test` schema.
+
+use std::time::{Duration, Instant};
+
+use outbox_core::memory::MemoryDestination;
+use outbox_core::{Message, OnDeadLetter, RelayConfig, Source};
+use outbox_postgres::{AckMode, PostgresConfig, PostgresOutbox, PostgresSource};
+use outbox_testkit::{
+    assert_order_per_key, eventually, numbered_messages, run_relay, SourceHarness,
+};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn url() -> String {
+    std::env::var("OUTBOX_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+async fn pool(size: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url())
+        .await
+        .expect("PostgreSQL reachable at OUTBOX_POSTGRES_URL (run scripts/services.sh up)")
+}
+
+/// A fresh table named after the test.
+async fn table(name: &str, tweak: impl FnOnce(&mut PostgresConfig)) -> (PostgresOutbox, PgPool) {
+    let pool = pool(6).await;
+    let mut config = PostgresConfig {
+        schema: "outbox_test".to_string(),
+        table: name.to_string(),
+        ..PostgresConfig::default()
+    };
+    tweak(&mut config);
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS outbox_test")
+        .execute(&pool)
+        .await
+        .ok();
+    sqlx::query(&format!("DROP TABLE IF EXISTS outbox_test.{name}"))
+        .execute(&pool)
+        .await
+        .expect("drop old table");
+    let outbox = PostgresOutbox::new(config).expect("valid config");
+    outbox.migrate(&pool).await.expect("migrate");
+    (outbox, pool)
+}
+
+async fn commit(outbox: &PostgresOutbox, pool: &PgPool, messages: &[Message]) {
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue_many(&mut tx, messages)
+        .await
+        .expect("enqueue");
+    tx.commit().await.unwrap();
+}
+
+struct PgTable {
+    outbox: PostgresOutbox,
+    pool: PgPool,
+}
+
+impl SourceHarness for PgTable {
+    type Source = PostgresSource;
+
+    async fn relay(&self, lease: Duration) -> PostgresSource {
+        let config = PostgresConfig {
+            lease,
+            ..self.outbox.config().clone()
+        };
+        let outbox = PostgresOutbox::new(config).unwrap();
+        outbox.source(self.pool.clone()).await.expect("source")
+    }
+
+    async fn enqueue(&self, messages: Vec<Message>) {
+        commit(&self.outbox, &self.pool, &messages).await;
+    }
+
+    async fn dead_letters(&self) -> Vec<(Uuid, String)> {
+        let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
+        dead.into_iter().map(|d| (d.id, d.error)).collect()
+    }
+
+    async fn waiting(&self) -> u64 {
+        self.outbox.backlog(&self.pool).await.unwrap().waiting
+    }
+}
+
+async fn conformance_table(scenario: &'static str) -> PgTable {
+    let (outbox, pool) = table(&format!("conf_{scenario}"), |_| {}).await;
+    PgTable { outbox, pool }
+}
+
+mod conformance {
+    use super::*;
+    outbox_testkit::source_conformance!(conformance_table);
+}
+
+fn fast() -> RelayConfig {
+    RelayConfig {
+        send_timeout: Duration::from_secs(2),
+        poll_interval_max: Duration::from_millis(100),
+        backoff: outbox_core::Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..RelayConfig::default()
+    }
+}
+
+fn arrivals(destination: &MemoryDestination) -> Vec<(String, Uuid)> {
+    destination
+        .sent()
+        .into_iter()
+        .map(|s| (s.message.ordering_key, s.message.id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
+    let (outbox, pool) = table("atomicity", |_| {}).await;
+    sqlx::query("CREATE TABLE IF NOT EXISTS outbox_test.atomicity_orders (id bigint primary key)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("TRUNCATE outbox_test.atomicity_orders")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let rolled_back = Message::builder("orders", "order-1")
+        .payload("lost")
+        .build()
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO outbox_test.atomicity_orders VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox.enqueue(&mut tx, &rolled_back).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let committed = Message::builder("orders", "order-2")
+        .payload("kept")
+        .build()
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO outbox_test.atomicity_orders VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox.enqueue(&mut tx, &committed).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    assert!(
+        destination.wait_for(1, DEADLINE).await,
+        "the committed message was not delivered"
+    );
+    assert!(
+        eventually(DEADLINE, || async {
+            outbox.backlog(&pool).await.unwrap().waiting == 0
+        })
+        .await
+    );
+    relay.stop().await;
+    let sent: Vec<Uuid> = destination.sent().iter().map(|s| s.message.id).collect();
+    assert_eq!(
+        sent,
+        vec![committed.id],
+        "only the committed message may be published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
+    let (outbox, pool) = table("four_relays", |_| {}).await;
+    let messages = numbered_messages("orders", 500, 40);
+    for chunk in messages.chunks(1000) {
+        commit(&outbox, &pool, chunk).await;
+    }
+    let destination = MemoryDestination::new();
+    let config = RelayConfig {
+        batch_size: 200,
+        ..fast()
+    };
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        let source = outbox.source(pool.clone()).await.unwrap();
+        relays.push(run_relay(source, destination.clone(), config.clone()));
+    }
+    let started = Instant::now();
+    assert!(
+        destination.wait_for(messages.len(), DEADLINE).await,
+        "{} of {} arrived",
+        destination.sent_count(),
+        messages.len()
+    );
+    let elapsed = started.elapsed();
+    let per_relay: Vec<u64> = relays
+        .iter()
+        .map(|r| outbox_core::Stats::get(&r.stats.published))
+        .collect();
+    for relay in relays {
+        relay.stop().await;
+    }
+    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
+    println!(
+        "4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates",
+        messages.len()
+    );
+    assert!(
+        per_relay.iter().filter(|&&n| n > 0).count() >= 2,
+        "the relays did not share the work: {per_relay:?}"
+    );
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_an_idle_relay_without_waiting_for_a_poll() {
+    let (outbox, pool) = table("notify", |_| {}).await;
+    let destination = MemoryDestination::new();
+    let config = RelayConfig {
+        poll_interval_min: Duration::from_secs(10),
+        poll_interval_max: Duration::from_secs(10),
+        ..fast()
+    };
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        config,
+    );
+    let mut latencies = Vec::new();
+    for n in 1..=5 {
+        // Let the relay find the outbox empty and go to sleep for its poll.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        commit(&outbox, &pool, &numbered_messages("orders", 1, 1)).await;
+        assert!(
+            destination.wait_for(n, Duration::from_secs(5)).await,
+            "message {n} not delivered"
+        );
+        latencies.push(started.elapsed());
+    }
+    relay.stop().await;
+    latencies.sort();
+    println!("commit to delivery with NOTIFY: {latencies:?}");
+    assert!(
+        latencies[0] < Duration::from_millis(50),
+        "fastest wake-up took {:?}",
+        latencies[0]
+    );
+    assert!(
+        latencies[4] < Duration::from_secs(2),
+        "a wake-up waited for the poll: {latencies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_waiting_rows_are_claimed_by_index_scan_in_milliseconds() {
+    let (outbox, pool) = table("million", |c| c.notify = false).await;
+    sqlx::query(
+        "INSERT INTO outbox_test.million (id, ordering_key, destination, payload) \
+         SELECT gen_random_uuid(), 'key-' || (g % 10000), 'orders', convert_to(repeat('x', 200), 'UTF8') \
+         FROM generate_series(1, 1000000) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE outbox_test.million")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plan = outbox.explain_claim(&pool, 1000).await.unwrap();
+    println!("{plan}");
+    assert!(
+        plan.contains("Index Scan using million_waiting"),
+        "claim is not an index scan:\n{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "claim scans the table:\n{plan}");
+
+    let source = outbox.source(pool.clone()).await.unwrap();
+    let mut timings = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let claimed = source.claim(1000).await.unwrap();
+        timings.push(started.elapsed());
+        assert_eq!(claimed.len(), 1000);
+        source.ack(&claimed).await.unwrap();
+    }
+    timings.sort();
+    println!("claim of 1000 rows with 1,000,000 waiting: {timings:?}");
+    assert!(
+        timings[2] < Duration::from_millis(500),
+        "median claim took {:?}",
+        timings[2]
+    );
+    sqlx::query("DROP TABLE outbox_test.million")
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rows_are_dead_lettered_with_the_reason_and_others_flow() {
+    let (outbox, pool) = table("malformed", |_| {}).await;
+    let good = numbered_messages("orders", 3, 2);
+    commit(&outbox, &pool, &good).await;
+    let bad_headers = Uuid::now_v7();
+    let no_destination = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox_test.malformed (id, ordering_key, destination, payload, headers) VALUES \
+         ($1, 'hand-1', 'orders', 'x', '[1, 2]'), ($2, 'hand-2', '', 'x', '{}')",
+    )
+    .bind(bad_headers)
+    .bind(no_destination)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    assert!(destination.wait_for(good.len(), DEADLINE).await);
+    let dead = eventually(DEADLINE, || async {
+        outbox.count_dead_letters(&pool).await.unwrap() == 2
+    })
+    .await;
+    relay.stop().await;
+    assert!(dead, "malformed rows were not dead-lettered");
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let reason = |id| letters.iter().find(|d| d.id == id).unwrap().error.clone();
+    assert!(
+        reason(bad_headers).contains("headers must be a JSON object"),
+        "{}",
+        reason(bad_headers)
+    );
+    assert!(
+        reason(no_destination).contains("destination is empty"),
+        "{}",
+        reason(no_destination)
+    );
+    assert_order_per_key(&good, &arrivals(&destination));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_done_keeps_rows_until_cleanup_removes_them_in_batches() {
+    let (outbox, pool) = table("mark_done", |c| c.ack_mode = AckMode::MarkDone).await;
+    let messages = numbered_messages("orders", 10, 25);
+    commit(&outbox, &pool, &messages).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    assert!(destination.wait_for(messages.len(), DEADLINE).await);
+    relay.stop().await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.mark_done")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        messages.len() as i64,
+        "mark-done keeps delivered rows"
+    );
+    assert_eq!(
+        outbox
+            .cleanup(&pool, Duration::from_secs(3600), 40)
+            .await
+            .unwrap(),
+        0,
+        "nothing is old enough yet"
+    );
+    let removed = outbox.cleanup(&pool, Duration::ZERO, 40).await.unwrap();
+    assert_eq!(removed, messages.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeued_dead_letter_is_delivered_and_a_parked_key_resumes_in_order() {
+    let (outbox, pool) = table("requeue", |c| c.on_dead_letter = OnDeadLetter::Park).await;
+    let messages = numbered_messages("orders", 2, 3);
+    let destination = MemoryDestination::new();
+    destination.fail_permanently(messages[0].id);
+    commit(&outbox, &pool, &messages).await;
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    assert!(
+        destination.wait_for(3, DEADLINE).await,
+        "key-1 did not flow"
+    );
+    assert!(
+        eventually(DEADLINE, || async {
+            outbox.count_dead_letters(&pool).await.unwrap() == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        destination.sent_count(),
+        3,
+        "a parked key's later messages went out"
+    );
+    destination.heal();
+    assert_eq!(outbox.requeue(&pool, &[messages[0].id]).await.unwrap(), 1);
+    assert!(
+        destination.wait_for(6, DEADLINE).await,
+        "the parked key did not resume"
+    );
+    relay.stop().await;
+    assert_order_per_key(&messages, &arrivals(&destination));
+    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn bad_configuration_names_the_setting() {
+    let err = PostgresOutbox::new(PostgresConfig {
+        table: "outbox; DROP TABLE users".into(),
+        ..PostgresConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.setting, "table");
+    assert!(err.to_string().contains("`table`"), "{err}");
+}
