@@ -1,0 +1,131 @@
+//! The NATS destination.
+
+use async_nats::jetstream;
+use async_nats::{Client, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
+
+use crate::config::redact_url;
+use crate::error::{classify_core, classify_jetstream};
+use crate::{NatsAuth, NatsConfig, NatsMode, NATS_MSG_ID};
+
+/// Publishes outbox messages to NATS; see the crate docs for the two modes.
+#[derive(Debug, Clone)]
+pub struct NatsDestination {
+    client: Client,
+    jetstream: jetstream::Context,
+    config: NatsConfig,
+}
+
+impl NatsDestination {
+    /// Checks `config` and connects. async-nats reconnects by itself after
+    /// this; publishes during an outage fail as temporary errors and are
+    /// retried by the relay.
+    pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let mut options = ConnectOptions::new()
+            .name("outbox-relay")
+            .connection_timeout(config.connect_timeout)
+            .require_tls(config.require_tls);
+        if let Some(path) = &config.root_certificates {
+            options = options.add_root_certificates(path.clone());
+        }
+        options = match &config.auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => options.token(token.clone()),
+            NatsAuth::NKey(seed) => options.nkey(seed.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                options.credentials_file(path).await.map_err(|err| {
+                    Error::permanent(format!("nats credentials file {path:?} unreadable"))
+                        .with_source(err)
+                })?
+            }
+        };
+        let client = options.connect(config.url.as_str()).await.map_err(|err| {
+            Error::temporary(format!(
+                "cannot connect to NATS at {}",
+                redact_url(&config.url)
+            ))
+            .with_source(err)
+        })?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            jetstream,
+            config,
+        })
+    }
+
+    /// The underlying client, for subscribing or managing streams.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The JetStream context the destination publishes through.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    fn subject(&self, message: &Message) -> String {
+        format!("{}{}", self.config.subject_prefix, message.destination)
+    }
+}
+
+/// The headers a message is published with: the user's, then the message id
+/// (as `Nats-Msg-Id` for deduplication and as `outbox-message-id`) and the
+/// event type.
+fn headers(message: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &message.headers {
+        headers.insert(name.as_str(), value.as_str());
+    }
+    let id = message.id.to_string();
+    headers.insert(NATS_MSG_ID, id.as_str());
+    headers.insert(HEADER_MESSAGE_ID, id.as_str());
+    if let Some(event_type) = &message.event_type {
+        headers.insert(HEADER_EVENT_TYPE, event_type.as_str());
+    }
+    headers
+}
+
+impl Destination for NatsDestination {
+    type Item = Message;
+
+    async fn send(&self, message: &Message) -> Result<(), Error> {
+        let subject = self.subject(message);
+        let payload = Bytes::copy_from_slice(&message.payload);
+        match self.config.mode {
+            NatsMode::JetStream => {
+                let ack = self
+                    .jetstream
+                    .publish_with_headers(subject, headers(message), payload)
+                    .await
+                    .map_err(classify_jetstream)?;
+                let ack = ack.await.map_err(classify_jetstream)?;
+                if ack.duplicate {
+                    tracing::debug!(id = %message.id, stream = ack.stream, "stream dropped a duplicate");
+                }
+                Ok(())
+            }
+            NatsMode::Core => {
+                self.client
+                    .publish_with_headers(subject, headers(message), payload)
+                    .await
+                    .map_err(classify_core)?;
+                self.flush().await
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.client
+            .flush()
+            .await
+            .map_err(|err| Error::temporary("nats flush").with_source(err))
+    }
+}
