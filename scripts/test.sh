@@ -37,3 +37,6 @@ cargo run --quiet --example quickstart
 
 step "scheduler benchmark (smoke)"
 cargo bench --quiet -p outbox-core --bench scheduler -- 20000 1000
+
+step "relay benchmark (smoke): PostgreSQL -> NATS JetStream"
+cargo bench --quiet --bench relay --features postgres,nats -- 20000 1
