@@ -1,4 +1,6 @@
-#![doc = include_str!("../README.md")]
+//! A transactional outbox for Rust: see the README (shown here when the
+//! `postgres` and `nats` features are on, so its examples compile as tests).
+#![cfg_attr(all(feature = "postgres", feature = "nats"), doc = include_str!("../README.md"))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use outbox_core::*;

@@ -34,6 +34,11 @@ pub struct PostgresConfig {
     /// Writers send `pg_notify` (once per transaction) and relays LISTEN, so
     /// an idle relay wakes at once instead of at its next poll. Default true.
     pub notify: bool,
+    /// Only one relay claims at a time: the one holding a session advisory
+    /// lock on a connection of its own; the others wait as hot standbys and
+    /// take over when the leader's connection ends. Default false (every
+    /// relay claims, order per key still holds).
+    pub leader_only: bool,
 }
 
 impl Default for PostgresConfig {
@@ -45,6 +50,7 @@ impl Default for PostgresConfig {
             ack_mode: AckMode::Delete,
             on_dead_letter: OnDeadLetter::Continue,
             notify: true,
+            leader_only: false,
         }
     }
 }

@@ -21,6 +21,7 @@
 
 mod config;
 mod error;
+mod leader;
 mod operator;
 mod row;
 mod schema;

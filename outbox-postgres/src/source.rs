@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::error::classify;
+use crate::leader::Leadership;
 use crate::row::{decode, Decoded};
 use crate::PostgresOutbox;
 
@@ -25,6 +26,7 @@ pub struct PostgresSource {
     pool: PgPool,
     relay_id: Uuid,
     listener: Option<Mutex<PgListener>>,
+    leadership: Option<Leadership>,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -48,11 +50,16 @@ impl PostgresSource {
         } else {
             None
         };
+        let leadership = outbox
+            .config
+            .leader_only
+            .then(|| Leadership::new(pool.clone(), outbox.sql.claim_lock ^ 0x1ead));
         Ok(Self {
             outbox,
             pool,
             relay_id: Uuid::now_v7(),
             listener,
+            leadership,
         })
     }
 
@@ -139,6 +146,11 @@ impl Source for PostgresSource {
     type Item = Message;
 
     async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+        if let Some(leadership) = &self.leadership {
+            if !leadership.is_leader().await {
+                return Ok(Vec::new());
+            }
+        }
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(self.outbox.sql.claim_lock)

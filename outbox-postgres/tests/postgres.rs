@@ -441,3 +441,67 @@ async fn bad_configuration_names_the_setting() {
     assert_eq!(err.setting, "table");
     assert!(err.to_string().contains("`table`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
+    let (outbox, pool) = table("leader", |c| c.leader_only = true).await;
+    let first = numbered_messages("orders", 10, 10);
+    commit(&outbox, &pool, &first).await;
+    let destination = MemoryDestination::new();
+    let leader = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    assert!(
+        destination.wait_for(first.len(), DEADLINE).await,
+        "the leader did not relay"
+    );
+    let standby = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+
+    let second = numbered_messages("orders", 10, 10);
+    commit(&outbox, &pool, &second).await;
+    assert!(
+        destination
+            .wait_for(first.len() + second.len(), DEADLINE)
+            .await
+    );
+    let leader_counted = eventually(DEADLINE, || async {
+        outbox_core::Stats::get(&leader.stats.published) == (first.len() + second.len()) as u64
+    })
+    .await;
+    assert!(leader_counted, "the leader did not publish everything");
+    assert_eq!(
+        outbox_core::Stats::get(&standby.stats.published),
+        0,
+        "a standby claimed"
+    );
+
+    // The leader goes away (its source, and with it the lock's connection, is dropped).
+    leader.stop().await;
+    let third = numbered_messages("orders", 10, 10);
+    commit(&outbox, &pool, &third).await;
+    let total = first.len() + second.len() + third.len();
+    assert!(
+        destination.wait_for(total, DEADLINE).await,
+        "the standby did not take over"
+    );
+    // The counter moves once the acknowledgement is recorded, just after
+    // the destination saw the messages.
+    let counted = eventually(DEADLINE, || async {
+        outbox_core::Stats::get(&standby.stats.published) == third.len() as u64
+    })
+    .await;
+    assert!(
+        counted,
+        "standby published {}",
+        outbox_core::Stats::get(&standby.stats.published)
+    );
+    standby.stop().await;
+    let all: Vec<Message> = first.into_iter().chain(second).chain(third).collect();
+    assert_order_per_key(&all, &arrivals(&destination));
+}
