@@ -209,6 +209,7 @@ export OUTBOX_AMQP_URL=\${OUTBOX_AMQP_URL:-amqp://guest:guest@127.0.0.1:$amqp_po
 export OUTBOX_NATS_URL=\${OUTBOX_NATS_URL:-nats://127.0.0.1:$nats_port}
 export OUTBOX_KAFKA_BROKERS=\${OUTBOX_KAFKA_BROKERS:-127.0.0.1:$kafka_port}
 export OUTBOX_TANSU_BIN=\${OUTBOX_TANSU_BIN:-$(tansu_bin)}
+export OUTBOX_RABBITMQ_NODE=\${OUTBOX_RABBITMQ_NODE:-$( [ -f "$state/rabbitmq.started" ] && echo "outbox$amqp_port@localhost")}
 export OUTBOX_NATS_SERVER_BIN=\${OUTBOX_NATS_SERVER_BIN:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 ENV
 }

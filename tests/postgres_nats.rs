@@ -6,41 +6,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream;
 use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
-use outbox::postgres::{PostgresConfig, PostgresOutbox};
 use outbox::{RelayConfig, HEADER_EVENT_TYPE};
 use outbox_testkit::{assert_order_per_key, eventually, numbered_messages, run_relay};
 use uuid::Uuid;
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_to_jetstream_in_order_with_nothing_lost() {
-    let pg_url = std::env::var("OUTBOX_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let nats_url =
         std::env::var("OUTBOX_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&pg_url)
-        .await
-        .expect("PostgreSQL reachable");
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS outbox_e2e")
-        .execute(&pool)
-        .await
-        .ok();
-    sqlx::query("DROP TABLE IF EXISTS outbox_e2e.to_nats, outbox_e2e.orders")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("CREATE TABLE outbox_e2e.orders (id uuid primary key, key text not null)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let outbox = PostgresOutbox::new(PostgresConfig {
-        schema: "outbox_e2e".into(),
-        table: "to_nats".into(),
-        ..PostgresConfig::default()
-    })
-    .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    let (outbox, pool) = common::postgres_outbox("to_nats").await;
 
     let destination = NatsDestination::connect(NatsConfig {
         url: nats_url.clone(),
@@ -61,17 +37,7 @@ async fn postgres_to_jetstream_in_order_with_nothing_lost() {
 
     // Each business row and its event commit in one transaction.
     let messages = numbered_messages("outbox-e2e.pg.orders", 50, 40);
-    for message in &messages {
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO outbox_e2e.orders VALUES ($1, $2)")
-            .bind(message.id)
-            .bind(&message.ordering_key)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        outbox.enqueue(&mut tx, message).await.unwrap();
-        tx.commit().await.unwrap();
-    }
+    common::write_orders(&outbox, &pool, &messages).await;
 
     let config = RelayConfig {
         batch_size: 100,

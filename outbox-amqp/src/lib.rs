@@ -1,1 +1,22 @@
-//! outbox-amqp (placeholder).
+//! RabbitMQ (AMQP 0.9.1) for the transactional outbox: an [`AmqpDestination`]
+//! on lapin.
+//!
+//! Every message is published persistent (`delivery_mode` 2) and
+//! `mandatory`, on a channel in publisher-confirm mode: it counts as sent only
+//! once the broker confirmed it, and a message no queue is bound for comes
+//! back as a permanent error (dead-lettered with the broker's reason) instead
+//! of vanishing. The message id travels as `message_id` so consumers can drop
+//! the duplicates a relay crash may cause.
+//!
+//! Where a message goes: its `destination` is `exchange/routing-key`; a
+//! destination without `/` goes to the default exchange with the destination
+//! as routing key, that is straight to the queue of that name. Set
+//! [`AmqpConfig::route`] to map messages another way.
+
+mod config;
+mod destination;
+mod error;
+
+pub use config::{AmqpConfig, Route};
+pub use destination::AmqpDestination;
+pub use error::classify;

@@ -1,0 +1,284 @@
+//! outbox-amqp against a real RabbitMQ (`OUTBOX_AMQP_URL`, default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`). Every test owns its queue; the
+//! test that cuts connections cuts only its own.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Channel;
+use outbox_amqp::{AmqpConfig, AmqpDestination};
+use outbox_core::memory::MemorySource;
+use outbox_core::{Backoff, Message, RelayConfig, Stats, HEADER_MESSAGE_ID};
+use outbox_testkit::{
+    assert_order_per_key, eventually, numbered_messages, run_relay, DestinationHarness, Received,
+};
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn url() -> String {
+    std::env::var("OUTBOX_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+fn config(name: &str) -> AmqpConfig {
+    AmqpConfig {
+        url: url(),
+        connection_name: name.to_string(),
+        ..AmqpConfig::default()
+    }
+}
+
+/// A durable queue of the test's own, emptied.
+async fn fresh_queue(channel: &Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare queue");
+    channel
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge queue");
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Reads the queue until `count` distinct messages arrived (duplicates
+/// included in the result) and the queue is empty, or `timeout` passed.
+async fn drain(channel: &Channel, queue: &str, count: usize, timeout: Duration) -> Vec<Received> {
+    let deadline = Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut distinct = std::collections::HashSet::new();
+    while Instant::now() < deadline {
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get");
+        let Some(message) = got else {
+            if distinct.len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let properties = &message.delivery.properties;
+        let mut headers = BTreeMap::new();
+        if let Some(table) = properties.headers() {
+            for (name, value) in table.inner() {
+                if let Some(value) = text(value) {
+                    headers.insert(name.as_str().to_string(), value);
+                }
+            }
+        }
+        let id = properties
+            .message_id()
+            .as_ref()
+            .expect("message_id")
+            .as_str()
+            .parse()
+            .expect("uuid");
+        assert_eq!(properties.delivery_mode(), &Some(2), "not persistent");
+        distinct.insert(id);
+        received.push(Received {
+            id,
+            payload: message.delivery.data.clone(),
+            event_type: properties.kind().as_ref().map(|k| k.as_str().to_string()),
+            headers,
+        });
+    }
+    received
+}
+
+struct AmqpQueue {
+    queue: String,
+    reader: AmqpDestination,
+}
+
+impl DestinationHarness for AmqpQueue {
+    type Destination = AmqpDestination;
+
+    async fn destination(&self) -> AmqpDestination {
+        AmqpDestination::connect(config("outbox-test"))
+            .await
+            .expect("connect")
+    }
+
+    fn address(&self) -> String {
+        self.queue.clone()
+    }
+
+    async fn received(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        drain(
+            &self.reader.channel().await.unwrap(),
+            &self.queue,
+            count,
+            timeout,
+        )
+        .await
+    }
+
+    fn refused_message(&self) -> Option<Message> {
+        // amq.direct exists; nothing is bound for this key, so it is unroutable.
+        Some(
+            Message::builder(format!("amq.direct/unbound-{}", Uuid::now_v7()), "refused")
+                .build()
+                .unwrap(),
+        )
+    }
+}
+
+async fn amqp_queue(scenario: &'static str) -> AmqpQueue {
+    let reader = AmqpDestination::connect(config("outbox-test-reader"))
+        .await
+        .expect("RabbitMQ reachable at OUTBOX_AMQP_URL");
+    let queue = format!("outbox-test.{scenario}");
+    fresh_queue(&reader.channel().await.unwrap(), &queue).await;
+    AmqpQueue { queue, reader }
+}
+
+mod conformance {
+    use super::*;
+    outbox_testkit::destination_conformance!(amqp_queue);
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_at_start_up_without_showing_the_password() {
+    let err = AmqpDestination::connect(AmqpConfig {
+        url: "amqp://guest:not-the-password@127.0.0.1:5672/%2f"
+            .replace("127.0.0.1:5672", host_port().as_str()),
+        ..AmqpConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        !err.report().contains("not-the-password"),
+        "{}",
+        err.report()
+    );
+}
+
+fn host_port() -> String {
+    let url = url();
+    let after = url.split_once('@').map_or(url.as_str(), |(_, h)| h);
+    after
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5672")
+        .to_string()
+}
+
+/// Closes, through rabbitmqctl, every connection whose name is `name`.
+fn close_connections(name: &str) -> usize {
+    let node: Vec<String> = match std::env::var("OUTBOX_RABBITMQ_NODE") {
+        Ok(node) if !node.is_empty() => vec!["-n".into(), node],
+        _ => Vec::new(),
+    };
+    let listing = Command::new("rabbitmqctl")
+        .args(&node)
+        .args([
+            "-q",
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let mut closed = 0;
+    for line in listing.lines().filter(|line| line.contains(name)) {
+        let pid = line.split_whitespace().next().unwrap_or_default();
+        let status = Command::new("rabbitmqctl")
+            .args(&node)
+            .args(["-q", "close_connection", pid, "outbox test closes it"])
+            .status()
+            .expect("rabbitmqctl runs");
+        closed += usize::from(status.success());
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost() {
+    let harness = amqp_queue("forced_close").await;
+    let name = format!("outbox-test-close-{}", Uuid::now_v7());
+    let destination = AmqpDestination::connect(config(&name)).await.unwrap();
+    let messages = numbered_messages(&harness.queue, 20, 500);
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue(messages.clone());
+    let relay_config = RelayConfig {
+        batch_size: 50,
+        // Slow enough (two keys at a time, one confirm each) for rabbitmqctl
+        // to find and close the connection mid-stream.
+        max_concurrent_keys: 2,
+        max_attempts: 1000,
+        send_timeout: Duration::from_secs(5),
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+            ..Backoff::default()
+        },
+        ..RelayConfig::default()
+    };
+    let relay = run_relay(source.clone(), destination, relay_config);
+    let stats = relay.stats.clone();
+    assert!(eventually(DEADLINE, || async { Stats::get(&stats.published) >= 200 }).await);
+    let mut closed = 0;
+    for _ in 0..2 {
+        closed += close_connections(&name);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let published_at_close = Stats::get(&stats.published);
+    let drained = eventually(DEADLINE, || async { source.waiting() == 0 }).await;
+    relay.stop().await;
+    assert!(closed >= 1, "no connection named {name} was found to close");
+    assert!(
+        drained,
+        "{} messages still waiting after the reconnect",
+        source.waiting()
+    );
+    assert!(
+        source.dead_letters().is_empty(),
+        "{:?}",
+        source.dead_letters()
+    );
+    assert!(
+        published_at_close < messages.len() as u64,
+        "closed after the end"
+    );
+    let received = harness.received(messages.len(), DEADLINE).await;
+    let arrivals: Vec<(String, Uuid)> = received
+        .iter()
+        .map(|r| {
+            let key = messages
+                .iter()
+                .find(|m| m.id == r.id)
+                .unwrap()
+                .ordering_key
+                .clone();
+            assert_eq!(r.headers.get(HEADER_MESSAGE_ID), Some(&r.id.to_string()));
+            (key, r.id)
+        })
+        .collect();
+    let duplicates = assert_order_per_key(&messages, &arrivals);
+    println!(
+        "forced close: {closed} connection(s) closed after {published_at_close} published; {} retried, {duplicates} duplicates",
+        Stats::get(&stats.retried)
+    );
+}
