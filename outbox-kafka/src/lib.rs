@@ -1,1 +1,19 @@
-//! outbox-kafka (placeholder).
+//! Kafka for the transactional outbox: a [`KafkaDestination`] on rdkafka.
+//!
+//! * Topic: the message's `destination`. Record key: its partition key, else
+//!   its ordering key, so one entity's messages land in one partition.
+//! * Idempotent by default (`enable.idempotence=true`, `acks=all`): the
+//!   producer's own retries neither duplicate nor reorder a partition.
+//! * Pipelined: all messages of a key handed over at once are queued to the
+//!   producer in order and their delivery reports awaited together; the
+//!   idempotent producer keeps them in that order within the partition.
+//! * Headers: the message's own, plus `outbox-message-id` and
+//!   `outbox-event-type`, so consumers can drop duplicates by id.
+
+mod config;
+mod destination;
+mod error;
+
+pub use config::KafkaConfig;
+pub use destination::KafkaDestination;
+pub use error::classify;
