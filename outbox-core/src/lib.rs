@@ -26,7 +26,8 @@ pub use error::{BoxError, ConfigError, Error, ErrorKind};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
 pub use item::Item;
 pub use message::{
-    Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_MESSAGE_ID,
+    headers_from_json, Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
+    HEADER_MESSAGE_ID,
 };
 pub use relay::Relay;
 pub use source::{Backlog, Failure, OnDeadLetter, Source};

@@ -1,9 +1,7 @@
 //! A claimed row turned into a [`Message`], or the reason it cannot be.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
-use outbox_core::Message;
+use outbox_core::{headers_from_json, Message};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -24,7 +22,7 @@ pub(crate) fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
     let headers: serde_json::Value = row.try_get("headers")?;
-    let headers = match headers_of(headers) {
+    let headers = match headers_from_json(headers) {
         Ok(headers) => headers,
         Err(reason) => {
             return Ok(Decoded::Malformed {
@@ -53,22 +51,6 @@ pub(crate) fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
             reason: format!("malformed row: {}", err.report()),
         },
     })
-}
-
-fn headers_of(value: serde_json::Value) -> Result<BTreeMap<String, String>, String> {
-    let serde_json::Value::Object(map) = value else {
-        return Err(format!(
-            "malformed row: headers must be a JSON object of strings, got {value}"
-        ));
-    };
-    map.into_iter()
-        .map(|(name, value)| match value {
-            serde_json::Value::String(text) => Ok((name, text)),
-            other => Err(format!(
-                "malformed row: header {name:?} must be a string, got {other}"
-            )),
-        })
-        .collect()
 }
 
 /// Headers as stored: a JSON object of strings.

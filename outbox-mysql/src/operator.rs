@@ -1,0 +1,150 @@
+//! What an operator asks of an outbox: backlog, dead letters, requeue,
+//! cleanup.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outbox_core::{Backlog, Error, Message};
+use sqlx::{MySqlPool, Row};
+use uuid::Uuid;
+
+use crate::error::classify;
+use crate::row::{decode, Decoded};
+use crate::sql::placeholders;
+use crate::MysqlOutbox;
+
+/// A dead-lettered row, as an operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The message id.
+    pub id: Uuid,
+    /// The message, when the row can still be read as one.
+    pub message: Option<Message>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why it was dead-lettered.
+    pub error: String,
+    /// When.
+    pub dead_at: DateTime<Utc>,
+}
+
+impl MysqlOutbox {
+    /// Messages waiting, age of the oldest, and dead letters.
+    pub async fn backlog(&self, pool: &MySqlPool) -> Result<Backlog, Error> {
+        let row = sqlx::query(&self.sql.backlog)
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?;
+        let waiting: i64 = row.try_get(0).map_err(classify)?;
+        let oldest_us: Option<i64> = row.try_get(1).map_err(classify)?;
+        let dead: i64 = row.try_get(2).map_err(classify)?;
+        Ok(Backlog {
+            waiting: waiting.max(0) as u64,
+            oldest_age: oldest_us.map(|us| Duration::from_micros(us.max(0) as u64)),
+            dead_letters: dead.max(0) as u64,
+        })
+    }
+
+    /// The oldest `limit` dead letters, with their reasons.
+    pub async fn dead_letters(
+        &self,
+        pool: &MySqlPool,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let rows = sqlx::query(&self.sql.dead_letters)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let attempts: i32 = row.try_get("attempts")?;
+                Ok(DeadLetter {
+                    id: row.try_get("id")?,
+                    message: match decode(row)? {
+                        Decoded::Message(message) => Some(message),
+                        Decoded::Malformed { .. } => None,
+                    },
+                    attempts: attempts.max(0) as u32,
+                    error: row
+                        .try_get::<Option<String>, _>("last_error")?
+                        .unwrap_or_default(),
+                    dead_at: row.try_get("dead_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    /// How many dead letters wait.
+    pub async fn count_dead_letters(&self, pool: &MySqlPool) -> Result<u64, Error> {
+        let count: i64 = sqlx::query_scalar(&self.sql.count_dead)
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?;
+        Ok(count.max(0) as u64)
+    }
+
+    /// Puts these dead letters back in the delivery path, attempts reset;
+    /// returns how many were requeued.
+    pub async fn requeue(&self, pool: &MySqlPool, ids: &[Uuid]) -> Result<u64, Error> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!("{}{}", self.sql.requeue, placeholders(ids.len()));
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.execute(pool).await.map_err(classify)?.rows_affected())
+    }
+
+    /// In mark-done mode, deletes rows delivered more than `older_than` ago,
+    /// `batch` rows per statement, and returns how many it deleted.
+    pub async fn cleanup(
+        &self,
+        pool: &MySqlPool,
+        older_than: Duration,
+        batch: u32,
+    ) -> Result<u64, Error> {
+        let batch = u64::from(batch.max(1));
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(&self.sql.cleanup)
+                .bind(older_than.as_micros() as i64)
+                .bind(batch)
+                .execute(pool)
+                .await
+                .map_err(classify)?;
+            total += done.rows_affected();
+            if done.rows_affected() < batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The plan MySQL chooses for a claim of `limit` rows (`EXPLAIN`), to
+    /// check that it stays an index range scan on a large backlog.
+    pub async fn explain_claim(&self, pool: &MySqlPool, limit: u32) -> Result<String, Error> {
+        let rows = sqlx::query(&format!("EXPLAIN {}", self.sql.claim))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+        let mut lines = Vec::new();
+        for row in rows {
+            let table: Option<String> = row.try_get("table").ok();
+            let kind: Option<String> = row.try_get("type").ok();
+            let key: Option<String> = row.try_get("key").ok().flatten();
+            let extra: Option<String> = row.try_get("Extra").ok().flatten();
+            lines.push(format!(
+                "table={} type={} key={} extra={}",
+                table.unwrap_or_default(),
+                kind.unwrap_or_default(),
+                key.unwrap_or_default(),
+                extra.unwrap_or_default()
+            ));
+        }
+        Ok(lines.join("\n"))
+    }
+}

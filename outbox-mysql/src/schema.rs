@@ -1,0 +1,31 @@
+//! The schema, shipped as plain SQL and rendered for the configured name.
+
+use crate::MysqlConfig;
+
+/// The migrations, in order: `(name, SQL)`, written for the default table
+/// name `outbox_messages`.
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_outbox.sql",
+    include_str!("../migrations/0001_outbox.sql"),
+)];
+
+/// The statements of every migration rendered for `config`'s (validated)
+/// table name, one statement per item (MySQL runs one at a time).
+pub(crate) fn statements(config: &MysqlConfig) -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|(_, sql)| {
+            // Comments first: they may hold a `;`.
+            let code: Vec<&str> = sql
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+                .collect();
+            code.join("\n")
+                .split(';')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|statement| !statement.trim().is_empty())
+        .map(|statement| statement.replace("outbox_messages", &config.table))
+        .collect()
+}

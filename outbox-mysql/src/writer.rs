@@ -1,0 +1,141 @@
+//! The outbox handle: schema, writing inside the caller's transaction, and
+//! making relays.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use outbox_core::{ConfigError, Error, Event, Message};
+use sqlx::{MySqlConnection, MySqlPool};
+use tokio::sync::Notify;
+
+use crate::error::classify;
+use crate::schema::statements;
+use crate::sql::Statements;
+use crate::{MysqlConfig, MysqlSource};
+
+/// One outbox table: writes messages in your transactions, runs migrations,
+/// makes relay sources and answers operators. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MysqlOutbox {
+    pub(crate) config: Arc<MysqlConfig>,
+    pub(crate) sql: Arc<Statements>,
+    pub(crate) committed: Arc<Notify>,
+}
+
+impl MysqlOutbox {
+    /// Checks `config` (naming a bad setting) and prepares the statements.
+    pub fn new(config: MysqlConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let sql = Statements::new(&config);
+        Ok(Self {
+            config: Arc::new(config),
+            sql: Arc::new(sql),
+            committed: Arc::default(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MysqlConfig {
+        &self.config
+    }
+
+    /// The schema as plain SQL statements for the configured name.
+    pub fn schema_sql(&self) -> String {
+        statements(&self.config).join(";\n\n") + ";\n"
+    }
+
+    /// Creates the tables if needed (idempotent).
+    pub async fn migrate(&self, pool: &MySqlPool) -> Result<(), Error> {
+        for statement in statements(&self.config) {
+            sqlx::raw_sql(&statement)
+                .execute(pool)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one message on `conn`, which should be your open transaction
+    /// (`&mut *tx`): it commits or rolls back with your business rows.
+    pub async fn enqueue(
+        &self,
+        conn: &mut MySqlConnection,
+        message: &Message,
+    ) -> Result<(), Error> {
+        self.enqueue_many(conn, std::slice::from_ref(message)).await
+    }
+
+    /// Writes many messages, in this order: first locks their keys (so two
+    /// transactions writing one key commit in enqueue order), then inserts
+    /// them in one statement.
+    pub async fn enqueue_many(
+        &self,
+        conn: &mut MySqlConnection,
+        messages: &[Message],
+    ) -> Result<(), Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for message in messages {
+            message.validate()?;
+        }
+        let mut keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let rows = vec!["(?)"; keys.len()].join(", ");
+        let lock_sql = format!(
+            "{}{rows} ON DUPLICATE KEY UPDATE ordering_key = ordering_key",
+            self.sql.lock_keys_prefix
+        );
+        let mut query = sqlx::query(&lock_sql);
+        for key in &keys {
+            query = query.bind(*key);
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
+
+        let now = Utc::now();
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; messages.len()].join(", ");
+        let insert_sql = format!("{}{values}", self.sql.enqueue_prefix);
+        let mut insert = sqlx::query(&insert_sql);
+        for message in messages {
+            let headers =
+                serde_json::to_string(&message.headers).expect("a map of strings serializes");
+            insert = insert
+                .bind(message.id)
+                .bind(&message.ordering_key)
+                .bind(&message.destination)
+                .bind(&message.partition_key)
+                .bind(&message.payload)
+                .bind(headers)
+                .bind(&message.event_type)
+                .bind(message.created_at)
+                .bind(now);
+        }
+        insert.execute(&mut *conn).await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Writes a typed event to `destination` (see [`Message::from_event`]).
+    pub async fn enqueue_event<E: Event>(
+        &self,
+        conn: &mut MySqlConnection,
+        destination: &str,
+        event: &E,
+    ) -> Result<Message, Error> {
+        let message = Message::from_event(destination, event)?;
+        self.enqueue(conn, &message).await?;
+        Ok(message)
+    }
+
+    /// Wakes this process's idle relays at once. Call it after committing a
+    /// transaction that enqueued; relays in other processes find the
+    /// messages at their next poll.
+    pub fn notify_committed(&self) {
+        self.committed.notify_waiters();
+    }
+
+    /// A relay's source on this table, with its own identity and leases.
+    pub fn source(&self, pool: MySqlPool) -> MysqlSource {
+        MysqlSource::new(self.clone(), pool)
+    }
+}
