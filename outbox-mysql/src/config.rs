@@ -27,6 +27,9 @@ pub struct MysqlConfig {
     pub ack_mode: AckMode,
     /// Whether later messages of a dead-lettered key go on or wait.
     pub on_dead_letter: OnDeadLetter,
+    /// Only one relay claims at a time: the one holding `GET_LOCK` on a
+    /// connection of its own; the others wait as hot standbys. Default false.
+    pub leader_only: bool,
 }
 
 impl Default for MysqlConfig {
@@ -36,6 +39,7 @@ impl Default for MysqlConfig {
             lease: Duration::from_secs(30),
             ack_mode: AckMode::Delete,
             on_dead_letter: OnDeadLetter::Continue,
+            leader_only: false,
         }
     }
 }

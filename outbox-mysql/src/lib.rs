@@ -17,6 +17,7 @@
 
 mod config;
 mod error;
+mod leader;
 mod operator;
 mod row;
 mod schema;

@@ -8,25 +8,47 @@ use sqlx::{MySqlConnection, MySqlPool, Row};
 use uuid::Uuid;
 
 use crate::error::classify;
+use crate::leader::Leadership;
 use crate::row::{decode, Decoded};
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
 
 /// A [`Source`] on one MySQL outbox table, acting as one relay. See the
 /// crate docs for how claims keep each key in order across relays.
-#[derive(Debug)]
 pub struct MysqlSource {
     outbox: MysqlOutbox,
     pool: MySqlPool,
     relay_id: Uuid,
+    leadership: Option<Leadership>,
+}
+
+impl std::fmt::Debug for MysqlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlSource")
+            .field("table", &self.outbox.config.table)
+            .field("relay_id", &self.relay_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MysqlSource {
     pub(crate) fn new(outbox: MysqlOutbox, pool: MySqlPool) -> Self {
+        // Lock names are at most 64 characters: name the table by a hash.
+        let leadership = outbox.config.leader_only.then(|| {
+            let hash = outbox
+                .config
+                .table
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+                });
+            Leadership::new(pool.clone(), format!("outbox-leader-{hash:016x}"))
+        });
         Self {
             outbox,
             pool,
             relay_id: Uuid::now_v7(),
+            leadership,
         }
     }
 
@@ -121,6 +143,11 @@ impl Source for MysqlSource {
     type Item = Message;
 
     async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+        if let Some(leadership) = &self.leadership {
+            if !leadership.is_leader().await {
+                return Ok(Vec::new());
+            }
+        }
         let sql = &self.outbox.sql;
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query(&sql.claim_lock)

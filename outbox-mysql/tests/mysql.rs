@@ -260,3 +260,48 @@ async fn a_million_waiting_rows_are_claimed_by_index_range_scan() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
+    let (outbox, pool) = table("leader").await;
+    let outbox = MysqlOutbox::new(MysqlConfig {
+        leader_only: true,
+        ..outbox.config().clone()
+    })
+    .unwrap();
+    let first = numbered_messages("orders", 10, 10);
+    commit(&outbox, &pool, &first).await;
+    let destination = MemoryDestination::new();
+    let leader = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    assert!(
+        destination.wait_for(first.len(), DEADLINE).await,
+        "the leader did not relay"
+    );
+    let standby = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let second = numbered_messages("orders", 10, 10);
+    commit(&outbox, &pool, &second).await;
+    assert!(
+        destination
+            .wait_for(first.len() + second.len(), DEADLINE)
+            .await
+    );
+    let leader_counted = eventually(DEADLINE, || async {
+        Stats::get(&leader.stats.published) == (first.len() + second.len()) as u64
+    })
+    .await;
+    assert!(leader_counted, "the leader did not publish everything");
+    assert_eq!(Stats::get(&standby.stats.published), 0, "a standby claimed");
+
+    leader.stop().await;
+    let third = numbered_messages("orders", 10, 10);
+    commit(&outbox, &pool, &third).await;
+    let counted = eventually(DEADLINE, || async {
+        Stats::get(&standby.stats.published) == third.len() as u64
+    })
+    .await;
+    let published = Stats::get(&standby.stats.published);
+    standby.stop().await;
+    assert!(counted, "the standby did not take over: {published}");
+    let all: Vec<Message> = first.into_iter().chain(second).chain(third).collect();
+    assert_order_per_key(&all, &arrivals(&destination));
+}
