@@ -1,21 +1,32 @@
 //! The Kafka destination.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::error::classify;
 use crate::KafkaConfig;
 
-/// Publishes outbox messages to Kafka; see the crate docs. Cheap to clone.
+/// Publishes outbox messages to Kafka; see the crate docs. Cheap to clone
+/// (clones share the producer).
+///
+/// An idempotent producer that lost its broker's state (a broker restarted
+/// without its data, a fatal idempotence error) times out on every message
+/// from then on, and a new producer works at once. So after delivery
+/// timeouts or a fatal error the destination builds a new producer, at most
+/// once per `delivery_timeout`; the relay sends the failed messages again,
+/// in order.
 #[derive(Clone)]
 pub struct KafkaDestination {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
+    rebuilt_at: Arc<Mutex<Instant>>,
     config: KafkaConfig,
 }
 
@@ -32,7 +43,11 @@ impl KafkaDestination {
     /// refuses fails here, named.
     pub fn new(config: KafkaConfig) -> Result<Self, Error> {
         let producer = config.producer()?;
-        Ok(Self { producer, config })
+        Ok(Self {
+            producer: Arc::new(RwLock::new(producer)),
+            rebuilt_at: Arc::new(Mutex::new(Instant::now())),
+            config,
+        })
     }
 
     /// Creates these topics (for brokers that do not create them on first
@@ -63,10 +78,37 @@ impl KafkaDestination {
         Ok(())
     }
 
-    /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The producer in use now.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
+
+    /// Replaces a producer that keeps timing out or failed fatally.
+    fn rebuild_producer(&self) {
+        let mut rebuilt_at = self.rebuilt_at.lock().unwrap_or_else(|e| e.into_inner());
+        if rebuilt_at.elapsed() < self.config.delivery_timeout {
+            return;
+        }
+        *rebuilt_at = Instant::now();
+        match self.config.producer() {
+            Ok(fresh) => {
+                tracing::warn!("kafka producer timed out or failed fatally; replaced by a new one");
+                *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            }
+            Err(err) => tracing::warn!(error = %err, "kafka producer could not be rebuilt"),
+        }
+    }
+}
+
+/// Errors after which the producer itself may be the problem.
+fn producer_stuck(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::Fatal)
+    )
 }
 
 fn headers(message: &Message, id: &str) -> OwnedHeaders {
@@ -115,31 +157,40 @@ impl Destination for KafkaDestination {
     /// delivery reports together. Once one cannot be queued, the later ones
     /// are not queued at all (their key must wait for it).
     async fn send_ordered(&self, messages: &[Message]) -> Vec<Result<(), Error>> {
+        let producer = self.producer();
         let mut queued = Vec::with_capacity(messages.len());
         let mut refused = None;
         for message in messages {
             let id = message.id.to_string();
-            match self.producer.send_result(record(message, &id)) {
+            match producer.send_result(record(message, &id)) {
                 Ok(delivery) => queued.push(delivery),
                 Err((err, _)) => {
-                    refused = Some(classify(err));
+                    refused = Some(err);
                     break;
                 }
             }
         }
+        let mut stuck = false;
         let mut results: Vec<Result<(), Error>> = join_all(queued)
             .await
             .into_iter()
             .map(|report| match report {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((err, _))) => Err(classify(err)),
+                Ok(Err((err, _))) => {
+                    stuck |= producer_stuck(&err);
+                    Err(classify(err))
+                }
                 Err(_) => Err(Error::temporary(
                     "kafka: producer dropped the delivery report",
                 )),
             })
             .collect();
         if let Some(err) = refused {
-            results.push(Err(err));
+            stuck |= producer_stuck(&err);
+            results.push(Err(classify(err)));
+        }
+        if stuck {
+            self.rebuild_producer();
         }
         while results.len() < messages.len() {
             results.push(Err(Error::temporary(
@@ -150,7 +201,7 @@ impl Destination for KafkaDestination {
     }
 
     async fn flush(&self) -> Result<(), Error> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let timeout = self.config.delivery_timeout;
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await

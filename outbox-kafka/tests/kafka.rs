@@ -27,9 +27,9 @@ fn destination() -> KafkaDestination {
 
 /// Reads partition 0 of `topic` from the start, without a consumer group,
 /// until `count` records arrived or `timeout` passed.
-fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Received> {
+fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Received> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("outbox-test-{}", Uuid::now_v7()))
         .set("enable.auto.commit", "false")
         .create()
@@ -85,7 +85,7 @@ impl DestinationHarness for KafkaTopic {
 
     async fn received(&self, count: usize, timeout: Duration) -> Vec<Received> {
         let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || read_topic(&topic, count, timeout))
+        tokio::task::spawn_blocking(move || read_topic(&brokers(), &topic, count, timeout))
             .await
             .expect("reader")
     }
@@ -131,4 +131,225 @@ fn a_property_librdkafka_refuses_is_named_at_start_up() {
         "{err}"
     );
     assert!(!err.is_temporary());
+}
+
+/// A tansu of the test's own on a spare port (memory storage: a restart
+/// loses what it held, as a broker restored from nothing would).
+struct OwnBroker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = OwnBroker { port, child: None };
+        broker.restart();
+        broker
+    }
+
+    fn restart(&mut self) {
+        let bin = std::env::var("OUTBOX_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_TANSU_BIN): {err}"));
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    async fn wait_until_up(&self) {
+        let up = outbox_testkit::eventually(Duration::from_secs(20), || async {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        })
+        .await;
+        assert!(up, "own tansu did not start on {}", self.port);
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The destination under test, noting which messages it reported as
+/// acknowledged once `restarted` is set (by then the old broker is dead, so
+/// those acknowledgements came from the restarted one).
+#[derive(Clone)]
+struct Recording {
+    inner: KafkaDestination,
+    restarted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked_after: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
+}
+
+impl outbox_core::Destination for Recording {
+    type Item = Message;
+
+    async fn send(&self, message: &Message) -> Result<(), outbox_core::Error> {
+        self.send_ordered(std::slice::from_ref(message))
+            .await
+            .remove(0)
+    }
+
+    async fn send_ordered(&self, messages: &[Message]) -> Vec<Result<(), outbox_core::Error>> {
+        let results = self.inner.send_ordered(messages).await;
+        if self.restarted.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut acked = self.acked_after.lock().unwrap();
+            for (message, result) in messages.iter().zip(&results) {
+                if result.is_ok() {
+                    acked.insert(message.id);
+                }
+            }
+        }
+        results
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
+    use outbox_core::memory::MemorySource;
+    use outbox_core::{Backoff, RelayConfig, Stats};
+    use outbox_testkit::{eventually, numbered_messages, run_relay};
+
+    let mut broker = OwnBroker::start();
+    broker.wait_until_up().await;
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let destination = KafkaDestination::new(KafkaConfig {
+        brokers: brokers.clone(),
+        delivery_timeout: Duration::from_secs(2),
+        ..KafkaConfig::default()
+    })
+    .unwrap();
+    let topic = "outbox-test-restart";
+    destination.create_topics(&[topic], 1).await.unwrap();
+    let messages = numbered_messages(topic, 10, 150);
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue(messages.clone());
+    let config = RelayConfig {
+        batch_size: 20,
+        max_concurrent_keys: 2,
+        max_in_flight_per_key: 1,
+        max_attempts: 1000,
+        send_timeout: Duration::from_secs(5),
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+            ..Backoff::default()
+        },
+        ..RelayConfig::default()
+    };
+    let recording = Recording {
+        inner: destination.clone(),
+        restarted: Default::default(),
+        acked_after: Default::default(),
+    };
+    let relay = run_relay(source.clone(), recording.clone(), config);
+    let stats = relay.stats.clone();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            Stats::get(&stats.published) >= 100
+        })
+        .await
+    );
+
+    broker.stop();
+    let published_at_stop = Stats::get(&stats.published);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    recording
+        .restarted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    broker.restart();
+    broker.wait_until_up().await;
+    // The memory store came back empty: recreate the topic, as an operator would.
+    destination.create_topics(&[topic], 1).await.unwrap();
+
+    let drained = eventually(Duration::from_secs(120), || async { source.waiting() == 0 }).await;
+    relay.stop().await;
+    assert!(
+        drained,
+        "{} messages still waiting after the restart",
+        source.waiting()
+    );
+    assert!(
+        source.dead_letters().is_empty(),
+        "{:?}",
+        source.dead_letters()
+    );
+    assert!(
+        published_at_stop < messages.len() as u64,
+        "the broker was stopped after the end"
+    );
+
+    // Everything acknowledged after the restart is in the restarted broker's
+    // topic, and per key what it holds is a gapless suffix of the key's
+    // messages, in order (what the old broker acknowledged died with it).
+    let acked_after = recording.acked_after.lock().unwrap().clone();
+    assert!(
+        !acked_after.is_empty(),
+        "nothing was sent after the restart"
+    );
+    let (topic_name, most) = (topic.to_string(), messages.len() * 2);
+    let received = tokio::task::spawn_blocking(move || {
+        read_topic(&brokers, &topic_name, most, Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    let mut distinct = std::collections::HashSet::new();
+    let mut per_key: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for got in &received {
+        if distinct.insert(got.id) {
+            let key = messages
+                .iter()
+                .find(|m| m.id == got.id)
+                .unwrap()
+                .ordering_key
+                .clone();
+            per_key.entry(key).or_default().push(got.id);
+        }
+    }
+    let missing = acked_after.difference(&distinct).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} messages acknowledged after the restart are not in the topic"
+    );
+    for (key, ids) in &per_key {
+        let all: Vec<Uuid> = messages
+            .iter()
+            .filter(|m| &m.ordering_key == key)
+            .map(|m| m.id)
+            .collect();
+        let start = all.len() - ids.len();
+        assert_eq!(
+            &all[start..],
+            ids.as_slice(),
+            "key {key}: not a gapless suffix in order"
+        );
+    }
+    println!(
+        "restart: stopped after {published_at_stop} published; {} retried; {} acknowledged after the restart, all in the topic ({} records)",
+        Stats::get(&stats.retried),
+        acked_after.len(),
+        received.len()
+    );
 }
