@@ -13,7 +13,8 @@ use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_core::memory::MemorySource;
 use outbox_core::{Backoff, Message, RelayConfig, Stats, HEADER_MESSAGE_ID};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, DestinationHarness, Received,
+    assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
+    DestinationHarness, Received,
 };
 use uuid::Uuid;
 
@@ -248,20 +249,7 @@ async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost
     let drained = eventually(DEADLINE, || async { source.waiting() == 0 }).await;
     relay.stop().await;
     assert!(closed >= 1, "no connection named {name} was found to close");
-    assert!(
-        drained,
-        "{} messages still waiting after the reconnect",
-        source.waiting()
-    );
-    assert!(
-        source.dead_letters().is_empty(),
-        "{:?}",
-        source.dead_letters()
-    );
-    assert!(
-        published_at_close < messages.len() as u64,
-        "closed after the end"
-    );
+    assert_recovered(&source, drained, published_at_close, messages.len());
     let received = harness.received(messages.len(), DEADLINE).await;
     let arrivals: Vec<(String, Uuid)> = received
         .iter()

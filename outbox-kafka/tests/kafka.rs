@@ -230,7 +230,7 @@ impl outbox_core::Destination for Recording {
 async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
     use outbox_core::memory::MemorySource;
     use outbox_core::{Backoff, RelayConfig, Stats};
-    use outbox_testkit::{eventually, numbered_messages, run_relay};
+    use outbox_testkit::{assert_recovered, eventually, numbered_messages, run_relay};
 
     let mut broker = OwnBroker::start();
     broker.wait_until_up().await;
@@ -286,20 +286,7 @@ async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
 
     let drained = eventually(Duration::from_secs(120), || async { source.waiting() == 0 }).await;
     relay.stop().await;
-    assert!(
-        drained,
-        "{} messages still waiting after the restart",
-        source.waiting()
-    );
-    assert!(
-        source.dead_letters().is_empty(),
-        "{:?}",
-        source.dead_letters()
-    );
-    assert!(
-        published_at_stop < messages.len() as u64,
-        "the broker was stopped after the end"
-    );
+    assert_recovered(&source, drained, published_at_stop, messages.len());
 
     // Everything acknowledged after the restart is in the restarted broker's
     // topic, and per key what it holds is a gapless suffix of the key's

@@ -14,7 +14,8 @@ use outbox_core::memory::MemorySource;
 use outbox_core::{Backoff, Destination, Message, RelayConfig, Stats, HEADER_EVENT_TYPE};
 use outbox_nats::{NatsConfig, NatsDestination, NatsMode, NATS_MSG_ID};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, DestinationHarness, Received,
+    assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
+    DestinationHarness, Received,
 };
 use uuid::Uuid;
 
@@ -331,20 +332,7 @@ async fn the_relay_resumes_after_the_server_restarts_and_nothing_is_lost() {
 
     let drained = eventually(DEADLINE, || async { source.waiting() == 0 }).await;
     relay.stop().await;
-    assert!(
-        drained,
-        "{} messages still waiting after the restart",
-        source.waiting()
-    );
-    assert!(
-        source.dead_letters().is_empty(),
-        "{:?}",
-        source.dead_letters()
-    );
-    assert!(
-        published_at_stop < messages.len() as u64,
-        "the server was stopped after the end"
-    );
+    assert_recovered(&source, drained, published_at_stop, messages.len());
     let received = stored(&stream, messages.len(), DEADLINE).await;
     let subject_messages: Vec<(String, Uuid)> = received
         .iter()

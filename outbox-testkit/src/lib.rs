@@ -16,7 +16,9 @@ mod verify;
 pub use destination_suite::*;
 pub use harness::{DestinationHarness, Received, SourceHarness};
 pub use source_suite::*;
-pub use verify::{assert_order_per_key, eventually, numbered_messages, run_relay, RunningRelay};
+pub use verify::{
+    assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay, RunningRelay,
+};
 
 /// Generates one test per source scenario. `$make` is an async fn taking the
 /// scenario name (`&'static str`) and returning a [`SourceHarness`].

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outbox_core::memory::MemorySource;
 use outbox_core::{CancellationToken, Destination, Message, Relay, RelayConfig, Source, Stats};
 use uuid::Uuid;
 
@@ -117,4 +118,26 @@ where
         task,
         stats,
     }
+}
+
+/// The verdict of an outage test (a broker restarted, a connection cut):
+/// the relay drained `source` (`drained`), dead-lettered nothing, and the
+/// fault struck mid-stream (fewer than `total` published when it did).
+pub fn assert_recovered(
+    source: &MemorySource,
+    drained: bool,
+    published_at_fault: u64,
+    total: usize,
+) {
+    assert!(
+        drained,
+        "{} messages still waiting after the fault",
+        source.waiting()
+    );
+    let dead = source.dead_letters();
+    assert!(dead.is_empty(), "dead-lettered during the fault: {dead:?}");
+    assert!(
+        published_at_fault < total as u64,
+        "the fault struck after the end ({published_at_fault} of {total} published)"
+    );
 }
