@@ -15,6 +15,11 @@ pub use outbox_postgres as postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use outbox_mysql as mysql;
 
+/// The SQLite source and writer.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use outbox_sqlite as sqlite;
+
 /// The Kafka destination.
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]

@@ -8,6 +8,7 @@
 
 mod backoff;
 mod config;
+mod dead_letter;
 mod destination;
 mod error;
 mod histogram;
@@ -21,6 +22,7 @@ mod stats;
 
 pub use backoff::Backoff;
 pub use config::{duration_ms, RelayConfig};
+pub use dead_letter::DeadLetter;
 pub use destination::Destination;
 pub use error::{BoxError, ConfigError, Error, ErrorKind};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};

@@ -27,7 +27,7 @@ mod writer;
 
 pub use config::{AckMode, MysqlConfig};
 pub use error::classify;
-pub use operator::DeadLetter;
+pub use outbox_core::DeadLetter;
 pub use schema::MIGRATIONS;
 pub use source::MysqlSource;
 pub use writer::MysqlOutbox;

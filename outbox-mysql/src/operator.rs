@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use outbox_core::{Backlog, Error, Message};
+use outbox_core::{Backlog, DeadLetter, Error};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
@@ -12,21 +11,6 @@ use crate::error::classify;
 use crate::row::{decode, Decoded};
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
-
-/// A dead-lettered row, as an operator sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// The message id.
-    pub id: Uuid,
-    /// The message, when the row can still be read as one.
-    pub message: Option<Message>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Why it was dead-lettered.
-    pub error: String,
-    /// When.
-    pub dead_at: DateTime<Utc>,
-}
 
 impl MysqlOutbox {
     /// Messages waiting, age of the oldest, and dead letters.

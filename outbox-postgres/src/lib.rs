@@ -31,7 +31,7 @@ mod writer;
 
 pub use config::{AckMode, PostgresConfig};
 pub use error::classify;
-pub use operator::DeadLetter;
+pub use outbox_core::DeadLetter;
 pub use schema::MIGRATIONS;
 pub use source::PostgresSource;
 pub use writer::PostgresOutbox;

@@ -1,0 +1,162 @@
+//! The relay's side: claim under a lease, report outcomes, wake on commits
+//! made in this process.
+
+use std::time::Duration;
+
+use outbox_core::{Backlog, Error, Failure, Message, Source};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use crate::error::classify;
+use crate::row::{decode, Decoded};
+use crate::sql::{micros, now_us, placeholders};
+use crate::SqliteOutbox;
+
+/// A [`Source`] on one SQLite outbox table, acting as one relay.
+pub struct SqliteSource {
+    outbox: SqliteOutbox,
+    pool: SqlitePool,
+    relay_id: Uuid,
+}
+
+impl std::fmt::Debug for SqliteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSource")
+            .field("table", &self.outbox.config.table)
+            .field("relay_id", &self.relay_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteSource {
+    pub(crate) fn new(outbox: SqliteOutbox, pool: SqlitePool) -> Self {
+        Self {
+            outbox,
+            pool,
+            relay_id: Uuid::now_v7(),
+        }
+    }
+
+    /// This relay's identity, written into the rows it holds.
+    pub fn relay_id(&self) -> Uuid {
+        self.relay_id
+    }
+
+    /// Runs `prefix (?3, ...)` with the relay id as ?1, now as ?2, then the
+    /// ids.
+    async fn by_ids(&self, prefix: &str, items: &[Message]) -> Result<(), Error> {
+        // SQLite binds at most 32,766 values per statement.
+        for chunk in items.chunks(10_000) {
+            let sql = format!("{prefix}{}", placeholders(3, chunk.len()));
+            let mut query = sqlx::query(&sql).bind(self.relay_id).bind(now_us());
+            for item in chunk {
+                query = query.bind(item.id);
+            }
+            query.execute(&self.pool).await.map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// One statement per failure (failures are few), in one transaction.
+    async fn fail(
+        &self,
+        sql: &str,
+        failures: &[Failure<Message>],
+        retry: bool,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let now = now_us();
+        for failure in failures {
+            let when = if retry {
+                now.saturating_add(micros(failure.retry_after))
+            } else {
+                now
+            };
+            sqlx::query(sql)
+                .bind(i64::from(failure.attempts))
+                .bind(&failure.error)
+                .bind(when)
+                .bind(failure.item.id)
+                .bind(self.relay_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+}
+
+impl Source for SqliteSource {
+    type Item = Message;
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+        let now = now_us();
+        let rows = sqlx::query(&self.outbox.sql.claim)
+            .bind(self.relay_id)
+            .bind(now)
+            .bind(now.saturating_add(micros(self.lease())))
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        // RETURNING gives no order: put the batch back in enqueue order.
+        let mut rows: Vec<(i64, _)> = rows
+            .into_iter()
+            .map(|row| Ok((row.try_get::<i64, _>("seq")?, row)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)?;
+        rows.sort_unstable_by_key(|(seq, _)| *seq);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (_, row) in &rows {
+            match decode(row).map_err(classify)? {
+                Decoded::Message(message) => claimed.push(message),
+                Decoded::Malformed {
+                    id,
+                    attempts,
+                    reason,
+                } => {
+                    tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                    sqlx::query(&self.outbox.sql.dead_letter)
+                        .bind(attempts.saturating_add(1))
+                        .bind(reason)
+                        .bind(now)
+                        .bind(id)
+                        .bind(self.relay_id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn ack(&self, items: &[Message]) -> Result<(), Error> {
+        self.by_ids(&self.outbox.sql.ack_prefix, items).await
+    }
+
+    async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+        self.fail(&self.outbox.sql.retry, failures, true).await
+    }
+
+    async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+        self.fail(&self.outbox.sql.dead_letter, failures, false)
+            .await
+    }
+
+    async fn release(&self, items: &[Message]) -> Result<(), Error> {
+        self.by_ids(&self.outbox.sql.release_prefix, items).await
+    }
+
+    fn lease(&self) -> Duration {
+        self.outbox.config.lease
+    }
+
+    async fn wait_for_work(&self) {
+        self.outbox.committed.notified().await;
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>, Error> {
+        self.outbox.backlog(&self.pool).await.map(Some)
+    }
+}

@@ -1,0 +1,296 @@
+//! outbox-sqlite against real SQLite files. Every test owns its file.
+
+use std::time::{Duration, Instant};
+
+use outbox_core::memory::MemoryDestination;
+use outbox_core::{Message, RelayConfig, Source, Stats};
+use outbox_sqlite::{connect, AckMode, SqliteConfig, SqliteOutbox, SqliteSource};
+use outbox_testkit::{
+    assert_order_per_key, eventually, numbered_messages, run_relay, SourceHarness,
+};
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A fresh database file under the system temp directory.
+async fn database(name: &str, config: SqliteConfig) -> (SqliteOutbox, SqlitePool) {
+    let path = std::env::temp_dir().join(format!("outbox-sqlite-{name}-{}.db", Uuid::now_v7()));
+    let pool = connect(path.to_str().unwrap())
+        .await
+        .expect("open SQLite file");
+    let outbox = SqliteOutbox::new(config).unwrap();
+    outbox.migrate(&pool).await.expect("migrate");
+    outbox.migrate(&pool).await.expect("migrate twice");
+    (outbox, pool)
+}
+
+async fn commit(outbox: &SqliteOutbox, pool: &SqlitePool, messages: &[Message]) {
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue_many(&mut tx, messages)
+        .await
+        .expect("enqueue");
+    tx.commit().await.unwrap();
+    outbox.notify_committed();
+}
+
+struct LiteTable {
+    outbox: SqliteOutbox,
+    pool: SqlitePool,
+}
+
+impl SourceHarness for LiteTable {
+    type Source = SqliteSource;
+
+    async fn relay(&self, lease: Duration) -> SqliteSource {
+        let config = SqliteConfig {
+            lease,
+            ..self.outbox.config().clone()
+        };
+        SqliteOutbox::new(config).unwrap().source(self.pool.clone())
+    }
+
+    async fn enqueue(&self, messages: Vec<Message>) {
+        commit(&self.outbox, &self.pool, &messages).await;
+    }
+
+    async fn dead_letters(&self) -> Vec<(Uuid, String)> {
+        let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
+        dead.into_iter().map(|d| (d.id, d.error)).collect()
+    }
+
+    async fn waiting(&self) -> u64 {
+        self.outbox.backlog(&self.pool).await.unwrap().waiting
+    }
+}
+
+async fn conformance_table(scenario: &'static str) -> LiteTable {
+    let (outbox, pool) = database(scenario, SqliteConfig::default()).await;
+    LiteTable { outbox, pool }
+}
+
+mod conformance {
+    use super::*;
+    outbox_testkit::source_conformance!(conformance_table);
+}
+
+fn fast() -> RelayConfig {
+    RelayConfig {
+        send_timeout: Duration::from_secs(2),
+        poll_interval_max: Duration::from_millis(100),
+        ..RelayConfig::default()
+    }
+}
+
+fn arrivals(destination: &MemoryDestination) -> Vec<(String, Uuid)> {
+    destination
+        .sent()
+        .into_iter()
+        .map(|s| (s.message.ordering_key, s.message.id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
+    let (outbox, pool) = database("atomicity", SqliteConfig::default()).await;
+    let lost = Message::builder("orders", "order-1").build().unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &lost).await.unwrap();
+    tx.rollback().await.unwrap();
+    let kept = Message::builder("orders", "order-2").build().unwrap();
+    commit(&outbox, &pool, std::slice::from_ref(&kept)).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    assert!(destination.wait_for(1, DEADLINE).await);
+    assert!(
+        eventually(DEADLINE, || async {
+            outbox.backlog(&pool).await.unwrap().waiting == 0
+        })
+        .await
+    );
+    relay.stop().await;
+    let sent: Vec<Uuid> = destination.sent().iter().map(|s| s.message.id).collect();
+    assert_eq!(sent, vec![kept.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
+    let (outbox, pool) = database("four_relays", SqliteConfig::default()).await;
+    let messages = numbered_messages("orders", 500, 40);
+    for chunk in messages.chunks(1000) {
+        commit(&outbox, &pool, chunk).await;
+    }
+    let destination = MemoryDestination::new();
+    let config = RelayConfig {
+        batch_size: 200,
+        ..fast()
+    };
+    let relays: Vec<_> = (0..4)
+        .map(|_| {
+            run_relay(
+                outbox.source(pool.clone()),
+                destination.clone(),
+                config.clone(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    assert!(
+        destination
+            .wait_for(messages.len(), Duration::from_secs(120))
+            .await,
+        "{} of {} arrived",
+        destination.sent_count(),
+        messages.len()
+    );
+    let elapsed = started.elapsed();
+    let per_relay: Vec<u64> = relays
+        .iter()
+        .map(|r| Stats::get(&r.stats.published))
+        .collect();
+    for relay in relays {
+        relay.stop().await;
+    }
+    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
+    println!(
+        "4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates",
+        messages.len()
+    );
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rows_are_dead_lettered_with_the_reason() {
+    let (outbox, pool) = database("malformed", SqliteConfig::default()).await;
+    let good = numbered_messages("orders", 2, 2);
+    commit(&outbox, &pool, &good).await;
+    let bad_headers = Uuid::now_v7();
+    let bad_key = Uuid::now_v7();
+    let no_destination = Uuid::now_v7();
+    for (id, key, destination, headers) in [
+        (bad_headers, "hand".as_bytes(), "orders", "not json"),
+        (bad_key, &[0xff, 0xfe][..], "orders", "{}"),
+        (no_destination, "hand2".as_bytes(), "", "{}"),
+    ] {
+        // A key that is not UTF-8 goes in as a blob, as a careless writer could.
+        sqlx::query(
+            "INSERT INTO outbox_messages (id, ordering_key, destination, payload, headers, created_at, next_attempt_at) \
+             VALUES (?, CASE WHEN ? THEN ? ELSE CAST(? AS TEXT) END, ?, 'x', ?, 0, 0)",
+        )
+        .bind(id)
+        .bind(std::str::from_utf8(key).is_err())
+        .bind(key)
+        .bind(key)
+        .bind(destination)
+        .bind(headers)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    assert!(destination.wait_for(good.len(), DEADLINE).await);
+    assert!(
+        eventually(DEADLINE, || async {
+            outbox.count_dead_letters(&pool).await.unwrap() == 3
+        })
+        .await
+    );
+    relay.stop().await;
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let reason = |id: Uuid| {
+        letters
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.error.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(bad_headers).contains("headers are not JSON"),
+        "{}",
+        reason(bad_headers)
+    );
+    assert!(
+        reason(bad_key).contains("ordering_key"),
+        "{}",
+        reason(bad_key)
+    );
+    assert!(
+        reason(no_destination).contains("destination"),
+        "{}",
+        reason(no_destination)
+    );
+    assert!(letters
+        .iter()
+        .all(|d| d.message.is_none() && d.attempts == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
+    let config = SqliteConfig {
+        ack_mode: AckMode::MarkDone,
+        ..SqliteConfig::default()
+    };
+    let (outbox, pool) = database("operator", config).await;
+    let messages = numbered_messages("orders", 3, 2);
+    commit(&outbox, &pool, &messages).await;
+    let source = outbox.source(pool.clone());
+    let claimed = source.claim(100).await.unwrap();
+    assert_eq!(claimed.len(), 6);
+    let (dead, delivered) = claimed.split_at(1);
+    source
+        .dead_letter(&[outbox_core::Failure {
+            item: dead[0].clone(),
+            error: "refused by the broker".into(),
+            attempts: 1,
+            retry_after: Duration::ZERO,
+        }])
+        .await
+        .unwrap();
+    source.ack(delivered).await.unwrap();
+    let backlog = outbox.backlog(&pool).await.unwrap();
+    assert_eq!((backlog.waiting, backlog.dead_letters), (0, 1));
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    assert_eq!(letters[0].error, "refused by the broker");
+    assert_eq!(letters[0].message.as_ref().map(|m| m.id), Some(dead[0].id));
+    assert_eq!(letters[0].attempts, 1);
+
+    assert_eq!(outbox.requeue(&pool, &[dead[0].id]).await.unwrap(), 1);
+    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    let again = source.claim(100).await.unwrap();
+    assert_eq!(
+        again.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![dead[0].id]
+    );
+    assert_eq!(again[0].attempts, 0, "attempts are reset");
+    source.ack(&again).await.unwrap();
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+
+    assert_eq!(
+        outbox
+            .cleanup(&pool, Duration::from_secs(3600), 2)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(outbox.cleanup(&pool, Duration::ZERO, 2).await.unwrap(), 6);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_walks_the_partial_indexes() {
+    let (outbox, pool) = database("plan", SqliteConfig::default()).await;
+    let plan = outbox.explain_claim(&pool, 1000).await.unwrap();
+    println!("{plan}");
+    assert!(plan.contains("outbox_messages_waiting"), "{plan}");
+    assert!(plan.contains("outbox_messages_key"), "{plan}");
+    assert!(
+        !plan.contains("SCAN o\n") && !plan.contains("SCAN p"),
+        "{plan}"
+    );
+}
