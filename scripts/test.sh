@@ -35,6 +35,13 @@ cargo test --workspace --all-features --no-fail-fast
 step "quickstart"
 cargo run --quiet --example quickstart
 
+# Each service example with 20 orders: it fails unless every event arrives
+# once, in order per order.
+for example in postgres_kafka postgres_amqp postgres_nats mysql_kafka mysql_amqp mysql_nats; do
+    step "example $example"
+    cargo run --quiet --all-features --example "$example" -- 20
+done
+
 step "scheduler benchmark (smoke)"
 cargo bench --quiet -p outbox-core --bench scheduler -- 20000 1000
 

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::classify;
 use crate::row::{decode, Decoded};
+use crate::source::read_committed;
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
 
@@ -93,11 +94,15 @@ impl MysqlOutbox {
     ) -> Result<u64, Error> {
         let batch = u64::from(batch.max(1));
         let mut total = 0;
+        let mut conn = pool.acquire().await.map_err(classify)?;
         loop {
+            // Without gap locks, or writers inserting at the end of the
+            // `waiting` index would wait for (and deadlock with) cleanup.
+            read_committed(&mut conn).await?;
             let done = sqlx::query(&self.sql.cleanup)
                 .bind(older_than.as_micros() as i64)
                 .bind(batch)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(classify)?;
             total += done.rows_affected();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use outbox_core::{Backlog, Error, Failure, Message, Source};
-use sqlx::{MySqlConnection, MySqlPool, Row};
+use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
 use uuid::Uuid;
 
 use crate::error::classify;
@@ -130,6 +130,20 @@ impl MysqlSource {
     }
 }
 
+/// Makes the connection's next transaction READ COMMITTED: its scans then
+/// take no gap locks. Under REPEATABLE READ a claim's scan locks the gap at
+/// the end of the `waiting` index, where every writer inserts, and InnoDB
+/// settles the resulting writer-versus-claim waits as deadlocks, failing the
+/// application's transaction. Claims still take turns on the claim row, so
+/// nothing else changes.
+pub(crate) async fn read_committed(conn: &mut MySqlConnection) -> Result<(), Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
 /// A boxed future borrowing a connection, for [`MysqlSource::report`].
 mod futures_like {
     use std::future::Future;
@@ -149,7 +163,9 @@ impl Source for MysqlSource {
             }
         }
         let sql = &self.outbox.sql;
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        read_committed(&mut conn).await?;
+        let mut tx = conn.begin().await.map_err(classify)?;
         sqlx::query(&sql.claim_lock)
             .execute(&mut *tx)
             .await

@@ -305,3 +305,53 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let all: Vec<Message> = first.into_iter().chain(second).chain(third).collect();
     assert_order_per_key(&all, &arrivals(&destination));
 }
+
+/// Writers committing one message per transaction while two relays claim:
+/// no writer transaction may fail (claims once took gap locks that InnoDB
+/// turned into writer deadlocks), and everything arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_committing_during_claims_never_fail() {
+    let (outbox, pool) = table("busy_writers").await;
+    let destination = MemoryDestination::new();
+    let relays: Vec<_> = (0..2)
+        .map(|_| run_relay(outbox.source(pool.clone()), destination.clone(), fast()))
+        .collect();
+    let messages = numbered_messages("orders", 50, 12);
+    // Three writers, each with its own keys, so each key's enqueue order is
+    // the order numbered_messages gave it.
+    let writers: Vec<_> = (0..3)
+        .map(|writer| {
+            let chunk: Vec<Message> = messages
+                .iter()
+                .filter(|m| m.ordering_key[4..].parse::<usize>().unwrap() % 3 == writer)
+                .cloned()
+                .collect();
+            let (outbox, pool) = (outbox.clone(), pool.clone());
+            tokio::spawn(async move {
+                for message in chunk {
+                    let mut tx = pool.begin().await?;
+                    outbox.enqueue(&mut tx, &message).await?;
+                    tx.commit().await?;
+                    outbox.notify_committed();
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer
+            .await
+            .unwrap()
+            .expect("a writer's transaction failed");
+    }
+    assert!(
+        destination.wait_for(messages.len(), DEADLINE).await,
+        "{} of {} arrived",
+        destination.sent_count(),
+        messages.len()
+    );
+    for relay in relays {
+        relay.stop().await;
+    }
+    assert_order_per_key(&messages, &arrivals(&destination));
+}

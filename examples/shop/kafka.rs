@@ -1,0 +1,80 @@
+//! The shop's events on Kafka: topic `shop-<name>-orders` (3 partitions,
+//! each order's events in one), read from the end as it was on connecting.
+
+use std::time::Duration;
+
+use outbox::kafka::{KafkaConfig, KafkaDestination};
+use outbox::HEADER_MESSAGE_ID;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::{decode, Broker, Result};
+
+const PARTITIONS: i32 = 3;
+
+/// Connects to `OUTBOX_KAFKA_BROKERS`, creates the topic if needed and
+/// starts the consumer at each partition's current end.
+pub async fn connect(name: &str) -> Result<Broker<KafkaDestination>> {
+    let brokers = std::env::var("OUTBOX_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let destination = KafkaDestination::new(KafkaConfig {
+        brokers: brokers.clone(),
+        ..KafkaConfig::default()
+    })?;
+    let topic = format!("shop-{name}-orders");
+    destination
+        .create_topics(&[&topic], PARTITIONS)
+        .await
+        .map_err(|err| {
+            format!("Kafka at OUTBOX_KAFKA_BROKERS: {err} (run scripts/services.sh up)")
+        })?;
+    let consumer_topic = topic.clone();
+    // Watermarks are a blocking call.
+    let consumer = tokio::task::spawn_blocking(move || -> Result<StreamConsumer> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("shop-{name}", name = consumer_topic))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            let (_, end) =
+                consumer.fetch_watermarks(&consumer_topic, partition, Duration::from_secs(10))?;
+            partitions.add_partition_offset(&consumer_topic, partition, Offset::Offset(end))?;
+        }
+        consumer.assign(&partitions)?;
+        Ok(consumer)
+    })
+    .await??;
+    let (sender, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let record = match consumer.recv().await {
+                Ok(record) => record,
+                Err(err) => {
+                    eprintln!("consumer: {err}");
+                    continue;
+                }
+            };
+            let id = record.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == HEADER_MESSAGE_ID)
+                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            });
+            let Some(id) = id else {
+                eprintln!("consumer: a record without {HEADER_MESSAGE_ID}");
+                continue;
+            };
+            let arrival = decode(id, record.payload().unwrap_or_default());
+            if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {
+                return;
+            }
+        }
+    });
+    Ok(Broker {
+        destination,
+        address: topic,
+        arrivals,
+    })
+}

@@ -1,0 +1,258 @@
+//! The orders service every `<source>_<broker>` example runs: orders are
+//! placed, paid and shipped, each step one database transaction holding the
+//! order row and its event; a relay in the same process publishes the events;
+//! a consumer reads them back, drops duplicates by message id and checks that
+//! each order's events arrived in order.
+//!
+//! Each example picks a database module (`postgres`, `mysql`) and a broker
+//! module (`kafka`, `amqp`, `nats`); this file is the part they share.
+
+// Each example uses one database and one broker module.
+#![allow(dead_code)]
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use outbox::{CancellationToken, Destination, Event, Message, Relay, RelayConfig, Source, Stats};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedReceiver;
+use uuid::Uuid;
+
+/// What an example's `main` returns.
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// An order's life, published to the broker as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum OrderEvent {
+    /// A customer placed the order.
+    OrderPlaced { order_id: String, total_cents: i64 },
+    /// The payment went through.
+    OrderPaid { order_id: String },
+    /// The parcel left the warehouse.
+    OrderShipped { order_id: String },
+}
+
+impl OrderEvent {
+    /// The order this event belongs to.
+    pub fn order_id(&self) -> &str {
+        match self {
+            OrderEvent::OrderPlaced { order_id, .. }
+            | OrderEvent::OrderPaid { order_id }
+            | OrderEvent::OrderShipped { order_id } => order_id,
+        }
+    }
+
+    /// The order's status once this event happened.
+    pub fn status(&self) -> &'static str {
+        match self {
+            OrderEvent::OrderPlaced { .. } => "placed",
+            OrderEvent::OrderPaid { .. } => "paid",
+            OrderEvent::OrderShipped { .. } => "shipped",
+        }
+    }
+
+    /// The order total, known when it is placed.
+    pub fn total_cents(&self) -> i64 {
+        match self {
+            OrderEvent::OrderPlaced { total_cents, .. } => *total_cents,
+            _ => 0,
+        }
+    }
+}
+
+impl Event for OrderEvent {
+    fn event_type(&self) -> &str {
+        match self {
+            OrderEvent::OrderPlaced { .. } => "OrderPlaced",
+            OrderEvent::OrderPaid { .. } => "OrderPaid",
+            OrderEvent::OrderShipped { .. } => "OrderShipped",
+        }
+    }
+
+    fn aggregate_id(&self) -> String {
+        self.order_id().to_string()
+    }
+}
+
+/// The database side of the service.
+pub trait Shop {
+    /// The relay's source on this shop's outbox.
+    type Source: Source<Item = Message>;
+
+    /// Records `event` in one transaction: the order row changes and
+    /// `message` (the event) is written to the outbox.
+    async fn record(&self, event: &OrderEvent, message: &Message) -> Result;
+
+    /// A relay's source.
+    async fn source(&self) -> Result<Self::Source>;
+}
+
+/// One event as the consumer read it from the broker.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The outbox message id, carried by the broker's id field or header.
+    pub id: Uuid,
+    /// The event, decoded from the payload.
+    pub event: OrderEvent,
+}
+
+/// A broker connection: the relay's destination, the address messages
+/// carry to reach the example's topic, exchange or subject, and what a
+/// consumer reads there.
+pub struct Broker<D> {
+    /// The relay's destination.
+    pub destination: D,
+    /// What goes in `Message::destination`.
+    pub address: String,
+    /// Events as the consumer reads them, from the moment of connecting.
+    pub arrivals: UnboundedReceiver<Arrival>,
+}
+
+/// Decodes a payload, reporting bad ones on stderr.
+pub fn decode(id: Uuid, payload: &[u8]) -> Option<Arrival> {
+    match serde_json::from_slice(payload) {
+        Ok(event) => Some(Arrival { id, event }),
+        Err(err) => {
+            eprintln!("consumer: message {id} is not an order event: {err}");
+            None
+        }
+    }
+}
+
+/// Logs at `warn` unless `RUST_LOG` says otherwise.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+}
+
+/// How many orders to place: the first argument, default 50.
+fn orders_wanted() -> Result<usize> {
+    match std::env::args().nth(1) {
+        Some(arg) => Ok(arg
+            .parse()
+            .map_err(|_| format!("the first argument is the number of orders, got {arg:?}"))?),
+        None => Ok(50),
+    }
+}
+
+/// Runs the service: a relay from `shop`'s outbox to `destination`, orders
+/// written, `arrivals` read until every event came or a minute passed.
+pub async fn run<S, D>(shop: S, broker: Broker<D>) -> Result
+where
+    S: Shop,
+    D: Destination<Item = Message>,
+{
+    let orders = orders_wanted()?;
+    let Broker {
+        destination,
+        address,
+        mut arrivals,
+    } = broker;
+    let relay = Relay::new(shop.source().await?, destination, RelayConfig::default())?;
+    let stats = relay.stats();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    // Customers place orders, then pay them, then the warehouse ships them:
+    // the three events of an order are written in separate transactions,
+    // interleaved with other orders'.
+    let run = Uuid::now_v7().simple().to_string();
+    let prefix = format!("order-{}-", &run[24..]);
+    let ids: Vec<String> = (0..orders).map(|n| format!("{prefix}{n}")).collect();
+    let started = Instant::now();
+    let mut written = 0;
+    for step in 0..3 {
+        for (n, order_id) in ids.iter().enumerate() {
+            let order_id = order_id.clone();
+            let event = match step {
+                0 => OrderEvent::OrderPlaced {
+                    order_id,
+                    total_cents: 1000 + 25 * n as i64,
+                },
+                1 => OrderEvent::OrderPaid { order_id },
+                _ => OrderEvent::OrderShipped { order_id },
+            };
+            let message = Message::from_event(address.as_str(), &event)?;
+            shop.record(&event, &message).await?;
+            written += 1;
+        }
+    }
+    println!(
+        "placed, paid and shipped {orders} orders: {written} events committed in {:?}",
+        started.elapsed()
+    );
+
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    let mut earlier = 0;
+    let mut per_order: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < written {
+        let Ok(Some(arrival)) = tokio::time::timeout_at(deadline, arrivals.recv()).await else {
+            break;
+        };
+        if !arrival.event.order_id().starts_with(&prefix) {
+            // Left in the outbox by an earlier run that stopped early.
+            earlier += 1;
+            continue;
+        }
+        if !seen.insert(arrival.id) {
+            duplicates += 1;
+            continue;
+        }
+        per_order
+            .entry(arrival.event.order_id().to_string())
+            .or_default()
+            .push(arrival.event.status());
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    running.await??;
+
+    for (order, statuses) in per_order.iter().take(3) {
+        println!("  {order}: {}", statuses.join(" -> "));
+    }
+    let out_of_order: Vec<&String> = per_order
+        .iter()
+        .filter(|(_, statuses)| statuses.as_slice() != ["placed", "paid", "shipped"])
+        .map(|(order, _)| order)
+        .collect();
+    if earlier > 0 {
+        println!("  (and {earlier} events of earlier runs, left in the outbox when they stopped)");
+    }
+    let latency = stats.end_to_end_latency.snapshot();
+    println!(
+        "consumer: {} of {written} events in {elapsed:?}, {duplicates} duplicates dropped; relay: published {}, retried {}, mean commit-to-ack {:.1} ms",
+        seen.len(),
+        Stats::get(&stats.published),
+        Stats::get(&stats.retried),
+        latency.sum_seconds * 1000.0 / latency.count.max(1) as f64,
+    );
+    if seen.len() < written {
+        return Err(format!(
+            "only {} of {written} events arrived within a minute",
+            seen.len()
+        )
+        .into());
+    }
+    if !out_of_order.is_empty() {
+        return Err(format!("orders whose events arrived out of order: {out_of_order:?}").into());
+    }
+    println!("every order's events arrived once each, in order.");
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! The shop's events on NATS JetStream: stream `SHOP_<NAME>` on subjects
+//! `shop.<name>.>`, read by an ordered consumer from the moment of connecting.
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::stream;
+use futures_util::StreamExt;
+use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
+
+use super::{decode, Broker, Result};
+
+/// Connects to `OUTBOX_NATS_URL`, creates the stream if needed and starts
+/// the consumer.
+pub async fn connect(name: &str) -> Result<Broker<NatsDestination>> {
+    let destination = NatsDestination::connect(NatsConfig {
+        url: std::env::var("OUTBOX_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+        ..NatsConfig::default()
+    })
+    .await
+    .map_err(|err| format!("NATS at OUTBOX_NATS_URL: {err} (run scripts/services.sh up)"))?;
+    let stream = destination
+        .jetstream()
+        .get_or_create_stream(stream::Config {
+            name: format!("SHOP_{}", name.to_uppercase()),
+            subjects: vec![format!("shop.{name}.>")],
+            ..Default::default()
+        })
+        .await?;
+    let address = format!("shop.{name}.orders");
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: address.clone(),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let (sender, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(NATS_MSG_ID))
+                .and_then(|id| id.as_str().parse().ok());
+            let Some(id) = id else {
+                eprintln!(
+                    "consumer: a message on {} without {NATS_MSG_ID}",
+                    message.subject
+                );
+                continue;
+            };
+            let arrival = decode(id, &message.payload);
+            if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {
+                return;
+            }
+        }
+    });
+    Ok(Broker {
+        destination,
+        address,
+        arrivals,
+    })
+}
