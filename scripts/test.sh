@@ -35,6 +35,9 @@ cargo test --workspace --all-features --no-fail-fast
 step "quickstart"
 cargo run --quiet --example quickstart
 
+step "example custom_webhook (own Source and Destination)"
+cargo run --quiet --example custom_webhook
+
 # Each service example with 20 orders: it fails unless every event arrives
 # once, in order per order.
 for example in postgres_kafka postgres_amqp postgres_nats mysql_kafka mysql_amqp mysql_nats; do
