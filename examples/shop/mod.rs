@@ -37,36 +37,39 @@ pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Sen
 #[serde(tag = "type")]
 pub enum OrderEvent {
     /// A customer placed the order.
-    OrderPlaced { order_id: String, total_cents: i64 },
+    #[serde(rename = "OrderPlaced")]
+    Placed { order_id: String, total_cents: i64 },
     /// The payment went through.
-    OrderPaid { order_id: String },
+    #[serde(rename = "OrderPaid")]
+    Paid { order_id: String },
     /// The parcel left the warehouse.
-    OrderShipped { order_id: String },
+    #[serde(rename = "OrderShipped")]
+    Shipped { order_id: String },
 }
 
 impl OrderEvent {
     /// The order this event belongs to.
     pub fn order_id(&self) -> &str {
         match self {
-            OrderEvent::OrderPlaced { order_id, .. }
-            | OrderEvent::OrderPaid { order_id }
-            | OrderEvent::OrderShipped { order_id } => order_id,
+            OrderEvent::Placed { order_id, .. }
+            | OrderEvent::Paid { order_id }
+            | OrderEvent::Shipped { order_id } => order_id,
         }
     }
 
     /// The order's status once this event happened.
     pub fn status(&self) -> &'static str {
         match self {
-            OrderEvent::OrderPlaced { .. } => "placed",
-            OrderEvent::OrderPaid { .. } => "paid",
-            OrderEvent::OrderShipped { .. } => "shipped",
+            OrderEvent::Placed { .. } => "placed",
+            OrderEvent::Paid { .. } => "paid",
+            OrderEvent::Shipped { .. } => "shipped",
         }
     }
 
     /// The order total, known when it is placed.
     pub fn total_cents(&self) -> i64 {
         match self {
-            OrderEvent::OrderPlaced { total_cents, .. } => *total_cents,
+            OrderEvent::Placed { total_cents, .. } => *total_cents,
             _ => 0,
         }
     }
@@ -75,9 +78,9 @@ impl OrderEvent {
 impl Event for OrderEvent {
     fn event_type(&self) -> &str {
         match self {
-            OrderEvent::OrderPlaced { .. } => "OrderPlaced",
-            OrderEvent::OrderPaid { .. } => "OrderPaid",
-            OrderEvent::OrderShipped { .. } => "OrderShipped",
+            OrderEvent::Placed { .. } => "OrderPlaced",
+            OrderEvent::Paid { .. } => "OrderPaid",
+            OrderEvent::Shipped { .. } => "OrderShipped",
         }
     }
 
@@ -180,12 +183,12 @@ where
         for (n, order_id) in ids.iter().enumerate() {
             let order_id = order_id.clone();
             let event = match step {
-                0 => OrderEvent::OrderPlaced {
+                0 => OrderEvent::Placed {
                     order_id,
                     total_cents: 1000 + 25 * n as i64,
                 },
-                1 => OrderEvent::OrderPaid { order_id },
-                _ => OrderEvent::OrderShipped { order_id },
+                1 => OrderEvent::Paid { order_id },
+                _ => OrderEvent::Shipped { order_id },
             };
             let message = Message::from_event(address.as_str(), &event)?;
             shop.record(&event, &message).await?;

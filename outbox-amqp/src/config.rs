@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use outbox_core::{ConfigError, Message};
+use outbox_core::{redact_url, ConfigError, Message};
 
 /// An exchange and routing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,17 +84,6 @@ impl AmqpConfig {
 /// Longest wait for a connection to open. A broker that does not answer
 /// within it counts as down: the send fails as temporary and is retried.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The URL with its credentials replaced, for logs and errors.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable url>".to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}"),
-        None => url.to_string(),
-    }
-}
 
 #[cfg(test)]
 mod tests {

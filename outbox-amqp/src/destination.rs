@@ -10,9 +10,10 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 use tokio::sync::RwLock;
 
-use crate::config::{redact_url, CONNECT_TIMEOUT};
+use crate::config::CONNECT_TIMEOUT;
 use crate::error::{breaks_link, classify};
 use crate::AmqpConfig;
+use outbox_core::redact_url;
 
 struct Link {
     // Kept so the connection lives as long as its channel.

@@ -15,6 +15,7 @@ mod histogram;
 mod item;
 pub mod memory;
 mod message;
+mod redact;
 mod relay;
 mod scheduler;
 mod source;
@@ -31,6 +32,7 @@ pub use message::{
     headers_from_json, Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
     HEADER_MESSAGE_ID,
 };
+pub use redact::redact_url;
 pub use relay::Relay;
 pub use source::{Backlog, Failure, OnDeadLetter, Source};
 pub use stats::{Health, Stats};

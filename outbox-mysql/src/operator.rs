@@ -84,6 +84,15 @@ impl MysqlOutbox {
         Ok(query.execute(pool).await.map_err(classify)?.rows_affected())
     }
 
+    /// Puts every dead letter back in the delivery path; returns how many.
+    pub async fn requeue_all(&self, pool: &MySqlPool) -> Result<u64, Error> {
+        let done = sqlx::query(&self.sql.requeue_all)
+            .execute(pool)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
     /// In mark-done mode, deletes rows delivered more than `older_than` ago,
     /// `batch` rows per statement, and returns how many it deleted.
     pub async fn cleanup(

@@ -24,6 +24,7 @@ pub(crate) struct Statements {
     pub dead_letters: String,
     pub count_dead: String,
     pub requeue: String,
+    pub requeue_all: String,
     pub cleanup: String,
 }
 
@@ -109,6 +110,10 @@ impl Statements {
             requeue: format!(
                 "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = {now}, \
                    lease_owner = NULL, leased_until = NULL WHERE dead_at IS NOT NULL AND id IN "
+            ),
+            requeue_all: format!(
+                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = {now}, \
+                   lease_owner = NULL, leased_until = NULL WHERE dead_at IS NOT NULL"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE done_at IS NOT NULL \

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use outbox_core::redact_url;
 use outbox_core::ConfigError;
 
 /// What a publish waits for.
@@ -130,17 +131,6 @@ impl NatsConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// The URL with any password or token replaced, for logs and errors.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}"),
-        None => url.to_string(),
     }
 }
 

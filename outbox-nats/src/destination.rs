@@ -5,9 +5,9 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 
-use crate::config::redact_url;
 use crate::error::{classify_core, classify_jetstream};
 use crate::{NatsAuth, NatsConfig, NatsMode, NATS_MSG_ID};
+use outbox_core::redact_url;
 
 /// Publishes outbox messages to NATS; see the crate docs for the two modes.
 #[derive(Debug, Clone)]

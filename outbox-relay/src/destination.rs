@@ -1,0 +1,74 @@
+//! The configured broker, connected, handed to the relay with its source.
+
+use std::time::Duration;
+
+use outbox_core::{CancellationToken, Error, Message, Relay, RelayConfig, Source};
+
+use crate::settings::{DestinationKind, DestinationSettings};
+
+/// Connects the destination `settings` name and runs a relay from `source`
+/// to it until `shutdown`; `started` receives the relay's statistics.
+pub async fn relay_to<S: Source<Item = Message>>(
+    settings: &DestinationSettings,
+    source: S,
+    config: RelayConfig,
+    started: impl FnOnce(std::sync::Arc<outbox_core::Stats>),
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let timeout = settings.timeout_ms.map(Duration::from_millis);
+    #[allow(unused_variables)] // unused when only kafka is compiled in
+    let url = settings.url.clone().unwrap_or_default();
+    macro_rules! run {
+        ($destination:expr) => {{
+            let relay = Relay::new(source, $destination, config)
+                .map_err(|err| Error::permanent(format!("invalid configuration: relay.{err}")))?;
+            started(relay.stats());
+            relay.run(shutdown).await
+        }};
+    }
+    match settings.kind {
+        #[cfg(feature = "kafka")]
+        DestinationKind::Kafka => {
+            let mut kafka = outbox_kafka::KafkaConfig {
+                brokers: settings.brokers.clone().unwrap_or_default(),
+                ..outbox_kafka::KafkaConfig::default()
+            };
+            for (name, value) in &settings.properties {
+                let value = crate::settings::property_value(name, value)
+                    .map_err(|err| Error::permanent(format!("invalid configuration: {err}")))?;
+                kafka.properties.insert(name.clone(), value);
+            }
+            if let Some(timeout) = timeout {
+                kafka.delivery_timeout = timeout;
+            }
+            run!(outbox_kafka::KafkaDestination::new(kafka)?)
+        }
+        #[cfg(feature = "amqp")]
+        DestinationKind::Amqp => {
+            let amqp = outbox_amqp::AmqpConfig {
+                url,
+                ..outbox_amqp::AmqpConfig::default()
+            };
+            run!(outbox_amqp::AmqpDestination::connect(amqp).await?)
+        }
+        #[cfg(feature = "nats")]
+        DestinationKind::Nats => {
+            let mut nats = outbox_nats::NatsConfig {
+                url,
+                subject_prefix: settings.subject_prefix.clone().unwrap_or_default(),
+                ..outbox_nats::NatsConfig::default()
+            };
+            if settings.mode.as_deref() == Some("core") {
+                nats.mode = outbox_nats::NatsMode::Core;
+            }
+            if let Some(timeout) = timeout {
+                nats.ack_timeout = timeout;
+            }
+            run!(outbox_nats::NatsDestination::connect(nats).await?)
+        }
+        #[allow(unreachable_patterns)]
+        kind => Err(Error::permanent(format!(
+            "destination.kind = {kind:?} is not compiled into this outbox-relay: build it with that feature"
+        ))),
+    }
+}

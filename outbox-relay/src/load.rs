@@ -1,0 +1,204 @@
+//! Reading the configuration: the TOML file, then `OUTBOX_…` variables over
+//! it, then the checks.
+//!
+//! A variable names a setting by its path with `__` between the parts:
+//! `OUTBOX_RELAY__BATCH_SIZE=1000` sets `[relay] batch_size`,
+//! `OUTBOX_SOURCE__URL=…` sets `[source] url`. Variables without `__`
+//! (such as `OUTBOX_CONFIG`) are not settings.
+
+use std::path::Path;
+
+use outbox_core::ConfigError;
+
+use crate::settings::Settings;
+
+/// The sections a variable may address.
+const SECTIONS: &[&str] = &["source", "destination", "relay", "http", "log"];
+
+/// Reads `path` (a missing file counts as empty when `vars` supply
+/// everything), applies `vars` and checks the result.
+pub fn load(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => {
+            return Err(ConfigError::new(
+                "--config",
+                format!("cannot read {}: {err}", path.display()),
+            ))
+        }
+    };
+    let mut document: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        ConfigError::new(
+            format!("{}", path.display()),
+            format!("is not valid TOML: {err}"),
+        )
+    })?;
+    apply_env(&mut document, vars)?;
+    let settings: Settings =
+        toml::Value::Table(document)
+            .try_into()
+            .map_err(|err: toml::de::Error| {
+                ConfigError::new("configuration", err.message().to_string())
+            })?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Writes every `OUTBOX_<SECTION>__<KEY>…` variable into `document`.
+pub fn apply_env(
+    document: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        let Some(path) = name.strip_prefix("OUTBOX_") else {
+            continue;
+        };
+        if !path.contains("__") {
+            continue;
+        }
+        let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+        if !SECTIONS.contains(&parts[0].as_str()) || parts.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                name,
+                format!("names no setting: use OUTBOX_<SECTION>__<SETTING> with a section of {SECTIONS:?}"),
+            ));
+        }
+        let mut table = &mut *document;
+        for part in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(inner) => inner,
+                _ => return Err(ConfigError::new(name, format!("{part} is not a table"))),
+            };
+        }
+        table.insert(parts[parts.len() - 1].clone(), scalar(&value));
+    }
+    Ok(())
+}
+
+/// A number or boolean when the text is one, else the text itself.
+fn scalar(text: &str) -> toml::Value {
+    if let Ok(i) = text.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = text.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(f) = text.parse::<f64>() {
+        if text.contains('.') {
+            return toml::Value::Float(f);
+        }
+    }
+    toml::Value::String(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [source]
+        kind = "postgres"
+        url = "postgres://127.0.0.1/test"
+        [destination]
+        kind = "nats"
+        url = "nats://127.0.0.1:4222"
+    "#;
+
+    fn file(text: &str) -> std::path::PathBuf {
+        let name = format!("outbox-relay-{}.toml", uuid::Uuid::now_v7());
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_defaults() {
+        let f = file(MINIMAL);
+        let settings = load(&f, vars(&[])).unwrap();
+        assert_eq!(settings.relay, outbox_core::RelayConfig::default());
+        assert_eq!(settings.source.table, "outbox_messages");
+        assert_eq!(settings.http.listen, "127.0.0.1:9187");
+    }
+
+    #[test]
+    fn variables_override_the_file() {
+        let f = file(MINIMAL);
+        let settings = load(
+            &f,
+            vars(&[
+                ("OUTBOX_RELAY__BATCH_SIZE", "1000"),
+                ("OUTBOX_RELAY__BACKOFF__MULTIPLIER", "1.5"),
+                ("OUTBOX_SOURCE__TABLE", "orders_outbox"),
+                ("OUTBOX_RELAY__PREFETCH", "false"),
+                ("OUTBOX_CONFIG", "ignored.toml"),
+                ("OUTBOX_POSTGRES_URL", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.relay.batch_size, 1000);
+        assert_eq!(settings.relay.backoff.multiplier, 1.5);
+        assert!(!settings.relay.prefetch);
+        assert_eq!(settings.source.table, "orders_outbox");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let f = file(MINIMAL);
+        let setting = |pairs: &[(&str, &str)]| load(&f, vars(pairs)).unwrap_err().setting;
+        assert_eq!(
+            setting(&[("OUTBOX_RELAY__BATCH_SIZE", "0")]),
+            "relay.batch_size"
+        );
+        assert_eq!(setting(&[("OUTBOX_SOURCE__URL", "")]), "source.url");
+        assert_eq!(
+            setting(&[("OUTBOX_SOURCE__LEASE_MS", "5000")]),
+            "relay.send_timeout"
+        );
+        assert_eq!(setting(&[("OUTBOX_SORCE__URL", "x")]), "OUTBOX_SORCE__URL");
+        assert_eq!(
+            setting(&[("OUTBOX_DESTINATION__MODE", "fast")]),
+            "destination.mode"
+        );
+        assert_eq!(
+            setting(&[("OUTBOX_HTTP__LISTEN", "nowhere")]),
+            "http.listen"
+        );
+        assert_eq!(
+            setting(&[("OUTBOX_DESTINATION__BROKERS", "k:9092")]),
+            "destination.brokers"
+        );
+        let unknown = load(&f, vars(&[("OUTBOX_RELAY__BATCH", "5")])).unwrap_err();
+        assert!(
+            unknown.reason.contains("unknown field `batch`"),
+            "{unknown}"
+        );
+        let kind = load(&f, vars(&[("OUTBOX_SOURCE__KIND", "oracle")])).unwrap_err();
+        assert!(kind.reason.contains("oracle"), "{kind}");
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    /// The shipped example must stay valid.
+    #[test]
+    fn the_example_file_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("outbox-relay.example.toml");
+        let settings = super::load(&path, Vec::new()).unwrap();
+        assert_eq!(settings.relay, outbox_core::RelayConfig::default());
+    }
+}

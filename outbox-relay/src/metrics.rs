@@ -1,0 +1,153 @@
+//! The relay's statistics in the Prometheus text format (version 0.0.4).
+
+use std::fmt::Write;
+
+use outbox_core::{HistogramSnapshot, Stats, BUCKETS_SECONDS};
+
+/// Renders every counter, gauge and histogram of `stats`.
+pub fn render(stats: &Stats) -> String {
+    let mut out = String::new();
+    let counters = [
+        (
+            "outbox_published_total",
+            "Messages published and acknowledged by the broker.",
+            &stats.published,
+        ),
+        (
+            "outbox_retried_total",
+            "Failed attempts that will be retried.",
+            &stats.retried,
+        ),
+        (
+            "outbox_dead_lettered_total",
+            "Messages dead-lettered.",
+            &stats.dead_lettered,
+        ),
+        (
+            "outbox_released_total",
+            "Claimed messages handed back unattempted.",
+            &stats.released,
+        ),
+        (
+            "outbox_batches_total",
+            "Non-empty batches claimed.",
+            &stats.batches,
+        ),
+        (
+            "outbox_source_errors_total",
+            "Claims or reports that failed against the database.",
+            &stats.source_errors,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        metric(&mut out, name, help, "counter", Stats::get(counter) as f64);
+    }
+    metric(
+        &mut out,
+        "outbox_in_flight",
+        "Messages claimed and not yet reported.",
+        "gauge",
+        Stats::get(&stats.in_flight) as f64,
+    );
+    let health = stats.health();
+    metric(
+        &mut out,
+        "outbox_healthy",
+        "1 while the relay claims and delivers, 0 when it stalls.",
+        "gauge",
+        if health.healthy { 1.0 } else { 0.0 },
+    );
+    if let Some(backlog) = stats.backlog() {
+        metric(
+            &mut out,
+            "outbox_backlog_waiting",
+            "Messages waiting for delivery.",
+            "gauge",
+            backlog.waiting as f64,
+        );
+        metric(
+            &mut out,
+            "outbox_backlog_dead_letters",
+            "Dead letters kept for an operator.",
+            "gauge",
+            backlog.dead_letters as f64,
+        );
+        metric(
+            &mut out,
+            "outbox_oldest_waiting_age_seconds",
+            "Age of the oldest waiting message (0 when none waits).",
+            "gauge",
+            backlog.oldest_age.map_or(0.0, |age| age.as_secs_f64()),
+        );
+    }
+    histogram(
+        &mut out,
+        "outbox_batch_duration_seconds",
+        "Time from claiming a batch to its last report.",
+        &stats.batch_latency.snapshot(),
+    );
+    histogram(
+        &mut out,
+        "outbox_end_to_end_latency_seconds",
+        "Time from a message's commit to the broker's acknowledgement.",
+        &stats.end_to_end_latency.snapshot(),
+    );
+    out
+}
+
+fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, snapshot: &HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, count) in BUCKETS_SECONDS.iter().zip(&snapshot.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", snapshot.count);
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {}",
+        snapshot.sum_seconds, snapshot.count
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_are_rendered() {
+        let stats = Stats::new(Duration::from_secs(60));
+        stats
+            .published
+            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+        stats.end_to_end_latency.observe(Duration::from_millis(3));
+        let text = render(&stats);
+        assert!(
+            text.contains("# TYPE outbox_published_total counter\noutbox_published_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outbox_end_to_end_latency_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outbox_end_to_end_latency_seconds_bucket{le=\"0.002\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outbox_end_to_end_latency_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outbox_end_to_end_latency_seconds_bucket{le=\"+Inf\"} 1\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! `outbox-relay run`: relay until SIGTERM or SIGINT, serving `/healthz`
+//! and `/metrics`, cleaning up done rows in mark-done mode.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use outbox_core::{redact_url, CancellationToken, Error, Stats};
+
+use crate::destination::relay_to;
+use crate::outbox::Outbox;
+use crate::settings::{Ack, Settings};
+
+/// Default retention of done rows in mark-done mode: 7 days.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Runs the relay described by `settings` until a signal, then stops within
+/// `relay.shutdown_timeout`.
+pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
+    let destination_address = match &settings.destination.url {
+        Some(url) => redact_url(url),
+        None => settings.destination.brokers.clone().unwrap_or_default(),
+    };
+    tracing::info!(
+        source = ?settings.source.kind,
+        url = %redact_url(&settings.source.url),
+        table = %settings.source.table,
+        destination = ?settings.destination.kind,
+        address = %destination_address,
+        "outbox-relay starting"
+    );
+    let outbox = Arc::new(outbox);
+    if settings.source.migrate {
+        outbox.migrate().await?;
+        tracing::info!("outbox table migrated");
+    }
+    let shutdown = CancellationToken::new();
+    let stats: Arc<OnceLock<Arc<Stats>>> = Arc::default();
+
+    // Bound before relaying, so a port in use fails at start-up.
+    let listener = match settings.http.listen.as_str() {
+        "" => None,
+        address => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|err| {
+                    Error::permanent(format!("http.listen: cannot listen on {address}: {err}"))
+                })?,
+        ),
+    };
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    if settings.source.ack == Ack::MarkDone {
+        let retention = settings
+            .source
+            .retention_ms
+            .map_or(DEFAULT_RETENTION, Duration::from_millis);
+        let every = Duration::from_millis(settings.source.cleanup_interval_ms);
+        tokio::spawn(clean_up(outbox.clone(), retention, every, shutdown.clone()));
+    }
+    let started = {
+        let stats = stats.clone();
+        let shutdown = shutdown.clone();
+        move |relay_stats: Arc<Stats>| {
+            let _ = stats.set(relay_stats.clone());
+            if let Some(listener) = listener {
+                tokio::spawn(crate::http::serve(
+                    listener,
+                    relay_stats,
+                    shutdown.child_token(),
+                ));
+            }
+        }
+    };
+    let result = match &*outbox {
+        #[cfg(feature = "postgres")]
+        Outbox::Postgres(outbox, pool) => {
+            let source = outbox.source(pool.clone()).await?;
+            relay_to(
+                &settings.destination,
+                source,
+                settings.relay.clone(),
+                started,
+                shutdown.clone(),
+            )
+            .await
+        }
+        #[cfg(feature = "mysql")]
+        Outbox::Mysql(outbox, pool) => {
+            let source = outbox.source(pool.clone());
+            relay_to(
+                &settings.destination,
+                source,
+                settings.relay.clone(),
+                started,
+                shutdown.clone(),
+            )
+            .await
+        }
+        #[cfg(feature = "sqlite")]
+        Outbox::Sqlite(outbox, pool) => {
+            let source = outbox.source(pool.clone());
+            relay_to(
+                &settings.destination,
+                source,
+                settings.relay.clone(),
+                started,
+                shutdown.clone(),
+            )
+            .await
+        }
+    };
+    shutdown.cancel();
+    if let Some(stats) = stats.get() {
+        tracing::info!(
+            published = Stats::get(&stats.published),
+            retried = Stats::get(&stats.retried),
+            dead_lettered = Stats::get(&stats.dead_lettered),
+            "outbox-relay stopped"
+        );
+    }
+    result
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!(signal, "stopping: finishing in-flight messages");
+    shutdown.cancel();
+}
+
+/// Deletes done rows older than `retention` every `every`.
+async fn clean_up(
+    outbox: Arc<Outbox>,
+    retention: Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match outbox.cleanup(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "cleaned up delivered rows"),
+            Err(err) => tracing::warn!(error = %err.report(), "cleanup failed"),
+        }
+    }
+}

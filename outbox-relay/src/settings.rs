@@ -1,0 +1,298 @@
+//! The relay's configuration file, as read, and its checks.
+//!
+//! Durations are whole milliseconds, as in `outbox_core::RelayConfig`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use outbox_core::{ConfigError, OnDeadLetter, RelayConfig};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where messages come from.
+    pub source: SourceSettings,
+    /// Where they go.
+    pub destination: DestinationSettings,
+    /// Every setting of the core relay (batch size, concurrency, attempts,
+    /// backoff, timeouts, poll interval, shutdown deadline).
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// The health and metrics endpoint.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Log format and filter.
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// Which database holds the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// `outbox-postgres`.
+    Postgres,
+    /// `outbox-mysql` (MySQL 8, MariaDB 10.6+).
+    Mysql,
+    /// `outbox-sqlite`.
+    Sqlite,
+}
+
+/// What acknowledging does to a delivered row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ack {
+    /// Delete it.
+    #[default]
+    Delete,
+    /// Mark it done; rows older than `retention_ms` are cleaned up.
+    MarkDone,
+}
+
+/// The `[source]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// `postgres`, `mysql` or `sqlite`.
+    pub kind: SourceKind,
+    /// Connection URL (`postgres://…`, `mysql://…`, `sqlite://path`).
+    #[serde(default)]
+    pub url: String,
+    /// PostgreSQL schema. Default `public`.
+    pub schema: Option<String>,
+    /// Outbox table. Default `outbox_messages`.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Claim lease. Default 30,000 ms.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// `delete` (default) or `mark_done`.
+    #[serde(default)]
+    pub ack: Ack,
+    /// With `mark_done`: delete done rows older than this. Default 7 days.
+    pub retention_ms: Option<u64>,
+    /// With `mark_done`: how often to clean up. Default 60,000 ms.
+    #[serde(default = "default_cleanup_interval_ms")]
+    pub cleanup_interval_ms: u64,
+    /// `continue` (default) or `park` later messages of a dead-lettered key.
+    #[serde(default)]
+    pub on_dead_letter: OnDeadLetter,
+    /// PostgreSQL: LISTEN for writers' NOTIFY. Default true.
+    #[serde(default = "yes")]
+    pub notify: bool,
+    /// PostgreSQL, MySQL: one relay claims, the others stand by. Default false.
+    #[serde(default)]
+    pub leader_only: bool,
+    /// Pool size. Default 8.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Create or update the outbox table at start-up. Default false.
+    #[serde(default)]
+    pub migrate: bool,
+}
+
+/// Which broker receives the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    /// `outbox-kafka`.
+    Kafka,
+    /// `outbox-amqp` (RabbitMQ).
+    Amqp,
+    /// `outbox-nats`, JetStream or core.
+    Nats,
+}
+
+/// The `[destination]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSettings {
+    /// `kafka`, `amqp` or `nats`.
+    pub kind: DestinationKind,
+    /// AMQP or NATS server URL.
+    pub url: Option<String>,
+    /// Kafka bootstrap servers.
+    pub brokers: Option<String>,
+    /// Kafka producer properties, passed to librdkafka as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, toml::Value>,
+    /// NATS: `jetstream` (default) or `core`.
+    pub mode: Option<String>,
+    /// NATS: put before every destination to make the subject.
+    pub subject_prefix: Option<String>,
+    /// Kafka delivery timeout, NATS JetStream ack timeout, in ms.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The `[http]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address of `/healthz` and `/metrics`; empty turns them off.
+    /// Default `127.0.0.1:9187`.
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+/// The `[log]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (default) or `json`.
+    pub format: String,
+    /// A `tracing` filter such as `info` or `outbox_core=debug,info`;
+    /// `RUST_LOG` wins when set. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_table() -> String {
+    "outbox_messages".into()
+}
+fn default_lease_ms() -> u64 {
+    30_000
+}
+fn default_cleanup_interval_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn yes() -> bool {
+    true
+}
+
+impl Settings {
+    /// Checks what serde cannot: settings that only fit some kinds, ranges,
+    /// and the core relay's own rules. The error names the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let source = &self.source;
+        if source.url.trim().is_empty() {
+            return Err(ConfigError::new("source.url", "is required"));
+        }
+        if source.schema.is_some() && source.kind != SourceKind::Postgres {
+            return Err(ConfigError::new(
+                "source.schema",
+                "applies to postgres only",
+            ));
+        }
+        if source.leader_only && source.kind == SourceKind::Sqlite {
+            return Err(ConfigError::new(
+                "source.leader_only",
+                "applies to postgres and mysql only",
+            ));
+        }
+        if source.retention_ms.is_some() && source.ack != Ack::MarkDone {
+            return Err(ConfigError::new(
+                "source.retention_ms",
+                "applies with ack = \"mark_done\" only",
+            ));
+        }
+        if source.cleanup_interval_ms == 0 {
+            return Err(ConfigError::new(
+                "source.cleanup_interval_ms",
+                "must be greater than zero",
+            ));
+        }
+        if source.max_connections < 2 {
+            return Err(ConfigError::new(
+                "source.max_connections",
+                "must be at least 2 (claims and reports overlap)",
+            ));
+        }
+        let destination = &self.destination;
+        let needs = |setting: &str, value: &Option<String>| match value {
+            Some(v) if !v.trim().is_empty() => Ok(()),
+            _ => Err(ConfigError::new(
+                format!("destination.{setting}"),
+                format!("is required for kind = \"{:?}\"", destination.kind).to_lowercase(),
+            )),
+        };
+        let refuses = |setting: &str, set: bool| match set {
+            true => Err(ConfigError::new(
+                format!("destination.{setting}"),
+                format!("does not apply to kind = \"{:?}\"", destination.kind).to_lowercase(),
+            )),
+            false => Ok(()),
+        };
+        match destination.kind {
+            DestinationKind::Kafka => {
+                needs("brokers", &destination.brokers)?;
+                refuses("url", destination.url.is_some())?;
+            }
+            DestinationKind::Amqp | DestinationKind::Nats => {
+                needs("url", &destination.url)?;
+                refuses("brokers", destination.brokers.is_some())?;
+                refuses("properties", !destination.properties.is_empty())?;
+            }
+        }
+        if destination.kind != DestinationKind::Nats {
+            refuses("mode", destination.mode.is_some())?;
+            refuses("subject_prefix", destination.subject_prefix.is_some())?;
+        }
+        if let Some(mode) = &destination.mode {
+            if mode != "jetstream" && mode != "core" {
+                return Err(ConfigError::new(
+                    "destination.mode",
+                    format!("must be \"jetstream\" or \"core\", got {mode:?}"),
+                ));
+            }
+        }
+        if destination.kind == DestinationKind::Amqp && destination.timeout_ms.is_some() {
+            refuses("timeout_ms", true)?;
+        }
+        for (name, value) in &destination.properties {
+            property_value(name, value)?;
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "http.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9187",
+                    self.http.listen
+                ),
+            ));
+        }
+        if self.log.format != "text" && self.log.format != "json" {
+            return Err(ConfigError::new(
+                "log.format",
+                format!("must be \"text\" or \"json\", got {:?}", self.log.format),
+            ));
+        }
+        let lease = std::time::Duration::from_millis(source.lease_ms);
+        self.relay
+            .validate_with_lease(lease)
+            .map_err(|err| ConfigError::new(format!("relay.{}", err.setting), err.reason))
+    }
+}
+
+/// A Kafka property as the string librdkafka takes.
+pub fn property_value(name: &str, value: &toml::Value) -> Result<String, ConfigError> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err(ConfigError::new(
+            format!("destination.properties.{name}"),
+            "must be a string, number or boolean",
+        )),
+    }
+}

@@ -1,0 +1,388 @@
+//! The `outbox-relay` binary as a process, against the real PostgreSQL and
+//! NATS JetStream that `scripts/services.sh up` starts. Each test owns its
+//! table, stream and port.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures_util::StreamExt;
+use outbox_core::{Failure, Message, Source};
+use outbox_postgres::{PostgresConfig, PostgresOutbox};
+use outbox_testkit::{assert_order_per_key, eventually, numbered_messages};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn postgres_url() -> String {
+    std::env::var("OUTBOX_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("OUTBOX_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A fresh outbox table `outbox_relay_test.<table>`.
+async fn table(table: &str) -> (PostgresOutbox, PgPool) {
+    let pool = PgPool::connect(&postgres_url())
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS outbox_relay_test; DROP TABLE IF EXISTS outbox_relay_test.{table}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let outbox = PostgresOutbox::new(PostgresConfig {
+        schema: "outbox_relay_test".into(),
+        table: table.into(),
+        ..PostgresConfig::default()
+    })
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    (outbox, pool)
+}
+
+async fn commit(outbox: &PostgresOutbox, pool: &PgPool, messages: &[Message]) {
+    for chunk in messages.chunks(1000) {
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue_many(&mut tx, chunk).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// A fresh stream `name` on `<subject>.>`.
+async fn stream(name: &str, subject: &str) -> stream::Stream {
+    let client = async_nats::connect(nats_url())
+        .await
+        .expect("NATS reachable");
+    let context = jetstream::new(client);
+    let _ = context.delete_stream(name).await;
+    context
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{subject}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// The (key, id) of every message in the stream, in stream order.
+async fn read(stream: &stream::Stream, messages: &[Message]) -> Vec<(String, Uuid)> {
+    let count = stream.clone().info().await.unwrap().state.messages as usize;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut stored = consumer.messages().await.unwrap().take(count);
+    let mut arrivals = Vec::with_capacity(count);
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), stored.next())
+        .await
+        .unwrap()
+    {
+        let message = message.unwrap();
+        let id: Uuid = message
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let sent = messages
+            .iter()
+            .find(|m| m.id == id)
+            .expect("a message we wrote");
+        arrivals.push((sent.ordering_key.clone(), id));
+    }
+    arrivals
+}
+
+/// A port nobody listens on now.
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A settings file for the PostgreSQL table and NATS, with `extra` lines
+/// appended to `[relay]`.
+fn settings(table: &str, port: u16, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[source]
+kind = "postgres"
+url = "{postgres}"
+schema = "outbox_relay_test"
+table = "{table}"
+
+[destination]
+kind = "nats"
+url = "{nats}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[log]
+level = "info"
+
+[relay]
+shutdown_timeout = 10000
+{extra}
+"#,
+        postgres = postgres_url(),
+        nats = nats_url(),
+    );
+    let path = std::env::temp_dir().join(format!("outbox-relay-{table}-{}.toml", Uuid::now_v7()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn relay(config: &PathBuf, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// The value of an unlabelled metric.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, text) = get(port, "/metrics").await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the process to end, returning its exit code and output.
+async fn finish(child: Child, within: Duration) -> (i32, String) {
+    let output = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .expect("outbox-relay did not stop in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_non_zero_naming_the_setting() {
+    let config = settings("bad_config", spare_port(), "batch_size = 0");
+    let (code, text) = finish(relay(&config, &["run"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("relay.batch_size"), "{text}");
+
+    let config = settings("bad_config", spare_port(), "");
+    let mut command = relay(&config, &["check"]);
+    command.env("OUTBOX_DESTINATION__MODE", "fastest");
+    let (code, text) = finish(command.spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("destination.mode"), "{text}");
+
+    for command in ["check", "run"] {
+        let mut command = relay(&config, &[command]);
+        command.env("OUTBOX_SOURCE__TABLE", "orders; drop table users");
+        let (code, text) = finish(command.spawn().unwrap(), DEADLINE).await;
+        assert_eq!(code, 2, "{text}");
+        assert!(text.contains("source.table"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_counts_in_metrics_and_loses_nothing_on_sigterm() {
+    let (outbox, pool) = table("relay_process").await;
+    let nats_stream = stream("RELAY_PROCESS", "relay-process").await;
+    let messages = numbered_messages("relay-process.orders", 200, 150);
+    commit(&outbox, &pool, &messages).await;
+    let total = messages.len() as u64;
+
+    // First run: SIGTERM once part of the backlog went out.
+    let port = spare_port();
+    let config = settings("relay_process", port, "batch_size = 200");
+    let child = relay(&config, &["run"]).spawn().unwrap();
+    let started = eventually(DEADLINE, || async {
+        metric(port, "outbox_published_total").await.unwrap_or(0.0) >= 2000.0
+    })
+    .await;
+    assert!(started, "the relay did not publish");
+    let (status, body) = get(port, "/healthz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    sigterm(&child);
+    let (code, text) = finish(child, Duration::from_secs(20)).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("stopping"), "{text}");
+
+    let backlog = outbox.backlog(&pool).await.unwrap();
+    let stored = nats_stream.clone().info().await.unwrap().state.messages;
+    println!(
+        "after SIGTERM: {stored} in the stream, {} waiting",
+        backlog.waiting
+    );
+    assert!(
+        backlog.waiting > 0,
+        "the SIGTERM came too late to test anything"
+    );
+    assert_eq!(
+        stored + backlog.waiting,
+        total,
+        "a message was lost or acknowledged twice"
+    );
+
+    // Second run drains the rest; its metrics count exactly that.
+    let port = spare_port();
+    let config = settings("relay_process", port, "batch_size = 200");
+    let child = relay(&config, &["run"]).spawn().unwrap();
+    let drained = eventually(DEADLINE, || async {
+        outbox.backlog(&pool).await.unwrap().waiting == 0
+    })
+    .await;
+    assert!(drained, "the second run did not drain the outbox");
+    let counted = eventually(Duration::from_secs(10), || async {
+        metric(port, "outbox_published_total").await == Some(backlog.waiting as f64)
+    })
+    .await;
+    let (_, text) = get(port, "/metrics").await.unwrap();
+    assert!(
+        counted,
+        "published_total is not {}:\n{text}",
+        backlog.waiting
+    );
+    assert!(
+        text.contains("outbox_end_to_end_latency_seconds_count"),
+        "{text}"
+    );
+    sigterm(&child);
+    let (code, output) = finish(child, Duration::from_secs(20)).await;
+    assert_eq!(code, 0, "{output}");
+
+    let arrivals = read(&nats_stream, &messages).await;
+    assert_eq!(arrivals.len() as u64, total);
+    assert_order_per_key(&messages, &arrivals);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_counted_and_requeued() {
+    let (outbox, pool) = table("relay_dead").await;
+    let messages = numbered_messages("relay-dead.orders", 2, 1);
+    commit(&outbox, &pool, &messages).await;
+    let source = outbox.source(pool.clone()).await.unwrap();
+    let claimed = source.claim(10).await.unwrap();
+    let poison = claimed[0].clone();
+    source
+        .dead_letter(&[Failure {
+            item: poison.clone(),
+            error: "broker refused: too large".into(),
+            attempts: 3,
+            retry_after: Duration::ZERO,
+        }])
+        .await
+        .unwrap();
+    source.release(&claimed[1..]).await.unwrap();
+
+    let config = settings("relay_dead", spare_port(), "");
+    let output = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            let (code, text) = finish(relay(&config, args).spawn().unwrap(), DEADLINE).await;
+            assert_eq!(code, 0, "{args:?}: {text}");
+            text
+        }
+    };
+    assert_eq!(output(&["dead-letters", "count"]).await.trim(), "1");
+    let listed = output(&["dead-letters", "list"]).await;
+    assert!(listed.contains(&poison.id.to_string()), "{listed}");
+    assert!(listed.contains("broker refused: too large"), "{listed}");
+    assert!(listed.contains(&poison.ordering_key), "{listed}");
+    let backlog = output(&["backlog"]).await;
+    assert!(
+        backlog.contains("waiting 1\n") && backlog.contains("dead_letters 1"),
+        "{backlog}"
+    );
+    let requeued = finish(
+        relay(
+            &config,
+            &["dead-letters", "requeue", &poison.id.to_string()],
+        )
+        .spawn()
+        .unwrap(),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(requeued.0, 0, "{}", requeued.1);
+    assert!(requeued.1.contains("requeued 1"), "{}", requeued.1);
+    assert_eq!(output(&["dead-letters", "count"]).await.trim(), "0");
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_the_output() {
+    let (outbox, pool) = table("relay_secret").await;
+    let _stream = stream("RELAY_SECRET", "relay-secret").await;
+    let messages = numbered_messages("relay-secret.orders", 5, 2);
+    commit(&outbox, &pool, &messages).await;
+    let port = spare_port();
+    let config = settings("relay_secret", port, "");
+    // PostgreSQL here trusts loopback, so any password connects.
+    let url = postgres_url().replacen("://postgres@", "://postgres:Sup3rS3cret-pw@", 1);
+    assert!(
+        url.contains("Sup3rS3cret-pw"),
+        "OUTBOX_POSTGRES_URL has an unexpected shape: {url}"
+    );
+    for args in [&["check"][..], &["run"][..]] {
+        let mut command = relay(&config, args);
+        command
+            .env("OUTBOX_SOURCE__URL", &url)
+            .env("OUTBOX_LOG__LEVEL", "trace");
+        let child = command.spawn().unwrap();
+        if args == ["run"] {
+            let drained = eventually(DEADLINE, || async {
+                outbox.backlog(&pool).await.unwrap().waiting == 0
+            })
+            .await;
+            assert!(
+                drained,
+                "the relay did not drain with the password in its URL"
+            );
+            sigterm(&child);
+        }
+        let (code, text) = finish(child, DEADLINE).await;
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            !text.contains("Sup3rS3cret-pw"),
+            "the password was printed:\n{text}"
+        );
+        assert!(
+            text.contains("***@"),
+            "the URL is not shown redacted:\n{text}"
+        );
+    }
+}
