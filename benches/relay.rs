@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
 use outbox::postgres::{PostgresConfig, PostgresOutbox};
-use outbox::{CancellationToken, Message, Relay, RelayConfig};
+use outbox::{CancellationToken, Message, Relay, RelayConfig, Stats};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
@@ -78,7 +78,7 @@ async fn main() {
             fill(&outbox, &pool, count).await;
             let started = Instant::now();
             match run {
-                Kind::Relay => relay(&outbox, &pool, &destination).await,
+                Kind::Relay => relay(&outbox, &pool, &destination, count).await,
                 Kind::Ceiling => ceiling(&pool, &js).await,
                 Kind::Naive => naive(&pool, &js).await,
             }
@@ -159,7 +159,12 @@ async fn fill(outbox: &PostgresOutbox, pool: &PgPool, count: usize) {
         .expect("vacuum");
 }
 
-async fn relay(outbox: &PostgresOutbox, pool: &PgPool, destination: &NatsDestination) {
+async fn relay(
+    outbox: &PostgresOutbox,
+    pool: &PgPool,
+    destination: &NatsDestination,
+    count: usize,
+) {
     let config = RelayConfig {
         batch_size: 1000,
         max_concurrent_keys: 1000,
@@ -167,16 +172,23 @@ async fn relay(outbox: &PostgresOutbox, pool: &PgPool, destination: &NatsDestina
     };
     let source = outbox.source(pool.clone()).await.expect("source");
     let relay = Relay::new(source, destination.clone(), config).expect("relay config");
+    let stats = relay.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));
-    loop {
-        if outbox.backlog(pool).await.expect("backlog").waiting == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The relay's own counter, not a query: polling the table would load
+    // the database the relay is being measured on.
+    while Stats::get(&stats.published) < count as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Stopping awaits the last reports: the clock stops once every row is
+    // gone from the outbox.
     shutdown.cancel();
     task.await.expect("relay task").expect("relay");
+    assert_eq!(
+        outbox.backlog(pool).await.expect("backlog").waiting,
+        0,
+        "relay: rows left in the outbox"
+    );
 }
 
 async fn ceiling(pool: &PgPool, js: &jetstream::Context) {

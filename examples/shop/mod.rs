@@ -236,7 +236,7 @@ where
         .map(|(order, _)| order)
         .collect();
     if earlier > 0 {
-        println!("  (and {earlier} events of earlier runs, left in the outbox when they stopped)");
+        println!("  (and {earlier} events of earlier runs, ignored)");
     }
     let latency = stats.end_to_end_latency.snapshot();
     println!(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -67,58 +68,77 @@ where
     /// keys finish within `shutdown_timeout`, reports every outcome, releases
     /// what it still holds and flushes the destination.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let relay = Arc::new(self);
         let stop = AtomicBool::new(false);
-        let mut idle = self.config.poll_interval_min;
+        let mut idle = relay.config.poll_interval_min;
         let mut prefetched: Option<Claimed<S::Item>> = None;
         let mut last_backlog: Option<Instant> = None;
-        tracing::info!(batch_size = self.config.batch_size, "relay started");
+        tracing::info!(batch_size = relay.config.batch_size, "relay started");
+        // A batch's report starts as soon as its delivery ends and runs on
+        // its own: alongside the next batch's delivery (which cannot hold
+        // any of its keys: a source never hands out a key with an
+        // unreported earlier message) and never waiting for the next claim
+        // (a source may hold a connection per open batch, and that claim may
+        // be waiting for one).
+        let mut reporting: Option<JoinHandle<()>> = None;
 
         while !shutdown.is_cancelled() {
             if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_REFRESH) {
                 last_backlog = Some(Instant::now());
-                self.refresh_backlog().await;
+                relay.refresh_backlog().await;
             }
             let batch = match prefetched.take() {
                 Some(batch) => batch,
                 None => {
+                    finish(reporting.take()).await;
                     let claimed = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break,
-                        claimed = self.claim(&shutdown) => claimed,
+                        claimed = relay.claim(&shutdown) => claimed,
                     };
                     match claimed {
                         Some(batch) if !batch.items.is_empty() => batch,
                         _ => {
-                            self.wait_idle(idle, &shutdown).await;
-                            idle = (idle * 2).min(self.config.poll_interval_max);
+                            relay.wait_idle(idle, &shutdown).await;
+                            idle = (idle * 2).min(relay.config.poll_interval_max);
                             continue;
                         }
                     }
                 }
             };
-            idle = self.config.poll_interval_min;
+            idle = relay.config.poll_interval_min;
 
-            let full = batch.items.len() >= self.config.batch_size;
+            let full = batch.items.len() >= relay.config.batch_size;
             let claimed_at = batch.at;
-            let deliver = self.deliver(batch, &stop, &shutdown);
-            let outcome = if self.config.prefetch && full {
-                let (outcome, next) = tokio::join!(deliver, self.claim(&shutdown));
-                prefetched = next.filter(|batch| !batch.items.is_empty());
-                outcome
-            } else {
-                deliver.await
+            // Yields the report's handle, awaited later on purpose.
+            #[allow(clippy::async_yields_async)]
+            let deliver_then_report = async {
+                let outcome = relay.deliver(batch, &stop, &shutdown).await;
+                let reporter = Arc::clone(&relay);
+                tokio::spawn(async move { reporter.report(outcome, claimed_at).await })
             };
-            self.report(outcome, claimed_at).await;
+            let previous = finish(reporting.take());
+            if relay.config.prefetch && full {
+                let (report, (), next) =
+                    tokio::join!(deliver_then_report, previous, relay.claim(&shutdown));
+                prefetched = next.filter(|batch| !batch.items.is_empty());
+                reporting = Some(report);
+            } else {
+                let (report, ()) = tokio::join!(deliver_then_report, previous);
+                finish(Some(report)).await;
+            }
         }
+        finish(reporting.take()).await;
 
         if let Some(batch) = prefetched.take() {
             let held = batch.items.len() as u64;
-            self.with_retries("release", || self.source.release(&batch.items))
+            relay
+                .with_retries("release", || relay.source.release(&batch.items))
                 .await;
-            self.stats.released.fetch_add(held, Ordering::Relaxed);
-            self.stats.in_flight.fetch_sub(held, Ordering::Relaxed);
+            relay.stats.released.fetch_add(held, Ordering::Relaxed);
+            relay.stats.in_flight.fetch_sub(held, Ordering::Relaxed);
         }
-        if let Err(err) = self.destination.flush().await {
+        if let Err(err) = relay.destination.flush().await {
             tracing::warn!(error = %err.report(), "destination flush on shutdown failed");
         }
         tracing::info!("relay stopped");
@@ -286,6 +306,15 @@ where
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                 }
             }
+        }
+    }
+}
+
+/// Waits for a batch's report, if one is running.
+async fn finish(report: Option<JoinHandle<()>>) {
+    if let Some(report) = report {
+        if let Err(err) = report.await {
+            tracing::error!(error = %err, "reporting a batch failed");
         }
     }
 }

@@ -17,9 +17,6 @@ CREATE TABLE IF NOT EXISTS public.outbox_messages (
     attempts        INTEGER NOT NULL DEFAULT 0,
     -- Not claimed before this time (retry backoff, stored so it survives restarts).
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    -- The relay holding the row, and until when (the lease).
-    lease_owner     UUID,
-    leased_until    TIMESTAMPTZ,
     last_error      TEXT,
     -- Set for a dead letter: out of the delivery path until requeued.
     dead_at         TIMESTAMPTZ,
@@ -35,12 +32,11 @@ CREATE INDEX IF NOT EXISTS outbox_messages_waiting
     ON public.outbox_messages (seq)
     WHERE done_at IS NULL AND dead_at IS NULL;
 
--- Per-key look-back of the claim (is an earlier message of the key held?),
--- over the only rows that can hold a key back: leased, retried or dead ones.
--- Fresh rows are not in it, so it stays small however large the backlog.
-CREATE INDEX IF NOT EXISTS outbox_messages_held
+-- Per-key look-back of the claim: is an earlier message of the key still
+-- in the table, outside the claim?
+CREATE INDEX IF NOT EXISTS outbox_messages_key
     ON public.outbox_messages (ordering_key, seq)
-    WHERE done_at IS NULL AND (leased_until IS NOT NULL OR attempts > 0 OR dead_at IS NOT NULL);
+    WHERE done_at IS NULL;
 
 -- Operator views and cleanup.
 CREATE INDEX IF NOT EXISTS outbox_messages_dead

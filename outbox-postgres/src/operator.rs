@@ -91,8 +91,6 @@ impl PostgresOutbox {
     /// to check that it stays an index scan on a large backlog.
     pub async fn explain_claim(&self, pool: &PgPool, limit: u32) -> Result<String, Error> {
         let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", self.sql.claim))
-            .bind(Uuid::nil())
-            .bind(self.config.lease.as_millis() as i64)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await

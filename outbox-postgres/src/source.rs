@@ -1,10 +1,14 @@
-//! The relay's side: claim under a lease, report outcomes, wake on NOTIFY.
+//! The relay's side: claim a batch inside a transaction that holds its rows
+//! locked, report outcomes on that transaction, commit when the whole batch
+//! is reported; wake on NOTIFY.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant};
 
 use outbox_core::{Backlog, Error, Failure, Message, Source};
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -15,18 +19,35 @@ use crate::PostgresOutbox;
 
 /// A [`Source`] on one PostgreSQL outbox table, acting as one relay.
 ///
-/// Claims are leases written into the rows (`lease_owner`, `leased_until`).
-/// Claims of all relays on a table take turns under a transaction-scoped
-/// advisory lock, so each claim sees every lease committed before it; with
-/// the claim rule (never a message whose key has an earlier one leased,
-/// waiting for its retry, or parked), each key stays in order however many
-/// relays run. Reports only touch rows this relay still holds (fencing).
+/// **The lease is the claim's transaction.** A claim opens a transaction,
+/// locks the batch's rows (`FOR UPDATE SKIP LOCKED`) and keeps it open while
+/// the relay publishes; reports run on that transaction and the last one
+/// commits it. A relay that dies loses its claim when its connection ends;
+/// one that stalls loses it after the lease, when PostgreSQL ends its idle
+/// transaction (`idle_in_transaction_session_timeout`). Either way the
+/// transaction rolls back, so a stale relay's reports change nothing
+/// (fencing). Rows are written once, when delivered: no lease is written
+/// into them.
+///
+/// **Order.** A claim skips rows locked by other batches, and returns a row
+/// only if every earlier row of its key that is still in the table (not
+/// delivered, not dead unless parking) is in the same claim. Rows of a key
+/// another batch holds, or whose earlier row waits for a retry, stay behind.
 pub struct PostgresSource {
     outbox: PostgresOutbox,
     pool: PgPool,
     relay_id: Uuid,
     listener: Option<Mutex<PgListener>>,
     leadership: Option<Leadership>,
+    /// Open batches by message id.
+    open: SyncMutex<HashMap<Uuid, Arc<Batch>>>,
+}
+
+/// One claimed batch: its transaction and the ids not yet reported.
+struct Batch {
+    tx: Mutex<Option<Transaction<'static, Postgres>>>,
+    unreported: SyncMutex<HashSet<Uuid>>,
+    claimed_at: Instant,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -36,6 +57,14 @@ impl std::fmt::Debug for PostgresSource {
             .field("relay_id", &self.relay_id)
             .finish_non_exhaustive()
     }
+}
+
+/// A report on a batch's transaction.
+enum Report<'a> {
+    Ack,
+    Retry(&'a [&'a Failure<Message>]),
+    DeadLetter(&'a [&'a Failure<Message>]),
+    Release,
 }
 
 impl PostgresSource {
@@ -60,10 +89,11 @@ impl PostgresSource {
             relay_id: Uuid::now_v7(),
             listener,
             leadership,
+            open: SyncMutex::default(),
         })
     }
 
-    /// This relay's identity, written into the rows it holds.
+    /// This relay's identity, shown in logs.
     pub fn relay_id(&self) -> Uuid {
         self.relay_id
     }
@@ -73,73 +103,134 @@ impl PostgresSource {
         &self.outbox
     }
 
-    async fn dead_letter_malformed(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        malformed: Vec<(Uuid, i32, String)>,
-    ) -> Result<(), Error> {
-        for (id, _, reason) in &malformed {
-            tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Batch>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets batches older than the lease: PostgreSQL has ended their
+    /// transactions (a relay that never reports some items, say).
+    fn forget_expired(&self) {
+        let lease = self.lease();
+        self.open()
+            .retain(|_, batch| batch.claimed_at.elapsed() < lease);
+    }
+
+    /// Runs `report` for `ids` on each batch they belong to; commits a batch
+    /// once all its items are reported. A batch whose transaction fails is
+    /// rolled back whole: its lease is lost and its rows will be claimed
+    /// again, so the report is, as for any fenced report, a no-op.
+    async fn report(&self, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
+        let mut batches: Vec<(Arc<Batch>, HashSet<Uuid>)> = Vec::new();
+        {
+            let open = self.open();
+            for id in ids {
+                let Some(batch) = open.get(id) else { continue };
+                match batches.iter_mut().find(|(b, _)| Arc::ptr_eq(b, batch)) {
+                    Some((_, mine)) => {
+                        mine.insert(*id);
+                    }
+                    None => batches.push((batch.clone(), HashSet::from([*id]))),
+                }
+            }
         }
-        let (ids, attempts, errors) = split3(malformed);
-        sqlx::query(&self.outbox.sql.dead_letter)
-            .bind(ids)
-            .bind(attempts)
-            .bind(errors)
-            .bind(self.relay_id)
-            .execute(conn)
-            .await
-            .map_err(classify)?;
+        for (batch, mine) in batches {
+            let mut tx = batch.tx.lock().await;
+            let Some(open_tx) = tx.as_mut() else { continue };
+            if let Err(err) = self.run_report(open_tx, &mine, &report).await {
+                self.lose(&batch, &mut tx, "report", &err);
+                continue;
+            }
+            let done = {
+                let mut unreported = batch.unreported.lock().unwrap_or_else(|e| e.into_inner());
+                unreported.retain(|id| !mine.contains(id));
+                unreported.is_empty()
+            };
+            if done {
+                let committed = tx.take().expect("open").commit().await.map_err(classify);
+                self.forget(&batch);
+                if let Err(err) = committed {
+                    tracing::warn!(error = %err.report(), "commit of a batch failed; its messages will be claimed again");
+                }
+            }
+        }
         Ok(())
     }
-}
 
-impl PostgresSource {
-    /// Runs one report statement while holding the table's claim lock in
-    /// shared mode: reports run alongside each other but never while a claim
-    /// runs, so every claim sees the outcome of every report before it.
-    async fn report<'q>(
+    async fn run_report(
         &self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        tx: &mut Transaction<'static, Postgres>,
+        mine: &HashSet<Uuid>,
+        report: &Report<'_>,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(self.outbox.sql.claim_lock)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        query.execute(&mut *tx).await.map_err(classify)?;
-        tx.commit().await.map_err(classify)
+        let sql = &self.outbox.sql;
+        let query = match report {
+            Report::Release => return Ok(()),
+            Report::Ack => sqlx::query(&sql.ack).bind(mine.iter().copied().collect::<Vec<Uuid>>()),
+            Report::Retry(failures) => {
+                let mine: Vec<&Failure<Message>> = failures
+                    .iter()
+                    .copied()
+                    .filter(|f| mine.contains(&f.item.id))
+                    .collect();
+                let (ids, attempts, errors) = failure_columns(&mine);
+                let waits: Vec<i64> = mine
+                    .iter()
+                    .map(|f| f.retry_after.as_millis().min(i64::MAX as u128) as i64)
+                    .collect();
+                sqlx::query(&sql.retry)
+                    .bind(ids)
+                    .bind(attempts)
+                    .bind(errors)
+                    .bind(waits)
+            }
+            Report::DeadLetter(failures) => {
+                let mine: Vec<&Failure<Message>> = failures
+                    .iter()
+                    .copied()
+                    .filter(|f| mine.contains(&f.item.id))
+                    .collect();
+                let (ids, attempts, errors) = failure_columns(&mine);
+                sqlx::query(&sql.dead_letter)
+                    .bind(ids)
+                    .bind(attempts)
+                    .bind(errors)
+            }
+        };
+        query.execute(&mut **tx).await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Drops a batch whose transaction failed: PostgreSQL rolls it back.
+    fn lose(
+        &self,
+        batch: &Arc<Batch>,
+        tx: &mut Option<Transaction<'static, Postgres>>,
+        what: &str,
+        err: &Error,
+    ) {
+        let held = batch
+            .unreported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        tracing::warn!(what, held, error = %err.report(), "lost a batch's transaction (its lease); its messages will be claimed again");
+        tx.take();
+        self.forget(batch);
+    }
+
+    fn forget(&self, batch: &Arc<Batch>) {
+        self.open().retain(|_, open| !Arc::ptr_eq(open, batch));
     }
 }
 
-fn ids(items: &[Message]) -> Vec<Uuid> {
-    items.iter().map(|m| m.id).collect()
-}
-
-fn split3(rows: Vec<(Uuid, i32, String)>) -> (Vec<Uuid>, Vec<i32>, Vec<String>) {
+fn failure_columns(failures: &[&Failure<Message>]) -> (Vec<Uuid>, Vec<i32>, Vec<String>) {
     let mut out = (Vec::new(), Vec::new(), Vec::new());
-    for (a, b, c) in rows {
-        out.0.push(a);
-        out.1.push(b);
-        out.2.push(c);
+    for f in failures {
+        out.0.push(f.item.id);
+        out.1.push(f.attempts.min(i32::MAX as u32) as i32);
+        out.2.push(f.error.clone());
     }
     out
-}
-
-fn failure_columns(failures: &[Failure<Message>]) -> (Vec<Uuid>, Vec<i32>, Vec<String>) {
-    split3(
-        failures
-            .iter()
-            .map(|f| {
-                (
-                    f.item.id,
-                    f.attempts.min(i32::MAX as u32) as i32,
-                    f.error.clone(),
-                )
-            })
-            .collect(),
-    )
 }
 
 impl Source for PostgresSource {
@@ -151,86 +242,87 @@ impl Source for PostgresSource {
                 return Ok(Vec::new());
             }
         }
+        self.forget_expired();
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(self.outbox.sql.claim_lock)
+        // The lease: PostgreSQL ends this transaction once it has been idle
+        // (the relay publishing, or stalled) for this long.
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(self.lease().as_millis().to_string())
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
         let rows = sqlx::query(&self.outbox.sql.claim)
-            .bind(self.relay_id)
-            .bind(self.lease().as_millis() as i64)
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
         let mut claimed = Vec::with_capacity(rows.len());
-        let mut malformed = Vec::new();
+        let mut malformed = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
-            let seq: i64 = sqlx::Row::try_get(row, "seq").map_err(classify)?;
+            let seq: i64 = row.try_get("seq").map_err(classify)?;
             match decode(row).map_err(classify)? {
                 Decoded::Message(message) => claimed.push((seq, message)),
                 Decoded::Malformed {
                     id,
                     attempts,
                     reason,
-                } => malformed.push((id, attempts + 1, reason)),
+                } => {
+                    tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                    malformed.0.push(id);
+                    malformed.1.push(attempts + 1);
+                    malformed.2.push(reason);
+                }
             }
         }
-        if !malformed.is_empty() {
-            self.dead_letter_malformed(&mut tx, malformed).await?;
+        if !malformed.0.is_empty() {
+            sqlx::query(&self.outbox.sql.dead_letter)
+                .bind(malformed.0)
+                .bind(malformed.1)
+                .bind(malformed.2)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
         }
-        tx.commit().await.map_err(classify)?;
-        // RETURNING has no order; the relay needs enqueue order.
+        if claimed.is_empty() {
+            tx.commit().await.map_err(classify)?;
+            return Ok(Vec::new());
+        }
+        // The claim returns rows in no particular order; the relay needs
+        // enqueue order.
         claimed.sort_unstable_by_key(|(seq, _)| *seq);
-        Ok(claimed.into_iter().map(|(_, message)| message).collect())
+        let claimed: Vec<Message> = claimed.into_iter().map(|(_, message)| message).collect();
+        let batch = Arc::new(Batch {
+            tx: Mutex::new(Some(tx)),
+            unreported: SyncMutex::new(claimed.iter().map(|m| m.id).collect()),
+            claimed_at: Instant::now(),
+        });
+        let mut open = self.open();
+        for message in &claimed {
+            open.insert(message.id, batch.clone());
+        }
+        Ok(claimed)
     }
 
     async fn ack(&self, items: &[Message]) -> Result<(), Error> {
-        self.report(
-            sqlx::query(&self.outbox.sql.ack)
-                .bind(ids(items))
-                .bind(self.relay_id),
-        )
-        .await
+        let ids = ids(items);
+        self.report(&ids, Report::Ack).await
     }
 
     async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
-        let (ids, attempts, errors) = failure_columns(failures);
-        let waits: Vec<i64> = failures
-            .iter()
-            .map(|f| f.retry_after.as_millis().min(i64::MAX as u128) as i64)
-            .collect();
-        self.report(
-            sqlx::query(&self.outbox.sql.retry)
-                .bind(ids)
-                .bind(attempts)
-                .bind(errors)
-                .bind(waits)
-                .bind(self.relay_id),
-        )
-        .await
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
+        let failures: Vec<&Failure<Message>> = failures.iter().collect();
+        self.report(&ids, Report::Retry(&failures)).await
     }
 
     async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
-        let (ids, attempts, errors) = failure_columns(failures);
-        self.report(
-            sqlx::query(&self.outbox.sql.dead_letter)
-                .bind(ids)
-                .bind(attempts)
-                .bind(errors)
-                .bind(self.relay_id),
-        )
-        .await
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
+        let failures: Vec<&Failure<Message>> = failures.iter().collect();
+        self.report(&ids, Report::DeadLetter(&failures)).await
     }
 
     async fn release(&self, items: &[Message]) -> Result<(), Error> {
-        self.report(
-            sqlx::query(&self.outbox.sql.release)
-                .bind(ids(items))
-                .bind(self.relay_id),
-        )
-        .await
+        let ids = ids(items);
+        self.report(&ids, Report::Release).await
     }
 
     fn lease(&self) -> Duration {
@@ -254,4 +346,8 @@ impl Source for PostgresSource {
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
         self.outbox.backlog(&self.pool).await.map(Some)
     }
+}
+
+fn ids(items: &[Message]) -> Vec<Uuid> {
+    items.iter().map(|m| m.id).collect()
 }

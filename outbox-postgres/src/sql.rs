@@ -16,15 +16,14 @@ pub(crate) struct Statements {
     pub ack: String,
     pub retry: String,
     pub dead_letter: String,
-    pub release: String,
     pub backlog: String,
     pub dead_letters: String,
     pub count_dead: String,
     pub requeue: String,
     pub requeue_all: String,
     pub cleanup: String,
-    /// Advisory lock keys: claims of this table (bigint space), and the
-    /// per-key writer locks (int4 pair space, this is the first int).
+    /// Advisory lock keys: the leader lock of this table (bigint space),
+    /// and the per-key writer locks (int4 pair space, this is the first int).
     pub claim_lock: i64,
     pub key_lock_class: i32,
 }
@@ -38,18 +37,15 @@ impl Statements {
         } else {
             String::new()
         };
-        // A row earlier in its key that holds the key back: leased, waiting
-        // for its retry time, or (when parking) dead.
-        let parked = match config.on_dead_letter {
-            OnDeadLetter::Park => "p.dead_at IS NOT NULL OR ",
-            OnDeadLetter::Continue => "",
+        // Which earlier rows of a key hold it back: every row still in the
+        // delivery path, and dead ones too when parking.
+        let blocks = match config.on_dead_letter {
+            OnDeadLetter::Park => "TRUE",
+            OnDeadLetter::Continue => "p.dead_at IS NULL",
         };
         let ack = match config.ack_mode {
-            AckMode::Delete => format!("DELETE FROM {t} WHERE id = ANY($1) AND lease_owner = $2"),
-            AckMode::MarkDone => format!(
-                "UPDATE {t} SET done_at = now(), lease_owner = NULL, leased_until = NULL \
-                 WHERE id = ANY($1) AND lease_owner = $2"
-            ),
+            AckMode::Delete => format!("DELETE FROM {t} WHERE id = ANY($1)"),
+            AckMode::MarkDone => format!("UPDATE {t} SET done_at = now() WHERE id = ANY($1)"),
         };
         Self {
             // Per-key advisory locks (taken in a fixed order) make same-key
@@ -67,45 +63,35 @@ impl Statements {
                       (SELECT count(*) FROM locks) AS l{notify} \
                  ORDER BY u.ord"
             ),
-            // A waiting row is claimable unless an earlier row of its key
-            // holds the key back: leased, waiting for its retry, or (when
-            // parking) dead. Such rows are few and all in the `held` partial
-            // index. `OFFSET 0` keeps the look-back a per-row probe of that
-            // index: PostgreSQL never flattens it into a join, whose plan
-            // turns pathological on a table without statistics yet.
+            // Candidates: the first waiting rows not locked by another
+            // batch, locked by this claim's transaction. A candidate is
+            // returned only if no earlier row of its key is left in the
+            // table outside this claim: one held by another batch, waiting
+            // for its retry, or (when parking) dead. The rest stay locked,
+            // unreturned, until this batch commits. `OFFSET 0` keeps the
+            // look-back a per-row probe of the `key` index.
             claim: format!(
-                "UPDATE {t} AS m SET lease_owner = $1, leased_until = now() + $2 * interval '1 millisecond' \
-                 FROM (SELECT o.seq FROM {t} AS o \
-                       WHERE o.done_at IS NULL AND o.dead_at IS NULL \
-                         AND o.next_attempt_at <= now() \
-                         AND (o.leased_until IS NULL OR o.leased_until <= now()) \
-                         AND NOT EXISTS (SELECT 1 FROM {t} AS p \
-                             WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq AND p.done_at IS NULL \
-                               AND (p.leased_until IS NOT NULL OR p.attempts > 0 OR p.dead_at IS NOT NULL) \
-                               AND ({parked}(p.dead_at IS NULL AND (p.next_attempt_at > now() OR p.leased_until > now()))) \
-                             OFFSET 0) \
-                       ORDER BY o.seq LIMIT $3 FOR UPDATE SKIP LOCKED) AS c \
-                 WHERE m.seq = c.seq \
-                 RETURNING {}",
+                "WITH c AS MATERIALIZED (\
+                   SELECT o.seq, o.ordering_key FROM {t} AS o \
+                   WHERE o.done_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= now() \
+                   ORDER BY o.seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 SELECT {} FROM c JOIN {t} AS m ON m.seq = c.seq \
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} AS p \
+                     WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
+                       AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0)",
                 COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
             ),
             ack,
             retry: format!(
                 "UPDATE {t} AS m SET attempts = u.attempts, last_error = u.error, \
-                   next_attempt_at = now() + u.wait_ms * interval '1 millisecond', \
-                   lease_owner = NULL, leased_until = NULL \
+                   next_attempt_at = now() + u.wait_ms * interval '1 millisecond' \
                  FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::int8[]) AS u(id, attempts, error, wait_ms) \
-                 WHERE m.id = u.id AND m.lease_owner = $5"
+                 WHERE m.id = u.id"
             ),
             dead_letter: format!(
-                "UPDATE {t} AS m SET attempts = u.attempts, last_error = u.error, dead_at = now(), \
-                   lease_owner = NULL, leased_until = NULL \
+                "UPDATE {t} AS m SET attempts = u.attempts, last_error = u.error, dead_at = now() \
                  FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, attempts, error) \
-                 WHERE m.id = u.id AND m.lease_owner = $4"
-            ),
-            release: format!(
-                "UPDATE {t} SET lease_owner = NULL, leased_until = NULL \
-                 WHERE id = ANY($1) AND lease_owner = $2"
+                 WHERE m.id = u.id"
             ),
             backlog: format!(
                 "SELECT count(*) FILTER (WHERE dead_at IS NULL), \
@@ -119,13 +105,11 @@ impl Statements {
             ),
             count_dead: format!("SELECT count(*) FROM {t} WHERE dead_at IS NOT NULL"),
             requeue: format!(
-                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = now(), \
-                   lease_owner = NULL, leased_until = NULL \
+                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = now() \
                  WHERE id = ANY($1) AND dead_at IS NOT NULL"
             ),
             requeue_all: format!(
-                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = now(), \
-                   lease_owner = NULL, leased_until = NULL \
+                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = now() \
                  WHERE dead_at IS NOT NULL"
             ),
             cleanup: format!(

@@ -90,6 +90,10 @@ impl SourceHarness for PgTable {
     async fn waiting(&self) -> u64 {
         self.outbox.backlog(&self.pool).await.unwrap().waiting
     }
+
+    fn claims_end_with_the_relay(&self) -> bool {
+        true
+    }
 }
 
 async fn conformance_table(scenario: &'static str) -> PgTable {

@@ -24,6 +24,14 @@ pub trait SourceHarness: Send + Sync {
 
     /// Messages waiting for delivery, dead letters excluded.
     fn waiting(&self) -> impl Future<Output = u64> + Send;
+
+    /// Whether a relay's claims end with the relay itself: true for a source
+    /// whose lease is a database transaction (dropping the source rolls it
+    /// back, as a crashed process's connection would), false (the default)
+    /// for one whose lease is written into the rows and lasts its full term.
+    fn claims_end_with_the_relay(&self) -> bool {
+        false
+    }
 }
 
 /// A message as a consumer read it back from the broker.

@@ -1,0 +1,235 @@
+//! Chaos: a writer, three `outbox-relay` processes and a verifying consumer
+//! against PostgreSQL and NATS JetStream, with faults injected while
+//! messages flow:
+//!
+//! * `kill -9` of a relay, started again at once;
+//! * `SIGSTOP` of a relay past its lease (the others take its share), then
+//!   `SIGCONT`: it must neither publish out of order nor remove rows it no
+//!   longer holds;
+//! * every relay's database connection ended with `pg_terminate_backend`.
+//!
+//! Afterwards every committed message must have arrived, each key in order
+//! once duplicates are dropped, and the outbox must be empty. A core NATS
+//! subscriber sees every publish, duplicates included, and counts them.
+//!
+//! `OUTBOX_CHAOS_SECONDS` sets how long faults go on (default 15);
+//! `scripts/test.sh` runs the default, see the README for the long run.
+
+mod support;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use outbox_core::Message;
+use outbox_testkit::{assert_order_per_key, eventually};
+use support::*;
+use tokio::process::Child;
+use uuid::Uuid;
+
+const RELAYS: usize = 3;
+const KEYS: usize = 50;
+const LEASE_MS: u64 = 2000;
+const APPLICATION: &str = "outbox-relay-chaos";
+
+/// The relay processes, each startable again.
+struct Relays {
+    config: PathBuf,
+    url: String,
+    children: Vec<Child>,
+    started: usize,
+}
+
+impl Relays {
+    fn spawn(&mut self) -> Child {
+        self.started += 1;
+        let log = log_path(self.started);
+        let mut command = relay(&self.config, &["run"]);
+        command
+            .env("OUTBOX_SOURCE__URL", &self.url)
+            .env("OUTBOX_SOURCE__LEASE_MS", LEASE_MS.to_string())
+            .env("OUTBOX_HTTP__LISTEN", "")
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap());
+        command.spawn().unwrap()
+    }
+
+    /// Fails the test with the relay's log if a relay has exited.
+    fn assert_running(&mut self) {
+        for child in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let logs: Vec<String> = (1..=self.started)
+                    .map(|n| std::fs::read_to_string(log_path(n)).unwrap_or_default())
+                    .collect();
+                panic!("a relay exited ({status}):\n{}", logs.join("\n"));
+            }
+        }
+    }
+
+    fn restart(&mut self, index: usize) {
+        signal(&self.children[index], "KILL");
+        self.children[index] = self.spawn();
+    }
+}
+
+fn log_path(n: usize) -> PathBuf {
+    std::env::temp_dir().join(format!("outbox-chaos-relay-{n}.log"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_survive_kills_stops_and_lost_connections() {
+    let seconds: u64 = std::env::var("OUTBOX_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let (outbox, pool) = table("chaos").await;
+    let nats_stream = stream("RELAY_CHAOS", "relay-chaos").await;
+
+    // Every publish, duplicates included, in arrival order.
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let mut subscriber = client.subscribe("relay-chaos.>").await.unwrap();
+    let seen: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+                if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
+                    seen.lock().unwrap().push(id);
+                }
+            }
+        })
+    };
+
+    let separator = if postgres_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let mut relays = Relays {
+        config: settings(
+            "chaos",
+            spare_port(),
+            "batch_size = 100\nsend_timeout = 1000\npoll_interval_max = 200",
+        ),
+        url: format!(
+            "{}{separator}application_name={APPLICATION}",
+            postgres_url()
+        ),
+        children: Vec::new(),
+        started: 0,
+    };
+    for _ in 0..RELAYS {
+        let child = relays.spawn();
+        relays.children.push(child);
+    }
+
+    // Rounds of: a burst of 5,000 messages committed (100 per transaction),
+    // a moment for the relays to claim and start publishing it, then a
+    // fault while they are at it.
+    let mut committed: Vec<Message> = Vec::new();
+    let started = Instant::now();
+    let mut faults: HashMap<&str, usize> = HashMap::new();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        relays.assert_running();
+        for _ in 0..50 {
+            let batch: Vec<Message> = (0..100)
+                .map(|_| {
+                    let n = committed.len();
+                    Message::builder("relay-chaos.orders", format!("key-{}", n % KEYS))
+                        .payload(format!("{n}"))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            commit(&outbox, &pool, &batch).await;
+            committed.extend(batch);
+        }
+        tokio::time::sleep(Duration::from_millis(50 + 37 * (round % 5) as u64)).await;
+        let victim = round % RELAYS;
+        match round % 3 {
+            0 => {
+                relays.restart(victim);
+                *faults.entry("kill -9").or_default() += 1;
+            }
+            1 => {
+                signal(&relays.children[victim], "STOP");
+                tokio::time::sleep(Duration::from_millis(LEASE_MS + 1000)).await;
+                signal(&relays.children[victim], "CONT");
+                *faults.entry("SIGSTOP past the lease").or_default() += 1;
+            }
+            _ => {
+                let ended: Vec<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind(APPLICATION)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                *faults.entry("connections terminated").or_default() += ended.len();
+            }
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    relays.assert_running();
+
+    let drained = eventually(DEADLINE, || async {
+        outbox.backlog(&pool).await.unwrap().waiting == 0
+    })
+    .await;
+    let left = outbox.backlog(&pool).await.unwrap();
+    assert!(drained, "the outbox did not drain: {left:?}");
+    let all_seen = eventually(Duration::from_secs(30), || async {
+        let seen = seen.lock().unwrap();
+        let ids: std::collections::HashSet<&Uuid> = seen.iter().collect();
+        committed.iter().all(|m| ids.contains(&m.id))
+    })
+    .await;
+    for child in &relays.children {
+        sigterm(child);
+    }
+    for child in std::mem::take(&mut relays.children) {
+        let (code, text) = finish(child, Duration::from_secs(30)).await;
+        assert_eq!(code, 0, "a relay did not stop cleanly: {text}");
+    }
+    recorder.abort();
+    assert!(all_seen, "a committed message never reached the broker");
+
+    let key_of: HashMap<Uuid, String> = committed
+        .iter()
+        .map(|m| (m.id, m.ordering_key.clone()))
+        .collect();
+    let arrivals: Vec<(String, Uuid)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            (
+                key_of.get(id).cloned().expect("only messages we wrote"),
+                *id,
+            )
+        })
+        .collect();
+    let duplicates = assert_order_per_key(&committed, &arrivals);
+    let stored = nats_stream.clone().info().await.unwrap().state.messages;
+    assert_eq!(
+        stored,
+        committed.len() as u64,
+        "the stream holds each message once"
+    );
+    assert_eq!(left.dead_letters, 0);
+    println!(
+        "chaos: {} messages over {KEYS} keys in {:?}; faults {faults:?}; {} relay starts; \
+         {duplicates} duplicates published ({:.2}%), all in order per key after dropping them",
+        committed.len(),
+        started.elapsed(),
+        relays.started,
+        100.0 * duplicates as f64 / committed.len() as f64
+    );
+}

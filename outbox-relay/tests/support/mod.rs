@@ -1,0 +1,202 @@
+//! What the process tests share: a PostgreSQL table and a JetStream stream
+//! of a test's own, a settings file, and the `outbox-relay` binary run as a
+//! child process.
+
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures_util::StreamExt;
+use outbox_core::Message;
+use outbox_postgres::{PostgresConfig, PostgresOutbox};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub fn postgres_url() -> String {
+    std::env::var("OUTBOX_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("OUTBOX_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A fresh outbox table `outbox_relay_test.<table>`.
+pub async fn table(table: &str) -> (PostgresOutbox, PgPool) {
+    let pool = PgPool::connect(&postgres_url())
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS outbox_relay_test; DROP TABLE IF EXISTS outbox_relay_test.{table}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let outbox = PostgresOutbox::new(PostgresConfig {
+        schema: "outbox_relay_test".into(),
+        table: table.into(),
+        ..PostgresConfig::default()
+    })
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    (outbox, pool)
+}
+
+pub async fn commit(outbox: &PostgresOutbox, pool: &PgPool, messages: &[Message]) {
+    for chunk in messages.chunks(1000) {
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue_many(&mut tx, chunk).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// A fresh stream `name` on `<subject>.>`.
+pub async fn stream(name: &str, subject: &str) -> stream::Stream {
+    let client = async_nats::connect(nats_url())
+        .await
+        .expect("NATS reachable");
+    let context = jetstream::new(client);
+    let _ = context.delete_stream(name).await;
+    context
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{subject}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// The (key, id) of every message in the stream, in stream order.
+pub async fn read(stream: &stream::Stream, messages: &[Message]) -> Vec<(String, Uuid)> {
+    let count = stream.clone().info().await.unwrap().state.messages as usize;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut stored = consumer.messages().await.unwrap().take(count);
+    let mut arrivals = Vec::with_capacity(count);
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), stored.next())
+        .await
+        .unwrap()
+    {
+        let message = message.unwrap();
+        let id: Uuid = message
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let sent = messages
+            .iter()
+            .find(|m| m.id == id)
+            .expect("a message we wrote");
+        arrivals.push((sent.ordering_key.clone(), id));
+    }
+    arrivals
+}
+
+/// A port nobody listens on now.
+pub fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A settings file for the PostgreSQL table and NATS, with `extra` lines
+/// appended to `[relay]`.
+pub fn settings(table: &str, port: u16, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[source]
+kind = "postgres"
+url = "{postgres}"
+schema = "outbox_relay_test"
+table = "{table}"
+
+[destination]
+kind = "nats"
+url = "{nats}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[log]
+level = "info"
+
+[relay]
+shutdown_timeout = 10000
+{extra}
+"#,
+        postgres = postgres_url(),
+        nats = nats_url(),
+    );
+    let path = std::env::temp_dir().join(format!("outbox-relay-{table}-{}.toml", Uuid::now_v7()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn relay(config: &PathBuf, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// The value of an unlabelled metric.
+pub async fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, text) = get(port, "/metrics").await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+pub fn sigterm(child: &Child) {
+    signal(child, "TERM");
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to the child.
+pub fn signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Waits for the process to end, returning its exit code and output.
+pub async fn finish(child: Child, within: Duration) -> (i32, String) {
+    let output = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .expect("outbox-relay did not stop in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
