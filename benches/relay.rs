@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use outbox::nats::async_nats::jetstream::{self, stream};
 use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
 use outbox::postgres::{PostgresConfig, PostgresOutbox};
 use outbox::{CancellationToken, Message, Relay, RelayConfig, Stats};
@@ -244,7 +244,7 @@ async fn publish(
     let id: uuid::Uuid = row.get("id");
     let subject: String = row.get("destination");
     let payload: Vec<u8> = row.get("payload");
-    let mut headers = async_nats::HeaderMap::new();
+    let mut headers = outbox::nats::async_nats::HeaderMap::new();
     headers.insert(NATS_MSG_ID, id.to_string().as_str());
     js.publish_with_headers(subject, headers, payload.into())
         .await

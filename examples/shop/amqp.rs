@@ -2,8 +2,8 @@
 //! `shop.<name>.orders`, read from an exclusive queue bound to it.
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use outbox::amqp::lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use outbox::amqp::lapin::types::FieldTable;
 use outbox::amqp::{AmqpConfig, AmqpDestination};
 
 use super::{decode, Broker, Result};

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use outbox::kafka::rdkafka::message::{Headers, Message as _};
+use outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use outbox::kafka::{KafkaConfig, KafkaDestination};
 use outbox::HEADER_MESSAGE_ID;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{decode, Broker, Result};
 

@@ -1,9 +1,9 @@
 //! The shop's events on NATS JetStream: stream `SHOP_<NAME>` on subjects
 //! `shop.<name>.>`, read by an ordered consumer from the moment of connecting.
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::jetstream::stream;
 use futures_util::StreamExt;
+use outbox::nats::async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use outbox::nats::async_nats::jetstream::stream;
 use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
 
 use super::{decode, Broker, Result};

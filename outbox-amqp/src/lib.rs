@@ -20,3 +20,6 @@ mod error;
 pub use config::{AmqpConfig, Route};
 pub use destination::AmqpDestination;
 pub use error::classify;
+/// The lapin crate this destination is built on, so users and tests reach
+/// its types without a dependency of their own (and at the same version).
+pub use lapin;

@@ -17,3 +17,6 @@ mod error;
 pub use config::KafkaConfig;
 pub use destination::KafkaDestination;
 pub use error::classify;
+/// The rdkafka crate this destination is built on, so users and tests reach
+/// its types without a dependency of their own (and at the same version).
+pub use rdkafka;

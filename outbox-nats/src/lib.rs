@@ -21,6 +21,9 @@ mod config;
 mod destination;
 mod error;
 
+/// The async-nats crate this destination is built on, so users and tests reach
+/// its types without a dependency of their own (and at the same version).
+pub use async_nats;
 pub use config::{NatsAuth, NatsConfig, NatsMode};
 pub use destination::NatsDestination;
 pub use error::{classify_core, classify_jetstream};

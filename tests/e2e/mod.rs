@@ -38,7 +38,7 @@ fn sent(messages: &[Message], id: Uuid) -> &Message {
 
 #[cfg(feature = "nats")]
 pub mod nats {
-    use async_nats::jetstream::stream::{self, Stream};
+    use outbox::nats::async_nats::jetstream::stream::{self, Stream};
     use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
     use outbox::HEADER_EVENT_TYPE;
     use uuid::Uuid;
@@ -100,10 +100,10 @@ pub mod nats {
 pub mod amqp {
     use std::time::{Duration, Instant};
 
-    use lapin::options::{
+    use outbox::amqp::lapin::options::{
         BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
     };
-    use lapin::types::FieldTable;
+    use outbox::amqp::lapin::types::FieldTable;
     use outbox::amqp::{AmqpConfig, AmqpDestination};
     use uuid::Uuid;
 
@@ -190,11 +190,11 @@ pub mod kafka {
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
+    use outbox::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    use outbox::kafka::rdkafka::message::{Headers, Message as _};
+    use outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
     use outbox::kafka::{KafkaConfig, KafkaDestination};
     use outbox::{HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message as _};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     use uuid::Uuid;
 
     use super::sent;

@@ -118,13 +118,20 @@ pub fn spare_port() -> u16 {
 /// A settings file for the PostgreSQL table and NATS, with `extra` lines
 /// appended to `[relay]`.
 pub fn settings(table: &str, port: u16, extra: &str) -> PathBuf {
+    let source = format!(
+        "kind = \"postgres\"\nurl = \"{}\"\nschema = \"outbox_relay_test\"\ntable = \"{table}\"",
+        postgres_url()
+    );
+    settings_with_source(&source, table, port, extra)
+}
+
+/// A settings file with this `[source]` table body, NATS, and `extra`
+/// lines appended to `[relay]`.
+pub fn settings_with_source(source: &str, table: &str, port: u16, extra: &str) -> PathBuf {
     let text = format!(
         r#"
 [source]
-kind = "postgres"
-url = "{postgres}"
-schema = "outbox_relay_test"
-table = "{table}"
+{source}
 
 [destination]
 kind = "nats"
@@ -140,7 +147,6 @@ level = "info"
 shutdown_timeout = 10000
 {extra}
 "#,
-        postgres = postgres_url(),
         nats = nats_url(),
     );
     let path = std::env::temp_dir().join(format!("outbox-relay-{table}-{}.toml", Uuid::now_v7()));
