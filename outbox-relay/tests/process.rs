@@ -202,3 +202,93 @@ async fn credentials_never_reach_the_output() {
         );
     }
 }
+
+/// The binary with the other destination kinds, from a SQLite file (no
+/// database server): every message acknowledged by the broker, counted in
+/// `/metrics`, the outbox emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
+    let kafka_topic = format!("relay-sqlite-{}", uuid::Uuid::now_v7().simple());
+    let kafka = outbox_kafka::KafkaDestination::new(outbox_kafka::KafkaConfig {
+        brokers: kafka_brokers(),
+        ..outbox_kafka::KafkaConfig::default()
+    })
+    .unwrap();
+    kafka
+        .create_topics(&[&kafka_topic], 1)
+        .await
+        .expect("Kafka-protocol broker reachable");
+    let kafka_settings = format!(
+        "kind = \"kafka\"\nbrokers = \"{}\"\n[destination.properties]\n\"linger.ms\" = 1",
+        kafka_brokers()
+    );
+
+    let queue = format!("relay_sqlite_{}", uuid::Uuid::now_v7().simple());
+    let amqp = outbox_amqp::AmqpDestination::connect(outbox_amqp::AmqpConfig {
+        url: amqp_url(),
+        ..outbox_amqp::AmqpConfig::default()
+    })
+    .await
+    .expect("RabbitMQ reachable");
+    let channel = amqp.channel().await.unwrap();
+    use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use outbox_amqp::lapin::types::FieldTable;
+    let declare = |passive| QueueDeclareOptions {
+        passive,
+        auto_delete: false,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), declare(false), FieldTable::default())
+        .await
+        .unwrap();
+    let amqp_settings = format!("kind = \"amqp\"\nurl = \"{}\"", amqp_url());
+
+    for (destination, address) in [
+        (kafka_settings, kafka_topic.clone()),
+        (amqp_settings, queue.clone()),
+    ] {
+        let path = std::env::temp_dir().join(format!("outbox-relay-{}.db", uuid::Uuid::now_v7()));
+        let pool = outbox_sqlite::connect(path.to_str().unwrap())
+            .await
+            .unwrap();
+        let outbox =
+            outbox_sqlite::SqliteOutbox::new(outbox_sqlite::SqliteConfig::default()).unwrap();
+        outbox.migrate(&pool).await.unwrap();
+        let messages = numbered_messages(&address, 10, 10);
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let port = spare_port();
+        let source = format!("kind = \"sqlite\"\nurl = \"{}\"", path.display());
+        let config = settings_with_source(&source, "sqlite", port, "poll_interval_max = 100")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let nats = format!("kind = \"nats\"\nurl = \"{}\"", nats_url());
+        std::fs::write(&config, text.replace(&nats, &destination)).unwrap();
+        let child = relay(&config.into(), &["run"]).spawn().unwrap();
+        let drained = eventually(DEADLINE, || async {
+            outbox.backlog(&pool).await.unwrap().waiting == 0
+        })
+        .await;
+        let published = metric(port, "outbox_published_total").await;
+        sigterm(&child);
+        let (code, text) = finish(child, Duration::from_secs(30)).await;
+        assert!(drained, "{address}: the outbox did not drain:\n{text}");
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(published, Some(messages.len() as f64), "{address}:\n{text}");
+        assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0, "{text}");
+    }
+    let stored = channel
+        .queue_declare(queue.as_str().into(), declare(true), FieldTable::default())
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(stored, 100, "the queue holds every message once");
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
