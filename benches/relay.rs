@@ -1,9 +1,12 @@
 //! Drain throughput of the relay against the two references of issue 10, on
 //! real servers: PostgreSQL -> NATS JetStream.
 //!
-//! `cargo bench --bench relay --features postgres,nats -- [MESSAGES] [RUNS]`
-//! (defaults 200,000 messages, 3 runs; `-- 20000 1` is the smoke run of
-//! scripts/test.sh). 200-byte payloads over 10,000 keys, one relay.
+//! `cargo bench --bench relay --features postgres,nats -- [MESSAGES] [RUNS] [LATENCY_SECONDS]`
+//! (defaults 200,000 messages, 3 runs, no latency runs; `-- 20000 1` is the
+//! smoke run of scripts/test.sh). 200-byte payloads over 10,000 keys, one
+//! relay. With `LATENCY_SECONDS`, 8 writers then commit one message per
+//! transaction at 1,000 and at 5,000 msg/s for that long, and the time from
+//! each commit to the message's arrival at a NATS subscriber is measured.
 //!
 //! * relay: `outbox::Relay` with `PostgresSource` and `NatsDestination`.
 //! * ceiling: the simplest fast relay by hand: in one transaction, claim and
@@ -12,7 +15,11 @@
 //! * naive: one message per transaction: claim one, publish, wait for the
 //!   acknowledgement, delete, commit (timed on a tenth of the messages).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use outbox::nats::async_nats::jetstream::{self, stream};
 use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
@@ -23,6 +30,8 @@ use sqlx::{PgPool, Row};
 
 const KEYS: usize = 10_000;
 const SUBJECT: &str = "outbox-bench.orders";
+/// Writers of the latency runs, one transaction per message each.
+const WRITERS: u64 = 8;
 
 #[tokio::main]
 async fn main() {
@@ -31,12 +40,15 @@ async fn main() {
         .next()
         .map_or(200_000, |a| a.parse().expect("MESSAGES"));
     let runs: usize = args.next().map_or(3, |a| a.parse().expect("RUNS"));
+    let latency_seconds: u64 = args
+        .next()
+        .map_or(0, |a| a.parse().expect("LATENCY_SECONDS"));
     let pg_url = std::env::var("OUTBOX_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let nats_url =
         std::env::var("OUTBOX_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let pool = PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(16)
         .connect(&pg_url)
         .await
         .expect("PostgreSQL");
@@ -105,6 +117,25 @@ async fn main() {
         relay_rate / table[1].1,
         relay_rate / table[2].1
     );
+    if latency_seconds > 0 {
+        // Writers NOTIFY and the relay LISTENs, as in production.
+        let notifying = PostgresOutbox::new(PostgresConfig {
+            notify: true,
+            ..outbox.config().clone()
+        })
+        .expect("config");
+        for rate in [1000, 5000] {
+            reset_stream(&js).await;
+            let (achieved, p50, p99, max) =
+                latency(&notifying, &pool, &destination, rate, latency_seconds).await;
+            println!(
+                "latency at {rate} msg/s ({achieved:.0} reached) for {latency_seconds} s, commit to broker: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            );
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -249,4 +280,100 @@ async fn publish(
     js.publish_with_headers(subject, headers, payload.into())
         .await
         .expect("publish")
+}
+
+/// Commit-to-broker latency under steady load: a writer commits one message
+/// per transaction at `rate` per second for `seconds`, the relay runs, and a
+/// core NATS subscriber notes when each message arrives. Prints p50, p99 and
+/// max of arrival time minus commit time.
+async fn latency(
+    outbox: &PostgresOutbox,
+    pool: &PgPool,
+    destination: &NatsDestination,
+    rate: u64,
+    seconds: u64,
+) -> (f64, Duration, Duration, Duration) {
+    sqlx::query("TRUNCATE outbox_bench.pg_nats")
+        .execute(pool)
+        .await
+        .expect("truncate");
+    let committed: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
+    let arrived: Arc<Mutex<Vec<(uuid::Uuid, Instant)>>> = Arc::default();
+    let mut subscriber = destination
+        .client()
+        .subscribe(SUBJECT)
+        .await
+        .expect("subscribe");
+    let recorder = {
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let at = Instant::now();
+                let id = message.headers.as_ref().and_then(|h| h.get(NATS_MSG_ID));
+                if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
+                    arrived.lock().unwrap().push((id, at));
+                }
+            }
+        })
+    };
+    let config = RelayConfig::default();
+    let source = outbox.source(pool.clone()).await.expect("source");
+    let relay = Relay::new(source, destination.clone(), config).expect("relay config");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+
+    // Writers share the pace: message i is due at i / rate seconds.
+    let total = rate * seconds;
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (outbox, pool, committed) = (outbox.clone(), pool.clone(), committed.clone());
+            tokio::spawn(async move {
+                for i in (writer..total).step_by(WRITERS as usize) {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                    let key = format!("key-{}", i as usize % KEYS);
+                    let message = Message::builder(SUBJECT, key)
+                        .payload(vec![b'x'; 200])
+                        .build()
+                        .expect("message");
+                    let mut tx = pool.begin().await.expect("begin");
+                    outbox.enqueue(&mut tx, &message).await.expect("enqueue");
+                    tx.commit().await.expect("commit");
+                    committed.lock().unwrap().insert(message.id, Instant::now());
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrived.lock().unwrap().len() < total as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("relay task").expect("relay");
+    recorder.abort();
+    let committed = committed.lock().unwrap();
+    let mut latencies: Vec<Duration> = arrived
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
+        .collect();
+    assert_eq!(
+        latencies.len() as u64,
+        total,
+        "latency: not every message arrived"
+    );
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    (
+        achieved,
+        pick(0.5),
+        pick(0.99),
+        latencies[latencies.len() - 1],
+    )
 }

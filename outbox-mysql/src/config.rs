@@ -51,28 +51,8 @@ const MAX_TABLE_LEN: usize = 56;
 impl MysqlConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut chars = self.table.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !first_ok || !rest_ok || self.table.len() > MAX_TABLE_LEN {
-            return Err(ConfigError::new(
-                "table",
-                format!(
-                    "{:?} is not a plain identifier: use 1 to {MAX_TABLE_LEN} lowercase letters, \
-                     digits and underscores, not starting with a digit",
-                    self.table
-                ),
-            ));
-        }
-        if self.lease < Duration::from_millis(100) {
-            return Err(ConfigError::new(
-                "lease",
-                format!("must be at least 100 ms, got {:?}", self.lease),
-            ));
-        }
-        Ok(())
+        ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
+        ConfigError::check_lease(self.lease)
     }
 }
 

@@ -62,41 +62,15 @@ const MAX_TABLE_LEN: usize = 55;
 impl PostgresConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        identifier("schema", &self.schema, 63)?;
-        identifier("table", &self.table, MAX_TABLE_LEN)?;
-        if self.lease < Duration::from_millis(100) {
-            return Err(ConfigError::new(
-                "lease",
-                format!("must be at least 100 ms, got {:?}", self.lease),
-            ));
-        }
-        Ok(())
+        ConfigError::check_identifier("schema", &self.schema, 63)?;
+        ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
+        ConfigError::check_lease(self.lease)
     }
 
     /// The channel relays LISTEN on.
     pub(crate) fn channel(&self) -> String {
         format!("{}_{}", self.schema, self.table)
     }
-}
-
-/// Accepts plain lowercase SQL identifiers only, so names are safe to splice
-/// into SQL (they are quoted as well).
-fn identifier(setting: &str, value: &str, max: usize) -> Result<(), ConfigError> {
-    let mut chars = value.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !first_ok || !rest_ok || value.len() > max {
-        return Err(ConfigError::new(
-            setting,
-            format!(
-                "{value:?} is not a plain identifier: use 1 to {max} lowercase letters, \
-                 digits and underscores, not starting with a digit"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
