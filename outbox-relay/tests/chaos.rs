@@ -19,18 +19,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use outbox_core::Message;
 use outbox_testkit::{assert_order_per_key, eventually};
 use support::*;
-use tokio::process::Child;
-use uuid::Uuid;
 
 const RELAYS: usize = 3;
 const KEYS: usize = 50;
@@ -156,48 +149,6 @@ impl Database for Mysql {
     }
 }
 
-/// The relay processes, each startable again.
-struct Relays {
-    config: PathBuf,
-    children: Vec<Child>,
-    started: usize,
-}
-
-impl Relays {
-    fn spawn(&mut self) -> Child {
-        self.started += 1;
-        let log = log_path(self.started);
-        let mut command = relay(&self.config, &["run"]);
-        command
-            .env("OUTBOX_SOURCE__LEASE_MS", LEASE_MS.to_string())
-            .env("OUTBOX_HTTP__LISTEN", "")
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap());
-        command.spawn().unwrap()
-    }
-
-    /// Fails the test with the relay's log if a relay has exited.
-    fn assert_running(&mut self) {
-        for child in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                let logs: Vec<String> = (1..=self.started)
-                    .map(|n| std::fs::read_to_string(log_path(n)).unwrap_or_default())
-                    .collect();
-                panic!("a relay exited ({status}):\n{}", logs.join("\n"));
-            }
-        }
-    }
-
-    fn restart(&mut self, index: usize) {
-        signal(&self.children[index], "KILL");
-        self.children[index] = self.spawn();
-    }
-}
-
-fn log_path(n: usize) -> PathBuf {
-    std::env::temp_dir().join(format!("outbox-chaos-relay-{n}.log"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_relays_survive_kills_stops_and_lost_connections() {
     let (outbox, pool) = table("chaos").await;
@@ -220,35 +171,19 @@ async fn chaos(database: impl Database, name: &str, burst: usize) {
     let nats_stream = stream(&format!("RELAY_CHAOS_{}", name.to_uppercase()), &subject).await;
 
     // Every publish, duplicates included, in arrival order.
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let mut subscriber = client.subscribe(format!("{subject}.>")).await.unwrap();
-    let seen: Arc<Mutex<Vec<Uuid>>> = Arc::default();
-    let recorder = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
-                if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
-                    seen.lock().unwrap().push(id);
-                }
-            }
-        })
-    };
+    let publishes = Publishes::record(&subject).await;
 
-    let mut relays = Relays {
-        config: settings_with_source(
-            &database.source_settings(),
-            &format!("chaos_{name}"),
-            spare_port(),
-            "batch_size = 100\nsend_timeout = 1000\npoll_interval_max = 200",
-        ),
-        children: Vec::new(),
-        started: 0,
-    };
-    for _ in 0..RELAYS {
-        let child = relays.spawn();
-        relays.children.push(child);
-    }
+    let config = settings_with_source(
+        &database.source_settings(),
+        &format!("chaos_{name}"),
+        spare_port(),
+        "batch_size = 100\nsend_timeout = 1000\npoll_interval_max = 200",
+    );
+    let env = [
+        ("OUTBOX_SOURCE__LEASE_MS", LEASE_MS.to_string()),
+        ("OUTBOX_HTTP__LISTEN", String::new()),
+    ];
+    let mut relays = RelayProcesses::start(config, &format!("chaos-{name}"), &env, RELAYS);
 
     // Rounds of: a burst of messages committed (100 per transaction),
     // a moment for the relays to claim and start publishing it, then a
@@ -299,36 +234,12 @@ async fn chaos(database: impl Database, name: &str, burst: usize) {
     let left = database.backlog().await;
     assert!(drained, "the outbox did not drain: {left:?}");
     let all_seen = eventually(Duration::from_secs(30), || async {
-        let seen = seen.lock().unwrap();
-        let ids: std::collections::HashSet<&Uuid> = seen.iter().collect();
-        committed.iter().all(|m| ids.contains(&m.id))
+        publishes.has_all(&committed)
     })
     .await;
-    for child in &relays.children {
-        sigterm(child);
-    }
-    for child in std::mem::take(&mut relays.children) {
-        let (code, text) = finish(child, Duration::from_secs(30)).await;
-        assert_eq!(code, 0, "a relay did not stop cleanly: {text}");
-    }
-    recorder.abort();
+    relays.stop().await;
     assert!(all_seen, "a committed message never reached the broker");
-
-    let key_of: HashMap<Uuid, String> = committed
-        .iter()
-        .map(|m| (m.id, m.ordering_key.clone()))
-        .collect();
-    let arrivals: Vec<(String, Uuid)> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|id| {
-            (
-                key_of.get(id).cloned().expect("only messages we wrote"),
-                *id,
-            )
-        })
-        .collect();
+    let arrivals = publishes.keyed(&committed);
     let duplicates = assert_order_per_key(&committed, &arrivals);
     let stored = nats_stream.clone().info().await.unwrap().state.messages;
     assert_eq!(

@@ -215,3 +215,148 @@ pub async fn finish(child: Child, within: Duration) -> (i32, String) {
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text)
 }
+
+/// `outbox-relay run` processes on one settings file, each logging to a
+/// file of its own, with `env` set.
+pub struct RelayProcesses {
+    config: PathBuf,
+    name: String,
+    env: Vec<(String, String)>,
+    /// The running processes.
+    pub children: Vec<Child>,
+    /// How many were started, restarts included.
+    pub started: usize,
+}
+
+impl RelayProcesses {
+    /// Starts `count` relays.
+    pub fn start(config: PathBuf, name: &str, env: &[(&str, String)], count: usize) -> Self {
+        let mut relays = Self {
+            config,
+            name: name.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            children: Vec::new(),
+            started: 0,
+        };
+        for _ in 0..count {
+            let child = relays.spawn();
+            relays.children.push(child);
+        }
+        relays
+    }
+
+    fn log_path(&self, n: usize) -> PathBuf {
+        std::env::temp_dir().join(format!("outbox-{}-relay-{n}.log", self.name))
+    }
+
+    fn spawn(&mut self) -> Child {
+        self.started += 1;
+        let log = std::fs::File::create(self.log_path(self.started)).unwrap();
+        let mut command = relay(&self.config, &["run"]);
+        command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log);
+        command.spawn().unwrap()
+    }
+
+    /// Fails the test, with every relay's log, if a relay has exited.
+    pub fn assert_running(&mut self) {
+        for child in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let logs: Vec<String> = (1..=self.started)
+                    .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
+                    .collect();
+                panic!("a relay exited ({status}):\n{}", logs.join("\n"));
+            }
+        }
+    }
+
+    /// `kill -9` relay `index` and start another in its place.
+    pub fn restart(&mut self, index: usize) {
+        signal(&self.children[index], "KILL");
+        self.children[index] = self.spawn();
+    }
+
+    /// SIGTERM to every relay; each must exit 0 within 30 s.
+    pub async fn stop(&mut self) {
+        for child in &self.children {
+            sigterm(child);
+        }
+        for child in std::mem::take(&mut self.children) {
+            let (code, text) = finish(child, Duration::from_secs(30)).await;
+            assert_eq!(code, 0, "a relay did not stop cleanly: {text}");
+        }
+    }
+}
+
+/// Every message published on `<subject>.>` as a core NATS subscriber sees
+/// it: duplicates included, with its arrival time.
+pub struct Publishes {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(Uuid, std::time::Instant)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publishes {
+    /// Subscribes now.
+    pub async fn record(subject: &str) -> Self {
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("NATS reachable");
+        let mut subscriber = client.subscribe(format!("{subject}.>")).await.unwrap();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(Uuid, std::time::Instant)>>> =
+            Default::default();
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let _client = client;
+                while let Some(message) = subscriber.next().await {
+                    let at = std::time::Instant::now();
+                    let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+                    if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
+                        seen.lock().unwrap().push((id, at));
+                    }
+                }
+            })
+        };
+        Self { seen, task }
+    }
+
+    /// Every publish so far: id and arrival, in arrival order.
+    pub fn arrivals(&self) -> Vec<(Uuid, std::time::Instant)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Whether every one of `messages` has arrived at least once.
+    pub fn has_all(&self, messages: &[Message]) -> bool {
+        let seen = self.seen.lock().unwrap();
+        let ids: std::collections::HashSet<&Uuid> = seen.iter().map(|(id, _)| id).collect();
+        messages.iter().all(|m| ids.contains(&m.id))
+    }
+
+    /// (key, id) of every publish, for `assert_order_per_key`.
+    pub fn keyed(&self, messages: &[Message]) -> Vec<(String, Uuid)> {
+        let key_of: std::collections::HashMap<Uuid, &str> = messages
+            .iter()
+            .map(|m| (m.id, m.ordering_key.as_str()))
+            .collect();
+        self.arrivals()
+            .iter()
+            .map(|(id, _)| {
+                (
+                    key_of.get(id).expect("only messages we wrote").to_string(),
+                    *id,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Publishes {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
