@@ -20,9 +20,14 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         Some(url) => redact_url(url),
         None => settings.destination.brokers.clone().unwrap_or_default(),
     };
+    // A SQLite path holds no credentials; anything else is shown redacted.
+    let source_address = match settings.source.kind {
+        crate::settings::SourceKind::Sqlite => settings.source.url.clone(),
+        _ => redact_url(&settings.source.url),
+    };
     tracing::info!(
         source = ?settings.source.kind,
-        url = %redact_url(&settings.source.url),
+        url = %source_address,
         table = %settings.source.table,
         destination = ?settings.destination.kind,
         address = %destination_address,
