@@ -75,43 +75,26 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
             }
         }
     };
+    // The relay is generic over the source: one arm per kind compiled in.
+    macro_rules! relay {
+        ($source:expr) => {
+            relay_to(
+                &settings.destination,
+                $source,
+                settings.relay.clone(),
+                started,
+                shutdown.clone(),
+            )
+            .await
+        };
+    }
     let result = match &*outbox {
         #[cfg(feature = "postgres")]
-        Outbox::Postgres(outbox, pool) => {
-            let source = outbox.source(pool.clone()).await?;
-            relay_to(
-                &settings.destination,
-                source,
-                settings.relay.clone(),
-                started,
-                shutdown.clone(),
-            )
-            .await
-        }
+        Outbox::Postgres(outbox, pool) => relay!(outbox.source(pool.clone()).await?),
         #[cfg(feature = "mysql")]
-        Outbox::Mysql(outbox, pool) => {
-            let source = outbox.source(pool.clone());
-            relay_to(
-                &settings.destination,
-                source,
-                settings.relay.clone(),
-                started,
-                shutdown.clone(),
-            )
-            .await
-        }
+        Outbox::Mysql(outbox, pool) => relay!(outbox.source(pool.clone())),
         #[cfg(feature = "sqlite")]
-        Outbox::Sqlite(outbox, pool) => {
-            let source = outbox.source(pool.clone());
-            relay_to(
-                &settings.destination,
-                source,
-                settings.relay.clone(),
-                started,
-                shutdown.clone(),
-            )
-            .await
-        }
+        Outbox::Sqlite(outbox, pool) => relay!(outbox.source(pool.clone())),
     };
     shutdown.cancel();
     if let Some(stats) = stats.get() {

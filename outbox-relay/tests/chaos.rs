@@ -185,15 +185,16 @@ async fn chaos(database: impl Database, name: &str, burst: usize) {
     ];
     let mut relays = RelayProcesses::start(config, &format!("chaos-{name}"), &env, RELAYS);
 
-    // Rounds of: a burst of messages committed (100 per transaction),
-    // a moment for the relays to claim and start publishing it, then a
-    // fault while they are at it.
+    // Rounds of: a burst of messages committed (100 per transaction), a
+    // wait until the relays are publishing it, then a fault while they are
+    // at it.
     let mut committed: Vec<Message> = Vec::new();
     let started = Instant::now();
     let mut faults: HashMap<&str, usize> = HashMap::new();
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
         relays.assert_running();
+        let published_before = publishes.count();
         for _ in 0..burst / 100 {
             let batch: Vec<Message> = (0..100)
                 .map(|_| {
@@ -207,7 +208,11 @@ async fn chaos(database: impl Database, name: &str, burst: usize) {
             database.commit(&batch).await;
             committed.extend(batch);
         }
-        tokio::time::sleep(Duration::from_millis(50 + 37 * (round % 5) as u64)).await;
+        // Strike once the relays are publishing this burst.
+        eventually(Duration::from_secs(10), || async {
+            publishes.count() > published_before + 100
+        })
+        .await;
         let victim = round % RELAYS;
         match round % 3 {
             0 => {

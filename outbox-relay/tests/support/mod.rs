@@ -330,6 +330,11 @@ impl Publishes {
         self.seen.lock().unwrap().clone()
     }
 
+    /// How many publishes arrived so far, duplicates included.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
     /// Whether every one of `messages` has arrived at least once.
     pub fn has_all(&self, messages: &[Message]) -> bool {
         let seen = self.seen.lock().unwrap();
