@@ -355,3 +355,95 @@ async fn writers_committing_during_claims_never_fail() {
     }
     assert_order_per_key(&messages, &arrivals(&destination));
 }
+
+/// A key that is not UTF-8 never reaches the relay: with the default
+/// strict SQL mode MariaDB and MySQL refuse it, and a server that stores
+/// it anyway converts it to the connection's character set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_utf8_is_refused_or_converted_by_the_database() {
+    let (outbox, pool) = table("not_utf8").await;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO not_utf8 (id, ordering_key, destination, payload, headers, created_at, next_attempt_at) \
+         VALUES (?, X'FF', 'orders', 'x', '{}', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await;
+    match inserted {
+        Err(err) => assert!(err.to_string().contains("Incorrect string value"), "{err}"),
+        Ok(_) => {
+            let destination = MemoryDestination::new();
+            let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+            let delivered = destination.wait_for(1, DEADLINE).await;
+            relay.stop().await;
+            assert!(delivered, "the converted row was not delivered");
+            let key = &destination.sent()[0].message.ordering_key;
+            assert!(!key.is_empty(), "key {key:?}");
+        }
+    }
+}
+
+/// The database refuses the acknowledgement (a trigger raising on DELETE):
+/// the published messages stay in the outbox and go out again once their
+/// lease ends, the relay keeps running, and once the database accepts
+/// again everything is acknowledged, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
+    let (_, pool) = table("ack_error").await;
+    let outbox = MysqlOutbox::new(MysqlConfig {
+        table: "ack_error".into(),
+        lease: Duration::from_secs(3),
+        ..MysqlConfig::default()
+    })
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS ack_error_refusing (refusing BOOLEAN); \
+         DELETE FROM ack_error_refusing; INSERT INTO ack_error_refusing VALUES (true)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Text protocol: a trigger cannot be a prepared statement.
+    sqlx::raw_sql(
+        "CREATE TRIGGER ack_error_refuse BEFORE DELETE ON ack_error FOR EACH ROW BEGIN \
+           IF (SELECT COUNT(*) FROM ack_error_refusing) > 0 THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'acknowledgement refused by the test'; \
+           END IF; END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let messages = numbered_messages("orders", 4, 5);
+    commit(&outbox, &pool, &messages).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    // Published, acknowledgement refused, published again after the lease.
+    let again = destination.wait_for(messages.len() * 2, DEADLINE).await;
+    let waiting = outbox.backlog(&pool).await.unwrap().waiting;
+    sqlx::query("DELETE FROM ack_error_refusing")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let drained = eventually(DEADLINE, || async {
+        outbox.backlog(&pool).await.unwrap().waiting == 0
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        again,
+        "refused acknowledgements were not followed by redelivery"
+    );
+    assert_eq!(
+        waiting,
+        messages.len() as u64,
+        "a row was removed unacknowledged"
+    );
+    assert!(
+        drained,
+        "the outbox did not drain once the database accepted"
+    );
+    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
+    assert!(duplicates >= messages.len(), "{duplicates} duplicates");
+    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+}

@@ -509,3 +509,80 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let all: Vec<Message> = first.into_iter().chain(second).chain(third).collect();
     assert_order_per_key(&all, &arrivals(&destination));
 }
+
+/// PostgreSQL refuses text that is not UTF-8 in a UTF-8 database, so a row
+/// with such a key cannot exist for the relay to choke on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_utf8_is_refused_by_the_database() {
+    let (outbox, pool) = table("not_utf8", |_| {}).await;
+    let err = sqlx::query(
+        "INSERT INTO outbox_test.not_utf8 (id, ordering_key, destination, payload) \
+         VALUES ($1, convert_from('\\xff'::bytea, 'UTF8'), 'orders', 'x')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .expect_err("PostgreSQL stored a key that is not UTF-8");
+    assert!(err.to_string().contains("invalid byte sequence"), "{err}");
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+/// The database refuses the acknowledgement (a trigger raising on DELETE,
+/// as a full disk or a revoked grant would): the published messages stay
+/// in the outbox and go out again, the relay keeps running, and once the
+/// database accepts again everything is acknowledged, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
+    let (outbox, pool) = table("ack_error", |_| {}).await;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS outbox_test.ack_error_refusing (refusing BOOLEAN); \
+         DELETE FROM outbox_test.ack_error_refusing; \
+         INSERT INTO outbox_test.ack_error_refusing VALUES (true); \
+         CREATE OR REPLACE FUNCTION outbox_test.ack_error_refuse() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN \
+           IF EXISTS (SELECT 1 FROM outbox_test.ack_error_refusing) THEN \
+             RAISE EXCEPTION 'acknowledgement refused by the test'; \
+           END IF; RETURN OLD; END $$; \
+         CREATE TRIGGER refuse BEFORE DELETE ON outbox_test.ack_error \
+           FOR EACH ROW EXECUTE FUNCTION outbox_test.ack_error_refuse();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let messages = numbered_messages("orders", 4, 5);
+    commit(&outbox, &pool, &messages).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    // Published, acknowledgement refused, published again.
+    let again = destination.wait_for(messages.len() * 2, DEADLINE).await;
+    let waiting = outbox.backlog(&pool).await.unwrap().waiting;
+    sqlx::query("DELETE FROM outbox_test.ack_error_refusing")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let drained = eventually(DEADLINE, || async {
+        outbox.backlog(&pool).await.unwrap().waiting == 0
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        again,
+        "refused acknowledgements were not followed by redelivery"
+    );
+    assert_eq!(
+        waiting,
+        messages.len() as u64,
+        "a row was removed unacknowledged"
+    );
+    assert!(
+        drained,
+        "the outbox did not drain once the database accepted"
+    );
+    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
+    assert!(duplicates >= messages.len(), "{duplicates} duplicates");
+    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+}

@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures_util::StreamExt;
@@ -68,9 +70,12 @@ pub async fn commit(outbox: &PostgresOutbox, pool: &PgPool, messages: &[Message]
 
 /// A fresh stream `name` on `<subject>.>`.
 pub async fn stream(name: &str, subject: &str) -> stream::Stream {
-    let client = async_nats::connect(nats_url())
-        .await
-        .expect("NATS reachable");
+    stream_at(&nats_url(), name, subject).await
+}
+
+/// A fresh stream `name` on `<subject>.>` on the NATS server at `url`.
+pub async fn stream_at(url: &str, name: &str, subject: &str) -> stream::Stream {
+    let client = async_nats::connect(url).await.expect("NATS reachable");
     let context = jetstream::new(client);
     let _ = context.delete_stream(name).await;
     context
@@ -137,14 +142,26 @@ pub fn settings(table: &str, port: u16, extra: &str) -> PathBuf {
 /// A settings file with this `[source]` table body, NATS, and `extra`
 /// lines appended to `[relay]`.
 pub fn settings_with_source(source: &str, table: &str, port: u16, extra: &str) -> PathBuf {
+    let nats = format!("kind = \"nats\"\nurl = \"{}\"", nats_url());
+    settings_with(source, &nats, table, port, extra)
+}
+
+/// A settings file with these `[source]` and `[destination]` table
+/// bodies, and `extra` lines appended to `[relay]`.
+pub fn settings_with(
+    source: &str,
+    destination: &str,
+    table: &str,
+    port: u16,
+    extra: &str,
+) -> PathBuf {
     let text = format!(
         r#"
 [source]
 {source}
 
 [destination]
-kind = "nats"
-url = "{nats}"
+{destination}
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -155,8 +172,7 @@ level = "info"
 [relay]
 shutdown_timeout = 10000
 {extra}
-"#,
-        nats = nats_url(),
+"#
     );
     let path = std::env::temp_dir().join(format!("outbox-relay-{table}-{}.toml", Uuid::now_v7()));
     std::fs::write(&path, text).unwrap();
@@ -293,28 +309,33 @@ impl RelayProcesses {
     }
 }
 
-/// Every message published on `<subject>.>` as a core NATS subscriber sees
-/// it: duplicates included, with its arrival time.
+/// Every message the broker delivers to a verifying consumer, duplicates
+/// included, with its arrival time: a core NATS subscriber (which sees
+/// every publish), a group-less Kafka consumer reading a topic from its
+/// start, or an AMQP consumer of a queue.
 pub struct Publishes {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(Uuid, std::time::Instant)>>>,
+    seen: Arc<Mutex<Vec<(Uuid, Instant)>>>,
+    stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Publishes {
-    /// Subscribes now.
+    /// Subscribes to `<subject>.>` on the shared NATS server now.
     pub async fn record(subject: &str) -> Self {
-        let client = async_nats::connect(nats_url())
-            .await
-            .expect("NATS reachable");
+        Self::record_at(&nats_url(), subject).await
+    }
+
+    /// Subscribes to `<subject>.>` on the NATS server at `url` now.
+    pub async fn record_at(url: &str, subject: &str) -> Self {
+        let client = async_nats::connect(url).await.expect("NATS reachable");
         let mut subscriber = client.subscribe(format!("{subject}.>")).await.unwrap();
-        let seen: std::sync::Arc<std::sync::Mutex<Vec<(Uuid, std::time::Instant)>>> =
-            Default::default();
+        let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
         let task = {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let _client = client;
                 while let Some(message) = subscriber.next().await {
-                    let at = std::time::Instant::now();
+                    let at = Instant::now();
                     let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
                     if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
                         seen.lock().unwrap().push((id, at));
@@ -322,11 +343,93 @@ impl Publishes {
                 }
             })
         };
-        Self { seen, task }
+        let stop = Arc::default();
+        Self { seen, stop, task }
+    }
+
+    /// Reads every partition of `topic` from its start, until dropped.
+    pub fn kafka(topic: &str, partitions: i32) -> Self {
+        use outbox_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+        use outbox_kafka::rdkafka::message::{Headers, Message as _};
+        use outbox_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", format!("outbox-verifier-{}", Uuid::now_v7()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("Kafka consumer");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&list).expect("assign");
+        let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let task = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            tokio::task::spawn_blocking(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(Ok(record)) = consumer.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let at = Instant::now();
+                    let id = record.headers().and_then(|headers| {
+                        headers
+                            .iter()
+                            .find(|h| h.key == outbox_core::HEADER_MESSAGE_ID)
+                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                    });
+                    if let Some(id) = id {
+                        seen.lock().unwrap().push((id, at));
+                    }
+                }
+            })
+        };
+        Self { seen, stop, task }
+    }
+
+    /// Consumes `queue` (which must exist), acknowledging automatically.
+    pub async fn amqp(queue: &str) -> Self {
+        use outbox_amqp::lapin::options::BasicConsumeOptions;
+        use outbox_amqp::lapin::types::FieldTable;
+        use outbox_amqp::lapin::{Connection, ConnectionProperties};
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ reachable");
+        let channel = connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "outbox-verifier".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let _link = (connection, channel);
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let at = Instant::now();
+                    let id = delivery.properties.message_id().as_ref();
+                    if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
+                        seen.lock().unwrap().push((id, at));
+                    }
+                }
+            })
+        };
+        let stop = Arc::default();
+        Self { seen, stop, task }
     }
 
     /// Every publish so far: id and arrival, in arrival order.
-    pub fn arrivals(&self) -> Vec<(Uuid, std::time::Instant)> {
+    pub fn arrivals(&self) -> Vec<(Uuid, Instant)> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -362,6 +465,7 @@ impl Publishes {
 
 impl Drop for Publishes {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.task.abort();
     }
 }

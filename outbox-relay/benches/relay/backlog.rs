@@ -1,0 +1,320 @@
+//! The database side of a pair: the outbox table the benchmark fills, and
+//! the raw claims of the two hand-written references.
+
+use outbox_core::Message;
+use outbox_mysql::{MysqlConfig, MysqlOutbox};
+use outbox_postgres::{PostgresConfig, PostgresOutbox};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row as _;
+use uuid::Uuid;
+
+use crate::KEYS;
+
+/// A claimed row, as the references publish it.
+pub struct Row {
+    pub seq: i64,
+    pub id: Uuid,
+    pub destination: String,
+    pub payload: Vec<u8>,
+}
+
+/// Which database, with the outbox table of one pair.
+#[derive(Clone)]
+pub enum Backlog {
+    Postgres {
+        pool: PgPool,
+        outbox: PostgresOutbox,
+    },
+    Mysql {
+        pool: MySqlPool,
+        outbox: MysqlOutbox,
+    },
+}
+
+/// An open claim of the references: the transaction holds the rows.
+pub enum Claim {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Mysql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+impl Backlog {
+    /// The PostgreSQL table `outbox_bench.<table>`, created if missing;
+    /// writers NOTIFY the relay when `notify`.
+    pub async fn postgres(url: &str, table: &str, notify: bool) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(48)
+            .connect(url)
+            .await
+            .expect("PostgreSQL at OUTBOX_POSTGRES_URL");
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS outbox_bench")
+            .execute(&pool)
+            .await
+            .ok();
+        let outbox = PostgresOutbox::new(PostgresConfig {
+            schema: "outbox_bench".into(),
+            table: table.into(),
+            notify,
+            ..PostgresConfig::default()
+        })
+        .expect("config");
+        outbox.migrate(&pool).await.expect("migrate");
+        Backlog::Postgres { pool, outbox }
+    }
+
+    /// The MySQL/MariaDB table `bench_<table>`, created if missing.
+    pub async fn mysql(url: &str, table: &str) -> Self {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(48)
+            .connect(url)
+            .await
+            .expect("MySQL/MariaDB at OUTBOX_MYSQL_URL");
+        let outbox = MysqlOutbox::new(MysqlConfig {
+            table: format!("bench_{table}"),
+            ..MysqlConfig::default()
+        })
+        .expect("config");
+        outbox.migrate(&pool).await.expect("migrate");
+        Backlog::Mysql { pool, outbox }
+    }
+
+    /// The table's name as the relay's settings spell it.
+    pub fn table(&self) -> String {
+        match self {
+            Backlog::Postgres { outbox, .. } => outbox.config().table.clone(),
+            Backlog::Mysql { outbox, .. } => outbox.config().table.clone(),
+        }
+    }
+
+    /// Empties the table.
+    pub async fn truncate(&self) {
+        let sql = format!("TRUNCATE {}", self.qualified());
+        match self {
+            Backlog::Postgres { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
+            Backlog::Mysql { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
+        }
+        .expect("truncate");
+    }
+
+    fn qualified(&self) -> String {
+        match self {
+            Backlog::Postgres { outbox, .. } => format!("outbox_bench.{}", outbox.config().table),
+            Backlog::Mysql { outbox, .. } => outbox.config().table.clone(),
+        }
+    }
+
+    /// Empties the table, then writes `count` messages of 200 bytes to
+    /// `destination`, interleaved over the keys, in transactions of 1,000
+    /// through the outbox's own writer, and refreshes the statistics.
+    pub async fn fill(&self, destination: &str, count: usize) {
+        self.truncate().await;
+        let payload = vec![b'x'; 200];
+        let mut batch = Vec::with_capacity(1000);
+        for i in 0..count {
+            batch.push(
+                Message::builder(destination, format!("key-{}", i % KEYS))
+                    .payload(payload.clone())
+                    .build()
+                    .expect("message"),
+            );
+            if batch.len() == 1000 || i + 1 == count {
+                self.enqueue(&batch).await;
+                batch.clear();
+            }
+        }
+        let analyze = match self {
+            Backlog::Postgres { .. } => format!("VACUUM ANALYZE {}", self.qualified()),
+            Backlog::Mysql { .. } => format!("ANALYZE TABLE {}", self.qualified()),
+        };
+        match self {
+            Backlog::Postgres { pool, .. } => sqlx::query(&analyze).execute(pool).await.map(drop),
+            Backlog::Mysql { pool, .. } => sqlx::query(&analyze).execute(pool).await.map(drop),
+        }
+        .expect("analyze");
+    }
+
+    /// Writes `messages` in one transaction.
+    pub async fn enqueue(&self, messages: &[Message]) {
+        match self {
+            Backlog::Postgres { pool, outbox } => {
+                let mut tx = pool.begin().await.expect("begin");
+                outbox
+                    .enqueue_many(&mut tx, messages)
+                    .await
+                    .expect("enqueue");
+                tx.commit().await.expect("commit");
+            }
+            Backlog::Mysql { pool, outbox } => {
+                let mut tx = pool.begin().await.expect("begin");
+                outbox
+                    .enqueue_many(&mut tx, messages)
+                    .await
+                    .expect("enqueue");
+                tx.commit().await.expect("commit");
+            }
+        }
+    }
+
+    /// Rows still in the table.
+    pub async fn remaining(&self) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.qualified());
+        match self {
+            Backlog::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            Backlog::Mysql { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+        }
+        .expect("count")
+    }
+
+    /// The references' claim: up to `limit` rows in enqueue order, locked
+    /// (`FOR UPDATE SKIP LOCKED`) in a transaction that stays open. On
+    /// PostgreSQL the rows are deleted by the same statement; MariaDB
+    /// refuses a `DELETE` that selects from its own table, so there the
+    /// rows are deleted by [`Backlog::finish`] before the commit.
+    pub async fn claim(&self, limit: u32) -> (Claim, Vec<Row>) {
+        let table = self.qualified();
+        match self {
+            Backlog::Postgres { pool, .. } => {
+                let mut tx = pool.begin().await.expect("begin");
+                let sql = if limit == 1 {
+                    format!(
+                        "SELECT seq, id, destination, payload FROM {table} \
+                         ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                    )
+                } else {
+                    format!(
+                        "DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} \
+                         ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED) \
+                         RETURNING seq, id, destination, payload"
+                    )
+                };
+                let rows = sqlx::query(&sql)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .expect("claim")
+                    .iter()
+                    .map(|r| Row {
+                        seq: r.get("seq"),
+                        id: r.get("id"),
+                        destination: r.get("destination"),
+                        payload: r.get("payload"),
+                    })
+                    .collect();
+                (Claim::Postgres(tx), rows)
+            }
+            Backlog::Mysql { pool, .. } => {
+                let mut tx = pool.begin().await.expect("begin");
+                let sql = format!(
+                    "SELECT seq, id, destination, payload FROM {table} \
+                     WHERE done_at IS NULL AND dead_at IS NULL \
+                     ORDER BY done_at, dead_at, seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
+                );
+                let rows = sqlx::query(&sql)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .expect("claim")
+                    .iter()
+                    .map(|r| Row {
+                        seq: r.get::<u64, _>("seq") as i64,
+                        id: r.get("id"),
+                        destination: r.get("destination"),
+                        payload: r.get("payload"),
+                    })
+                    .collect();
+                (Claim::Mysql(tx), rows)
+            }
+        }
+    }
+
+    /// Deletes what the claim has not deleted yet and commits.
+    pub async fn finish(&self, claim: Claim, rows: &[Row]) {
+        let table = self.qualified();
+        let deleted_by_claim = rows.len() > 1;
+        let list = rows
+            .iter()
+            .map(|r| r.seq.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let delete = format!("DELETE FROM {table} WHERE seq IN ({list})");
+        match claim {
+            Claim::Postgres(mut tx) => {
+                if !deleted_by_claim {
+                    sqlx::query(&delete)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("delete");
+                }
+                tx.commit().await.expect("commit");
+            }
+            Claim::Mysql(mut tx) => {
+                sqlx::query(&delete)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("delete");
+                tx.commit().await.expect("commit");
+            }
+        }
+    }
+
+    /// A one-row business transaction, with an outbox message in it or not.
+    pub async fn business_transaction(&self, with_message: Option<&Message>) {
+        let order = Uuid::now_v7();
+        match self {
+            Backlog::Postgres { pool, outbox } => {
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query(
+                    "INSERT INTO outbox_bench.orders (id, customer, total) VALUES ($1, $2, $3)",
+                )
+                .bind(order)
+                .bind("customer")
+                .bind(4200_i64)
+                .execute(&mut *tx)
+                .await
+                .expect("insert order");
+                if let Some(message) = with_message {
+                    outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                }
+                tx.commit().await.expect("commit");
+            }
+            Backlog::Mysql { pool, outbox } => {
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query("INSERT INTO bench_orders (id, customer, total) VALUES (?, ?, ?)")
+                    .bind(order)
+                    .bind("customer")
+                    .bind(4200_i64)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert order");
+                if let Some(message) = with_message {
+                    outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                }
+                tx.commit().await.expect("commit");
+            }
+        }
+    }
+
+    /// Creates (and empties) the business table of the enqueue-cost runs.
+    pub async fn orders_table(&self) {
+        match self {
+            Backlog::Postgres { pool, .. } => {
+                sqlx::query("CREATE TABLE IF NOT EXISTS outbox_bench.orders (id UUID PRIMARY KEY, customer TEXT NOT NULL, total BIGINT NOT NULL)")
+                    .execute(pool)
+                    .await
+                    .expect("orders table");
+                sqlx::query("TRUNCATE outbox_bench.orders")
+                    .execute(pool)
+                    .await
+                    .expect("truncate orders");
+            }
+            Backlog::Mysql { pool, .. } => {
+                sqlx::query("CREATE TABLE IF NOT EXISTS bench_orders (id BINARY(16) PRIMARY KEY, customer VARCHAR(64) NOT NULL, total BIGINT NOT NULL) ENGINE = InnoDB")
+                    .execute(pool)
+                    .await
+                    .expect("orders table");
+                sqlx::query("TRUNCATE bench_orders")
+                    .execute(pool)
+                    .await
+                    .expect("truncate orders");
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The relay benchmark of issue 10, on real servers: for every pair of
+//! database and broker, the outbox's relay against two hand-written
+//! references on the same backlog; latency under steady load; what an
+//! outbox message adds to a business transaction; and `outbox-relay`
+//! processes scaled out, with their peak memory.
+//!
+//! ```text
+//! cargo bench -p outbox-relay --bench relay -- [--messages N] [--runs N]
+//!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
+//!     [--latency-seconds S] [--enqueue-seconds S] [--processes 1,2,4]
+//!     [--small N] [--write]
+//! ```
+//!
+//! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
+//! median, with min and max), every pair, 30 s per latency run, 10 s per
+//! enqueue mode, 1, 2 and 4 processes, a small backlog of 10,000. A value
+//! of 0 (or an empty list) skips that part. `--write` puts the tables into
+//! `BENCHMARKS.md` (between its `bench:begin` and `bench:end` marks) and
+//! the charts into `benchmarks/`. Servers come from the variables
+//! `scripts/services.sh up` writes (`OUTBOX_POSTGRES_URL`, ...).
+//!
+//! Messages are 200 bytes over 10,000 keys.
+
+mod backlog;
+mod broker;
+mod chart;
+mod drain;
+mod enqueue;
+mod latency;
+mod processes;
+mod references;
+mod report;
+
+use std::time::Instant;
+
+use backlog::Backlog;
+use broker::Broker;
+use report::{Report, Spread};
+
+/// Ordering keys the messages are spread over.
+pub const KEYS: usize = 10_000;
+
+/// Every pair, by the name `--pairs` takes.
+const PAIRS: [&str; 6] = [
+    "pg-nats",
+    "pg-kafka",
+    "pg-amqp",
+    "mysql-nats",
+    "mysql-kafka",
+    "mysql-amqp",
+];
+
+struct Options {
+    messages: usize,
+    runs: usize,
+    pairs: Vec<String>,
+    latency_seconds: u64,
+    enqueue_seconds: u64,
+    processes: Vec<usize>,
+    small: usize,
+    write: bool,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut options = Options {
+            messages: 1_000_000,
+            runs: 3,
+            pairs: PAIRS.iter().map(|p| p.to_string()).collect(),
+            latency_seconds: 30,
+            enqueue_seconds: 10,
+            processes: vec![1, 2, 4],
+            small: 10_000,
+            write: false,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+            match arg.as_str() {
+                "--bench" => {}
+                "--write" => options.write = true,
+                "--messages" => options.messages = number(&arg, &value()),
+                "--runs" => options.runs = number(&arg, &value()).max(1),
+                "--latency-seconds" => options.latency_seconds = number(&arg, &value()) as u64,
+                "--enqueue-seconds" => options.enqueue_seconds = number(&arg, &value()) as u64,
+                "--small" => options.small = number(&arg, &value()),
+                "--pairs" => options.pairs = list(&value()),
+                "--processes" => {
+                    options.processes = list(&value()).iter().map(|n| number(&arg, n)).collect()
+                }
+                other => panic!("unknown option {other}; see the top of benches/relay/main.rs"),
+            }
+        }
+        for pair in &options.pairs {
+            assert!(
+                PAIRS.contains(&pair.as_str()),
+                "--pairs: unknown pair {pair}; one of {PAIRS:?}"
+            );
+        }
+        options
+    }
+}
+
+fn number(option: &str, value: &str) -> usize {
+    value
+        .replace(['_', ','], "")
+        .parse()
+        .unwrap_or_else(|_| panic!("{option}: not a number: {value}"))
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+struct Servers {
+    postgres: String,
+    mysql: String,
+    nats: String,
+    kafka: String,
+    amqp: String,
+}
+
+impl Servers {
+    fn from_env() -> Servers {
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_string());
+        Servers {
+            postgres: var(
+                "OUTBOX_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            ),
+            mysql: var("OUTBOX_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+            nats: var("OUTBOX_NATS_URL", "nats://127.0.0.1:4222"),
+            kafka: var("OUTBOX_KAFKA_BROKERS", "127.0.0.1:9092"),
+            amqp: var("OUTBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        }
+    }
+
+    async fn backlog(&self, pair: &str, notify: bool) -> Backlog {
+        let table = pair.replace('-', "_");
+        if pair.starts_with("pg-") {
+            Backlog::postgres(&self.postgres, &table, notify).await
+        } else {
+            Backlog::mysql(&self.mysql, &table).await
+        }
+    }
+
+    async fn broker(&self, pair: &str) -> Broker {
+        match pair.rsplit('-').next() {
+            Some("nats") => Broker::nats(&self.nats).await,
+            Some("kafka") => Broker::kafka(&self.kafka),
+            _ => Broker::amqp(&self.amqp).await,
+        }
+    }
+}
+
+/// A pair's name as people say it.
+pub fn label(pair: &str) -> String {
+    let (source, destination) = pair.split_once('-').expect("pair");
+    let source = if source == "pg" {
+        "PostgreSQL"
+    } else {
+        "MariaDB"
+    };
+    let destination = match destination {
+        "nats" => "NATS JetStream",
+        "kafka" => "Kafka (tansu)",
+        _ => "RabbitMQ",
+    };
+    format!("{source} -> {destination}")
+}
+
+#[tokio::main]
+async fn main() {
+    let options = Options::parse();
+    let servers = Servers::from_env();
+    let naive_count = (options.messages / 500).clamp(100, 2000);
+    let mut report = Report::new(std::env::args().skip(1).collect(), &options);
+    println!(
+        "{} messages of 200 bytes over {KEYS} keys, {} runs (naive: the first {naive_count} of the same backlog)",
+        options.messages, options.runs
+    );
+
+    for pair in &options.pairs {
+        let backlog = servers.backlog(pair, false).await;
+        let broker = servers.broker(pair).await;
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..options.runs {
+            // Interleaved, so a drift of the machine touches all three.
+            for (kind, rates) in rates.iter_mut().enumerate() {
+                let count = if kind == 2 {
+                    naive_count
+                } else {
+                    options.messages
+                };
+                let address = broker.prepare(pair).await;
+                backlog.fill(&address, options.messages).await;
+                let started = Instant::now();
+                match kind {
+                    0 => drain::drain(&backlog, &broker, count).await,
+                    1 => references::ceiling(&backlog, &broker).await,
+                    _ => references::naive(&backlog, &broker, count).await,
+                }
+                rates.push(count as f64 / started.elapsed().as_secs_f64());
+                assert_eq!(
+                    broker.stored(&address).await,
+                    count as u64,
+                    "{pair}: the broker does not hold every message, once"
+                );
+                broker.release(&address).await;
+            }
+        }
+        backlog.truncate().await;
+        let [relay, ceiling, naive] = rates.map(Spread::of);
+        println!(
+            "{:<32} relay {:>7.0}  ceiling {:>7.0}  naive {:>6.0} msg/s  relay/ceiling {:.2}  relay/naive {:.0}x",
+            label(pair),
+            relay.median,
+            ceiling.median,
+            naive.median,
+            relay.median / ceiling.median,
+            relay.median / naive.median
+        );
+        report.throughput(pair, relay, ceiling, naive);
+    }
+
+    if options.small > 0 {
+        let backlog = servers.backlog("pg-nats", false).await;
+        let broker = servers.broker("pg-nats").await;
+        let mut rates = Vec::new();
+        for _ in 0..options.runs.max(5) {
+            let address = broker.prepare("pg-nats").await;
+            backlog.fill(&address, options.small).await;
+            let started = Instant::now();
+            drain::drain(&backlog, &broker, options.small).await;
+            rates.push(options.small as f64 / started.elapsed().as_secs_f64());
+            broker.release(&address).await;
+        }
+        let small = Spread::of(rates);
+        println!(
+            "PostgreSQL -> NATS JetStream with {} waiting: {:.0} msg/s",
+            options.small, small.median
+        );
+        report.small_backlog(options.small, small);
+    }
+
+    if options.latency_seconds > 0 {
+        for pair in ["pg-nats", "mysql-nats"] {
+            let backlog = servers.backlog(pair, true).await;
+            let Broker::Nats(destination) = servers.broker(pair).await else {
+                unreachable!("a NATS pair")
+            };
+            for rate in [1000, 5000] {
+                let broker = Broker::Nats(destination.clone());
+                let address = broker.prepare(pair).await;
+                let measured = latency::measure(
+                    &backlog,
+                    &destination,
+                    &address,
+                    rate,
+                    options.latency_seconds,
+                )
+                .await;
+                broker.release(&address).await;
+                println!(
+                    "{} at {rate} msg/s ({:.0} reached): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    label(pair),
+                    measured.reached,
+                    report::ms(measured.quantile(0.5)),
+                    report::ms(measured.quantile(0.99)),
+                    report::ms(measured.max())
+                );
+                report.latency(pair, rate, measured);
+            }
+        }
+    }
+
+    if options.enqueue_seconds > 0 {
+        for pair in ["pg-nats", "mysql-nats"] {
+            let backlog = servers.backlog(pair, false).await;
+            let mut without = Vec::new();
+            let mut with = Vec::new();
+            for _ in 0..options.runs {
+                without.push(enqueue::measure(&backlog, false, options.enqueue_seconds).await);
+                with.push(enqueue::measure(&backlog, true, options.enqueue_seconds).await);
+            }
+            backlog.truncate().await;
+            let (without, with) = (report::Costs::of(without), report::Costs::of(with));
+            println!(
+                "{} one-row transaction, 8 writers: without message p50 {:.2} ms {:.0}/s, with message p50 {:.2} ms {:.0}/s",
+                label(pair).split(' ').next().unwrap_or_default(),
+                report::ms(without.p50),
+                without.per_second,
+                report::ms(with.p50),
+                with.per_second
+            );
+            report.enqueue(pair, without, with);
+        }
+    }
+
+    if !options.processes.is_empty() {
+        let backlog = servers.backlog("pg-nats", false).await;
+        let broker = servers.broker("pg-nats").await;
+        for &processes in &options.processes {
+            let mut rates = Vec::new();
+            let mut peak = 0.0_f64;
+            for _ in 0..options.runs {
+                let address = broker.prepare("pg-nats").await;
+                backlog.fill(&address, options.messages).await;
+                let drained = processes::drain(
+                    &backlog,
+                    &broker,
+                    &servers.postgres,
+                    &servers.nats,
+                    &address,
+                    processes,
+                    options.messages,
+                )
+                .await;
+                rates.push(drained.rate);
+                peak = drained.peak_mib.into_iter().fold(peak, f64::max);
+                broker.release(&address).await;
+            }
+            let rates = Spread::of(rates);
+            println!(
+                "{processes} outbox-relay process(es), PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB",
+                rates.median
+            );
+            report.processes(processes, rates, peak);
+        }
+    }
+
+    print!("{}", report.markdown());
+    if options.write {
+        report.write();
+    }
+}

@@ -1,0 +1,309 @@
+//! The figures of one benchmark run: printed as Markdown and, with
+//! `--write`, put into BENCHMARKS.md with the charts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::enqueue::Cost;
+use crate::latency::Latency;
+use crate::{chart, label, Options, KEYS};
+
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+/// The median of several runs, with their smallest and largest.
+#[derive(Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        Spread {
+            median: values[values.len() / 2],
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+
+    fn cell(&self) -> String {
+        format!(
+            "{} ({} – {})",
+            thousands(self.median),
+            thousands(self.min),
+            thousands(self.max)
+        )
+    }
+}
+
+/// Medians of several enqueue-cost runs of one mode.
+pub struct Costs {
+    pub per_second: f64,
+    pub p50: Duration,
+}
+
+impl Costs {
+    pub fn of(runs: Vec<Cost>) -> Costs {
+        let per_second = Spread::of(runs.iter().map(|c| c.per_second).collect()).median;
+        let mut p50s: Vec<Duration> = runs.iter().map(|c| c.p50).collect();
+        p50s.sort();
+        Costs {
+            per_second,
+            p50: p50s[p50s.len() / 2],
+        }
+    }
+}
+
+pub struct Report {
+    command: String,
+    messages: usize,
+    runs: usize,
+    throughput: Vec<(String, Spread, Spread, Spread)>,
+    small: Option<(usize, Spread)>,
+    latency: Vec<(String, u64, Latency)>,
+    enqueue: Vec<(String, Costs, Costs)>,
+    processes: Vec<(usize, Spread, f64)>,
+}
+
+impl Report {
+    pub fn new(args: Vec<String>, options: &Options) -> Report {
+        let args: Vec<String> = args.into_iter().filter(|a| a != "--bench").collect();
+        Report {
+            command: format!(
+                "cargo bench -p outbox-relay --bench relay -- {}",
+                args.join(" ")
+            )
+            .trim_end()
+            .to_string(),
+            messages: options.messages,
+            runs: options.runs,
+            throughput: Vec::new(),
+            small: None,
+            latency: Vec::new(),
+            enqueue: Vec::new(),
+            processes: Vec::new(),
+        }
+    }
+
+    pub fn throughput(&mut self, pair: &str, relay: Spread, ceiling: Spread, naive: Spread) {
+        self.throughput
+            .push((pair.to_string(), relay, ceiling, naive));
+    }
+
+    pub fn small_backlog(&mut self, waiting: usize, rate: Spread) {
+        self.small = Some((waiting, rate));
+    }
+
+    pub fn latency(&mut self, pair: &str, rate: u64, measured: Latency) {
+        self.latency.push((pair.to_string(), rate, measured));
+    }
+
+    pub fn enqueue(&mut self, pair: &str, without: Costs, with: Costs) {
+        self.enqueue.push((pair.to_string(), without, with));
+    }
+
+    pub fn processes(&mut self, processes: usize, rate: Spread, peak_mib: f64) {
+        self.processes.push((processes, rate, peak_mib));
+    }
+
+    /// Every table, between the marks `write` replaces.
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "{BEGIN}\n## Measured by the benchmark program\n\n```\n{}\n```\n\n\
+             {}, {}. {} messages of 200 bytes waiting, over {} keys; every figure \
+             is the median of {} runs (min – max), servers on loopback as \
+             `scripts/services.sh up` leaves them.\n",
+            self.command,
+            machine(),
+            chrono::Utc::now().format("%Y-%m-%d"),
+            thousands(self.messages as f64),
+            thousands(KEYS as f64),
+            self.runs,
+        );
+        if !self.throughput.is_empty() {
+            md += "\n### Drain throughput, one relay in the benchmark's process\n\n\
+                   The naive relay is timed on the first messages of the same backlog.\n\n\
+                   | pair | relay msg/s | ceiling msg/s | naive msg/s | relay / ceiling | relay / naive |\n\
+                   |---|---|---|---|---|---|\n";
+            for (pair, relay, ceiling, naive) in &self.throughput {
+                md += &format!(
+                    "| {} | {} | {} | {} | {:.2} | {:.0}x |\n",
+                    label(pair),
+                    relay.cell(),
+                    ceiling.cell(),
+                    naive.cell(),
+                    relay.median / ceiling.median,
+                    relay.median / naive.median
+                );
+            }
+            md += "\n![Drain throughput per pair](benchmarks/throughput.svg)\n";
+        }
+        if let Some((waiting, small)) = &self.small {
+            md += &format!(
+                "\n### Backlog size, PostgreSQL -> NATS JetStream\n\n\
+                 | waiting | relay msg/s |\n|---|---|\n| {} | {} |\n",
+                thousands(*waiting as f64),
+                small.cell()
+            );
+            if let Some((_, big, _, _)) = self.throughput.iter().find(|t| t.0 == "pg-nats") {
+                md += &format!(
+                    "| {} | {} |\n\nWith {} waiting / with {} waiting: **{:.2}**\n",
+                    thousands(self.messages as f64),
+                    big.cell(),
+                    thousands(self.messages as f64),
+                    thousands(*waiting as f64),
+                    big.median / small.median
+                );
+            }
+        }
+        if !self.latency.is_empty() {
+            md += "\n### Commit to broker under steady load\n\n\
+                   Writers commit one message per transaction (one writer per 125 msg/s, \
+                   at least 8); the relay runs with its default settings (PostgreSQL: \
+                   LISTEN/NOTIFY; MariaDB: polling); a NATS subscriber notes each arrival.\n\n\
+                   | pair | load asked (reached), msg/s | p50 | p99 | max |\n|---|---|---|---|---|\n";
+            for (pair, rate, measured) in &self.latency {
+                md += &format!(
+                    "| {} | {} ({}) | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+                    label(pair),
+                    thousands(*rate as f64),
+                    thousands(measured.reached),
+                    ms(measured.quantile(0.5)),
+                    ms(measured.quantile(0.99)),
+                    ms(measured.max())
+                );
+            }
+            md += "\n![Latency distribution](benchmarks/latency.svg)\n";
+        }
+        if !self.enqueue.is_empty() {
+            md += "\n### Enqueue cost: a one-row business transaction, 8 writers\n\n\
+                   | database | without a message: p50, tx/s | with a message: p50, tx/s | added p50 |\n\
+                   |---|---|---|---|\n";
+            for (pair, without, with) in &self.enqueue {
+                md += &format!(
+                    "| {} | {:.2} ms, {} | {:.2} ms, {} | {:+.1} % |\n",
+                    label(pair).split(' ').next().unwrap_or_default(),
+                    ms(without.p50),
+                    thousands(without.per_second),
+                    ms(with.p50),
+                    thousands(with.per_second),
+                    (ms(with.p50) / ms(without.p50) - 1.0) * 100.0
+                );
+            }
+        }
+        if !self.processes.is_empty() {
+            md += &format!(
+                "\n### `outbox-relay` processes, PostgreSQL -> NATS JetStream, {} waiting\n\n\
+                 | processes | msg/s, first start to last exit | peak resident memory of a process |\n\
+                 |---|---|---|\n",
+                thousands(self.messages as f64)
+            );
+            for (processes, rate, peak) in &self.processes {
+                md += &format!("| {processes} | {} | {peak:.1} MiB |\n", rate.cell());
+            }
+        }
+        md + END + "\n"
+    }
+
+    /// Replaces the marked part of BENCHMARKS.md (or puts it after the
+    /// title) and writes the charts into `benchmarks/`.
+    pub fn write(&self) {
+        let root = workspace_root();
+        let path = root.join("BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        let new = match (old.find(BEGIN), old.find(END)) {
+            (Some(begin), Some(end)) => {
+                format!(
+                    "{}{}{}",
+                    &old[..begin],
+                    self.markdown(),
+                    &old[end + END.len() + 1..]
+                )
+            }
+            _ => {
+                let title_end = old.find('\n').map_or(old.len(), |i| i + 1);
+                format!(
+                    "{}\n{}\n{}",
+                    &old[..title_end],
+                    self.markdown(),
+                    &old[title_end..]
+                )
+            }
+        };
+        std::fs::write(&path, new).expect("write BENCHMARKS.md");
+        let charts = root.join("benchmarks");
+        std::fs::create_dir_all(&charts).expect("benchmarks/");
+        let bars: Vec<_> = self
+            .throughput
+            .iter()
+            .map(|(pair, relay, ceiling, naive)| {
+                (label(pair), relay.median, ceiling.median, naive.median)
+            })
+            .collect();
+        std::fs::write(charts.join("throughput.svg"), chart::throughput(&bars))
+            .expect("throughput.svg");
+        let lines: Vec<_> = self
+            .latency
+            .iter()
+            .map(|(pair, rate, measured)| {
+                let points = chart::QUANTILES
+                    .iter()
+                    .map(|&q| ms(measured.quantile(q)))
+                    .collect();
+                (
+                    format!("{}, {} msg/s", label(pair), thousands(*rate as f64)),
+                    points,
+                )
+            })
+            .collect();
+        std::fs::write(charts.join("latency.svg"), chart::latency(&lines)).expect("latency.svg");
+        println!("wrote {} and benchmarks/*.svg", path.display());
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// Cores and memory of this machine.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores, {memory_gib:.0} GiB")
+}
+
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// `1234567.8` as `1,234,568`.
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

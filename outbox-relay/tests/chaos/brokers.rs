@@ -1,0 +1,137 @@
+//! The brokers of the chaos runs: where the relays publish, and the
+//! verifying consumer that sees what arrives.
+
+use async_nats::jetstream::stream::Stream;
+use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use outbox_amqp::lapin::types::FieldTable;
+use outbox_amqp::{AmqpConfig, AmqpDestination};
+use outbox_kafka::{KafkaConfig, KafkaDestination};
+
+use crate::servers::OwnNats;
+use crate::support::{amqp_url, kafka_brokers, nats_url, stream_at, Publishes};
+
+/// Partitions of a chaos topic; each key stays in one.
+const KAFKA_PARTITIONS: i32 = 3;
+
+/// Where one chaos run publishes.
+pub struct Target {
+    /// The `[destination]` table body for the relays' settings file.
+    pub settings: String,
+    /// The messages' destination.
+    pub destination: String,
+    /// What the verifying consumer received, duplicates included.
+    pub publishes: Publishes,
+    /// NATS: the stream, which keeps each message once.
+    pub stream: Option<Stream>,
+    /// A nats-server of the run's own, which it restarts.
+    pub own_nats: Option<OwnNats>,
+    /// A queue to delete afterwards.
+    queue: Option<String>,
+}
+
+impl Target {
+    /// A stream on the shared NATS server; a core subscriber verifies.
+    pub async fn nats(name: &str) -> Target {
+        Self::nats_at(&nats_url(), name, None).await
+    }
+
+    /// A stream on a nats-server of the run's own, which it may restart.
+    pub async fn own_nats(name: &str) -> Target {
+        let own = OwnNats::start().await;
+        let url = own.url();
+        Self::nats_at(&url, name, Some(own)).await
+    }
+
+    async fn nats_at(url: &str, name: &str, own_nats: Option<OwnNats>) -> Target {
+        let subject = format!("relay-chaos-{name}");
+        let stream = stream_at(
+            url,
+            &format!("RELAY_CHAOS_{}", name.to_uppercase()),
+            &subject,
+        )
+        .await;
+        Target {
+            settings: format!("kind = \"nats\"\nurl = \"{url}\""),
+            destination: format!("{subject}.orders"),
+            publishes: Publishes::record_at(url, &subject).await,
+            stream: Some(stream),
+            own_nats,
+            queue: None,
+        }
+    }
+
+    /// A new topic on the Kafka-protocol broker, read from its start.
+    pub async fn kafka(name: &str) -> Target {
+        let topic = format!("relay-chaos-{name}-{}", uuid::Uuid::now_v7().simple());
+        KafkaDestination::new(KafkaConfig {
+            brokers: kafka_brokers(),
+            ..KafkaConfig::default()
+        })
+        .unwrap()
+        .create_topics(&[&topic], KAFKA_PARTITIONS)
+        .await
+        .expect("Kafka-protocol broker reachable");
+        Target {
+            // The delivery timeout stays under the relays' send_timeout.
+            settings: format!(
+                "kind = \"kafka\"\nbrokers = \"{}\"\ntimeout_ms = 800\n\
+                 [destination.properties]\n\"linger.ms\" = 1",
+                kafka_brokers()
+            ),
+            publishes: Publishes::kafka(&topic, KAFKA_PARTITIONS),
+            destination: topic,
+            stream: None,
+            own_nats: None,
+            queue: None,
+        }
+    }
+
+    /// A new durable queue on RabbitMQ, consumed as messages arrive.
+    pub async fn amqp(name: &str) -> Target {
+        let queue = format!("relay_chaos_{name}_{}", uuid::Uuid::now_v7().simple());
+        let channel = admin_channel().await;
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Target {
+            settings: format!("kind = \"amqp\"\nurl = \"{}\"", amqp_url()),
+            publishes: Publishes::amqp(&queue).await,
+            destination: queue.clone(),
+            stream: None,
+            own_nats: None,
+            queue: Some(queue),
+        }
+    }
+
+    /// Deletes what the run created on a shared broker.
+    pub async fn clean_up(&self) {
+        if let Some(queue) = &self.queue {
+            admin_channel()
+                .await
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn admin_channel() -> outbox_amqp::lapin::Channel {
+    AmqpDestination::connect(AmqpConfig {
+        url: amqp_url(),
+        connection_name: "outbox-chaos-admin".into(),
+        ..AmqpConfig::default()
+    })
+    .await
+    .expect("RabbitMQ reachable")
+    .channel()
+    .await
+    .unwrap()
+}

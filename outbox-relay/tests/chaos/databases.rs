@@ -1,0 +1,181 @@
+//! The outbox databases of the chaos runs: PostgreSQL (the shared server,
+//! or a cluster of the harness's own that it restarts) and MariaDB.
+
+use outbox_core::Message;
+use outbox_mysql::{MysqlConfig, MysqlOutbox};
+use outbox_postgres::{PostgresConfig, PostgresOutbox};
+
+use crate::servers::OwnPostgres;
+use crate::support::{commit, postgres_url, table};
+
+/// PostgreSQL relays connect under this application name and their
+/// table's, so their connections can be told apart from the test's and
+/// from other tests' relays.
+const APPLICATION: &str = "outbox-relay-chaos";
+/// The MariaDB user the relays connect as, for the same reason.
+const MYSQL_USER: &str = "outbox_chaos";
+
+/// The outbox database under test, as the harness needs it.
+pub trait Database {
+    /// The `[source]` table body for the relays' settings file.
+    fn source_settings(&self) -> String;
+    /// Commits `messages` in one transaction.
+    async fn commit(&self, messages: &[Message]);
+    /// Messages waiting and dead letters.
+    async fn backlog(&self) -> outbox_core::Backlog;
+    /// Ends every connection the relays hold; returns how many.
+    async fn end_relay_connections(&self) -> usize;
+    /// Restarts the database server; only one of the harness's own.
+    async fn restart(&self);
+}
+
+pub struct Postgres {
+    outbox: PostgresOutbox,
+    pool: sqlx::PgPool,
+    url: String,
+    own: Option<OwnPostgres>,
+}
+
+impl Postgres {
+    /// A fresh table `outbox_relay_test.<name>` on the shared server.
+    pub async fn shared(name: &str) -> Self {
+        let (outbox, pool) = table(name).await;
+        Postgres {
+            outbox,
+            pool,
+            url: postgres_url(),
+            own: None,
+        }
+    }
+
+    /// A cluster of the harness's own, with the outbox in `public`.
+    pub async fn own(name: &str) -> Self {
+        let own = OwnPostgres::start().await;
+        let url = own.url();
+        let pool = sqlx::PgPool::connect(&url).await.expect("own PostgreSQL");
+        let outbox = PostgresOutbox::new(PostgresConfig {
+            table: name.into(),
+            ..PostgresConfig::default()
+        })
+        .unwrap();
+        outbox.migrate(&pool).await.unwrap();
+        Postgres {
+            outbox,
+            pool,
+            url,
+            own: Some(own),
+        }
+    }
+}
+
+impl Database for Postgres {
+    fn source_settings(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "kind = \"postgres\"\nurl = \"{}{separator}application_name={APPLICATION}-{table}\"\n\
+             schema = \"{}\"\ntable = \"{table}\"",
+            self.url,
+            self.outbox.config().schema,
+            table = self.outbox.config().table
+        )
+    }
+
+    async fn commit(&self, messages: &[Message]) {
+        commit(&self.outbox, &self.pool, messages).await;
+    }
+
+    async fn backlog(&self) -> outbox_core::Backlog {
+        self.outbox.backlog(&self.pool).await.unwrap()
+    }
+
+    async fn end_relay_connections(&self) -> usize {
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(format!("{APPLICATION}-{}", self.outbox.config().table))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        ended.len()
+    }
+
+    async fn restart(&self) {
+        let own = self
+            .own
+            .as_ref()
+            .expect("only a cluster of the harness's own restarts");
+        own.restart().await;
+    }
+}
+
+pub struct Mysql {
+    outbox: MysqlOutbox,
+    pool: sqlx::MySqlPool,
+}
+
+fn mysql_url() -> String {
+    std::env::var("OUTBOX_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+impl Mysql {
+    /// A fresh table `<name>` on the shared server, and the relays' user.
+    pub async fn shared(name: &str) -> Self {
+        let pool = sqlx::MySqlPool::connect(&mysql_url())
+            .await
+            .expect("MariaDB reachable");
+        sqlx::raw_sql(&format!(
+            "DROP TABLE IF EXISTS {name}, {name}_keys, {name}_claim; \
+             CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'%' IDENTIFIED BY ''; \
+             CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'localhost' IDENTIFIED BY ''; \
+             GRANT ALL ON *.* TO '{MYSQL_USER}'@'%'; GRANT ALL ON *.* TO '{MYSQL_USER}'@'localhost'"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let outbox = MysqlOutbox::new(MysqlConfig {
+            table: name.into(),
+            ..MysqlConfig::default()
+        })
+        .unwrap();
+        outbox.migrate(&pool).await.unwrap();
+        Self { outbox, pool }
+    }
+}
+
+impl Database for Mysql {
+    fn source_settings(&self) -> String {
+        let url = mysql_url().replacen("://root@", &format!("://{MYSQL_USER}@"), 1);
+        format!(
+            "kind = \"mysql\"\nurl = \"{url}\"\ntable = \"{}\"",
+            self.outbox.config().table
+        )
+    }
+
+    async fn commit(&self, messages: &[Message]) {
+        let mut tx = self.pool.begin().await.unwrap();
+        self.outbox.enqueue_many(&mut tx, messages).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn backlog(&self) -> outbox_core::Backlog {
+        self.outbox.backlog(&self.pool).await.unwrap()
+    }
+
+    async fn end_relay_connections(&self) -> usize {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?")
+                .bind(MYSQL_USER)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        for id in &ids {
+            // A connection may have ended on its own meanwhile.
+            let _ = sqlx::query(&format!("KILL {id}")).execute(&self.pool).await;
+        }
+        ids.len()
+    }
+
+    async fn restart(&self) {
+        panic!("the shared MariaDB is never restarted");
+    }
+}

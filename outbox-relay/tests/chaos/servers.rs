@@ -1,0 +1,216 @@
+//! Servers of the harness's own, on spare ports, that it may restart: a
+//! nats-server with JetStream on a file store, and a PostgreSQL cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use outbox_testkit::eventually;
+
+use crate::support::spare_port;
+
+async fn wait_for_port(port: u16, what: &str) {
+    let up = eventually(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "{what} did not start on {port}");
+}
+
+/// A nats-server with JetStream whose store survives its restarts.
+pub struct OwnNats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    pub async fn start() -> Self {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("outbox-chaos-nats-{port}"));
+        let mut server = OwnNats {
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn();
+        wait_for_port(port, "own nats-server").await;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin =
+            std::env::var("OUTBOX_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string());
+        let child = Command::new(&bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_NATS_SERVER_BIN): {err}"));
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM: JetStream writes its store out), keeps
+    /// it down for `down`, starts it again and waits until it answers.
+    pub async fn restart(&mut self, down: Duration) {
+        self.stop();
+        tokio::time::sleep(down).await;
+        self.spawn();
+        wait_for_port(self.port, "own nats-server").await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// A PostgreSQL cluster in a temporary directory. Built with the `initdb`
+/// and `pg_ctl` on PATH, or else Debian's under /usr/lib/postgresql; run as
+/// the `postgres` user when the test runs as root (PostgreSQL refuses root).
+pub struct OwnPostgres {
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl OwnPostgres {
+    pub async fn start() -> Self {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("outbox-chaos-pg-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = OwnPostgres {
+            port,
+            dir,
+            bin: postgres_bin(),
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&server.dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres {}", server.dir.display());
+        }
+        server.run(&format!(
+            "{} -D {} -A trust -U postgres",
+            server.bin.join("initdb").display(),
+            server.data().display()
+        ));
+        server.pg_ctl("start");
+        wait_for_port(port, "own PostgreSQL").await;
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// An immediate restart, as after a crash: every connection ends and
+    /// the server recovers from its write-ahead log.
+    pub async fn restart(&self) {
+        self.pg_ctl("restart -m immediate");
+        wait_for_port(self.port, "own PostgreSQL").await;
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        self.run(&self.pg_ctl_command(action));
+    }
+
+    fn pg_ctl_command(&self, action: &str) -> String {
+        format!(
+            "{} -D {} -l {} -w -o '-k {} -c listen_addresses=127.0.0.1 -p {}' {action}",
+            self.bin.join("pg_ctl").display(),
+            self.data().display(),
+            self.dir.join("log").display(),
+            self.dir.display(),
+            self.port
+        )
+    }
+
+    fn run(&self, command: &str) {
+        let output = shell(command).unwrap();
+        assert!(
+            output.status.success(),
+            "{command}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        // Never a panic here: this may run while a test is failing.
+        let _ = shell(&self.pg_ctl_command("stop -m immediate"));
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Runs `command` as the `postgres` user when root, else as oneself.
+fn shell(command: &str) -> std::io::Result<std::process::Output> {
+    if is_root() {
+        Command::new("su")
+            .args(["postgres", "-c", command])
+            .output()
+    } else {
+        Command::new("sh").args(["-c", command]).output()
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+/// Where `initdb` is: on PATH, or in Debian's versioned directory.
+fn postgres_bin() -> PathBuf {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(initdb) = on_path {
+        return Path::new(&initdb).parent().unwrap().to_path_buf();
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|bin| bin.join("initdb").exists())
+        .expect("initdb: not on PATH nor under /usr/lib/postgresql/*/bin")
+}
