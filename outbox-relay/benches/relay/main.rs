@@ -8,12 +8,13 @@
 //! cargo bench -p outbox-relay --bench relay -- [--messages N] [--runs N]
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
 //!     [--latency-seconds S] [--enqueue-seconds S] [--processes 1,2,4]
-//!     [--small N] [--write]
+//!     [--process-messages N] [--small N] [--write]
 //! ```
 //!
 //! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
 //! median, with min and max), every pair, 30 s per latency run, 10 s per
-//! enqueue mode, 1, 2 and 4 processes, a small backlog of 10,000. A value
+//! enqueue mode, 1, 2 and 4 processes (on `--process-messages`, default
+//! `--messages`), a small backlog of 10,000. A value
 //! of 0 (or an empty list) skips that part. `--write` puts the tables into
 //! `BENCHMARKS.md` (between its `bench:begin` and `bench:end` marks) and
 //! the charts into `benchmarks/`. Servers come from the variables
@@ -57,6 +58,7 @@ struct Options {
     latency_seconds: u64,
     enqueue_seconds: u64,
     processes: Vec<usize>,
+    process_messages: usize,
     small: usize,
     write: bool,
 }
@@ -70,6 +72,7 @@ impl Options {
             latency_seconds: 30,
             enqueue_seconds: 10,
             processes: vec![1, 2, 4],
+            process_messages: 0,
             small: 10_000,
             write: false,
         };
@@ -84,12 +87,16 @@ impl Options {
                 "--latency-seconds" => options.latency_seconds = number(&arg, &value()) as u64,
                 "--enqueue-seconds" => options.enqueue_seconds = number(&arg, &value()) as u64,
                 "--small" => options.small = number(&arg, &value()),
+                "--process-messages" => options.process_messages = number(&arg, &value()),
                 "--pairs" => options.pairs = list(&value()),
                 "--processes" => {
                     options.processes = list(&value()).iter().map(|n| number(&arg, n)).collect()
                 }
                 other => panic!("unknown option {other}; see the top of benches/relay/main.rs"),
             }
+        }
+        if options.process_messages == 0 {
+            options.process_messages = options.messages;
         }
         for pair in &options.pairs {
             assert!(
@@ -309,7 +316,7 @@ async fn main() {
             let mut peak = 0.0_f64;
             for _ in 0..options.runs {
                 let address = broker.prepare("pg-nats").await;
-                backlog.fill(&address, options.messages).await;
+                backlog.fill(&address, options.process_messages).await;
                 let drained = processes::drain(
                     &backlog,
                     &broker,
@@ -317,7 +324,7 @@ async fn main() {
                     &servers.nats,
                     &address,
                     processes,
-                    options.messages,
+                    options.process_messages,
                 )
                 .await;
                 rates.push(drained.rate);
@@ -329,7 +336,7 @@ async fn main() {
                 "{processes} outbox-relay process(es), PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB",
                 rates.median
             );
-            report.processes(processes, rates, peak);
+            report.processes(processes, options.process_messages, rates, peak);
         }
     }
 

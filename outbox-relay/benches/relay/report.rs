@@ -66,6 +66,7 @@ pub struct Report {
     latency: Vec<(String, u64, Latency)>,
     enqueue: Vec<(String, Costs, Costs)>,
     processes: Vec<(usize, Spread, f64)>,
+    process_messages: usize,
 }
 
 impl Report {
@@ -85,6 +86,7 @@ impl Report {
             latency: Vec::new(),
             enqueue: Vec::new(),
             processes: Vec::new(),
+            process_messages: 0,
         }
     }
 
@@ -105,7 +107,8 @@ impl Report {
         self.enqueue.push((pair.to_string(), without, with));
     }
 
-    pub fn processes(&mut self, processes: usize, rate: Spread, peak_mib: f64) {
+    pub fn processes(&mut self, processes: usize, messages: usize, rate: Spread, peak_mib: f64) {
+        self.process_messages = messages;
         self.processes.push((processes, rate, peak_mib));
     }
 
@@ -199,7 +202,7 @@ impl Report {
                 "\n### `outbox-relay` processes, PostgreSQL -> NATS JetStream, {} waiting\n\n\
                  | processes | msg/s, first start to last exit | peak resident memory of a process |\n\
                  |---|---|---|\n",
-                thousands(self.messages as f64)
+                thousands(self.process_messages as f64)
             );
             for (processes, rate, peak) in &self.processes {
                 md += &format!("| {processes} | {} | {peak:.1} MiB |\n", rate.cell());

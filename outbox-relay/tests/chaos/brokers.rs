@@ -7,8 +7,23 @@ use outbox_amqp::lapin::types::FieldTable;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_kafka::{KafkaConfig, KafkaDestination};
 
-use crate::servers::OwnNats;
+use crate::servers::{OwnNats, OwnRabbit};
 use crate::support::{amqp_url, kafka_brokers, nats_url, stream_at, Publishes};
+
+/// A broker of the run's own, which it restarts.
+pub enum OwnBroker {
+    Nats(OwnNats),
+    Rabbit(OwnRabbit),
+}
+
+impl OwnBroker {
+    pub async fn restart(&mut self) {
+        match self {
+            OwnBroker::Nats(nats) => nats.restart(std::time::Duration::from_millis(500)).await,
+            OwnBroker::Rabbit(rabbit) => rabbit.restart().await,
+        }
+    }
+}
 
 /// Partitions of a chaos topic; each key stays in one.
 const KAFKA_PARTITIONS: i32 = 3;
@@ -23,8 +38,8 @@ pub struct Target {
     pub publishes: Publishes,
     /// NATS: the stream, which keeps each message once.
     pub stream: Option<Stream>,
-    /// A nats-server of the run's own, which it restarts.
-    pub own_nats: Option<OwnNats>,
+    /// A broker of the run's own, which it restarts.
+    pub own: Option<OwnBroker>,
     /// A queue to delete afterwards.
     queue: Option<String>,
 }
@@ -39,10 +54,10 @@ impl Target {
     pub async fn own_nats(name: &str) -> Target {
         let own = OwnNats::start().await;
         let url = own.url();
-        Self::nats_at(&url, name, Some(own)).await
+        Self::nats_at(&url, name, Some(OwnBroker::Nats(own))).await
     }
 
-    async fn nats_at(url: &str, name: &str, own_nats: Option<OwnNats>) -> Target {
+    async fn nats_at(url: &str, name: &str, own: Option<OwnBroker>) -> Target {
         let subject = format!("relay-chaos-{name}");
         let stream = stream_at(
             url,
@@ -55,7 +70,7 @@ impl Target {
             destination: format!("{subject}.orders"),
             publishes: Publishes::record_at(url, &subject).await,
             stream: Some(stream),
-            own_nats,
+            own,
             queue: None,
         }
     }
@@ -81,15 +96,28 @@ impl Target {
             publishes: Publishes::kafka(&topic, KAFKA_PARTITIONS),
             destination: topic,
             stream: None,
-            own_nats: None,
+            own: None,
             queue: None,
         }
     }
 
-    /// A new durable queue on RabbitMQ, consumed as messages arrive.
+    /// A new durable queue on the shared RabbitMQ, consumed as messages
+    /// arrive.
     pub async fn amqp(name: &str) -> Target {
+        Self::amqp_at(&amqp_url(), name, None).await
+    }
+
+    /// A durable queue on a RabbitMQ node of the run's own, which it
+    /// restarts.
+    pub async fn own_amqp(name: &str) -> Target {
+        let own = OwnRabbit::start().await;
+        let url = own.url();
+        Self::amqp_at(&url, name, Some(OwnBroker::Rabbit(own))).await
+    }
+
+    async fn amqp_at(url: &str, name: &str, own: Option<OwnBroker>) -> Target {
         let queue = format!("relay_chaos_{name}_{}", uuid::Uuid::now_v7().simple());
-        let channel = admin_channel().await;
+        let channel = admin_channel(url).await;
         channel
             .queue_declare(
                 queue.as_str().into(),
@@ -102,19 +130,21 @@ impl Target {
             .await
             .unwrap();
         Target {
-            settings: format!("kind = \"amqp\"\nurl = \"{}\"", amqp_url()),
-            publishes: Publishes::amqp(&queue).await,
+            settings: format!("kind = \"amqp\"\nurl = \"{url}\""),
+            publishes: Publishes::amqp_at(url, &queue).await,
             destination: queue.clone(),
             stream: None,
-            own_nats: None,
-            queue: Some(queue),
+            // A queue on the shared broker is deleted afterwards; an own
+            // node goes with its directory.
+            queue: own.is_none().then_some(queue),
+            own,
         }
     }
 
     /// Deletes what the run created on a shared broker.
     pub async fn clean_up(&self) {
         if let Some(queue) = &self.queue {
-            admin_channel()
+            admin_channel(&amqp_url())
                 .await
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
@@ -123,9 +153,9 @@ impl Target {
     }
 }
 
-async fn admin_channel() -> outbox_amqp::lapin::Channel {
+async fn admin_channel(url: &str) -> outbox_amqp::lapin::Channel {
     AmqpDestination::connect(AmqpConfig {
-        url: amqp_url(),
+        url: url.into(),
         connection_name: "outbox-chaos-admin".into(),
         ..AmqpConfig::default()
     })

@@ -5,7 +5,7 @@ use outbox_core::Message;
 use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
 
-use crate::servers::OwnPostgres;
+use crate::servers::{OwnMariadb, OwnPostgres};
 use crate::support::{commit, postgres_url, table};
 
 /// PostgreSQL relays connect under this application name and their
@@ -111,6 +111,9 @@ impl Database for Postgres {
 pub struct Mysql {
     outbox: MysqlOutbox,
     pool: sqlx::MySqlPool,
+    /// The relays' URL.
+    url: String,
+    own: Option<tokio::sync::Mutex<OwnMariadb>>,
 }
 
 fn mysql_url() -> String {
@@ -138,15 +141,40 @@ impl Mysql {
         })
         .unwrap();
         outbox.migrate(&pool).await.unwrap();
-        Self { outbox, pool }
+        let url = mysql_url().replacen("://root@", &format!("://{MYSQL_USER}@"), 1);
+        Self {
+            outbox,
+            pool,
+            url,
+            own: None,
+        }
+    }
+
+    /// A server of the harness's own, which it restarts.
+    pub async fn own(name: &str) -> Self {
+        let own = OwnMariadb::start().await;
+        let url = own.url().await;
+        let pool = sqlx::MySqlPool::connect(&url).await.expect("own MariaDB");
+        let outbox = MysqlOutbox::new(MysqlConfig {
+            table: name.into(),
+            ..MysqlConfig::default()
+        })
+        .unwrap();
+        outbox.migrate(&pool).await.unwrap();
+        Self {
+            outbox,
+            pool,
+            url,
+            own: Some(tokio::sync::Mutex::new(own)),
+        }
     }
 }
 
 impl Database for Mysql {
     fn source_settings(&self) -> String {
-        let url = mysql_url().replacen("://root@", &format!("://{MYSQL_USER}@"), 1);
         format!(
-            "kind = \"mysql\"\nurl = \"{url}\"\ntable = \"{}\"",
+            "kind = \"mysql\"\nurl = \"{}\"\ntable = \"{}\"",
+            self.url,
             self.outbox.config().table
         )
     }
@@ -176,6 +204,10 @@ impl Database for Mysql {
     }
 
     async fn restart(&self) {
-        panic!("the shared MariaDB is never restarted");
+        let own = self
+            .own
+            .as_ref()
+            .expect("only a server of the harness's own restarts");
+        own.lock().await.restart().await;
     }
 }

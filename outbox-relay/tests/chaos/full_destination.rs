@@ -1,15 +1,16 @@
 //! A destination filled until it refuses, then drained: a JetStream work
-//! queue that holds at most `CAPACITY` messages and refuses new ones when
-//! full. The relay must retry what is refused (no dead letters within its
-//! attempts), keep each key's order, and deliver everything once a
-//! consumer makes room.
+//! queue and a RabbitMQ queue that hold at most `CAPACITY` messages and
+//! refuse new ones when full. The relay must retry what is refused (no
+//! dead letters within its attempts), keep each key's order, and deliver
+//! everything once a consumer makes room.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
+use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use outbox_amqp::lapin::types::{AMQPValue, FieldTable, ShortString};
+use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_testkit::{assert_order_per_key, eventually, numbered_messages};
-use uuid::Uuid;
 
 use crate::support::*;
 
@@ -17,7 +18,6 @@ const CAPACITY: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stream_refuses_until_drained_and_nothing_is_lost() {
-    let (outbox, pool) = table("chaos_full").await;
     let subject = "relay-chaos-full";
     let js = jetstream::new(async_nats::connect(nats_url()).await.expect("NATS"));
     let _ = js.delete_stream("RELAY_CHAOS_FULL").await;
@@ -32,68 +32,126 @@ async fn a_full_stream_refuses_until_drained_and_nothing_is_lost() {
         })
         .await
         .unwrap();
-    let messages = numbered_messages(&format!("{subject}.orders"), 20, 50);
+    fill_then_drain(
+        "nats",
+        &format!("kind = \"nats\"\nurl = \"{}\"", nats_url()),
+        &format!("{subject}.orders"),
+        "maximum messages",
+        async || stream.clone().info().await.unwrap().state.messages,
+        async || Publishes::pull(&stream).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_until_drained_and_nothing_is_lost() {
+    let queue = format!("relay_chaos_full_{}", uuid::Uuid::now_v7().simple());
+    let channel = AmqpDestination::connect(AmqpConfig {
+        url: amqp_url(),
+        connection_name: "outbox-chaos-full".into(),
+        ..AmqpConfig::default()
+    })
+    .await
+    .expect("RabbitMQ reachable")
+    .channel()
+    .await
+    .unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(CAPACITY as i64),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let declare = |passive| QueueDeclareOptions {
+        passive,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), declare(false), arguments)
+        .await
+        .unwrap();
+    let held = async || {
+        channel
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                declare(true),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count() as u64
+    };
+    fill_then_drain(
+        "amqp",
+        &format!("kind = \"amqp\"\nurl = \"{}\"", amqp_url()),
+        &queue,
+        "nack",
+        held,
+        async || Publishes::amqp(&queue).await,
+    )
+    .await;
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+/// Commits 1,000 messages over 20 keys for `destination`, runs a relay
+/// until the destination holds `CAPACITY` (`held`) and has refused at least
+/// 20 sends, checks nothing was dead-lettered or dropped, then starts the
+/// consumer (`drain`) and checks everything arrives in order per key.
+async fn fill_then_drain(
+    name: &str,
+    destination_settings: &str,
+    destination: &str,
+    refusal: &str,
+    held: impl AsyncFn() -> u64,
+    drain: impl AsyncFnOnce() -> Publishes,
+) {
+    let table_name = format!("chaos_full_{name}");
+    let (outbox, pool) = table(&table_name).await;
+    let messages = numbered_messages(destination, 20, 50);
     commit(&outbox, &pool, &messages).await;
 
     let port = spare_port();
-    let config = settings(
-        "chaos_full",
+    let config = settings_with(
+        &postgres_source(&table_name),
+        destination_settings,
+        &table_name,
         port,
         "batch_size = 100\nsend_timeout = 1000\nmax_attempts = 1000\n\
          [relay.backoff]\ninitial = 100\nmax = 500",
     );
     let child = relay(&config, &["run"]).spawn().unwrap();
 
-    // Full: the stream holds its capacity and refuses the rest.
+    // Full: the destination holds its capacity and refuses the rest.
     let refused = eventually(DEADLINE, || async {
         metric(port, "outbox_retried_total").await.unwrap_or(0.0) >= 20.0
     })
     .await;
-    let held = stream.clone().info().await.unwrap().state.messages;
+    let held = held().await;
     let backlog = outbox.backlog(&pool).await.unwrap();
-    assert!(refused, "the full stream never refused the relay");
-    assert_eq!(held, CAPACITY as u64, "the stream is full");
+    assert!(
+        refused,
+        "{name}: the full destination never refused the relay"
+    );
+    assert_eq!(held, CAPACITY as u64, "{name}: the destination is full");
     assert!(
         backlog.waiting >= (messages.len() - CAPACITY) as u64,
-        "refused messages wait in the outbox: {backlog:?}"
+        "{name}: refused messages wait in the outbox: {backlog:?}"
     );
-    assert_eq!(backlog.dead_letters, 0, "a refusal is not a dead letter");
+    assert_eq!(
+        backlog.dead_letters, 0,
+        "{name}: a refusal is not a dead letter"
+    );
 
-    // Drain: a consumer takes messages off the work queue, making room.
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("drain".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut taken = consumer.messages().await.unwrap();
-    let key_of: std::collections::HashMap<Uuid, String> = messages
-        .iter()
-        .map(|m| (m.id, m.ordering_key.clone()))
-        .collect();
-    let mut received: Vec<(String, Uuid)> = Vec::new();
-    let mut distinct = std::collections::HashSet::new();
-    let deadline = Instant::now() + DEADLINE;
-    while distinct.len() < messages.len() && Instant::now() < deadline {
-        let Ok(Some(Ok(message))) =
-            tokio::time::timeout(Duration::from_secs(5), taken.next()).await
-        else {
-            continue;
-        };
-        let id: Uuid = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get("Nats-Msg-Id"))
-            .expect("Nats-Msg-Id")
-            .as_str()
-            .parse()
-            .unwrap();
-        received.push((key_of[&id].clone(), id));
-        distinct.insert(id);
-        message.ack().await.unwrap();
-    }
+    // Drain: a consumer takes messages off, making room.
+    let received = drain().await;
+    let all = eventually(DEADLINE, || async { received.has_all(&messages) }).await;
     let drained = eventually(DEADLINE, || async {
         outbox.backlog(&pool).await.unwrap().waiting == 0
     })
@@ -101,17 +159,17 @@ async fn a_full_stream_refuses_until_drained_and_nothing_is_lost() {
     let retried = metric(port, "outbox_retried_total").await.unwrap_or(0.0);
     sigterm(&child);
     let (code, text) = finish(child, Duration::from_secs(30)).await;
-    assert!(drained, "the outbox did not drain:\n{text}");
+    assert!(all && drained, "{name}: not everything arrived:\n{text}");
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("maximum messages"),
-        "the refusal's reason is logged:\n{text}"
+        text.contains(refusal),
+        "{name}: the refusal's reason ({refusal}) is logged:\n{text}"
     );
-    let duplicates = assert_order_per_key(&messages, &received);
+    let duplicates = assert_order_per_key(&messages, &received.keyed(&messages));
     assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
     println!(
-        "full destination: {} messages through a stream of {CAPACITY}; {retried} refusals retried; \
-         {duplicates} duplicates; in order per key",
+        "full destination {name}: {} messages through room for {CAPACITY}; {retried} refusals \
+         retried; {duplicates} duplicates; in order per key",
         messages.len()
     );
 }

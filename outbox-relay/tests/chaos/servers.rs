@@ -10,7 +10,7 @@ use outbox_testkit::eventually;
 use crate::support::spare_port;
 
 async fn wait_for_port(port: u16, what: &str) {
-    let up = eventually(Duration::from_secs(30), || async {
+    let up = eventually(Duration::from_secs(120), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
@@ -213,4 +213,201 @@ fn postgres_bin() -> PathBuf {
         .pop()
         .filter(|bin| bin.join("initdb").exists())
         .expect("initdb: not on PATH nor under /usr/lib/postgresql/*/bin")
+}
+
+/// A MariaDB server in a temporary directory (`mariadb-install-db`, then
+/// `mariadbd`), root with an empty password over TCP. Restarted with
+/// `kill -9`, as after a crash: InnoDB recovers from its log.
+pub struct OwnMariadb {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnMariadb {
+    pub async fn start() -> Self {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("outbox-chaos-mariadb-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let output = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .output()
+            .expect("mariadb-install-db (Debian's mariadb-server)");
+        assert!(
+            output.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut server = OwnMariadb {
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn();
+        wait_for_port(port, "own MariaDB").await;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = if Path::new("/usr/sbin/mariadbd").exists() {
+            "/usr/sbin/mariadbd"
+        } else {
+            "mariadbd"
+        };
+        let child = Command::new(bin)
+            .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1"])
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        self.child = Some(child);
+    }
+
+    /// The server's URL, on its `test` database (created if missing).
+    pub async fn url(&self) -> String {
+        let root = format!("mysql://root@127.0.0.1:{}", self.port);
+        let pool = sqlx::MySqlPool::connect(&root).await.expect("own MariaDB");
+        sqlx::query("CREATE DATABASE IF NOT EXISTS test")
+            .execute(&pool)
+            .await
+            .unwrap();
+        format!("{root}/test")
+    }
+
+    /// `kill -9`, then starts again and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        wait_for_port(self.port, "own MariaDB").await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for OwnMariadb {
+    fn drop(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// A RabbitMQ node of the harness's own (Debian's `rabbitmq-server`), on a
+/// spare port. A restart stops and starts the RabbitMQ application on the
+/// node (`rabbitmqctl stop_app`, `start_app`): every connection ends and
+/// the durable queues come back from disk.
+pub struct OwnRabbit {
+    port: u16,
+    dir: PathBuf,
+    node: String,
+    child: Option<Child>,
+}
+
+impl OwnRabbit {
+    pub async fn start() -> Self {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("outbox-chaos-rabbit-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("enabled_plugins.conf"), "[].\n").unwrap();
+        // Our own config: the system's rabbitmq.conf pins the listener.
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        // Debian's wrapper runs the server as the rabbitmq user.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq"])
+            .arg(&dir)
+            .status();
+        let node = format!("outboxchaos{port}@localhost");
+        let child = Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env(
+                "RABBITMQ_DIST_PORT",
+                (u32::from(port) % 20000 + 30000).to_string(),
+            )
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                dir.join("enabled_plugins.conf"),
+            )
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server (Debian's rabbitmq-server)");
+        let server = OwnRabbit {
+            port,
+            dir,
+            node,
+            child: Some(child),
+        };
+        // The listener opens once the node has booted (tens of seconds on
+        // a loaded machine).
+        wait_for_port(port, "own RabbitMQ").await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the RabbitMQ application, starts it again, waits until it
+    /// answers.
+    pub async fn restart(&self) {
+        self.ctl(&["stop_app"]);
+        self.ctl(&["start_app"]);
+        wait_for_port(self.port, "own RabbitMQ").await;
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let output = Command::new("rabbitmqctl")
+            .args(["-n", &self.node])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdin(Stdio::null())
+            .output();
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
 }

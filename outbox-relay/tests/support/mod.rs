@@ -132,11 +132,15 @@ pub fn spare_port() -> u16 {
 /// A settings file for the PostgreSQL table and NATS, with `extra` lines
 /// appended to `[relay]`.
 pub fn settings(table: &str, port: u16, extra: &str) -> PathBuf {
-    let source = format!(
+    settings_with_source(&postgres_source(table), table, port, extra)
+}
+
+/// The `[source]` table body for `outbox_relay_test.<table>`.
+pub fn postgres_source(table: &str) -> String {
+    format!(
         "kind = \"postgres\"\nurl = \"{}\"\nschema = \"outbox_relay_test\"\ntable = \"{table}\"",
         postgres_url()
-    );
-    settings_with_source(&source, table, port, extra)
+    )
 }
 
 /// A settings file with this `[source]` table body, NATS, and `extra`
@@ -389,41 +393,95 @@ impl Publishes {
         Self { seen, stop, task }
     }
 
-    /// Consumes `queue` (which must exist), acknowledging automatically.
-    pub async fn amqp(queue: &str) -> Self {
-        use outbox_amqp::lapin::options::BasicConsumeOptions;
-        use outbox_amqp::lapin::types::FieldTable;
-        use outbox_amqp::lapin::{Connection, ConnectionProperties};
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+    /// Takes messages off `stream` through a durable pull consumer,
+    /// acknowledging each (on a work queue that removes it).
+    pub async fn pull(stream: &stream::Stream) -> Self {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some("verifier".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
             .await
-            .expect("RabbitMQ reachable");
-        let channel = connection.create_channel().await.unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "outbox-verifier".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+            .unwrap();
+        let mut taken = consumer.messages().await.unwrap();
         let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
         let task = {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let _link = (connection, channel);
-                while let Some(Ok(delivery)) = consumer.next().await {
+                while let Some(Ok(message)) = taken.next().await {
                     let at = Instant::now();
-                    let id = delivery.properties.message_id().as_ref();
+                    let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
                     if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
                         seen.lock().unwrap().push((id, at));
+                    }
+                    message.ack().await.unwrap();
+                }
+            })
+        };
+        let stop = Arc::default();
+        Self { seen, stop, task }
+    }
+
+    /// Consumes `queue` (which must exist) on the shared RabbitMQ.
+    pub async fn amqp(queue: &str) -> Self {
+        Self::amqp_at(&amqp_url(), queue).await
+    }
+
+    /// Consumes `queue` (which must exist) on the RabbitMQ at `url`,
+    /// acknowledging each delivery once recorded, and consuming again after
+    /// the connection is lost (unacknowledged deliveries come back then,
+    /// so none is missed).
+    pub async fn amqp_at(url: &str, queue: &str) -> Self {
+        use outbox_amqp::lapin::options::{BasicAckOptions, BasicConsumeOptions};
+        use outbox_amqp::lapin::types::FieldTable;
+        use outbox_amqp::lapin::{Connection, ConnectionProperties};
+        let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let task = {
+            let (seen, url, queue) = (seen.clone(), url.to_string(), queue.to_string());
+            tokio::spawn(async move {
+                let mut connected_tx = Some(connected_tx);
+                loop {
+                    let consumed = async {
+                        let connection =
+                            Connection::connect(&url, ConnectionProperties::default()).await?;
+                        let channel = connection.create_channel().await?;
+                        let consumer = channel
+                            .basic_consume(
+                                queue.as_str().into(),
+                                "outbox-verifier".into(),
+                                BasicConsumeOptions::default(),
+                                FieldTable::default(),
+                            )
+                            .await?;
+                        Ok::<_, outbox_amqp::lapin::Error>((connection, channel, consumer))
+                    }
+                    .await;
+                    let Ok((_connection, _channel, mut consumer)) = consumed else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    while let Some(Ok(delivery)) = consumer.next().await {
+                        let at = Instant::now();
+                        let id = delivery.properties.message_id().as_ref();
+                        if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
+                            seen.lock().unwrap().push((id, at));
+                        }
+                        if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                            break;
+                        }
                     }
                 }
             })
         };
+        tokio::time::timeout(Duration::from_secs(30), connected)
+            .await
+            .expect("RabbitMQ reachable")
+            .unwrap();
         let stop = Arc::default();
         Self { seen, stop, task }
     }
