@@ -11,6 +11,7 @@ mod config;
 mod dead_letter;
 mod destination;
 mod error;
+mod held;
 mod histogram;
 mod item;
 pub mod memory;
@@ -26,6 +27,7 @@ pub use config::{duration_ms, RelayConfig};
 pub use dead_letter::DeadLetter;
 pub use destination::Destination;
 pub use error::{BoxError, ConfigError, Error, ErrorKind};
+pub use held::{HeldBatch, HeldBatches};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
 pub use item::Item;
 pub use message::{

@@ -1,4 +1,4 @@
--- The outbox table and its two helper tables, written for the default table
+-- The outbox table and its helper table, written for the default table
 -- name; the crate substitutes the configured, validated name. Safe to run
 -- more than once. MySQL 8.0.1+ or MariaDB 10.6+ (SKIP LOCKED).
 
@@ -17,8 +17,6 @@ CREATE TABLE IF NOT EXISTS outbox_messages (
     created_at      DATETIME(6) NOT NULL,
     attempts        INT NOT NULL DEFAULT 0,
     next_attempt_at DATETIME(6) NOT NULL,
-    lease_owner     BINARY(16) NULL,
-    leased_until    DATETIME(6) NULL,
     last_error      TEXT NULL,
     dead_at         DATETIME(6) NULL,
     done_at         DATETIME(6) NULL,
@@ -35,11 +33,3 @@ CREATE TABLE IF NOT EXISTS outbox_messages (
 CREATE TABLE IF NOT EXISTS outbox_messages_keys (
     ordering_key VARCHAR(255) NOT NULL PRIMARY KEY
 ) ENGINE = InnoDB;
-
--- One row: claims lock it exclusively, reports in share mode, so claims of
--- all relays take turns and each sees every report before it.
-CREATE TABLE IF NOT EXISTS outbox_messages_claim (
-    id TINYINT NOT NULL PRIMARY KEY
-) ENGINE = InnoDB;
-
-INSERT IGNORE INTO outbox_messages_claim (id) VALUES (1);

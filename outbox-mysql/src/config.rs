@@ -20,8 +20,9 @@ pub enum AckMode {
 pub struct MysqlConfig {
     /// Table name, in the connection's database. Default `outbox_messages`.
     pub table: String,
-    /// How long a claim holds before another relay may take the rows over.
-    /// Default 30 s.
+    /// How long a claim's connection may stay silent (its relay stalled or
+    /// gone) before the server ends it and another relay may take the rows
+    /// over; the server counts whole seconds, so it is rounded up. Default 30 s.
     pub lease: Duration,
     /// Delete delivered rows, or mark them done. Default delete.
     pub ack_mode: AckMode,

@@ -1,20 +1,20 @@
 //! MySQL 8 and MariaDB for the transactional outbox: write messages inside
 //! your own sqlx transaction, and relay them with a [`MysqlSource`].
 //!
-//! The same model as `outbox-postgres`: claims are leases written into the
-//! rows; claims of all relays take turns (an exclusive row lock on a one-row
-//! table, which reports take in share mode); a claim never hands out a
-//! message whose key has an earlier one leased, waiting for its retry, or
-//! (with `OnDeadLetter::Park`) dead. There is no NOTIFY: relays poll
-//! adaptively, and a writer in the same process can wake them right after
-//! its commit with [`MysqlOutbox::notify_committed`].
+//! The same model as `outbox-postgres`: a claim's transaction holds its rows
+//! locked while the relay publishes them, and is the lease (see
+//! [`MysqlSource`]); a claim never hands out a message whose key has an
+//! earlier one held by another batch, waiting for its retry, or (with
+//! `OnDeadLetter::Park`) dead. There is no NOTIFY: relays poll adaptively,
+//! and a writer in the same process can wake them right after its commit
+//! with [`MysqlOutbox::notify_committed`].
 //!
 //! MySQL and MariaDB differ in ways this crate avoids: it uses neither
-//! `UPDATE … RETURNING` (MariaDB lacks it) nor subqueries with `LIMIT` inside
-//! `IN` (MySQL lacks them), claims with `SELECT … FOR UPDATE SKIP LOCKED`
-//! (MySQL 8.0.1+, MariaDB 10.6+) and then updates by primary key, stores
+//! `RETURNING` nor subqueries with `LIMIT` inside `IN`, claims with
+//! `SELECT … FOR UPDATE SKIP LOCKED` (MySQL 8.0.1+, MariaDB 10.6+), stores
 //! headers as text holding JSON, and keeps every time in UTC.
 
+mod claim;
 mod config;
 mod error;
 mod leader;

@@ -7,9 +7,9 @@ use outbox_core::{Backlog, DeadLetter, Error};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
+use crate::claim::read_committed;
 use crate::error::classify;
 use crate::row::{decode, Decoded};
-use crate::source::read_committed;
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
 

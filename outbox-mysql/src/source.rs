@@ -1,26 +1,45 @@
-//! The relay's side: claim under a lease, report outcomes, wake on commits
-//! made in this process.
+//! The relay's side: claim a batch inside a transaction that holds its rows
+//! locked, report outcomes on that transaction, commit when the whole batch
+//! is reported; wake on commits made in this process.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{Backlog, Error, Failure, Message, Source};
-use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
+use outbox_core::{Backlog, Error, Failure, HeldBatch, HeldBatches, Message, Source};
+use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
+use crate::claim::ClaimTx;
 use crate::error::classify;
 use crate::leader::Leadership;
 use crate::row::{decode, Decoded};
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
 
-/// A [`Source`] on one MySQL outbox table, acting as one relay. See the
-/// crate docs for how claims keep each key in order across relays.
+/// A [`Source`] on one MySQL outbox table, acting as one relay.
+///
+/// **The lease is the claim's transaction**, as on PostgreSQL: a claim
+/// locks its rows (`FOR UPDATE SKIP LOCKED`) and keeps its transaction open
+/// while the relay publishes; reports run on it and the last one commits.
+/// A relay that dies or stalls past the lease loses its connection (see
+/// [`ClaimTx`]), the transaction rolls back, and a stale relay's reports
+/// change nothing (fencing). Rows are written once, when their outcome is
+/// known.
+///
+/// **Order.** A claim returns a row only if every earlier row of its key
+/// still in the table (not delivered, not dead unless parking) is in the
+/// same claim. Rows of a key another batch holds, or whose earlier row waits
+/// for a retry, stay behind.
 pub struct MysqlSource {
     outbox: MysqlOutbox,
     pool: MySqlPool,
     relay_id: Uuid,
     leadership: Option<Leadership>,
+    held: HeldBatches<ClaimTx>,
 }
+
+type Batch = HeldBatch<ClaimTx>;
 
 impl std::fmt::Debug for MysqlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -29,6 +48,14 @@ impl std::fmt::Debug for MysqlSource {
             .field("relay_id", &self.relay_id)
             .finish_non_exhaustive()
     }
+}
+
+/// A report on a batch's transaction.
+enum Report<'a> {
+    Ack,
+    Retry(&'a [Failure<Message>]),
+    DeadLetter(&'a [Failure<Message>]),
+    Release,
 }
 
 impl MysqlSource {
@@ -49,108 +76,159 @@ impl MysqlSource {
             pool,
             relay_id: Uuid::now_v7(),
             leadership,
+            held: HeldBatches::default(),
         }
     }
 
-    /// This relay's identity, written into the rows it holds.
+    /// This relay's identity, shown in logs.
     pub fn relay_id(&self) -> Uuid {
         self.relay_id
     }
 
-    /// Runs `work` in a transaction holding the claim row in share mode:
-    /// reports run alongside each other, never during a claim.
-    async fn report<F>(&self, work: F) -> Result<(), Error>
-    where
-        F: for<'c> FnOnce(&'c mut MySqlConnection) -> futures_like::BoxFuture<'c>,
-    {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query(&self.outbox.sql.report_lock)
-            .execute(&mut *tx)
+    /// Runs `report` for `ids` on each batch they belong to; commits a batch
+    /// once all its items are reported. A batch whose transaction fails is
+    /// dropped, which rolls it back: its rows will be claimed again, so the
+    /// report is, as for any fenced report, a no-op.
+    async fn report(&self, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
+        for (batch, mine) in self.held.by_batch(ids) {
+            let mut tx = batch.tx.lock().await;
+            let Some(open_tx) = tx.as_mut() else { continue };
+            if let Err(err) = self.run_report(open_tx, &mine, &report).await {
+                self.lose(&batch, &mut tx, "report", &err);
+                continue;
+            }
+            if batch.reported(&mine) {
+                let committed = tx.take().expect("open").commit().await;
+                self.held.forget(&batch);
+                if let Err(err) = committed {
+                    tracing::warn!(error = %err.report(), "commit of a batch failed; its messages will be claimed again");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_report(
+        &self,
+        tx: &mut ClaimTx,
+        mine: &HashSet<Uuid>,
+        report: &Report<'_>,
+    ) -> Result<(), Error> {
+        let sql = &self.outbox.sql;
+        let (statement, failures) = match report {
+            Report::Release => return Ok(()),
+            Report::Ack => {
+                let statement = format!("{}{}", sql.ack_prefix, placeholders(mine.len()));
+                let mut query = sqlx::query(&statement);
+                for id in mine {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx.conn).await.map_err(classify)?;
+                return Ok(());
+            }
+            Report::Retry(failures) => (&sql.retry, failures),
+            Report::DeadLetter(failures) => (&sql.dead_letter, failures),
+        };
+        // One statement per failure: failures are few.
+        for failure in failures.iter().filter(|f| mine.contains(&f.item.id)) {
+            let mut query = sqlx::query(statement)
+                .bind(failure.attempts.min(i32::MAX as u32) as i32)
+                .bind(&failure.error);
+            if matches!(report, Report::Retry(_)) {
+                query = query.bind(failure.retry_after.as_micros().min(i64::MAX as u128) as i64);
+            }
+            query
+                .bind(failure.item.id)
+                .execute(&mut *tx.conn)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// Drops a batch whose transaction failed, which rolls it back.
+    fn lose(&self, batch: &Arc<Batch>, tx: &mut Option<ClaimTx>, what: &str, err: &Error) {
+        let held = batch.unreported();
+        tracing::warn!(what, held, error = %err.report(), "lost a batch's transaction (its lease); its messages will be claimed again");
+        tx.take();
+        self.held.forget(batch);
+    }
+
+    /// The claim on `tx`: candidates locked, then those with no earlier row
+    /// of their key left outside the claim, in `seq` order.
+    async fn claim_on(&self, tx: &mut ClaimTx, limit: usize) -> Result<Vec<Message>, Error> {
+        let sql = &self.outbox.sql;
+        let rows = sqlx::query(&sql.claim)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx.conn)
             .await
             .map_err(classify)?;
-        work(&mut tx).await?;
-        tx.commit().await.map_err(classify)
-    }
-
-    /// Runs `prefix (?, ...)` with the relay id first, then the ids.
-    async fn by_ids(&self, prefix: &str, items: &[Message]) -> Result<(), Error> {
-        let sql = format!("{prefix}{}", placeholders(items.len()));
-        let relay = self.relay_id;
-        let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
-        self.report(move |conn| {
-            Box::pin(async move {
-                let mut query = sqlx::query(&sql).bind(relay);
-                for id in ids {
-                    query = query.bind(id);
-                }
-                query.execute(conn).await.map_err(classify)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// One statement per failure (failures are few), in one transaction.
-    async fn fail(
-        &self,
-        sql: String,
-        failures: &[Failure<Message>],
-        with_wait: bool,
-    ) -> Result<(), Error> {
-        let relay = self.relay_id;
-        let rows: Vec<(i32, String, i64, Uuid)> = failures
-            .iter()
-            .map(|f| {
-                (
-                    f.attempts.min(i32::MAX as u32) as i32,
-                    f.error.clone(),
-                    f.retry_after.as_micros().min(i64::MAX as u128) as i64,
-                    f.item.id,
-                )
-            })
-            .collect();
-        self.report(move |conn| {
-            Box::pin(async move {
-                for (attempts, error, wait_us, id) in rows {
-                    let mut query = sqlx::query(&sql).bind(attempts).bind(error);
-                    if with_wait {
-                        query = query.bind(wait_us);
-                    }
-                    query
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: u64 = row.try_get("seq").map_err(classify)?;
+            let key: String = row.try_get("ordering_key").map_err(classify)?;
+            candidates.push((seq, key, row));
+        }
+        let blockers = self.blockers(tx, &candidates).await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (seq, key, row) in candidates {
+            if blockers.get(&key).is_some_and(|first| *first < seq) {
+                continue;
+            }
+            match decode(row).map_err(classify)? {
+                Decoded::Message(message) => claimed.push(message),
+                Decoded::Malformed {
+                    id,
+                    attempts,
+                    reason,
+                } => {
+                    tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                    sqlx::query(&sql.dead_letter)
+                        .bind(attempts + 1)
+                        .bind(reason)
                         .bind(id)
-                        .bind(relay)
-                        .execute(&mut *conn)
+                        .execute(&mut *tx.conn)
                         .await
                         .map_err(classify)?;
                 }
-                Ok(())
-            })
-        })
-        .await
+            }
+        }
+        Ok(claimed)
     }
-}
 
-/// Makes the connection's next transaction READ COMMITTED: its scans then
-/// take no gap locks. Under REPEATABLE READ a claim's scan locks the gap at
-/// the end of the `waiting` index, where every writer inserts, and InnoDB
-/// settles the resulting writer-versus-claim waits as deadlocks, failing the
-/// application's transaction. Claims still take turns on the claim row, so
-/// nothing else changes.
-pub(crate) async fn read_committed(conn: &mut MySqlConnection) -> Result<(), Error> {
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
-/// A boxed future borrowing a connection, for [`MysqlSource::report`].
-mod futures_like {
-    use std::future::Future;
-    use std::pin::Pin;
-
-    pub type BoxFuture<'c> =
-        Pin<Box<dyn Future<Output = Result<(), outbox_core::Error>> + Send + 'c>>;
+    /// Per candidate key, the first earlier row left in the table outside
+    /// the candidates. Run after the candidates are locked, it sees every
+    /// report committed before it; one committed later can only have made
+    /// it more careful.
+    async fn blockers(
+        &self,
+        tx: &mut ClaimTx,
+        candidates: &[(u64, String, &sqlx::mysql::MySqlRow)],
+    ) -> Result<HashMap<String, u64>, Error> {
+        let keys: HashSet<&str> = candidates.iter().map(|(_, key, _)| key.as_str()).collect();
+        let last = candidates.iter().map(|(seq, _, _)| *seq).max().unwrap_or(0);
+        let statement = format!(
+            "{}{} AND seq NOT IN {} GROUP BY ordering_key",
+            self.outbox.sql.blockers,
+            placeholders(keys.len()),
+            placeholders(candidates.len())
+        );
+        let mut query = sqlx::query(&statement).bind(last);
+        for key in &keys {
+            query = query.bind(*key);
+        }
+        for (seq, _, _) in candidates {
+            query = query.bind(*seq);
+        }
+        let rows = query.fetch_all(&mut *tx.conn).await.map_err(classify)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("ordering_key")?, row.try_get("seq")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
 }
 
 impl Source for MysqlSource {
@@ -162,76 +240,33 @@ impl Source for MysqlSource {
                 return Ok(Vec::new());
             }
         }
-        let sql = &self.outbox.sql;
-        let mut conn = self.pool.acquire().await.map_err(classify)?;
-        read_committed(&mut conn).await?;
-        let mut tx = conn.begin().await.map_err(classify)?;
-        sqlx::query(&sql.claim_lock)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let rows = sqlx::query(&sql.claim)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(classify)?;
-            return Ok(Vec::new());
+        self.held.forget_expired(self.lease());
+        let mut tx = ClaimTx::begin(&self.pool, self.lease()).await?;
+        let claimed = self.claim_on(&mut tx, limit).await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+        } else {
+            self.held.hold(claimed.iter().map(|m| m.id), tx);
         }
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut malformed = Vec::new();
-        for row in &rows {
-            seqs.push(row.try_get::<u64, _>("seq").map_err(classify)?);
-            match decode(row).map_err(classify)? {
-                Decoded::Message(message) => claimed.push(message),
-                Decoded::Malformed {
-                    id,
-                    attempts,
-                    reason,
-                } => malformed.push((id, attempts + 1, reason)),
-            }
-        }
-        let lease_sql = format!("{}{}", sql.lease_prefix, placeholders(seqs.len()));
-        let mut lease = sqlx::query(&lease_sql)
-            .bind(self.relay_id)
-            .bind(self.lease().as_micros() as i64);
-        for seq in &seqs {
-            lease = lease.bind(*seq);
-        }
-        lease.execute(&mut *tx).await.map_err(classify)?;
-        for (id, attempts, reason) in malformed {
-            tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
-            sqlx::query(&sql.dead_letter)
-                .bind(attempts)
-                .bind(reason)
-                .bind(id)
-                .bind(self.relay_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
         Ok(claimed)
     }
 
     async fn ack(&self, items: &[Message]) -> Result<(), Error> {
-        self.by_ids(&self.outbox.sql.ack_prefix, items).await
+        self.report(&ids(items), Report::Ack).await
     }
 
     async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
-        self.fail(self.outbox.sql.retry.clone(), failures, true)
-            .await
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
+        self.report(&ids, Report::Retry(failures)).await
     }
 
     async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
-        self.fail(self.outbox.sql.dead_letter.clone(), failures, false)
-            .await
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
+        self.report(&ids, Report::DeadLetter(failures)).await
     }
 
     async fn release(&self, items: &[Message]) -> Result<(), Error> {
-        self.by_ids(&self.outbox.sql.release_prefix, items).await
+        self.report(&ids(items), Report::Release).await
     }
 
     fn lease(&self) -> Duration {
@@ -245,4 +280,8 @@ impl Source for MysqlSource {
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
         self.outbox.backlog(&self.pool).await.map(Some)
     }
+}
+
+fn ids(items: &[Message]) -> Vec<Uuid> {
+    items.iter().map(|m| m.id).collect()
 }

@@ -12,14 +12,11 @@ pub(crate) const COLUMNS: &str = "seq, id, ordering_key, destination, partition_
 pub(crate) struct Statements {
     pub lock_keys_prefix: String,
     pub enqueue_prefix: String,
-    pub claim_lock: String,
-    pub report_lock: String,
     pub claim: String,
-    pub lease_prefix: String,
+    pub blockers: String,
     pub ack_prefix: String,
     pub retry: String,
     pub dead_letter: String,
-    pub release_prefix: String,
     pub backlog: String,
     pub dead_letters: String,
     pub count_dead: String,
@@ -43,16 +40,20 @@ impl Statements {
         // which walks every delivered (mark-done) and dead row before the
         // waiting ones; the `waiting` index starts at the first waiting row.
         let waiting = format!("{}_waiting", config.table);
-        let parked = match config.on_dead_letter {
-            OnDeadLetter::Park => "p.dead_at IS NOT NULL OR ",
-            OnDeadLetter::Continue => "",
+        let key = format!("{}_key", config.table);
+        // Which earlier rows of a key hold it back: every row still in the
+        // delivery path, and dead ones too when parking.
+        let blocks = match config.on_dead_letter {
+            OnDeadLetter::Park => "TRUE",
+            OnDeadLetter::Continue => "dead_at IS NULL",
         };
+        // Reports name their rows by id, through the `id` index: a scan
+        // (the optimizer's choice on a small table) would wait on the rows
+        // of other batches, and theirs on these, a deadlock.
+        let by_id = format!("{t} AS o FORCE INDEX (`{}_id`)", config.table);
         let ack_prefix = match config.ack_mode {
-            AckMode::Delete => format!("DELETE FROM {t} WHERE lease_owner = ? AND id IN "),
-            AckMode::MarkDone => format!(
-                "UPDATE {t} SET done_at = {now}, lease_owner = NULL, leased_until = NULL \
-                 WHERE lease_owner = ? AND id IN "
-            ),
+            AckMode::Delete => format!("DELETE o FROM {by_id} WHERE o.id IN "),
+            AckMode::MarkDone => format!("UPDATE {by_id} SET o.done_at = {now} WHERE o.id IN "),
         };
         Self {
             lock_keys_prefix: format!(
@@ -63,38 +64,30 @@ impl Statements {
                 "INSERT INTO {t} (id, ordering_key, destination, partition_key, payload, headers, \
                  event_type, created_at, next_attempt_at) VALUES "
             ),
-            claim_lock: format!("SELECT id FROM `{}_claim` WHERE id = 1 FOR UPDATE", config.table),
-            report_lock: format!(
-                "SELECT id FROM `{}_claim` WHERE id = 1 LOCK IN SHARE MODE",
-                config.table
-            ),
+            // Candidates: the first waiting rows no other batch holds,
+            // locked by this claim's transaction until it commits.
             claim: format!(
-                "SELECT {COLUMNS} FROM {t} AS o FORCE INDEX (`{waiting}`) \
-                 WHERE o.done_at IS NULL AND o.dead_at IS NULL \
-                   AND o.next_attempt_at <= {now} \
-                   AND (o.leased_until IS NULL OR o.leased_until <= {now}) \
-                   AND NOT EXISTS (SELECT 1 FROM {t} AS p \
-                       WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq AND p.done_at IS NULL \
-                         AND ({parked}(p.dead_at IS NULL AND (p.next_attempt_at > {now} OR p.leased_until > {now})))) \
-                 ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
+                "SELECT {COLUMNS} FROM {t} FORCE INDEX (`{waiting}`) \
+                 WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
+                 ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
             ),
-            lease_prefix: format!(
-                "UPDATE {t} SET lease_owner = ?, leased_until = {now} + INTERVAL ? MICROSECOND WHERE seq IN "
+            // The look-back, completed with `IN` lists by the source: per
+            // candidate key, the first earlier row left in the table outside
+            // the claim (held by another batch, waiting for its retry, or
+            // parked dead). Candidates after it stay behind.
+            blockers: format!(
+                "SELECT ordering_key, MIN(seq) AS seq FROM {t} FORCE INDEX (`{key}`) \
+                 WHERE done_at IS NULL AND {blocks} AND seq < ? AND ordering_key IN "
             ),
             ack_prefix,
             retry: format!(
-                "UPDATE {t} SET attempts = ?, last_error = ?, \
-                   next_attempt_at = {now} + INTERVAL ? MICROSECOND, \
-                   lease_owner = NULL, leased_until = NULL \
-                 WHERE id = ? AND lease_owner = ?"
+                "UPDATE {by_id} SET o.attempts = ?, o.last_error = ?, \
+                   o.next_attempt_at = {now} + INTERVAL ? MICROSECOND \
+                 WHERE o.id = ?"
             ),
             dead_letter: format!(
-                "UPDATE {t} SET attempts = ?, last_error = ?, dead_at = {now}, \
-                   lease_owner = NULL, leased_until = NULL \
-                 WHERE id = ? AND lease_owner = ?"
-            ),
-            release_prefix: format!(
-                "UPDATE {t} SET lease_owner = NULL, leased_until = NULL WHERE lease_owner = ? AND id IN "
+                "UPDATE {by_id} SET o.attempts = ?, o.last_error = ?, o.dead_at = {now} \
+                 WHERE o.id = ?"
             ),
             backlog: format!(
                 "SELECT CAST(COALESCE(SUM(dead_at IS NULL), 0) AS SIGNED), \
@@ -108,12 +101,12 @@ impl Statements {
             ),
             count_dead: format!("SELECT COUNT(*) FROM {t} WHERE dead_at IS NOT NULL"),
             requeue: format!(
-                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = {now}, \
-                   lease_owner = NULL, leased_until = NULL WHERE dead_at IS NOT NULL AND id IN "
+                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = {now} \
+                 WHERE dead_at IS NOT NULL AND id IN "
             ),
             requeue_all: format!(
-                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = {now}, \
-                   lease_owner = NULL, leased_until = NULL WHERE dead_at IS NOT NULL"
+                "UPDATE {t} SET dead_at = NULL, attempts = 0, next_attempt_at = {now} \
+                 WHERE dead_at IS NOT NULL"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE done_at IS NOT NULL \

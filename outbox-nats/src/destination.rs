@@ -1,11 +1,12 @@
 //! The NATS destination.
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 
-use crate::error::{classify_core, classify_jetstream};
+use crate::error::{classify_core, classify_jetstream, classify_no_responders};
 use crate::{NatsAuth, NatsConfig, NatsMode, NATS_MSG_ID};
 use outbox_core::redact_url;
 
@@ -71,6 +72,17 @@ impl NatsDestination {
         &self.jetstream
     }
 
+    /// Classifies a failed JetStream publish to `subject`. "No responders"
+    /// is asked about: only JetStream's API saying that no stream listens
+    /// on `subject` makes it permanent.
+    async fn jetstream_error(&self, subject: &str, err: PublishError) -> Error {
+        if err.kind() != PublishErrorKind::StreamNotFound {
+            return classify_jetstream(err);
+        }
+        let stream = self.jetstream.stream_by_subject(subject).await;
+        classify_no_responders(subject, stream, err)
+    }
+
     fn subject(&self, message: &Message) -> String {
         format!("{}{}", self.config.subject_prefix, message.destination)
     }
@@ -101,12 +113,18 @@ impl Destination for NatsDestination {
         let payload = Bytes::copy_from_slice(&message.payload);
         match self.config.mode {
             NatsMode::JetStream => {
-                let ack = self
+                let published = self
                     .jetstream
-                    .publish_with_headers(subject, headers(message), payload)
-                    .await
-                    .map_err(classify_jetstream)?;
-                let ack = ack.await.map_err(classify_jetstream)?;
+                    .publish_with_headers(subject.clone(), headers(message), payload)
+                    .await;
+                let ack = match published {
+                    Ok(ack) => ack.await,
+                    Err(err) => Err(err),
+                };
+                let ack = match ack {
+                    Ok(ack) => ack,
+                    Err(err) => return Err(self.jetstream_error(&subject, err).await),
+                };
                 if ack.duplicate {
                     tracing::debug!(id = %message.id, stream = ack.stream, "stream dropped a duplicate");
                 }

@@ -26,7 +26,7 @@ mod error;
 pub use async_nats;
 pub use config::{NatsAuth, NatsConfig, NatsMode};
 pub use destination::NatsDestination;
-pub use error::{classify_core, classify_jetstream};
+pub use error::{classify_core, classify_jetstream, classify_no_responders};
 
 /// Header carrying the message id, which JetStream uses to drop duplicates.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";

@@ -172,6 +172,34 @@ async fn a_subject_without_a_stream_is_a_permanent_error() {
         .unwrap();
     let err = destination.send(&message).await.unwrap_err();
     assert!(!err.is_temporary(), "{}", err.report());
+    assert!(
+        err.report()
+            .contains("no stream listens on subject outbox-test.no-stream-here"),
+        "{}",
+        err.report()
+    );
+}
+
+/// A server whose JetStream does not answer (here: not enabled) gives the
+/// same "no responders" as a missing stream, but that is what a publish
+/// gets while JetStream restarts: temporary, never a dead letter at once.
+#[tokio::test]
+async fn a_jetstream_that_does_not_answer_is_a_temporary_error() {
+    let server = OwnServer::start_without_jetstream();
+    server.wait_until_up().await;
+    let destination = NatsDestination::connect(config(server.url()))
+        .await
+        .unwrap();
+    let message = Message::builder("outbox-test.no-jetstream", "k")
+        .build()
+        .unwrap();
+    let err = destination.send(&message).await.unwrap_err();
+    assert!(err.is_temporary(), "{}", err.report());
+    assert!(
+        err.report().contains("is JetStream enabled and up?"),
+        "{}",
+        err.report()
+    );
 }
 
 #[tokio::test]
@@ -233,10 +261,20 @@ struct OwnServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    jetstream: bool,
 }
 
 impl OwnServer {
     fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// A server with core NATS only.
+    fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -247,6 +285,7 @@ impl OwnServer {
             port,
             dir,
             child: None,
+            jetstream,
         };
         server.restart();
         server
@@ -255,16 +294,12 @@ impl OwnServer {
     fn restart(&mut self) {
         let bin =
             std::env::var("OUTBOX_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string());
-        let child = Command::new(&bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir)
+        let mut command = Command::new(&bin);
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(&self.dir);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

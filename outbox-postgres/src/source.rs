@@ -2,11 +2,11 @@
 //! locked, report outcomes on that transaction, commit when the whole batch
 //! is reported; wake on NOTIFY.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
-use outbox_core::{Backlog, Error, Failure, Message, Source};
+use outbox_core::{Backlog, Error, Failure, HeldBatch, HeldBatches, Message, Source};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
@@ -40,15 +40,10 @@ pub struct PostgresSource {
     listener: Option<Mutex<PgListener>>,
     leadership: Option<Leadership>,
     /// Open batches by message id.
-    open: SyncMutex<HashMap<Uuid, Arc<Batch>>>,
+    held: HeldBatches<Transaction<'static, Postgres>>,
 }
 
-/// One claimed batch: its transaction and the ids not yet reported.
-struct Batch {
-    tx: Mutex<Option<Transaction<'static, Postgres>>>,
-    unreported: SyncMutex<HashSet<Uuid>>,
-    claimed_at: Instant,
-}
+type Batch = HeldBatch<Transaction<'static, Postgres>>;
 
 impl std::fmt::Debug for PostgresSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,7 +84,7 @@ impl PostgresSource {
             relay_id: Uuid::now_v7(),
             listener,
             leadership,
-            open: SyncMutex::default(),
+            held: HeldBatches::default(),
         })
     }
 
@@ -103,51 +98,21 @@ impl PostgresSource {
         &self.outbox
     }
 
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Batch>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Forgets batches older than the lease: PostgreSQL has ended their
-    /// transactions (a relay that never reports some items, say).
-    fn forget_expired(&self) {
-        let lease = self.lease();
-        self.open()
-            .retain(|_, batch| batch.claimed_at.elapsed() < lease);
-    }
-
     /// Runs `report` for `ids` on each batch they belong to; commits a batch
     /// once all its items are reported. A batch whose transaction fails is
     /// rolled back whole: its lease is lost and its rows will be claimed
     /// again, so the report is, as for any fenced report, a no-op.
     async fn report(&self, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
-        let mut batches: Vec<(Arc<Batch>, HashSet<Uuid>)> = Vec::new();
-        {
-            let open = self.open();
-            for id in ids {
-                let Some(batch) = open.get(id) else { continue };
-                match batches.iter_mut().find(|(b, _)| Arc::ptr_eq(b, batch)) {
-                    Some((_, mine)) => {
-                        mine.insert(*id);
-                    }
-                    None => batches.push((batch.clone(), HashSet::from([*id]))),
-                }
-            }
-        }
-        for (batch, mine) in batches {
+        for (batch, mine) in self.held.by_batch(ids) {
             let mut tx = batch.tx.lock().await;
             let Some(open_tx) = tx.as_mut() else { continue };
             if let Err(err) = self.run_report(open_tx, &mine, &report).await {
                 self.lose(&batch, &mut tx, "report", &err);
                 continue;
             }
-            let done = {
-                let mut unreported = batch.unreported.lock().unwrap_or_else(|e| e.into_inner());
-                unreported.retain(|id| !mine.contains(id));
-                unreported.is_empty()
-            };
-            if done {
+            if batch.reported(&mine) {
                 let committed = tx.take().expect("open").commit().await.map_err(classify);
-                self.forget(&batch);
+                self.held.forget(&batch);
                 if let Err(err) = committed {
                     tracing::warn!(error = %err.report(), "commit of a batch failed; its messages will be claimed again");
                 }
@@ -208,18 +173,10 @@ impl PostgresSource {
         what: &str,
         err: &Error,
     ) {
-        let held = batch
-            .unreported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
+        let held = batch.unreported();
         tracing::warn!(what, held, error = %err.report(), "lost a batch's transaction (its lease); its messages will be claimed again");
         tx.take();
-        self.forget(batch);
-    }
-
-    fn forget(&self, batch: &Arc<Batch>) {
-        self.open().retain(|_, open| !Arc::ptr_eq(open, batch));
+        self.held.forget(batch);
     }
 }
 
@@ -242,7 +199,7 @@ impl Source for PostgresSource {
                 return Ok(Vec::new());
             }
         }
-        self.forget_expired();
+        self.held.forget_expired(self.lease());
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // The lease: PostgreSQL ends this transaction once it has been idle
         // (the relay publishing, or stalled) for this long.
@@ -291,15 +248,7 @@ impl Source for PostgresSource {
         // enqueue order.
         claimed.sort_unstable_by_key(|(seq, _)| *seq);
         let claimed: Vec<Message> = claimed.into_iter().map(|(_, message)| message).collect();
-        let batch = Arc::new(Batch {
-            tx: Mutex::new(Some(tx)),
-            unreported: SyncMutex::new(claimed.iter().map(|m| m.id).collect()),
-            claimed_at: Instant::now(),
-        });
-        let mut open = self.open();
-        for message in &claimed {
-            open.insert(message.id, batch.clone());
-        }
+        self.held.hold(claimed.iter().map(|m| m.id), tx);
         Ok(claimed)
     }
 

@@ -56,6 +56,8 @@ pub async fn relay_to<S: Source<Item = Message>>(
             let mut nats = outbox_nats::NatsConfig {
                 url,
                 subject_prefix: settings.subject_prefix.clone().unwrap_or_default(),
+                require_tls: settings.root_certificates.is_some(),
+                root_certificates: settings.root_certificates.clone(),
                 ..outbox_nats::NatsConfig::default()
             };
             if settings.mode.as_deref() == Some("core") {

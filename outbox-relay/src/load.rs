@@ -181,6 +181,10 @@ mod tests {
             setting(&[("OUTBOX_DESTINATION__BROKERS", "k:9092")]),
             "destination.brokers"
         );
+        assert_eq!(
+            setting(&[("OUTBOX_DESTINATION__ROOT_CERTIFICATES", "/no/such/ca.pem")]),
+            "destination.root_certificates"
+        );
         let unknown = load(&f, vars(&[("OUTBOX_RELAY__BATCH", "5")])).unwrap_err();
         assert!(
             unknown.reason.contains("unknown field `batch`"),

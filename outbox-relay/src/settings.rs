@@ -122,6 +122,9 @@ pub struct DestinationSettings {
     pub mode: Option<String>,
     /// NATS: put before every destination to make the subject.
     pub subject_prefix: Option<String>,
+    /// NATS: a PEM file of certificates to trust besides the system's (a
+    /// private CA); TLS is then required.
+    pub root_certificates: Option<std::path::PathBuf>,
     /// Kafka delivery timeout, NATS JetStream ack timeout, in ms.
     pub timeout_ms: Option<u64>,
 }
@@ -246,6 +249,15 @@ impl Settings {
         if destination.kind != DestinationKind::Nats {
             refuses("mode", destination.mode.is_some())?;
             refuses("subject_prefix", destination.subject_prefix.is_some())?;
+            refuses("root_certificates", destination.root_certificates.is_some())?;
+        }
+        if let Some(path) = &destination.root_certificates {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "destination.root_certificates",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
         }
         if let Some(mode) = &destination.mode {
             if mode != "jetstream" && mode != "core" {

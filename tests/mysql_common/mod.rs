@@ -14,7 +14,7 @@ pub async fn mysql_outbox(table: &str) -> (MysqlOutbox, MySqlPool) {
         .connect(&url)
         .await
         .expect("MariaDB reachable at OUTBOX_MYSQL_URL");
-    for suffix in ["", "_keys", "_claim"] {
+    for suffix in ["", "_keys"] {
         sqlx::query(&format!("DROP TABLE IF EXISTS `{table}{suffix}`"))
             .execute(&pool)
             .await

@@ -45,7 +45,9 @@ pub async fn measure(
 ) -> Latency {
     backlog.truncate().await;
     let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
-    let arrived: Arc<Mutex<Vec<(Uuid, Instant)>>> = Arc::default();
+    // First arrival of each id; at least once allows duplicates, counted apart.
+    let arrived: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let duplicates: Arc<Mutex<u64>> = Arc::default();
     let mut subscriber = destination
         .client()
         .subscribe(subject.to_string())
@@ -53,12 +55,20 @@ pub async fn measure(
         .expect("subscribe");
     let recorder = {
         let arrived = arrived.clone();
+        let duplicates = duplicates.clone();
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 let at = Instant::now();
                 let id = message.headers.as_ref().and_then(|h| h.get(NATS_MSG_ID));
                 if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
-                    arrived.lock().unwrap().push((id, at));
+                    match arrived.lock().unwrap().entry(id) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            *duplicates.lock().unwrap() += 1;
+                        }
+                        std::collections::hash_map::Entry::Vacant(first) => {
+                            first.insert(at);
+                        }
+                    }
                 }
             }
         })
@@ -119,6 +129,10 @@ pub async fn measure(
         total,
         "latency: not every message arrived"
     );
+    let duplicates = *duplicates.lock().unwrap();
+    if duplicates > 0 {
+        println!("latency: {duplicates} duplicates arrived (not counted in the figures)");
+    }
     sorted.sort();
     Latency { reached, sorted }
 }

@@ -7,7 +7,7 @@ use outbox_amqp::lapin::types::FieldTable;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_kafka::{KafkaConfig, KafkaDestination};
 
-use crate::servers::{OwnNats, OwnRabbit};
+use crate::support::servers::{OwnNats, OwnRabbit};
 use crate::support::{amqp_url, kafka_brokers, nats_url, stream_at, Publishes};
 
 /// A broker of the run's own, which it restarts.

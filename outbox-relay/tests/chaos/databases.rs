@@ -5,7 +5,7 @@ use outbox_core::Message;
 use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
 
-use crate::servers::{OwnMariadb, OwnPostgres};
+use crate::support::servers::{OwnMariadb, OwnPostgres};
 use crate::support::{commit, postgres_url, table};
 
 /// PostgreSQL relays connect under this application name and their

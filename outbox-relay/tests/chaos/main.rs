@@ -34,7 +34,6 @@ mod support;
 mod brokers;
 mod databases;
 mod full_destination;
-mod servers;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -229,7 +228,10 @@ async fn chaos(
     })
     .await;
     relays.stop().await;
-    assert!(all_seen, "a committed message never reached the broker");
+    assert!(
+        all_seen,
+        "a committed message never reached the broker; outbox at the drain: {left:?}"
+    );
     let arrivals = match &target.stream {
         Some(stream) if from_stream => read(stream, &committed).await,
         _ => target.publishes.keyed(&committed),

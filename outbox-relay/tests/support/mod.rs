@@ -19,6 +19,9 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+pub mod certificates;
+pub mod servers;
+
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn postgres_url() -> String {

@@ -1,5 +1,6 @@
-//! Servers of the harness's own, on spare ports, that it may restart: a
-//! nats-server with JetStream on a file store, and a PostgreSQL cluster.
+//! Servers of a test's own, on spare ports, that it may restart or start
+//! with TLS: a nats-server with JetStream on a file store, a PostgreSQL
+//! cluster, a MariaDB server and a RabbitMQ node.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use outbox_testkit::eventually;
 
-use crate::support::spare_port;
+use super::certificates::Certificates;
+use super::spare_port;
 
 async fn wait_for_port(port: u16, what: &str) {
     let up = eventually(Duration::from_secs(120), || async {
@@ -24,16 +26,31 @@ pub struct OwnNats {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Certificate and key when it requires TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl OwnNats {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server that requires TLS, with the certificate `certificates`'
+    /// CA signed.
+    pub async fn start_tls(certificates: &Certificates) -> Self {
+        Self::start_with(Some(certificates)).await
+    }
+
+    async fn start_with(certificates: Option<&Certificates>) -> Self {
         let port = spare_port();
-        let dir = std::env::temp_dir().join(format!("outbox-chaos-nats-{port}"));
+        let dir = std::env::temp_dir().join(format!("outbox-own-nats-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tls = certificates.map(|c| c.install(&dir));
         let mut server = OwnNats {
             port,
             dir,
             child: None,
+            tls,
         };
         server.spawn();
         wait_for_port(port, "own nats-server").await;
@@ -43,7 +60,8 @@ impl OwnNats {
     fn spawn(&mut self) {
         let bin =
             std::env::var("OUTBOX_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string());
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args([
                 "-js",
                 "-a",
@@ -52,7 +70,16 @@ impl OwnNats {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(&self.dir)
+            .arg(self.dir.join("store"));
+        if let Some((certificate, key)) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(certificate)
+                .arg("--tlskey")
+                .arg(key);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -61,7 +88,8 @@ impl OwnNats {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops the server (SIGTERM: JetStream writes its store out), keeps
@@ -97,17 +125,41 @@ pub struct OwnPostgres {
     port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Server options beyond the socket, address and port.
+    options: String,
 }
 
 impl OwnPostgres {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A cluster that takes TCP connections over TLS only (`hostssl` in
+    /// `pg_hba.conf`), with the certificate `certificates`' CA signed.
+    pub async fn start_tls(certificates: &Certificates) -> Self {
+        Self::start_with(Some(certificates)).await
+    }
+
+    async fn start_with(certificates: Option<&Certificates>) -> Self {
         let port = spare_port();
-        let dir = std::env::temp_dir().join(format!("outbox-chaos-pg-{port}"));
+        let dir = std::env::temp_dir().join(format!("outbox-own-pg-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let options = match certificates {
+            Some(certificates) => {
+                let (certificate, key) = certificates.install(&dir);
+                format!(
+                    " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    certificate.display(),
+                    key.display()
+                )
+            }
+            None => String::new(),
+        };
         let server = OwnPostgres {
             port,
             dir,
             bin: postgres_bin(),
+            options,
         };
         if is_root() {
             let status = Command::new("chown")
@@ -122,6 +174,12 @@ impl OwnPostgres {
             server.bin.join("initdb").display(),
             server.data().display()
         ));
+        if certificates.is_some() {
+            server.run(&format!(
+                "printf 'local all all trust\\nhostssl all all 127.0.0.1/32 trust\\n' > {}",
+                server.data().join("pg_hba.conf").display()
+            ));
+        }
         server.pg_ctl("start");
         wait_for_port(port, "own PostgreSQL").await;
         server
@@ -148,12 +206,13 @@ impl OwnPostgres {
 
     fn pg_ctl_command(&self, action: &str) -> String {
         format!(
-            "{} -D {} -l {} -w -o '-k {} -c listen_addresses=127.0.0.1 -p {}' {action}",
+            "{} -D {} -l {} -w -o '-k {} -c listen_addresses=127.0.0.1 -p {}{}' {action}",
             self.bin.join("pg_ctl").display(),
             self.data().display(),
             self.dir.join("log").display(),
             self.dir.display(),
-            self.port
+            self.port,
+            self.options
         )
     }
 

@@ -1,0 +1,117 @@
+//! A certificate authority and a server certificate for 127.0.0.1 and
+//! localhost, made with the `openssl` command for a test's TLS servers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// PEM files in a directory of their own: `ca.pem`, `server.pem`,
+/// `server.key`.
+pub struct Certificates {
+    pub dir: PathBuf,
+}
+
+impl Certificates {
+    /// Makes a new CA and a server certificate it signed, valid two days.
+    pub fn generate(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("outbox-tls-{name}-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let extensions = dir.join("server.ext");
+        std::fs::write(
+            &extensions,
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+             basicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=outbox test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.pem",
+            ],
+        ];
+        for args in steps {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("the openssl command");
+            assert!(
+                output.status.success(),
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Certificates { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// Copies the server's certificate and key into `dir`, the key readable
+    /// by its owner only (PostgreSQL insists).
+    pub fn install(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (certificate, key) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::copy(self.certificate(), &certificate).unwrap();
+        std::fs::copy(self.key(), &key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (certificate, key)
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
