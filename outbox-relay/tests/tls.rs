@@ -1,22 +1,24 @@
-//! TLS end to end: the `outbox-relay` binary reads a PostgreSQL of the
-//! test's own that takes TCP connections over TLS only, and publishes to a
-//! nats-server of its own that requires TLS, both with a certificate from a
-//! CA made for the test and trusted through the relay's settings.
+//! TLS end to end: the `outbox-relay` binary reads a PostgreSQL, or a
+//! MariaDB, of the test's own that takes connections over TLS only, and
+//! publishes to a nats-server of its own that requires TLS, each with a
+//! certificate from a CA made for the test and trusted through the relay's
+//! settings.
 
 mod support;
 
 use async_nats::jetstream::{self, stream};
+use outbox_core::Message;
+use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
 use outbox_testkit::{assert_order_per_key, eventually, numbered_messages};
 use support::certificates::Certificates;
-use support::servers::{OwnNats, OwnPostgres};
+use support::servers::{OwnMariadb, OwnNats, OwnPostgres};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
     let certificates = Certificates::generate("relay");
     let postgres = OwnPostgres::start_tls(&certificates).await;
-    let nats = OwnNats::start_tls(&certificates).await;
     let ca = certificates.ca().display().to_string();
 
     // Plain TCP is refused, so whatever connects below is encrypted.
@@ -35,21 +37,8 @@ async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
     .unwrap();
     outbox.migrate(&pool).await.unwrap();
 
-    let client = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(certificates.ca())
-        .connect(nats.url())
-        .await
-        .expect("NATS over TLS, the certificate verified");
-    let stream = jetstream::new(client)
-        .create_stream(stream::Config {
-            name: "TLS".into(),
-            subjects: vec!["tls.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
+    let nats = OwnNats::start_tls(&certificates).await;
+    let stream = tls_stream(&nats, &certificates, "TLS", "tls").await;
     let messages = numbered_messages("tls.orders", 20, 10);
     commit(&outbox, &pool, &messages).await;
 
@@ -58,8 +47,91 @@ async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
         "kind = \"nats\"\nurl = \"{}\"\nroot_certificates = \"{ca}\"",
         nats.url()
     );
-    let port = spare_port();
-    let config = settings_with(&source, &destination, "tls", port, "");
+    relay_delivers(&source, &destination, "tls", &stream, &messages).await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reaches_mariadb_over_tls_only() {
+    let certificates = Certificates::generate("relay-mariadb");
+    let mariadb = OwnMariadb::start_tls(&certificates).await;
+
+    // Plain TCP is refused, so whatever connects below is encrypted. The
+    // same user gets in over TLS below; MariaDB before 11.x words the
+    // refusal as "Access denied" (MDEV-30178 gave it its own message).
+    let plain = format!("{}?ssl-mode=DISABLED", mariadb.plain_url());
+    let refused = sqlx::MySqlPool::connect(&plain)
+        .await
+        .expect_err("a plain connection must be refused");
+    let refusal = refused.to_string();
+    assert!(
+        refusal.contains("insecure transport") || refusal.contains("Access denied"),
+        "{refusal}"
+    );
+
+    let url = mariadb.url().await;
+    assert!(url.contains("ssl-mode=VERIFY_IDENTITY"), "{url}");
+    let pool = sqlx::MySqlPool::connect(&url)
+        .await
+        .expect("MariaDB over TLS, the certificate verified");
+    let outbox = MysqlOutbox::new(MysqlConfig {
+        table: "tls".into(),
+        ..MysqlConfig::default()
+    })
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+
+    let nats = OwnNats::start_tls(&certificates).await;
+    let stream = tls_stream(&nats, &certificates, "TLS_MY", "tls-my").await;
+    let messages = numbered_messages("tls-my.orders", 20, 10);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let source = format!("kind = \"mysql\"\nurl = \"{url}\"\ntable = \"tls\"");
+    let destination = format!(
+        "kind = \"nats\"\nurl = \"{}\"\nroot_certificates = \"{}\"",
+        nats.url(),
+        certificates.ca().display()
+    );
+    relay_delivers(&source, &destination, "tls-my", &stream, &messages).await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+/// A stream `name` on `<subject>.>` on `nats`, reached over TLS.
+async fn tls_stream(
+    nats: &OwnNats,
+    certificates: &Certificates,
+    name: &str,
+    subject: &str,
+) -> stream::Stream {
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(certificates.ca())
+        .connect(nats.url())
+        .await
+        .expect("NATS over TLS, the certificate verified");
+    jetstream::new(client)
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{subject}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Runs `outbox-relay run` from `source` to `destination` until `stream`
+/// holds every one of `messages`, stops it with SIGTERM, and checks the
+/// order per key.
+async fn relay_delivers(
+    source: &str,
+    destination: &str,
+    name: &str,
+    stream: &stream::Stream,
+    messages: &[Message],
+) {
+    let config = settings_with(source, destination, name, spare_port(), "");
     let mut child = relay(&config, &["run"]).spawn().unwrap();
     let total = messages.len();
     let arrived = eventually(DEADLINE, || {
@@ -75,7 +147,5 @@ async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
     sigterm(&child);
     let (code, text) = finish(child, DEADLINE).await;
     assert_eq!(code, 0, "{text}");
-
-    assert_order_per_key(&messages, &read(&stream, &messages).await);
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_order_per_key(messages, &read(stream, messages).await);
 }

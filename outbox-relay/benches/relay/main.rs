@@ -25,6 +25,7 @@
 mod backlog;
 mod broker;
 mod chart;
+mod cpu;
 mod drain;
 mod enqueue;
 mod latency;
@@ -36,6 +37,7 @@ use std::time::Instant;
 
 use backlog::Backlog;
 use broker::Broker;
+use cpu::CpuSample;
 use report::{Report, Spread};
 
 /// Ordering keys the messages are spread over.
@@ -106,6 +108,12 @@ impl Options {
         }
         options
     }
+}
+
+/// The median rate of `runs`, as the table takes it, so the CPU shown is
+/// that of the run the table's figure comes from.
+fn median(runs: &[(f64, cpu::CpuUse)]) -> f64 {
+    Spread::of(runs.iter().map(|(rate, _)| *rate).collect()).median
 }
 
 fn number(option: &str, value: &str) -> usize {
@@ -195,6 +203,7 @@ async fn main() {
         let backlog = servers.backlog(pair, false).await;
         let broker = servers.broker(pair).await;
         let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new()];
         for _ in 0..options.runs {
             // Interleaved, so a drift of the machine touches all three.
             for (kind, rates) in rates.iter_mut().enumerate() {
@@ -206,12 +215,17 @@ async fn main() {
                 let address = broker.prepare(pair).await;
                 backlog.fill(&address, options.messages).await;
                 let started = Instant::now();
+                let cpu_before = CpuSample::take();
                 match kind {
                     0 => drain::drain(&backlog, &broker, count).await,
                     1 => references::ceiling(&backlog, &broker).await,
                     _ => references::naive(&backlog, &broker, count).await,
                 }
-                rates.push(count as f64 / started.elapsed().as_secs_f64());
+                let rate = count as f64 / started.elapsed().as_secs_f64();
+                if let Some(cpu) = cpu.get_mut(kind) {
+                    cpu.push((rate, CpuSample::take().since(&cpu_before)));
+                }
+                rates.push(rate);
                 assert_eq!(
                     broker.stored(&address).await,
                     count as u64,
@@ -232,6 +246,11 @@ async fn main() {
             relay.median / naive.median
         );
         report.throughput(pair, relay, ceiling, naive);
+        for (name, runs) in ["relay", "ceiling"].iter().zip(&cpu) {
+            if let Some((_, used)) = runs.iter().find(|(rate, _)| *rate == median(runs)) {
+                println!("{:<32} {name} CPU: {}", "", used.describe(name));
+            }
+        }
     }
 
     if options.small > 0 {

@@ -3,7 +3,7 @@
 
 use async_nats::jetstream::stream::Stream;
 use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use outbox_amqp::lapin::types::FieldTable;
+use outbox_amqp::lapin::types::{AMQPValue, FieldTable};
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_kafka::{KafkaConfig, KafkaDestination};
 
@@ -104,18 +104,29 @@ impl Target {
     /// A new durable queue on the shared RabbitMQ, consumed as messages
     /// arrive.
     pub async fn amqp(name: &str) -> Target {
-        Self::amqp_at(&amqp_url(), name, None).await
+        Self::amqp_at(&amqp_url(), name, FieldTable::default(), None).await
     }
 
-    /// A durable queue on a RabbitMQ node of the run's own, which it
-    /// restarts.
+    /// A quorum queue on a RabbitMQ node of the run's own, which it
+    /// restarts: the queue type RabbitMQ recommends where data must
+    /// survive, since it confirms a message only once its log holds it.
     pub async fn own_amqp(name: &str) -> Target {
         let own = OwnRabbit::start().await;
         let url = own.url();
-        Self::amqp_at(&url, name, Some(OwnBroker::Rabbit(own))).await
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        Self::amqp_at(&url, name, arguments, Some(OwnBroker::Rabbit(own))).await
     }
 
-    async fn amqp_at(url: &str, name: &str, own: Option<OwnBroker>) -> Target {
+    async fn amqp_at(
+        url: &str,
+        name: &str,
+        arguments: FieldTable,
+        own: Option<OwnBroker>,
+    ) -> Target {
         let queue = format!("relay_chaos_{name}_{}", uuid::Uuid::now_v7().simple());
         let channel = admin_channel(url).await;
         channel
@@ -125,7 +136,7 @@ impl Target {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await
             .unwrap();

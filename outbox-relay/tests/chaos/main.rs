@@ -228,10 +228,25 @@ async fn chaos(
     })
     .await;
     relays.stop().await;
-    assert!(
-        all_seen,
-        "a committed message never reached the broker; outbox at the drain: {left:?}"
-    );
+    if !all_seen {
+        let seen: std::collections::HashSet<_> = target
+            .publishes
+            .arrivals()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let missing: Vec<usize> = (0..committed.len())
+            .filter(|&n| !seen.contains(&committed[n].id))
+            .collect();
+        panic!(
+            "a committed message never reached the broker: {} of {} missing (by commit number: \
+             {:?}), {} arrivals; outbox at the drain: {left:?}",
+            missing.len(),
+            committed.len(),
+            &missing[..missing.len().min(20)],
+            target.publishes.count()
+        );
+    }
     let arrivals = match &target.stream {
         Some(stream) if from_stream => read(stream, &committed).await,
         _ => target.publishes.keyed(&committed),

@@ -446,6 +446,8 @@ impl Publishes {
             tokio::spawn(async move {
                 let mut connected_tx = Some(connected_tx);
                 loop {
+                    // Bounded: a connection opened while the node stops
+                    // or boots may never finish its handshake.
                     let consumed = async {
                         let connection =
                             Connection::connect(&url, ConnectionProperties::default()).await?;
@@ -459,9 +461,9 @@ impl Publishes {
                             )
                             .await?;
                         Ok::<_, outbox_amqp::lapin::Error>((connection, channel, consumer))
-                    }
-                    .await;
-                    let Ok((_connection, _channel, mut consumer)) = consumed else {
+                    };
+                    let consumed = tokio::time::timeout(Duration::from_secs(5), consumed).await;
+                    let Ok(Ok((_connection, _channel, mut consumer))) = consumed else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };

@@ -281,12 +281,28 @@ pub struct OwnMariadb {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Server options beyond the port, directories and address.
+    options: Vec<String>,
+    /// What a client adds to the URL to connect: the TLS settings when the
+    /// server requires TLS.
+    query: String,
 }
 
 impl OwnMariadb {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server that refuses connections without TLS
+    /// (`require_secure_transport`), with the certificate `certificates`'
+    /// CA signed.
+    pub async fn start_tls(certificates: &Certificates) -> Self {
+        Self::start_with(Some(certificates)).await
+    }
+
+    async fn start_with(certificates: Option<&Certificates>) -> Self {
         let port = spare_port();
-        let dir = std::env::temp_dir().join(format!("outbox-chaos-mariadb-{port}"));
+        let dir = std::env::temp_dir().join(format!("outbox-own-mariadb-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let output = Command::new("mariadb-install-db")
             .args([
@@ -302,10 +318,29 @@ impl OwnMariadb {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        let (options, query) = match certificates {
+            Some(certificates) => {
+                let (certificate, key) = certificates.install(&dir);
+                (
+                    vec![
+                        format!("--ssl-cert={}", certificate.display()),
+                        format!("--ssl-key={}", key.display()),
+                        "--require-secure-transport=ON".to_string(),
+                    ],
+                    format!(
+                        "?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+                        certificates.ca().display()
+                    ),
+                )
+            }
+            None => (Vec::new(), String::new()),
+        };
         let mut server = OwnMariadb {
             port,
             dir,
             child: None,
+            options,
+            query,
         };
         server.spawn();
         wait_for_port(port, "own MariaDB").await;
@@ -327,6 +362,7 @@ impl OwnMariadb {
                 "--log-error={}",
                 self.dir.join("error.log").display()
             ))
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -334,15 +370,22 @@ impl OwnMariadb {
         self.child = Some(child);
     }
 
-    /// The server's URL, on its `test` database (created if missing).
+    /// The server's URL without TLS settings, for a test that checks a
+    /// plain connection is refused.
+    pub fn plain_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// The server's URL, on its `test` database (created if missing), with
+    /// the TLS settings when the server requires TLS.
     pub async fn url(&self) -> String {
-        let root = format!("mysql://root@127.0.0.1:{}", self.port);
+        let root = format!("{}{}", self.plain_url(), self.query);
         let pool = sqlx::MySqlPool::connect(&root).await.expect("own MariaDB");
         sqlx::query("CREATE DATABASE IF NOT EXISTS test")
             .execute(&pool)
             .await
             .unwrap();
-        format!("{root}/test")
+        format!("{}/test{}", self.plain_url(), self.query)
     }
 
     /// `kill -9`, then starts again and waits until it answers.
