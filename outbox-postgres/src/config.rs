@@ -33,6 +33,9 @@ pub struct PostgresConfig {
     pub on_dead_letter: OnDeadLetter,
     /// Writers send `pg_notify` (once per transaction) and relays LISTEN, so
     /// an idle relay wakes at once instead of at its next poll. Default true.
+    /// PostgreSQL commits notifying transactions one at a time, which caps
+    /// how many outbox-writing transactions commit per second (about 2,700
+    /// against 7,500 on a 2-core machine): set false for heavy writers.
     pub notify: bool,
     /// Only one relay claims at a time: the one holding a session advisory
     /// lock on a connection of its own; the others wait as hot standbys and

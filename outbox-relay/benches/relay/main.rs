@@ -274,8 +274,16 @@ async fn main() {
     }
 
     if options.latency_seconds > 0 {
-        for pair in ["pg-nats", "mysql-nats"] {
-            let backlog = servers.backlog(pair, true).await;
+        // PostgreSQL both ways: NOTIFY wakes the relay at once, but
+        // PostgreSQL commits notifying transactions one at a time.
+        let setups = [
+            ("pg-nats", true, "NOTIFY"),
+            ("pg-nats", false, "polling"),
+            ("mysql-nats", false, "polling"),
+        ];
+        for (pair, notify, wake_up) in setups {
+            let setup = format!("{}, {wake_up}", label(pair));
+            let backlog = servers.backlog(pair, notify).await;
             let Broker::Nats(destination) = servers.broker(pair).await else {
                 unreachable!("a NATS pair")
             };
@@ -292,14 +300,13 @@ async fn main() {
                 .await;
                 broker.release(&address).await;
                 println!(
-                    "{} at {rate} msg/s ({:.0} reached): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                    label(pair),
+                    "{setup} at {rate} msg/s ({:.0} reached): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                     measured.reached,
                     report::ms(measured.quantile(0.5)),
                     report::ms(measured.quantile(0.99)),
                     report::ms(measured.max())
                 );
-                report.latency(pair, rate, measured);
+                report.latency(&setup, rate, measured);
             }
         }
     }
