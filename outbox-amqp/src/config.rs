@@ -1,6 +1,7 @@
 //! Settings of the AMQP destination, checked at start-up.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use outbox_core::{redact_url, ConfigError, Message};
@@ -44,6 +45,10 @@ pub struct AmqpConfig {
     /// Name shown for the connection in the broker's management tools.
     /// Default `outbox-relay`.
     pub connection_name: String,
+    /// A PEM file of CA certificates to trust besides the system's (a
+    /// private CA), for an `amqps://` URL. Read once, at
+    /// [`AmqpDestination::connect`](crate::AmqpDestination::connect).
+    pub root_certificates: Option<PathBuf>,
 }
 
 impl Default for AmqpConfig {
@@ -52,6 +57,7 @@ impl Default for AmqpConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
             route: Route::from_destination,
             connection_name: "outbox-relay".to_string(),
+            root_certificates: None,
         }
     }
 }
@@ -61,6 +67,7 @@ impl fmt::Debug for AmqpConfig {
         f.debug_struct("AmqpConfig")
             .field("url", &redact_url(&self.url))
             .field("connection_name", &self.connection_name)
+            .field("root_certificates", &self.root_certificates)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +84,32 @@ impl AmqpConfig {
                 ),
             ));
         }
+        if self.root_certificates.is_some() && !self.url.starts_with("amqps://") {
+            return Err(ConfigError::new(
+                "root_certificates",
+                "is for TLS: the url must start with amqps://",
+            ));
+        }
         Ok(())
+    }
+
+    /// The PEM text of [`root_certificates`](Self::root_certificates), if
+    /// set; an error names the setting when the file cannot be read or
+    /// holds no certificate.
+    pub(crate) fn root_certificates_pem(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.root_certificates else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::new("root_certificates", format!("{}: {err}", path.display()))
+        })?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::new(
+                "root_certificates",
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(Some(pem))
     }
 }
 
@@ -107,6 +139,39 @@ mod tests {
             ..AmqpConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().setting, "url");
+    }
+
+    #[test]
+    fn root_certificates_need_tls_and_a_certificate() {
+        let plain = AmqpConfig {
+            root_certificates: Some("ca.pem".into()),
+            ..AmqpConfig::default()
+        };
+        let err = plain.validate().unwrap_err();
+        assert_eq!(err.setting, "root_certificates");
+        assert!(err.reason.contains("amqps://"), "{err}");
+
+        let missing = AmqpConfig {
+            url: "amqps://rabbit.internal".into(),
+            root_certificates: Some("/no/such/ca.pem".into()),
+            ..AmqpConfig::default()
+        };
+        assert!(missing.validate().is_ok());
+        let err = missing.root_certificates_pem().unwrap_err();
+        assert_eq!(err.setting, "root_certificates");
+        assert!(err.reason.contains("/no/such/ca.pem"), "{err}");
+
+        let not_pem =
+            std::env::temp_dir().join(format!("outbox-amqp-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let err = AmqpConfig {
+            root_certificates: Some(not_pem.clone()),
+            ..missing
+        }
+        .root_certificates_pem()
+        .unwrap_err();
+        std::fs::remove_file(&not_pem).ok();
+        assert!(err.reason.contains("no PEM certificate"), "{err}");
     }
 
     #[test]

@@ -5,8 +5,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    DefaultConnectionBuilder,
+};
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 use tokio::sync::RwLock;
 
@@ -34,6 +38,8 @@ struct Link {
 #[derive(Clone)]
 pub struct AmqpDestination {
     config: Arc<AmqpConfig>,
+    /// The CA certificates of `config.root_certificates`, read at connect.
+    tls: Arc<OwnedTLSConfig>,
     link: Arc<RwLock<Option<Link>>>,
 }
 
@@ -50,8 +56,13 @@ impl AmqpDestination {
     /// start-up.
     pub async fn connect(config: AmqpConfig) -> Result<Self, Error> {
         config.validate()?;
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: config.root_certificates_pem()?,
+        };
         let destination = Self {
             config: Arc::new(config),
+            tls: Arc::new(tls),
             link: Arc::default(),
         };
         destination.channel().await?;
@@ -88,7 +99,12 @@ impl AmqpDestination {
     async fn open(&self) -> Result<Link, Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.config.connection_name.clone().into());
-        let connection = Connection::connect(&self.config.url, properties)
+        let connection = DefaultConnectionBuilder::new()
+            .map_err(classify)?
+            .with_uri_str(self.config.url.clone())
+            .with_properties(properties)
+            .with_tls_config(OwnedTLSConfig::clone(&self.tls))
+            .connect()
             .await
             .map_err(classify)?;
         let channel = connection.create_channel().await.map_err(classify)?;

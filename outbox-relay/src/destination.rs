@@ -47,6 +47,7 @@ pub async fn relay_to<S: Source<Item = Message>>(
         DestinationKind::Amqp => {
             let amqp = outbox_amqp::AmqpConfig {
                 url,
+                root_certificates: settings.root_certificates.clone(),
                 ..outbox_amqp::AmqpConfig::default()
             };
             run!(outbox_amqp::AmqpDestination::connect(amqp).await?)

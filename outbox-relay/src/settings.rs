@@ -122,8 +122,9 @@ pub struct DestinationSettings {
     pub mode: Option<String>,
     /// NATS: put before every destination to make the subject.
     pub subject_prefix: Option<String>,
-    /// NATS: a PEM file of certificates to trust besides the system's (a
-    /// private CA); TLS is then required.
+    /// NATS and AMQP: a PEM file of CA certificates to trust besides the
+    /// system's (a private CA). NATS then requires TLS; AMQP needs an
+    /// `amqps://` URL.
     pub root_certificates: Option<std::path::PathBuf>,
     /// Kafka delivery timeout, NATS JetStream ack timeout, in ms.
     pub timeout_ms: Option<u64>,
@@ -249,6 +250,8 @@ impl Settings {
         if destination.kind != DestinationKind::Nats {
             refuses("mode", destination.mode.is_some())?;
             refuses("subject_prefix", destination.subject_prefix.is_some())?;
+        }
+        if destination.kind == DestinationKind::Kafka {
             refuses("root_certificates", destination.root_certificates.is_some())?;
         }
         if let Some(path) = &destination.root_certificates {

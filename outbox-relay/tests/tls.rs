@@ -1,10 +1,13 @@
 //! TLS end to end: the `outbox-relay` binary reads a PostgreSQL, or a
 //! MariaDB, of the test's own that takes connections over TLS only, and
-//! publishes to a nats-server of its own that requires TLS, each with a
+//! publishes to a nats-server of its own that requires TLS, or to a
+//! RabbitMQ node of its own that takes `amqps://` only, each with a
 //! certificate from a CA made for the test and trusted through the relay's
 //! settings.
 
 mod support;
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use outbox_core::Message;
@@ -12,7 +15,7 @@ use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
 use outbox_testkit::{assert_order_per_key, eventually, numbered_messages};
 use support::certificates::Certificates;
-use support::servers::{OwnMariadb, OwnNats, OwnPostgres};
+use support::servers::{OwnMariadb, OwnNats, OwnPostgres, OwnRabbit};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +101,92 @@ async fn the_relay_reaches_mariadb_over_tls_only() {
     assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reaches_rabbitmq_over_tls_only() {
+    use outbox_amqp::lapin::options::{BasicGetOptions, QueueDeclareOptions};
+    use outbox_amqp::lapin::types::FieldTable;
+    use outbox_amqp::{AmqpConfig, AmqpDestination};
+
+    let certificates = Certificates::generate("relay-rabbitmq");
+    let rabbit = OwnRabbit::start_tls(&certificates).await;
+    let connect = |url: String, root_certificates| {
+        let config = AmqpConfig {
+            url,
+            root_certificates,
+            connection_name: "outbox-tls-test".into(),
+            ..AmqpConfig::default()
+        };
+        tokio::time::timeout(Duration::from_secs(20), AmqpDestination::connect(config))
+    };
+
+    // Plain AMQP gets nowhere, and neither does TLS without the test's CA:
+    // the certificate is checked.
+    let plain = connect(rabbit.url(), None).await;
+    assert!(!matches!(plain, Ok(Ok(_))), "plain AMQP must be refused");
+    let unverified = connect(rabbit.tls_url(), None).await;
+    match unverified {
+        Ok(Err(err)) => assert!(err.to_string().contains("UnknownIssuer"), "{err}"),
+        _ => panic!("a certificate from an unknown CA must be refused"),
+    }
+
+    let admin = connect(rabbit.tls_url(), Some(certificates.ca()))
+        .await
+        .expect("RabbitMQ answers over TLS")
+        .expect("RabbitMQ over TLS, the certificate verified");
+    let channel = admin.channel().await.unwrap();
+    let queue = "tls_orders";
+    // Declares the durable queue, or with `passive` looks it up: its
+    // message count.
+    let declare = |passive| {
+        let channel = channel.clone();
+        async move {
+            let options = QueueDeclareOptions {
+                durable: true,
+                passive,
+                ..QueueDeclareOptions::default()
+            };
+            let declared = channel
+                .queue_declare(queue.into(), options, FieldTable::default())
+                .await
+                .unwrap();
+            declared.message_count()
+        }
+    };
+    declare(false).await;
+
+    let (outbox, pool) = table("tls_amqp").await;
+    let messages = numbered_messages(queue, 20, 10);
+    commit(&outbox, &pool, &messages).await;
+    let destination = format!(
+        "kind = \"amqp\"\nurl = \"{}\"\nroot_certificates = \"{}\"",
+        rabbit.tls_url(),
+        certificates.ca().display()
+    );
+    let total = messages.len() as u32;
+    relay_until(
+        &postgres_source("tls_amqp"),
+        &destination,
+        "tls_amqp",
+        || async { declare(true).await >= total },
+    )
+    .await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+
+    let mut arrived = Vec::new();
+    while let Some(delivery) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let id = delivery.properties.message_id().as_ref().unwrap();
+        let id: uuid::Uuid = id.as_str().parse().unwrap();
+        let key = &messages.iter().find(|m| m.id == id).unwrap().ordering_key;
+        arrived.push((key.clone(), id));
+    }
+    assert_eq!(arrived.len(), messages.len());
+    assert_order_per_key(&messages, &arrived);
+}
+
 /// A stream `name` on `<subject>.>` on `nats`, reached over TLS.
 async fn tls_stream(
     nats: &OwnNats,
@@ -131,15 +220,25 @@ async fn relay_delivers(
     stream: &stream::Stream,
     messages: &[Message],
 ) {
-    let config = settings_with(source, destination, name, spare_port(), "");
-    let mut child = relay(&config, &["run"]).spawn().unwrap();
     let total = messages.len();
-    let arrived = eventually(DEADLINE, || {
+    relay_until(source, destination, name, || {
         let mut stream = stream.clone();
         async move { stream.info().await.unwrap().state.messages as usize >= total }
     })
     .await;
-    if !arrived {
+    assert_order_per_key(messages, &read(stream, messages).await);
+}
+
+/// Runs `outbox-relay run` from `source` to `destination` until `arrived`
+/// holds, then stops it with SIGTERM: it must exit cleanly.
+async fn relay_until<F, Fut>(source: &str, destination: &str, name: &str, arrived: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let config = settings_with(source, destination, name, spare_port(), "");
+    let mut child = relay(&config, &["run"]).spawn().unwrap();
+    if !eventually(DEADLINE, arrived).await {
         child.start_kill().ok();
         let (_, text) = finish(child, DEADLINE).await;
         panic!("not every message arrived over TLS; the relay said:\n{text}");
@@ -147,5 +246,4 @@ async fn relay_delivers(
     sigterm(&child);
     let (code, text) = finish(child, DEADLINE).await;
     assert_eq!(code, 0, "{text}");
-    assert_order_per_key(messages, &read(stream, messages).await);
 }

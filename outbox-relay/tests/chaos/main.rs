@@ -218,16 +218,33 @@ async fn chaos(
     // A subscriber reconnecting after a broker restart may miss publishes
     // the stream kept: then the stream itself is the record.
     let from_stream = matches!(target.own, Some(brokers::OwnBroker::Nats(_)));
-    let all_seen = eventually(Duration::from_secs(30), || async {
+    let all_seen = || async {
         match (&target.stream, from_stream) {
             (Some(stream), true) => {
                 stream.clone().info().await.unwrap().state.messages >= committed.len() as u64
             }
             _ => target.publishes.has_all(&committed),
         }
-    })
-    .await;
+    };
+    let mut all_seen_now = eventually(Duration::from_secs(30), all_seen).await;
     relays.stop().await;
+    // The verifying AMQP consumer once stopped for good after a node
+    // restart: the queue held every message the relays had confirmed, with
+    // no consumer (`rabbitmqctl list_queues`). Its waits are bounded since
+    // (see `Publishes::amqp_at`); should it stop again, the node closes its
+    // connections so that it consumes anew, and a failure shows where it
+    // stood. A message the queue lost still fails below.
+    if let (false, Some(brokers::OwnBroker::Rabbit(rabbit))) = (all_seen_now, &target.own) {
+        println!(
+            "chaos {name}: the consumer missed messages ({}); queues before closing its \
+             connection:\n{}",
+            target.publishes.consumer_state(),
+            rabbit.list_queues()
+        );
+        rabbit.close_connections();
+        all_seen_now = eventually(Duration::from_secs(30), all_seen).await;
+    }
+    let all_seen = all_seen_now;
     if !all_seen {
         let seen: std::collections::HashSet<_> = target
             .publishes
@@ -238,13 +255,18 @@ async fn chaos(
         let missing: Vec<usize> = (0..committed.len())
             .filter(|&n| !seen.contains(&committed[n].id))
             .collect();
+        let queues = match &target.own {
+            Some(brokers::OwnBroker::Rabbit(rabbit)) => rabbit.list_queues(),
+            _ => String::new(),
+        };
         panic!(
             "a committed message never reached the broker: {} of {} missing (by commit number: \
-             {:?}), {} arrivals; outbox at the drain: {left:?}",
+             {:?}), {} arrivals; outbox at the drain: {left:?}; {}\n{queues}",
             missing.len(),
             committed.len(),
             &missing[..missing.len().min(20)],
-            target.publishes.count()
+            target.publishes.count(),
+            target.publishes.consumer_state()
         );
     }
     let arrivals = match &target.stream {

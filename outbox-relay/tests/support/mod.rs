@@ -324,6 +324,8 @@ pub struct Publishes {
     seen: Arc<Mutex<Vec<(Uuid, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    /// What the AMQP consumer is waiting for, for a failing test to show.
+    phase: Arc<Mutex<&'static str>>,
 }
 
 impl Publishes {
@@ -351,7 +353,12 @@ impl Publishes {
             })
         };
         let stop = Arc::default();
-        Self { seen, stop, task }
+        Self {
+            seen,
+            stop,
+            task,
+            phase: Arc::default(),
+        }
     }
 
     /// Reads every partition of `topic` from its start, until dropped.
@@ -393,7 +400,12 @@ impl Publishes {
                 }
             })
         };
-        Self { seen, stop, task }
+        Self {
+            seen,
+            stop,
+            task,
+            phase: Arc::default(),
+        }
     }
 
     /// Takes messages off `stream` through a durable pull consumer,
@@ -423,7 +435,12 @@ impl Publishes {
             })
         };
         let stop = Arc::default();
-        Self { seen, stop, task }
+        Self {
+            seen,
+            stop,
+            task,
+            phase: Arc::default(),
+        }
     }
 
     /// Consumes `queue` (which must exist) on the shared RabbitMQ.
@@ -436,22 +453,28 @@ impl Publishes {
     /// the connection is lost (unacknowledged deliveries come back then,
     /// so none is missed).
     pub async fn amqp_at(url: &str, queue: &str) -> Self {
-        use outbox_amqp::lapin::options::{BasicAckOptions, BasicConsumeOptions};
+        use outbox_amqp::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
         use outbox_amqp::lapin::types::FieldTable;
         use outbox_amqp::lapin::{Connection, ConnectionProperties};
         let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
+        let phase: Arc<Mutex<&'static str>> = Arc::default();
         let (connected_tx, connected) = tokio::sync::oneshot::channel();
         let task = {
             let (seen, url, queue) = (seen.clone(), url.to_string(), queue.to_string());
+            let phase = phase.clone();
             tokio::spawn(async move {
                 let mut connected_tx = Some(connected_tx);
+                let set = |now| *phase.lock().unwrap() = now;
                 loop {
+                    set("connecting");
                     // Bounded: a connection opened while the node stops
                     // or boots may never finish its handshake.
                     let consumed = async {
                         let connection =
                             Connection::connect(&url, ConnectionProperties::default()).await?;
                         let channel = connection.create_channel().await?;
+                        // A stalled consumer then holds back at most this.
+                        channel.basic_qos(200, BasicQosOptions::default()).await?;
                         let consumer = channel
                             .basic_consume(
                                 queue.as_str().into(),
@@ -463,23 +486,44 @@ impl Publishes {
                         Ok::<_, outbox_amqp::lapin::Error>((connection, channel, consumer))
                     };
                     let consumed = tokio::time::timeout(Duration::from_secs(5), consumed).await;
-                    let Ok(Ok((_connection, _channel, mut consumer))) = consumed else {
+                    let Ok(Ok((connection, _channel, mut consumer))) = consumed else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };
                     if let Some(tx) = connected_tx.take() {
                         let _ = tx.send(());
                     }
-                    while let Some(Ok(delivery)) = consumer.next().await {
+                    set("consuming");
+                    // A consumer whose node restarted does not always see
+                    // its stream end (seen in CI: every delivery after a
+                    // restart missed), so one idle for a second consumes
+                    // anew. Deliveries not yet acknowledged come back.
+                    while let Ok(Some(Ok(delivery))) =
+                        tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+                    {
                         let at = Instant::now();
                         let id = delivery.properties.message_id().as_ref();
                         if let Some(id) = id.and_then(|id| id.as_str().parse().ok()) {
                             seen.lock().unwrap().push((id, at));
                         }
-                        if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                        // Bounded too: an acknowledgement written as
+                        // the connection ends may never be answered.
+                        set("acknowledging");
+                        let ack = delivery.ack(BasicAckOptions::default());
+                        if !matches!(
+                            tokio::time::timeout(Duration::from_secs(2), ack).await,
+                            Ok(Ok(_))
+                        ) {
                             break;
                         }
+                        set("consuming");
                     }
+                    set("closing");
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        connection.close(200, "outbox-verifier consumes anew".into()),
+                    )
+                    .await;
                 }
             })
         };
@@ -488,7 +532,22 @@ impl Publishes {
             .expect("RabbitMQ reachable")
             .unwrap();
         let stop = Arc::default();
-        Self { seen, stop, task }
+        Self {
+            seen,
+            stop,
+            task,
+            phase,
+        }
+    }
+
+    /// What the consumer is doing, and whether its task ended: for a
+    /// failing test's message.
+    pub fn consumer_state(&self) -> String {
+        format!(
+            "consumer: {}, task ended: {}",
+            self.phase.lock().unwrap(),
+            self.task.is_finished()
+        )
     }
 
     /// Every publish so far: id and arrival, in arrival order.

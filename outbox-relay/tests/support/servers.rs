@@ -423,26 +423,55 @@ pub struct OwnRabbit {
 
 impl OwnRabbit {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A node that takes AMQP over TLS only (`amqps://`), with the
+    /// certificate `certificates`' CA signed.
+    pub async fn start_tls(certificates: &Certificates) -> Self {
+        Self::start_with(Some(certificates)).await
+    }
+
+    async fn start_with(certificates: Option<&Certificates>) -> Self {
         let port = spare_port();
         let dir = std::env::temp_dir().join(format!("outbox-chaos-rabbit-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("enabled_plugins.conf"), "[].\n").unwrap();
         // Our own config: the system's rabbitmq.conf pins the listener.
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
+        let listeners = match certificates {
+            None => format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+            Some(certificates) => {
+                let (certificate, key) = certificates.install(&dir);
+                std::fs::copy(certificates.ca(), dir.join("ca.pem")).unwrap();
+                format!(
+                    "listeners.tcp = none\n\
+                     listeners.ssl.local = 127.0.0.1:{port}\n\
+                     ssl_options.cacertfile = {}\n\
+                     ssl_options.certfile = {}\n\
+                     ssl_options.keyfile = {}\n\
+                     ssl_options.verify = verify_none\n\
+                     ssl_options.fail_if_no_peer_cert = false\n",
+                    dir.join("ca.pem").display(),
+                    certificate.display(),
+                    key.display()
+                )
+            }
+        };
+        std::fs::write(dir.join("rabbitmq.conf"), listeners).unwrap();
         // Debian's wrapper runs the server as the rabbitmq user.
         let _ = Command::new("chown")
             .args(["-R", "rabbitmq"])
             .arg(&dir)
             .status();
         let node = format!("outboxchaos{port}@localhost");
-        let child = Command::new("rabbitmq-server")
+        let mut server = Command::new("rabbitmq-server");
+        if certificates.is_none() {
+            server
+                .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+                .env("RABBITMQ_NODE_PORT", port.to_string());
+        }
+        let child = server
             .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", port.to_string())
             .env(
                 "RABBITMQ_DIST_PORT",
                 (u32::from(port) % 20000 + 30000).to_string(),
@@ -476,12 +505,40 @@ impl OwnRabbit {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The URL of a node started with [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
     /// Stops the RabbitMQ application, starts it again, waits until it
     /// answers.
     pub async fn restart(&self) {
         self.ctl(&["stop_app"]);
         self.ctl(&["start_app"]);
         wait_for_port(self.port, "own RabbitMQ").await;
+    }
+
+    /// `rabbitmqctl list_queues name messages`, as it printed it: what a
+    /// failing test shows of the node's queues.
+    pub fn list_queues(&self) -> String {
+        Command::new("rabbitmqctl")
+            .args([
+                "-n",
+                &self.node,
+                "list_queues",
+                "name",
+                "messages",
+                "consumers",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|err| format!("rabbitmqctl: {err}"))
+    }
+
+    /// Closes every client connection to the node.
+    pub fn close_connections(&self) {
+        self.ctl(&["close_all_connections", "closed by the test"]);
     }
 
     fn ctl(&self, args: &[&str]) {
