@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use outbox_core::{CancellationToken, Message, Relay, RelayConfig, Source};
+use outbox_core::{CancellationToken, Message, Relay, RelayConfig, Source, Stats};
 use outbox_nats::{NatsDestination, NATS_MSG_ID};
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ pub async fn measure(
         })
     };
     let shutdown = CancellationToken::new();
-    let relay = match backlog {
+    let (relay, stats) = match backlog {
         Backlog::Postgres { pool, outbox } => {
             let source = outbox.source(pool.clone()).await.expect("source");
             spawn_relay(source, destination, &shutdown)
@@ -131,7 +131,17 @@ pub async fn measure(
     );
     let duplicates = *duplicates.lock().unwrap();
     if duplicates > 0 {
-        println!("latency: {duplicates} duplicates arrived (not counted in the figures)");
+        // The relay's own counters say why: sends retried, or reports the
+        // source refused (the batch's rows were claimed again).
+        println!(
+            "latency: {duplicates} duplicates arrived (not counted in the figures); the relay \
+             published {}, retried {}, released {}, had {} source errors; last error: {:?}",
+            Stats::get(&stats.published),
+            Stats::get(&stats.retried),
+            Stats::get(&stats.released),
+            Stats::get(&stats.source_errors),
+            stats.health().last_error
+        );
     }
     sorted.sort();
     Latency { reached, sorted }
@@ -141,8 +151,12 @@ fn spawn_relay<S: Source<Item = Message> + 'static>(
     source: S,
     destination: &NatsDestination,
     shutdown: &CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), outbox_core::Error>> {
+) -> (
+    tokio::task::JoinHandle<Result<(), outbox_core::Error>>,
+    Arc<Stats>,
+) {
     let relay =
         Relay::new(source, destination.clone(), RelayConfig::default()).expect("relay config");
-    tokio::spawn(relay.run(shutdown.clone()))
+    let stats = relay.stats();
+    (tokio::spawn(relay.run(shutdown.clone())), stats)
 }

@@ -190,6 +190,14 @@ pub fn label(pair: &str) -> String {
 
 #[tokio::main]
 async fn main() {
+    // The in-process relays' warnings (lost batches, retries), when asked
+    // for with RUST_LOG; the figures are measured without them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let options = Options::parse();
     let servers = Servers::from_env();
     let naive_count = (options.messages / 500).clamp(100, 2000);

@@ -157,9 +157,17 @@ async fn fill_then_drain(
     })
     .await;
     let retried = metric(port, "outbox_retried_total").await.unwrap_or(0.0);
+    let left = outbox.backlog(&pool).await.unwrap();
+    let published = metric(port, "outbox_published_total").await;
     sigterm(&child);
     let (code, text) = finish(child, Duration::from_secs(30)).await;
-    assert!(all && drained, "{name}: not everything arrived:\n{text}");
+    assert!(
+        all && drained,
+        "{name}: not everything arrived: {} arrivals of {} messages, the relay published \
+         {published:?}, outbox {left:?}:\n{text}",
+        received.count(),
+        messages.len()
+    );
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains(refusal),
