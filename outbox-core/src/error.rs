@@ -78,12 +78,17 @@ impl Error {
     }
 
     /// The message followed by each cause, as stored in a row's last error.
+    /// A cause that only repeats the one before it (sqlx's database errors
+    /// name their cause in their own text) is left out.
     pub fn report(&self) -> String {
         let mut out = self.message.clone();
         let mut cause = std::error::Error::source(self);
         while let Some(err) = cause {
-            out.push_str(": ");
-            out.push_str(&err.to_string());
+            let text = err.to_string();
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
             cause = err.source();
         }
         out
@@ -145,5 +150,33 @@ impl ConfigError {
 impl From<ConfigError> for Error {
     fn from(err: ConfigError) -> Self {
         Error::permanent(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that names its cause in its own text, as sqlx's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("error returned from database: {0}")]
+    struct Wrapped(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("1213 (40001): Deadlock found")]
+    struct Inner;
+
+    #[test]
+    fn a_report_names_each_cause_once() {
+        let err = Error::temporary("mysql").with_source(Wrapped(Inner));
+        assert_eq!(
+            err.report(),
+            "mysql: error returned from database: 1213 (40001): Deadlock found"
+        );
+        let chained = Error::permanent("lost a batch").with_source(err);
+        assert_eq!(
+            chained.report(),
+            "lost a batch: mysql: error returned from database: 1213 (40001): Deadlock found"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Batches a database source holds in open transactions: the claim's
 //! transaction is the lease, reports run on it, and the last report of a
 //! batch commits it. This is the bookkeeping such sources share; running the
-//! statements and committing stay with each adapter.
+//! statements and committing stay with each adapter. (The report loop too:
+//! taking it here as an async closure over `&mut T` does not compile inside
+//! the `Send` futures `Source` returns, with rustc 1.95's "implementation of
+//! `AsyncFnMut` is not general enough".)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::Error;
+
 /// One claimed batch: its open transaction and the ids not yet reported.
 pub struct HeldBatch<T> {
     /// The claim's transaction; `None` once committed or lost.
     pub tx: tokio::sync::Mutex<Option<T>>,
     unreported: Mutex<HashSet<Uuid>>,
+    size: usize,
     claimed_at: Instant,
 }
 
@@ -29,6 +35,18 @@ impl<T> HeldBatch<T> {
     /// How many items are not reported yet.
     pub fn unreported(&self) -> usize {
         lock(&self.unreported).len()
+    }
+
+    /// The error a report returns when this batch's transaction failed
+    /// (`cause`) and was rolled back: every item of the batch, reported or
+    /// not, will be claimed again. Permanent, as reporting again cannot
+    /// bring the transaction back; the relay counts it as a source error.
+    pub fn lost(&self, cause: Error) -> Error {
+        Error::permanent(format!(
+            "lost the transaction (the lease) of a batch of {} messages; they will be claimed again",
+            self.size
+        ))
+        .with_source(cause)
     }
 }
 
@@ -51,6 +69,7 @@ impl<T> HeldBatches<T> {
         let ids: HashSet<Uuid> = ids.into_iter().collect();
         let batch = Arc::new(HeldBatch {
             tx: tokio::sync::Mutex::new(Some(tx)),
+            size: ids.len(),
             unreported: Mutex::new(ids.clone()),
             claimed_at: Instant::now(),
         });
@@ -114,6 +133,19 @@ mod tests {
         held.forget(first);
         assert!(held.by_batch(&[a, b]).is_empty());
         assert_eq!(held.by_batch(&[c]).len(), 1);
+    }
+
+    #[test]
+    fn a_lost_batch_names_its_size_and_cause() {
+        let held = HeldBatches::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        held.hold([a, b], ());
+        let (batch, _) = held.by_batch(&[a]).pop().expect("held");
+        let err = batch.lost(Error::temporary("1213 Deadlock found"));
+        assert!(!err.is_temporary(), "reporting again cannot help");
+        let report = err.report();
+        assert!(report.contains("a batch of 2 messages"), "{report}");
+        assert!(report.ends_with(": 1213 Deadlock found"), "{report}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 -- The outbox table and its helper table, written for the default table
 -- name; the crate substitutes the configured, validated name. Safe to run
--- more than once. MySQL 8.0.1+ or MariaDB 10.6+ (SKIP LOCKED).
+-- more than once. MySQL 8.0.4+ or MariaDB 10.6+ (SKIP LOCKED, JSON_TABLE).
 
 CREATE TABLE IF NOT EXISTS outbox_messages (
     -- Enqueue order; writers lock their keys first (outbox_messages_keys),

@@ -1,11 +1,13 @@
 //! A claim's transaction, held on a pool connection of its own while the
 //! relay publishes the batch: its row locks are the lease.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use outbox_core::Error;
 use sqlx::pool::PoolConnection;
 use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
+use uuid::Uuid;
 
 use crate::error::classify;
 
@@ -36,6 +38,9 @@ pub(crate) async fn read_committed(conn: &mut MySqlConnection) -> Result<(), Err
 pub(crate) struct ClaimTx {
     /// The connection, to run the claim's statements on.
     pub conn: PoolConnection<MySql>,
+    /// The primary key (`seq`) of each claimed message: reports name their
+    /// rows by it.
+    pub seqs: HashMap<Uuid, u64>,
     open: bool,
 }
 
@@ -44,7 +49,11 @@ impl ClaimTx {
     /// `lease` of silence.
     pub async fn begin(pool: &MySqlPool, lease: Duration) -> Result<Self, Error> {
         let conn = pool.acquire().await.map_err(classify)?;
-        let mut claim = Self { conn, open: true };
+        let mut claim = Self {
+            conn,
+            seqs: HashMap::new(),
+            open: true,
+        };
         // Whole seconds, rounded up: `wait_timeout` takes nothing finer.
         let seconds = lease.as_micros().div_ceil(1_000_000).max(1);
         let begin =

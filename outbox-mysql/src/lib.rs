@@ -11,8 +11,9 @@
 //!
 //! MySQL and MariaDB differ in ways this crate avoids: it uses neither
 //! `RETURNING` nor subqueries with `LIMIT` inside `IN`, claims with
-//! `SELECT … FOR UPDATE SKIP LOCKED` (MySQL 8.0.1+, MariaDB 10.6+), stores
-//! headers as text holding JSON, and keeps every time in UTC.
+//! `SELECT … FOR UPDATE SKIP LOCKED` and acknowledges through `JSON_TABLE`
+//! (both MySQL 8.0.4+, MariaDB 10.6+), stores headers as text holding JSON,
+//! and keeps every time in UTC.
 
 mod claim;
 mod config;

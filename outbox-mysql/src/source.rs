@@ -3,10 +3,9 @@
 //! is reported; wake on commits made in this process.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{Backlog, Error, Failure, HeldBatch, HeldBatches, Message, Source};
+use outbox_core::{Backlog, Error, Failure, HeldBatches, Message, Source};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
@@ -38,8 +37,6 @@ pub struct MysqlSource {
     leadership: Option<Leadership>,
     held: HeldBatches<ClaimTx>,
 }
-
-type Batch = HeldBatch<ClaimTx>;
 
 impl std::fmt::Debug for MysqlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,25 +84,26 @@ impl MysqlSource {
 
     /// Runs `report` for `ids` on each batch they belong to; commits a batch
     /// once all its items are reported. A batch whose transaction fails is
-    /// dropped, which rolls it back: its rows will be claimed again, so the
-    /// report is, as for any fenced report, a no-op.
+    /// dropped, which rolls it back: its rows will be claimed again, and the
+    /// error returned says so (the relay counts it as a source error).
     async fn report(&self, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
+        let mut lost = Ok(());
         for (batch, mine) in self.held.by_batch(ids) {
             let mut tx = batch.tx.lock().await;
             let Some(open_tx) = tx.as_mut() else { continue };
-            if let Err(err) = self.run_report(open_tx, &mine, &report).await {
-                self.lose(&batch, &mut tx, "report", &err);
-                continue;
-            }
-            if batch.reported(&mine) {
-                let committed = tx.take().expect("open").commit().await;
-                self.held.forget(&batch);
-                if let Err(err) = committed {
-                    tracing::warn!(error = %err.report(), "commit of a batch failed; its messages will be claimed again");
-                }
+            let outcome = match self.run_report(open_tx, &mine, &report).await {
+                Ok(()) if !batch.reported(&mine) => continue,
+                Ok(()) => tx.take().expect("open").commit().await,
+                Err(err) => Err(err),
+            };
+            // Dropping an open claim closes its connection: a rollback.
+            tx.take();
+            self.held.forget(&batch);
+            if let Err(err) = outcome {
+                lost = Err(batch.lost(err));
             }
         }
-        Ok(())
+        lost
     }
 
     async fn run_report(
@@ -118,19 +116,24 @@ impl MysqlSource {
         let (statement, failures) = match report {
             Report::Release => return Ok(()),
             Report::Ack => {
-                let statement = format!("{}{}", sql.ack_prefix, placeholders(mine.len()));
-                let mut query = sqlx::query(&statement);
-                for id in mine {
-                    query = query.bind(*id);
-                }
-                query.execute(&mut *tx.conn).await.map_err(classify)?;
+                let seqs: Vec<u64> = mine
+                    .iter()
+                    .filter_map(|id| tx.seqs.get(id).copied())
+                    .collect();
+                let seqs = serde_json::to_string(&seqs).expect("numbers serialize");
+                sqlx::query(&sql.ack)
+                    .bind(seqs)
+                    .execute(&mut *tx.conn)
+                    .await
+                    .map_err(classify)?;
                 return Ok(());
             }
             Report::Retry(failures) => (&sql.retry, failures),
             Report::DeadLetter(failures) => (&sql.dead_letter, failures),
         };
         // One statement per failure: failures are few.
-        for failure in failures.iter().filter(|f| mine.contains(&f.item.id)) {
+        let batch_failures = failures.iter().filter(|f| mine.contains(&f.item.id));
+        for (failure, seq) in batch_failures.filter_map(|f| Some((f, *tx.seqs.get(&f.item.id)?))) {
             let mut query = sqlx::query(statement)
                 .bind(failure.attempts.min(i32::MAX as u32) as i32)
                 .bind(&failure.error);
@@ -138,20 +141,12 @@ impl MysqlSource {
                 query = query.bind(failure.retry_after.as_micros().min(i64::MAX as u128) as i64);
             }
             query
-                .bind(failure.item.id)
+                .bind(seq)
                 .execute(&mut *tx.conn)
                 .await
                 .map_err(classify)?;
         }
         Ok(())
-    }
-
-    /// Drops a batch whose transaction failed, which rolls it back.
-    fn lose(&self, batch: &Arc<Batch>, tx: &mut Option<ClaimTx>, what: &str, err: &Error) {
-        let held = batch.unreported();
-        tracing::warn!(what, held, error = %err.report(), "lost a batch's transaction (its lease); its messages will be claimed again");
-        tx.take();
-        self.held.forget(batch);
     }
 
     /// The claim on `tx`: candidates locked, then those with no earlier row
@@ -179,7 +174,10 @@ impl MysqlSource {
                 continue;
             }
             match decode(row).map_err(classify)? {
-                Decoded::Message(message) => claimed.push(message),
+                Decoded::Message(message) => {
+                    tx.seqs.insert(message.id, seq);
+                    claimed.push(message);
+                }
                 Decoded::Malformed {
                     id,
                     attempts,
@@ -189,7 +187,7 @@ impl MysqlSource {
                     sqlx::query(&sql.dead_letter)
                         .bind(attempts + 1)
                         .bind(reason)
-                        .bind(id)
+                        .bind(seq)
                         .execute(&mut *tx.conn)
                         .await
                         .map_err(classify)?;

@@ -14,7 +14,7 @@ pub(crate) struct Statements {
     pub enqueue_prefix: String,
     pub claim: String,
     pub blockers: String,
-    pub ack_prefix: String,
+    pub ack: String,
     pub retry: String,
     pub dead_letter: String,
     pub backlog: String,
@@ -47,14 +47,22 @@ impl Statements {
             OnDeadLetter::Park => "TRUE",
             OnDeadLetter::Continue => "dead_at IS NULL",
         };
-        // Reports name their rows by id, through the `id` index: a scan
-        // (the optimizer's choice on a small table) would wait on the rows
-        // of other batches, and theirs on these, a deadlock.
-        let by_id = format!("{t} AS o FORCE INDEX (`{}_id`)", config.table);
-        let ack_prefix = match config.ack_mode {
-            AckMode::Delete => format!("DELETE o FROM {by_id} WHERE o.id IN "),
-            AckMode::MarkDone => format!("UPDATE {by_id} SET o.done_at = {now} WHERE o.id IN "),
+        // Reports name their rows by primary key, which the claim already
+        // holds locked. The optimizer must look each one up: a scan (its
+        // choice on a table it believes small, even for `seq IN (...)`, and
+        // MariaDB's for an `IN` list of 1,000 values or more) waits on
+        // other batches' rows, and theirs on these, a deadlock that rolls a
+        // batch back to be published again (seen in the relay benchmark).
+        // So the keys come as a JSON array, joined to the table first.
+        let by_seq = format!(
+            "JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT UNSIGNED PATH '$')) AS v \
+             STRAIGHT_JOIN {t} AS o FORCE INDEX (PRIMARY) ON o.seq = v.seq"
+        );
+        let ack = match config.ack_mode {
+            AckMode::Delete => format!("DELETE o FROM {by_seq}"),
+            AckMode::MarkDone => format!("UPDATE {by_seq} SET o.done_at = {now}"),
         };
+        let one_row = format!("{t} FORCE INDEX (PRIMARY)");
         Self {
             lock_keys_prefix: format!(
                 "INSERT INTO `{}_keys` (ordering_key) VALUES ",
@@ -79,15 +87,15 @@ impl Statements {
                 "SELECT ordering_key, MIN(seq) AS seq FROM {t} FORCE INDEX (`{key}`) \
                  WHERE done_at IS NULL AND {blocks} AND seq < ? AND ordering_key IN "
             ),
-            ack_prefix,
+            ack,
             retry: format!(
-                "UPDATE {by_id} SET o.attempts = ?, o.last_error = ?, \
-                   o.next_attempt_at = {now} + INTERVAL ? MICROSECOND \
-                 WHERE o.id = ?"
+                "UPDATE {one_row} SET attempts = ?, last_error = ?, \
+                   next_attempt_at = {now} + INTERVAL ? MICROSECOND \
+                 WHERE seq = ?"
             ),
             dead_letter: format!(
-                "UPDATE {by_id} SET o.attempts = ?, o.last_error = ?, o.dead_at = {now} \
-                 WHERE o.id = ?"
+                "UPDATE {one_row} SET attempts = ?, last_error = ?, dead_at = {now} \
+                 WHERE seq = ?"
             ),
             backlog: format!(
                 "SELECT CAST(COALESCE(SUM(dead_at IS NULL), 0) AS SIGNED), \

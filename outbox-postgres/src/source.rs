@@ -3,10 +3,9 @@
 //! is reported; wake on NOTIFY.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{Backlog, Error, Failure, HeldBatch, HeldBatches, Message, Source};
+use outbox_core::{Backlog, Error, Failure, HeldBatches, Message, Source};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
@@ -42,8 +41,6 @@ pub struct PostgresSource {
     /// Open batches by message id.
     held: HeldBatches<Transaction<'static, Postgres>>,
 }
-
-type Batch = HeldBatch<Transaction<'static, Postgres>>;
 
 impl std::fmt::Debug for PostgresSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,25 +97,26 @@ impl PostgresSource {
 
     /// Runs `report` for `ids` on each batch they belong to; commits a batch
     /// once all its items are reported. A batch whose transaction fails is
-    /// rolled back whole: its lease is lost and its rows will be claimed
-    /// again, so the report is, as for any fenced report, a no-op.
+    /// dropped, which rolls it back: its rows will be claimed again, and the
+    /// error returned says so (the relay counts it as a source error).
     async fn report(&self, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
+        let mut lost = Ok(());
         for (batch, mine) in self.held.by_batch(ids) {
             let mut tx = batch.tx.lock().await;
             let Some(open_tx) = tx.as_mut() else { continue };
-            if let Err(err) = self.run_report(open_tx, &mine, &report).await {
-                self.lose(&batch, &mut tx, "report", &err);
-                continue;
-            }
-            if batch.reported(&mine) {
-                let committed = tx.take().expect("open").commit().await.map_err(classify);
-                self.held.forget(&batch);
-                if let Err(err) = committed {
-                    tracing::warn!(error = %err.report(), "commit of a batch failed; its messages will be claimed again");
-                }
+            let outcome = match self.run_report(open_tx, &mine, &report).await {
+                Ok(()) if !batch.reported(&mine) => continue,
+                Ok(()) => tx.take().expect("open").commit().await.map_err(classify),
+                Err(err) => Err(err),
+            };
+            // Dropping an open transaction rolls it back.
+            tx.take();
+            self.held.forget(&batch);
+            if let Err(err) = outcome {
+                lost = Err(batch.lost(err));
             }
         }
-        Ok(())
+        lost
     }
 
     async fn run_report(
@@ -163,20 +161,6 @@ impl PostgresSource {
         };
         query.execute(&mut **tx).await.map_err(classify)?;
         Ok(())
-    }
-
-    /// Drops a batch whose transaction failed: PostgreSQL rolls it back.
-    fn lose(
-        &self,
-        batch: &Arc<Batch>,
-        tx: &mut Option<Transaction<'static, Postgres>>,
-        what: &str,
-        err: &Error,
-    ) {
-        let held = batch.unreported();
-        tracing::warn!(what, held, error = %err.report(), "lost a batch's transaction (its lease); its messages will be claimed again");
-        tx.take();
-        self.held.forget(batch);
     }
 }
 

@@ -207,9 +207,11 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
     }
     let started = Instant::now();
     assert!(
-        destination.wait_for(messages.len(), DEADLINE).await,
+        destination
+            .wait_for_distinct(messages.len(), DEADLINE)
+            .await,
         "{} of {} arrived",
-        destination.sent_count(),
+        destination.distinct_count(),
         messages.len()
     );
     let elapsed = started.elapsed();
@@ -491,7 +493,7 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     commit(&outbox, &pool, &third).await;
     let total = first.len() + second.len() + third.len();
     assert!(
-        destination.wait_for(total, DEADLINE).await,
+        destination.wait_for_distinct(total, DEADLINE).await,
         "the standby did not take over"
     );
     // The counter moves once the acknowledgement is recorded, just after

@@ -1,6 +1,6 @@
 //! A [`Destination`] that keeps what it was sent and fails on request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ enum Fault {
 #[derive(Debug, Default)]
 struct State {
     sent: Vec<Sent>,
+    distinct: HashSet<Uuid>,
     attempts: HashMap<Uuid, u32>,
     faults: HashMap<Uuid, Fault>,
     delays: HashMap<Uuid, Duration>,
@@ -107,12 +108,30 @@ impl MemoryDestination {
         self.state().attempts.get(&id).copied().unwrap_or(0)
     }
 
-    /// Waits until at least `count` messages were accepted; false on timeout.
+    /// How many different messages were accepted (copies counted once).
+    pub fn distinct_count(&self) -> usize {
+        self.state().distinct.len()
+    }
+
+    /// Waits until at least `count` messages were accepted, copies included;
+    /// false on timeout.
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.sent_count() >= count)
+            .await
+    }
+
+    /// Waits until at least `count` different messages were accepted (a
+    /// copy of one already here does not count); false on timeout.
+    pub async fn wait_for_distinct(&self, count: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.distinct_count() >= count)
+            .await
+    }
+
+    async fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
         let wait = async {
             loop {
                 let arrived = self.arrived.notified();
-                if self.sent_count() >= count {
+                if done() {
                     return;
                 }
                 arrived.await;
@@ -165,10 +184,13 @@ impl Destination for MemoryDestination {
             Some(Fault::Panic) => panic!("injected panic in destination"),
             None => {}
         }
-        self.state().sent.push(Sent {
+        let mut state = self.state();
+        state.distinct.insert(message.id);
+        state.sent.push(Sent {
             message: message.clone(),
             attempt,
         });
+        drop(state);
         self.arrived.notify_waiters();
         Ok(())
     }
