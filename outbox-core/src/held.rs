@@ -97,6 +97,21 @@ impl<T> HeldBatches<T> {
         batches
     }
 
+    /// Closes a report on `batch` whose `outcome` is known: the commit's,
+    /// or a failed statement's. Drops `tx` if still open (a rollback) and
+    /// forgets the batch; a failure becomes the error of a lost batch
+    /// ([`HeldBatch::lost`]).
+    pub fn settle(
+        &self,
+        batch: &Arc<HeldBatch<T>>,
+        tx: &mut Option<T>,
+        outcome: Result<(), Error>,
+    ) -> Result<(), Error> {
+        tx.take();
+        self.forget(batch);
+        outcome.map_err(|err| batch.lost(err))
+    }
+
     /// Forgets `batch` (committed or lost).
     pub fn forget(&self, batch: &Arc<HeldBatch<T>>) {
         lock(&self.open).retain(|_, open| !Arc::ptr_eq(open, batch));

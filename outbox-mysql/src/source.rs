@@ -96,11 +96,8 @@ impl MysqlSource {
                 Ok(()) => tx.take().expect("open").commit().await,
                 Err(err) => Err(err),
             };
-            // Dropping an open claim closes its connection: a rollback.
-            tx.take();
-            self.held.forget(&batch);
-            if let Err(err) = outcome {
-                lost = Err(batch.lost(err));
+            if let Err(err) = self.held.settle(&batch, &mut tx, outcome) {
+                lost = Err(err);
             }
         }
         lost

@@ -109,11 +109,8 @@ impl PostgresSource {
                 Ok(()) => tx.take().expect("open").commit().await.map_err(classify),
                 Err(err) => Err(err),
             };
-            // Dropping an open transaction rolls it back.
-            tx.take();
-            self.held.forget(&batch);
-            if let Err(err) = outcome {
-                lost = Err(batch.lost(err));
+            if let Err(err) = self.held.settle(&batch, &mut tx, outcome) {
+                lost = Err(err);
             }
         }
         lost
