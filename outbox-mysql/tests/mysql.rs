@@ -7,7 +7,7 @@ use outbox_core::memory::MemoryDestination;
 use outbox_core::{Message, RelayConfig, Source, Stats};
 use outbox_mysql::{MysqlConfig, MysqlOutbox, MysqlSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, SourceHarness,
+    assert_order_per_key, eventually, numbered_messages, run_relay, OpenWrites, SourceHarness,
 };
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
@@ -49,6 +49,7 @@ async fn commit(outbox: &MysqlOutbox, pool: &MySqlPool, messages: &[Message]) {
     outbox.notify_committed();
 }
 
+#[derive(Clone)]
 struct MyTable {
     outbox: MysqlOutbox,
     pool: MySqlPool,
@@ -81,6 +82,44 @@ impl SourceHarness for MyTable {
     fn claims_end_with_the_relay(&self) -> bool {
         true
     }
+}
+
+impl OpenWrites for MyTable {
+    type Open = sqlx::Transaction<'static, sqlx::MySql>;
+
+    async fn begin_and_enqueue(&self, messages: Vec<Message>) -> Self::Open {
+        let mut tx = self.pool.begin().await.unwrap();
+        match messages.as_slice() {
+            [one] => self.outbox.enqueue(&mut tx, one).await,
+            many => self.outbox.enqueue_many(&mut tx, many).await,
+        }
+        .expect("enqueue");
+        tx
+    }
+
+    async fn commit(&self, open: Self::Open) {
+        open.commit().await.unwrap();
+    }
+
+    async fn ids_in_order(&self, key: &str) -> Vec<Uuid> {
+        let sql = format!(
+            "SELECT id FROM `{}` WHERE ordering_key = ? ORDER BY seq",
+            self.outbox.config().table
+        );
+        sqlx::query_scalar(&sql)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Same-key writers commit in enqueue order (a second writer waits on the
+/// key's row in the keys table), with one message or several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_of_a_key_waits_for_the_first_to_commit() {
+    let (outbox, pool) = table("writer_lock").await;
+    outbox_testkit::second_writer_of_a_key_waits(&MyTable { outbox, pool }).await;
 }
 
 async fn conformance_table(scenario: &'static str) -> MyTable {

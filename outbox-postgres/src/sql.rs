@@ -12,6 +12,7 @@ const COLUMNS: &str = "id, ordering_key, destination, partition_key, payload, he
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub enqueue: String,
+    pub enqueue_one: String,
     pub claim: String,
     pub ack: String,
     pub retry: String,
@@ -62,6 +63,16 @@ impl Statements {
                       WITH ORDINALITY AS u(id, k, d, pk, p, h, et, ca, ord), \
                       (SELECT count(*) FROM locks) AS l{notify} \
                  ORDER BY u.ord"
+            ),
+            // The same for one message, the common case, without the arrays
+            // and the sort: about a fifth less time in the database (pgbench,
+            // one client: 0.11 ms against 0.135 ms). The same lock, taken
+            // before `seq` is drawn.
+            enqueue_one: format!(
+                "WITH lock AS (SELECT pg_advisory_xact_lock($1, hashtext($3))) \
+                 INSERT INTO {t} (id, ordering_key, destination, partition_key, payload, headers, event_type, created_at) \
+                 SELECT $2::uuid, $3::text, $4::text, $5::text, $6::bytea, $7::text::jsonb, $8::text, $9::timestamptz \
+                 FROM lock{notify}"
             ),
             // Candidates: the first waiting rows not locked by another
             // batch, locked by this claim's transaction. A candidate is

@@ -83,6 +83,9 @@ impl PostgresOutbox {
         for message in messages {
             message.validate()?;
         }
+        if let [message] = messages {
+            return self.enqueue_one(conn, message).await;
+        }
         let column = |f: fn(&Message) -> _| messages.iter().map(f).collect::<Vec<_>>();
         sqlx::query(&self.sql.enqueue)
             .bind(self.sql.key_lock_class)
@@ -109,6 +112,24 @@ impl PostgresOutbox {
                     .collect::<Vec<_>>(),
             )
             .bind(messages.iter().map(|m| m.created_at).collect::<Vec<_>>())
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// One message by the statement without arrays (validated by the caller).
+    async fn enqueue_one(&self, conn: &mut PgConnection, message: &Message) -> Result<(), Error> {
+        sqlx::query(&self.sql.enqueue_one)
+            .bind(self.sql.key_lock_class)
+            .bind(message.id)
+            .bind(&message.ordering_key)
+            .bind(&message.destination)
+            .bind(&message.partition_key)
+            .bind(&message.payload)
+            .bind(headers_json(message))
+            .bind(&message.event_type)
+            .bind(message.created_at)
             .execute(conn)
             .await
             .map_err(classify)?;

@@ -8,7 +8,7 @@ use outbox_core::memory::MemoryDestination;
 use outbox_core::{Message, OnDeadLetter, RelayConfig, Source};
 use outbox_postgres::{AckMode, PostgresConfig, PostgresOutbox, PostgresSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, SourceHarness,
+    assert_order_per_key, eventually, numbered_messages, run_relay, OpenWrites, SourceHarness,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -61,6 +61,7 @@ async fn commit(outbox: &PostgresOutbox, pool: &PgPool, messages: &[Message]) {
     tx.commit().await.unwrap();
 }
 
+#[derive(Clone)]
 struct PgTable {
     outbox: PostgresOutbox,
     pool: PgPool,
@@ -94,6 +95,44 @@ impl SourceHarness for PgTable {
     fn claims_end_with_the_relay(&self) -> bool {
         true
     }
+}
+
+impl OpenWrites for PgTable {
+    type Open = sqlx::Transaction<'static, sqlx::Postgres>;
+
+    async fn begin_and_enqueue(&self, messages: Vec<Message>) -> Self::Open {
+        let mut tx = self.pool.begin().await.unwrap();
+        match messages.as_slice() {
+            [one] => self.outbox.enqueue(&mut tx, one).await,
+            many => self.outbox.enqueue_many(&mut tx, many).await,
+        }
+        .expect("enqueue");
+        tx
+    }
+
+    async fn commit(&self, open: Self::Open) {
+        open.commit().await.unwrap();
+    }
+
+    async fn ids_in_order(&self, key: &str) -> Vec<Uuid> {
+        let sql = format!(
+            "SELECT id FROM outbox_test.{} WHERE ordering_key = $1 ORDER BY seq",
+            self.outbox.config().table
+        );
+        sqlx::query_scalar(&sql)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Same-key writers commit in enqueue order (the per-key advisory lock), by
+/// the one-message statement and by the array statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_of_a_key_waits_for_the_first_to_commit() {
+    let (outbox, pool) = table("writer_lock", |_| {}).await;
+    outbox_testkit::second_writer_of_a_key_waits(&PgTable { outbox, pool }).await;
 }
 
 async fn conformance_table(scenario: &'static str) -> PgTable {
@@ -512,8 +551,6 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     assert_order_per_key(&all, &arrivals(&destination));
 }
 
-/// PostgreSQL refuses text that is not UTF-8 in a UTF-8 database, so a row
-/// with such a key cannot exist for the relay to choke on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_is_not_utf8_is_refused_by_the_database() {
     let (outbox, pool) = table("not_utf8", |_| {}).await;

@@ -34,6 +34,23 @@ pub trait SourceHarness: Send + Sync {
     }
 }
 
+/// Writers' transactions of a real database, left open, for the scenario
+/// that checks two writers of one key commit one after the other.
+pub trait OpenWrites: Clone + Send + Sync + 'static {
+    /// A transaction holding enqueued messages, not yet committed.
+    type Open: Send + 'static;
+
+    /// Begins a transaction and enqueues `messages` in it (one message by
+    /// `enqueue`, several by `enqueue_many`), leaving it open.
+    fn begin_and_enqueue(&self, messages: Vec<Message>) -> impl Future<Output = Self::Open> + Send;
+
+    /// Commits a transaction [`begin_and_enqueue`](Self::begin_and_enqueue) left open.
+    fn commit(&self, open: Self::Open) -> impl Future<Output = ()> + Send;
+
+    /// The ids of `key`'s rows in the table, in `seq` order.
+    fn ids_in_order(&self, key: &str) -> impl Future<Output = Vec<Uuid>> + Send;
+}
+
 /// A message as a consumer read it back from the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {

@@ -12,13 +12,15 @@ mod destination_suite;
 mod harness;
 mod source_suite;
 mod verify;
+mod writer_suite;
 
 pub use destination_suite::*;
-pub use harness::{DestinationHarness, Received, SourceHarness};
+pub use harness::{DestinationHarness, OpenWrites, Received, SourceHarness};
 pub use source_suite::*;
 pub use verify::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay, RunningRelay,
 };
+pub use writer_suite::second_writer_of_a_key_waits;
 
 /// Generates one test per source scenario. `$make` is an async fn taking the
 /// scenario name (`&'static str`) and returning a [`SourceHarness`].
@@ -27,6 +29,7 @@ macro_rules! source_conformance {
     ($make:path) => {
         $crate::source_conformance!(@tests $make;
             order_per_key_and_nothing_lost,
+            every_field_survives,
             retry_then_success,
             poison_is_dead_lettered,
             no_head_of_line_blocking,

@@ -64,6 +64,53 @@ pub async fn order_per_key_and_nothing_lost<H: SourceHarness>(harness: &H) {
     );
 }
 
+/// Every field of a message comes out of the table as it went in, for a
+/// message alone in its transaction and for messages written together (an
+/// adapter may write the two with different statements).
+pub async fn every_field_survives<H: SourceHarness>(harness: &H) {
+    let full = |key: &str| {
+        Message::builder("events.fields", key)
+            .payload(vec![0, 159, 146, 150, 255, b'{'])
+            .header("trace-id", "4bf92f3577b34da6")
+            .header("tenant", "Zürich \"east\"")
+            .partition_key(format!("{key}/partition"))
+            .event_type("FieldsChecked")
+            .build()
+            .expect("message")
+    };
+    let bare = Message::builder("events.fields", "bare")
+        .payload("x")
+        .build()
+        .expect("message");
+    let alone = full("alone");
+    let together = vec![full("together"), bare];
+    harness.enqueue(vec![alone.clone()]).await;
+    harness.enqueue(together.clone()).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config());
+    assert!(
+        destination.wait_for_distinct(3, DEADLINE).await,
+        "messages did not arrive"
+    );
+    relay.stop().await;
+    let sent = destination.sent();
+    for expected in std::iter::once(&alone).chain(&together) {
+        let mut got = sent
+            .iter()
+            .find(|s| s.message.id == expected.id)
+            .map(|s| s.message.clone())
+            .expect("every message arrived");
+        let drift = (got.created_at - expected.created_at).abs();
+        assert!(
+            drift.num_microseconds() < Some(1_000),
+            "created_at of {} came back {drift} off",
+            expected.ordering_key
+        );
+        got.created_at = expected.created_at;
+        assert_eq!(&got, expected, "a field changed in the table");
+    }
+}
+
 /// A message failing twice is retried with backoff, then delivered, and the
 /// later messages of its key wait for it.
 pub async fn retry_then_success<H: SourceHarness>(harness: &H) {
