@@ -80,17 +80,18 @@ impl Statements {
             // table outside this claim: one held by another batch, waiting
             // for its retry, or (when parking) dead. The rest stay locked,
             // unreturned, until this batch commits. `OFFSET 0` keeps the
-            // look-back a per-row probe of the `key` index.
+            // look-back a per-row probe of the `key` index. The candidates
+            // carry every column: joining back to the table for them cost
+            // 9,053 buffer hits per 1,000 rows claimed, against 5,053.
             claim: format!(
                 "WITH c AS MATERIALIZED (\
-                   SELECT o.seq, o.ordering_key FROM {t} AS o \
+                   SELECT {COLUMNS} FROM {t} AS o \
                    WHERE o.done_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= now() \
                    ORDER BY o.seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 SELECT {} FROM c JOIN {t} AS m ON m.seq = c.seq \
+                 SELECT {COLUMNS} FROM c \
                  WHERE NOT EXISTS (SELECT 1 FROM {t} AS p \
                      WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
-                       AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0)",
-                COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
+                       AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0)"
             ),
             ack,
             retry: format!(
