@@ -125,6 +125,19 @@ impl OpenWrites for PgTable {
             .await
             .unwrap()
     }
+
+    async fn writers_waiting(&self) -> usize {
+        let table = format!("%\"outbox_test\".\"{}\"%", self.outbox.config().table);
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE NOT l.granted AND a.query LIKE $1",
+        )
+        .bind(table)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        waiting as usize
+    }
 }
 
 /// Same-key writers commit in enqueue order (the per-key advisory lock), by

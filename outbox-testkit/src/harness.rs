@@ -49,6 +49,9 @@ pub trait OpenWrites: Clone + Send + Sync + 'static {
 
     /// The ids of `key`'s rows in the table, in `seq` order.
     fn ids_in_order(&self, key: &str) -> impl Future<Output = Vec<Uuid>> + Send;
+
+    /// How many of this table's writers wait for a key's lock now.
+    fn writers_waiting(&self) -> impl Future<Output = usize> + Send;
 }
 
 /// A message as a consumer read it back from the broker.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use outbox_core::Message;
 
-use crate::OpenWrites;
+use crate::{eventually, OpenWrites};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -41,11 +41,13 @@ pub async fn second_writer_of_a_key_waits<H: OpenWrites>(harness: &H) {
                 harness.commit(open).await;
             }
         });
-        // Proving a wait takes a window: the second writer must still be
-        // blocked on the key's lock after it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pending = &writer;
         assert!(
-            !writer.is_finished(),
+            eventually(DEADLINE, || async move {
+                pending.is_finished() || harness.writers_waiting().await == 1
+            })
+            .await
+                && !writer.is_finished(),
             "the second writer of a key did not wait for the first (several messages: {many})"
         );
         harness.commit(open).await;
