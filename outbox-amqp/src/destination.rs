@@ -16,7 +16,7 @@ use tokio::sync::RwLock;
 
 use crate::config::CONNECT_TIMEOUT;
 use crate::error::{breaks_link, classify};
-use crate::AmqpConfig;
+use crate::{AmqpConfig, Route};
 use outbox_core::redact_url;
 
 struct Link {
@@ -131,6 +131,46 @@ impl AmqpDestination {
     }
 }
 
+/// The longest AMQP short string, in bytes.
+const SHORT_STRING_MAX: usize = 255;
+
+/// AMQP carries the exchange, the routing key, header names and the `type`
+/// and `content-type` properties as short strings of at most 255 bytes, and
+/// lapin panics on a longer one. Such a message can never be published, so
+/// it is a permanent error naming the field, and the relay dead-letters it
+/// at once instead of retrying a panic.
+fn short_strings_fit(message: &Message, route: &Route) -> Result<(), Error> {
+    let fields = [
+        ("exchange", Some(route.exchange.as_str())),
+        ("routing key", Some(route.routing_key.as_str())),
+        ("event type", message.event_type.as_deref()),
+        (
+            "content-type header",
+            message.headers.get("content-type").map(String::as_str),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, text)| Some((what, text?)))
+    .chain(
+        message
+            .headers
+            .keys()
+            .map(|name| ("header name", name.as_str())),
+    );
+    for (what, text) in fields {
+        if text.len() > SHORT_STRING_MAX {
+            let start: String = text.chars().take(32).collect();
+            return Err(Error::permanent(format!(
+                "message {}: the {what} {start:?}... is {} bytes long; AMQP allows at most \
+                 {SHORT_STRING_MAX}",
+                message.id,
+                text.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in &message.headers {
@@ -178,6 +218,7 @@ impl Destination for AmqpDestination {
 
     async fn send(&self, message: &Message) -> Result<(), Error> {
         let route = (self.config.route)(message);
+        short_strings_fit(message, &route)?;
         let channel = self.channel().await?;
         let published = channel
             .basic_publish(

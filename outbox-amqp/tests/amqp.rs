@@ -142,6 +142,37 @@ impl DestinationHarness for AmqpQueue {
                 .unwrap(),
         )
     }
+
+    /// Names over an AMQP short string's 255 bytes, on which lapin panics.
+    fn unfit_messages(&self) -> Vec<(&'static str, Message)> {
+        let long = "x".repeat(256);
+        let queue = self.address();
+        [
+            (
+                "the routing key",
+                Message::builder(long.clone(), "routing-key"),
+            ),
+            (
+                "the exchange",
+                Message::builder(format!("{long}/{queue}"), "exchange"),
+            ),
+            (
+                "the event type",
+                Message::builder(queue.clone(), "event-type").event_type(long.clone()),
+            ),
+            (
+                "the header name",
+                Message::builder(queue.clone(), "header-name").header(long.clone(), "v"),
+            ),
+            (
+                "the content-type header",
+                Message::builder(queue, "content-type").header("content-type", long),
+            ),
+        ]
+        .into_iter()
+        .map(|(expected, builder)| (expected, builder.build().unwrap()))
+        .collect()
+    }
 }
 
 async fn amqp_queue(scenario: &'static str) -> AmqpQueue {

@@ -56,17 +56,20 @@ pub(crate) struct Bounds<'a> {
 }
 
 /// Splits `items` into groups by ordering key, keeping claim order inside each.
+/// Keys are borrowed from the items while the groups are numbered, so no key
+/// is copied.
 pub(crate) fn group_by_key<I: Item>(items: Vec<I>) -> Vec<Vec<I>> {
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut groups: Vec<Vec<I>> = Vec::new();
-    for item in items {
-        match index.get(item.ordering_key()) {
-            Some(&at) => groups[at].push(item),
-            None => {
-                index.insert(item.ordering_key().to_owned(), groups.len());
-                groups.push(vec![item]);
-            }
-        }
+    let mut group_of: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let slots: Vec<usize> = items
+        .iter()
+        .map(|item| {
+            let next = group_of.len();
+            *group_of.entry(item.ordering_key()).or_insert(next)
+        })
+        .collect();
+    let mut groups: Vec<Vec<I>> = (0..group_of.len()).map(|_| Vec::new()).collect();
+    for (item, slot) in items.into_iter().zip(slots) {
+        groups[slot].push(item);
     }
     groups
 }
@@ -78,11 +81,17 @@ pub(crate) async fn deliver_batch<D: Destination>(
     config: &RelayConfig,
     bounds: &Bounds<'_>,
 ) -> BatchOutcome<D::Item> {
+    // Sized for the common outcome, everything delivered, so that gathering
+    // the groups' outcomes does not grow it again and again.
+    let all = BatchOutcome {
+        delivered: Vec::with_capacity(items.len()),
+        ..BatchOutcome::default()
+    };
     let groups = group_by_key(items);
     stream::iter(groups)
         .map(|group| deliver_group(destination, group, config, bounds))
         .buffer_unordered(config.max_concurrent_keys)
-        .fold(BatchOutcome::default(), |mut all, one| async move {
+        .fold(all, |mut all, one| async move {
             all.absorb(one);
             all
         })

@@ -2,7 +2,7 @@
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::{Client, ConnectOptions, HeaderMap};
+use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 
@@ -83,39 +83,74 @@ impl NatsDestination {
         classify_no_responders(subject, stream, err)
     }
 
-    fn subject(&self, message: &Message) -> String {
-        format!("{}{}", self.config.subject_prefix, message.destination)
+    /// The prefix and the destination, built once per send: a `Subject`
+    /// clones by reference count, where a `String` is copied on each use.
+    fn subject(&self, message: &Message) -> Subject {
+        let prefix = &self.config.subject_prefix;
+        let mut subject = String::with_capacity(prefix.len() + message.destination.len());
+        subject.push_str(prefix);
+        subject.push_str(&message.destination);
+        Subject::from(subject)
     }
 }
 
 /// The headers a message is published with: the user's, then the message id
 /// (as `Nats-Msg-Id` for deduplication and as `outbox-message-id`) and the
 /// event type.
-fn headers(message: &Message) -> HeaderMap {
+///
+/// NATS takes header names of printable ASCII without `:`, and values
+/// without a line break; async-nats panics on anything else. A message
+/// that breaks those rules can never be published, so it is a permanent
+/// error naming the header, and the relay dead-letters it at once.
+fn headers(message: &Message) -> Result<HeaderMap, Error> {
     let mut headers = HeaderMap::new();
     for (name, value) in &message.headers {
-        headers.insert(name.as_str(), value.as_str());
+        let parsed_name: HeaderName = name.parse().map_err(|_| {
+            unfit(
+                message,
+                format!("header name {name:?} is not printable ASCII without ':'"),
+            )
+        })?;
+        let parsed_value: HeaderValue = value.parse().map_err(|_| {
+            unfit(
+                message,
+                format!("header {name:?} has a line break in its value"),
+            )
+        })?;
+        headers.insert(parsed_name, parsed_value);
     }
-    let id = message.id.to_string();
-    headers.insert(NATS_MSG_ID, id.as_str());
-    headers.insert(HEADER_MESSAGE_ID, id.as_str());
+    let mut buffer = [0u8; 36];
+    let id: &str = message.id.hyphenated().encode_lower(&mut buffer);
+    headers.insert(NATS_MSG_ID, id);
+    headers.insert(HEADER_MESSAGE_ID, id);
     if let Some(event_type) = &message.event_type {
-        headers.insert(HEADER_EVENT_TYPE, event_type.as_str());
+        let value: HeaderValue = event_type
+            .parse()
+            .map_err(|_| unfit(message, "the event type has a line break".to_string()))?;
+        headers.insert(HEADER_EVENT_TYPE, value);
     }
-    headers
+    Ok(headers)
+}
+
+fn unfit(message: &Message, what: String) -> Error {
+    Error::permanent(format!(
+        "message {}: {what}, which a NATS header cannot carry",
+        message.id
+    ))
 }
 
 impl Destination for NatsDestination {
     type Item = Message;
 
     async fn send(&self, message: &Message) -> Result<(), Error> {
+        let headers = headers(message)?;
         let subject = self.subject(message);
         let payload = Bytes::copy_from_slice(&message.payload);
         match self.config.mode {
             NatsMode::JetStream => {
                 let published = self
                     .jetstream
-                    .publish_with_headers(subject.clone(), headers(message), payload)
+                    .publish_with_headers(subject.clone(), headers, payload)
                     .await;
                 let ack = match published {
                     Ok(ack) => ack.await,
@@ -132,7 +167,7 @@ impl Destination for NatsDestination {
             }
             NatsMode::Core => {
                 self.client
-                    .publish_with_headers(subject, headers(message), payload)
+                    .publish_with_headers(subject, headers, payload)
                     .await
                     .map_err(classify_core)?;
                 self.flush().await

@@ -124,6 +124,29 @@ impl DestinationHarness for NatsStream {
                 .unwrap(),
         )
     }
+
+    /// Header names and values async-nats would panic on.
+    fn unfit_messages(&self) -> Vec<(&'static str, Message)> {
+        let unfit = |key: &str| Message::builder(self.address(), key);
+        [
+            (
+                "header name \"order:id\"",
+                unfit("colon").header("order:id", "7"),
+            ),
+            ("header name \"café\"", unfit("accent").header("café", "7")),
+            (
+                "header \"trace\" has a line break",
+                unfit("line-break").header("trace", "a\r\nb"),
+            ),
+            (
+                "the event type has a line break",
+                unfit("event-type").event_type("Order\nPlaced"),
+            ),
+        ]
+        .into_iter()
+        .map(|(expected, builder)| (expected, builder.build().unwrap()))
+        .collect()
+    }
 }
 
 async fn nats_stream(scenario: &'static str) -> NatsStream {

@@ -102,11 +102,10 @@ impl OpenWrites for PgTable {
 
     async fn begin_and_enqueue(&self, messages: Vec<Message>) -> Self::Open {
         let mut tx = self.pool.begin().await.unwrap();
-        match messages.as_slice() {
-            [one] => self.outbox.enqueue(&mut tx, one).await,
-            many => self.outbox.enqueue_many(&mut tx, many).await,
-        }
-        .expect("enqueue");
+        self.outbox
+            .enqueue_many(&mut tx, &messages)
+            .await
+            .expect("enqueue");
         tx
     }
 

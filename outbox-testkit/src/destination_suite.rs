@@ -89,3 +89,47 @@ pub async fn refused_message_is_dead_lettered<H: DestinationHarness>(harness: &H
     );
     assert!(received.iter().all(|r| r.id != refused.id));
 }
+
+/// Messages the broker's protocol cannot carry are dead-lettered at their
+/// first attempt with an error naming what is wrong, none of them is
+/// published, and the other keys flow.
+pub async fn unfit_messages_are_dead_lettered<H: DestinationHarness>(harness: &H) {
+    let unfit = harness.unfit_messages();
+    if unfit.is_empty() {
+        eprintln!("this broker carries every message the outbox can hold; scenario skipped");
+        return;
+    }
+    let messages = numbered_messages(&harness.address(), 5, 4);
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue(unfit.iter().map(|(_, message)| message.clone()));
+    source.enqueue(messages.clone());
+    let relay = run_relay(source.clone(), harness.destination().await, config());
+    let received = harness.received(messages.len(), DEADLINE).await;
+    let all_dead = eventually(DEADLINE, || async {
+        source.dead_letters().len() >= unfit.len()
+    })
+    .await;
+    relay.stop().await;
+    assert!(all_dead, "unfit messages were not all dead-lettered");
+    let letters = source.dead_letters();
+    for (expected, message) in &unfit {
+        let letter = letters
+            .iter()
+            .find(|letter| letter.message.id == message.id)
+            .unwrap_or_else(|| panic!("no dead letter for the message with {expected}"));
+        assert_eq!(letter.message.attempts, 1, "{expected}: retried");
+        assert!(
+            letter.error.contains(expected) && letter.error.contains(&message.id.to_string()),
+            "{expected}: {}",
+            letter.error
+        );
+    }
+    assert_eq!(
+        received.len(),
+        messages.len(),
+        "other messages were held back, or an unfit one was published"
+    );
+    assert!(received
+        .iter()
+        .all(|got| unfit.iter().all(|(_, message)| message.id != got.id)));
+}

@@ -40,8 +40,8 @@ pub trait OpenWrites: Clone + Send + Sync + 'static {
     /// A transaction holding enqueued messages, not yet committed.
     type Open: Send + 'static;
 
-    /// Begins a transaction and enqueues `messages` in it (one message by
-    /// `enqueue`, several by `enqueue_many`), leaving it open.
+    /// Begins a transaction and enqueues `messages` in it (the writer's
+    /// `enqueue_many`, which takes one message or several), leaving it open.
     fn begin_and_enqueue(&self, messages: Vec<Message>) -> impl Future<Output = Self::Open> + Send;
 
     /// Commits a transaction [`begin_and_enqueue`](Self::begin_and_enqueue) left open.
@@ -90,4 +90,11 @@ pub trait DestinationHarness: Send + Sync {
     /// A message this broker refuses for good (too large, unroutable), or
     /// `None` if it cannot be made to refuse one.
     fn refused_message(&self) -> Option<Message>;
+
+    /// Messages this broker's protocol cannot carry at all (a header name
+    /// or a routing key it does not allow), each with a text its error must
+    /// contain and a key of its own. None by default.
+    fn unfit_messages(&self) -> Vec<(&'static str, Message)> {
+        Vec::new()
+    }
 }

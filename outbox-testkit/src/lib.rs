@@ -57,6 +57,7 @@ macro_rules! destination_conformance {
         $crate::destination_conformance!(@tests $make;
             delivers_in_order_with_metadata,
             refused_message_is_dead_lettered,
+            unfit_messages_are_dead_lettered,
         );
     };
     (@tests $make:path; $($scenario:ident),* $(,)?) => {
