@@ -206,7 +206,7 @@ impl MysqlSource {
         let keys: HashSet<&str> = candidates.iter().map(|(_, key, _)| key.as_str()).collect();
         let last = candidates.iter().map(|(seq, _, _)| *seq).max().unwrap_or(0);
         let statement = format!(
-            "{}{} AND seq NOT IN {} GROUP BY ordering_key",
+            "{}{} AND seq NOT IN {} GROUP BY CAST(ordering_key AS BINARY)",
             self.outbox.sql.blockers,
             placeholders(keys.len()),
             placeholders(candidates.len())

@@ -79,12 +79,17 @@ impl Statements {
                  WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
                  ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
             ),
-            // The look-back, completed with `IN` lists by the source: per
-            // candidate key, the first earlier row left in the table outside
-            // the claim (held by another batch, waiting for its retry, or
-            // parked dead). Candidates after it stay behind.
+            // The look-back, completed with `IN` lists and the grouping by
+            // the source: per candidate key, the first earlier row left in
+            // the table outside the claim (held by another batch, waiting
+            // for its retry, or parked dead). Candidates after it stay
+            // behind. Grouped by the key's bytes: the column's collation
+            // (case- and accent-insensitive, trailing spaces ignored by
+            // default) would fold look-alike keys into one group named
+            // after either of them.
             blockers: format!(
-                "SELECT ordering_key, MIN(seq) AS seq FROM {t} FORCE INDEX (`{key}`) \
+                "SELECT MIN(ordering_key) AS ordering_key, MIN(seq) AS seq \
+                 FROM {t} FORCE INDEX (`{key}`) \
                  WHERE done_at IS NULL AND {blocks} AND seq < ? AND ordering_key IN "
             ),
             ack,

@@ -33,6 +33,7 @@ macro_rules! source_conformance {
             retry_then_success,
             poison_is_dead_lettered,
             no_head_of_line_blocking,
+            look_alike_keys_stay_distinct,
             dead_relay_claims_taken_over,
             shutdown_releases_claims,
             stale_relay_is_fenced,

@@ -212,6 +212,58 @@ pub async fn no_head_of_line_blocking<H: SourceHarness>(harness: &H) {
     assert_eq!(sent.len(), others);
 }
 
+/// Keys are compared byte for byte: keys that differ only in case, an accent
+/// or a trailing space are different keys. Each family below holds a key
+/// whose head keeps failing, an earlier head of a look-alike key that keeps
+/// failing too, and a later message of the first key, which must wait for
+/// its own head and never be published. (A look-back that grouped keys by
+/// a case- or accent-insensitive collation found the look-alike's head
+/// first, missed the key's own, and published the later message.)
+pub async fn look_alike_keys_stay_distinct<H: SourceHarness>(harness: &H) {
+    let families = [
+        ("ORDER-a", "order-a"),
+        ("order-b", "order-b "),
+        ("ordér-c", "order-c"),
+    ];
+    let destination = MemoryDestination::new();
+    let mut messages = Vec::new();
+    let mut heads = Vec::new();
+    let mut later = Vec::new();
+    for (look_alike, key) in families {
+        let family = [look_alike, key, key].map(|k| Message::builder("events", k).build().unwrap());
+        destination.fail_always(family[0].id);
+        destination.fail_always(family[1].id);
+        heads.extend([family[0].id, family[1].id]);
+        later.push((family[2].id, key));
+        messages.extend(family);
+    }
+    let others = numbered_messages("events", 1, 5);
+    messages.extend(others.iter().cloned());
+    harness.enqueue(messages).await;
+    let config = RelayConfig {
+        max_attempts: u32::MAX,
+        ..config()
+    };
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    let retried = eventually(DEADLINE, || async {
+        heads.iter().all(|id| destination.attempts(*id) >= 3)
+    })
+    .await;
+    relay.stop().await;
+    assert!(retried, "the failing heads were not retried");
+    assert!(
+        destination.wait_for(others.len(), DEADLINE).await,
+        "another key was held back"
+    );
+    let published = destination.sent();
+    for (id, key) in later {
+        assert!(
+            published.iter().all(|sent| sent.message.id != id),
+            "a later message of key {key:?} was published while its own head waited for a retry"
+        );
+    }
+}
+
 /// A relay that claimed and died without releasing: its claims are taken
 /// over once the lease passes (or at once, where they end with the relay's
 /// transaction), and nothing is lost.
