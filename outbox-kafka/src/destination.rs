@@ -132,6 +132,31 @@ fn headers(message: &Message, id: &str) -> OwnedHeaders {
     headers
 }
 
+/// Kafka's rule for topic names: 1 to 249 ASCII letters, digits, `.`, `_`
+/// and `-`, and neither `.` nor `..`. A message to another name can never
+/// be published (librdkafka refuses a NUL byte with an error that says
+/// nothing of the topic, and the broker the rest), so it is a permanent
+/// error naming the topic.
+fn legal_topic(message: &Message) -> Result<(), Error> {
+    let topic = message.destination.as_str();
+    let legal = (1..=249).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && topic != "."
+        && topic != "..";
+    if legal {
+        return Ok(());
+    }
+    let start: String = topic.chars().take(64).collect();
+    Err(Error::permanent(format!(
+        "message {}: topic {start:?} ({} bytes) is not a legal Kafka topic name: 1 to 249 \
+         ASCII letters, digits, '.', '_' and '-', and neither '.' nor '..'",
+        message.id,
+        topic.len()
+    )))
+}
+
 fn record<'a>(message: &'a Message, id: &str) -> FutureRecord<'a, str, [u8]> {
     let key = message
         .partition_key
@@ -160,17 +185,22 @@ impl Destination for KafkaDestination {
         let producer = self.producer();
         let mut queued = Vec::with_capacity(messages.len());
         let mut refused = None;
+        let mut stuck = false;
         for message in messages {
+            if let Err(err) = legal_topic(message) {
+                refused = Some(err);
+                break;
+            }
             let id = message.id.to_string();
             match producer.send_result(record(message, &id)) {
                 Ok(delivery) => queued.push(delivery),
                 Err((err, _)) => {
-                    refused = Some(err);
+                    stuck |= producer_stuck(&err);
+                    refused = Some(classify(err));
                     break;
                 }
             }
         }
-        let mut stuck = false;
         let mut results: Vec<Result<(), Error>> = join_all(queued)
             .await
             .into_iter()
@@ -186,8 +216,7 @@ impl Destination for KafkaDestination {
             })
             .collect();
         if let Some(err) = refused {
-            stuck |= producer_stuck(&err);
-            results.push(Err(classify(err)));
+            results.push(Err(err));
         }
         if stuck {
             self.rebuild_producer();

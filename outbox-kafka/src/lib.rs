@@ -1,7 +1,8 @@
 //! Kafka for the transactional outbox: a [`KafkaDestination`] on rdkafka.
 //!
-//! * Topic: the message's `destination`. Record key: its partition key, else
-//!   its ordering key, so one entity's messages land in one partition.
+//! * Topic: the message's `destination`, which must be a legal Kafka topic
+//!   name (else a permanent error). Record key: its partition key, else its
+//!   ordering key, so one entity's messages land in one partition.
 //! * Idempotent by default (`enable.idempotence=true`, `acks=all`): the
 //!   producer's own retries neither duplicate nor reorder a partition.
 //! * Pipelined: all messages of a key handed over at once are queued to the

@@ -99,6 +99,21 @@ impl DestinationHarness for KafkaTopic {
                 .unwrap(),
         )
     }
+
+    /// Topic names Kafka does not allow (a NUL byte made librdkafka refuse
+    /// the record with an error the relay took for temporary).
+    fn unfit_messages(&self) -> Vec<(&'static str, Message)> {
+        let illegal = "is not a legal Kafka topic name";
+        [
+            ("space", format!("{} events", self.topic)),
+            ("nul", format!("{}\0events", self.topic)),
+            ("long", "t".repeat(250)),
+            ("dot", ".".to_string()),
+        ]
+        .into_iter()
+        .map(|(key, topic)| (illegal, Message::builder(topic, key).build().unwrap()))
+        .collect()
+    }
 }
 
 async fn kafka_topic(scenario: &'static str) -> KafkaTopic {
