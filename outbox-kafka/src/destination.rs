@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::error::classify;
 use crate::KafkaConfig;
@@ -103,6 +103,38 @@ impl KafkaDestination {
     }
 }
 
+/// A send waits for room in a full producer queue (librdkafka's
+/// `queue.buffering.max.messages`) for at most this share of
+/// `delivery_timeout`, so that waiting and delivering together stay within
+/// the relay's `send_timeout`. A full queue is the producer's backpressure,
+/// not a failure: it empties as the broker acknowledges, and counting it as
+/// a failed attempt livelocked a relay whose keys kept refilling it.
+const QUEUE_WAIT_SHARE: u32 = 8;
+
+/// Pause between two tries to queue a record while the queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(2);
+
+/// Hands `record` to the producer, waiting while its queue is full until
+/// `wait_until`.
+async fn queue(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, str, [u8]>,
+    wait_until: Instant,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if Instant::now() < wait_until =>
+            {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
+}
+
 /// Errors after which the producer itself may be the problem.
 fn producer_stuck(err: &KafkaError) -> bool {
     matches!(
@@ -186,15 +218,16 @@ impl Destination for KafkaDestination {
         let mut queued = Vec::with_capacity(messages.len());
         let mut refused = None;
         let mut stuck = false;
+        let wait_until = Instant::now() + self.config.delivery_timeout / QUEUE_WAIT_SHARE;
         for message in messages {
             if let Err(err) = legal_topic(message) {
                 refused = Some(err);
                 break;
             }
             let id = message.id.to_string();
-            match producer.send_result(record(message, &id)) {
+            match queue(&producer, record(message, &id), wait_until).await {
                 Ok(delivery) => queued.push(delivery),
-                Err((err, _)) => {
+                Err(err) => {
                     stuck |= producer_stuck(&err);
                     refused = Some(classify(err));
                     break;

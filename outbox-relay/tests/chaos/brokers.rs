@@ -26,7 +26,21 @@ impl OwnBroker {
 }
 
 /// Partitions of a chaos topic; each key stays in one.
-const KAFKA_PARTITIONS: i32 = 3;
+pub const KAFKA_PARTITIONS: i32 = 3;
+
+/// A new topic `relay-chaos-<name>-<uuid>` of `KAFKA_PARTITIONS` partitions.
+pub async fn kafka_topic(name: &str) -> String {
+    let topic = format!("relay-chaos-{name}-{}", uuid::Uuid::now_v7().simple());
+    KafkaDestination::new(KafkaConfig {
+        brokers: kafka_brokers(),
+        ..KafkaConfig::default()
+    })
+    .unwrap()
+    .create_topics(&[&topic], KAFKA_PARTITIONS)
+    .await
+    .expect("Kafka-protocol broker reachable");
+    topic
+}
 
 /// Where one chaos run publishes.
 pub struct Target {
@@ -77,15 +91,7 @@ impl Target {
 
     /// A new topic on the Kafka-protocol broker, read from its start.
     pub async fn kafka(name: &str) -> Target {
-        let topic = format!("relay-chaos-{name}-{}", uuid::Uuid::now_v7().simple());
-        KafkaDestination::new(KafkaConfig {
-            brokers: kafka_brokers(),
-            ..KafkaConfig::default()
-        })
-        .unwrap()
-        .create_topics(&[&topic], KAFKA_PARTITIONS)
-        .await
-        .expect("Kafka-protocol broker reachable");
+        let topic = kafka_topic(name).await;
         Target {
             // The delivery timeout stays under the relays' send_timeout.
             settings: format!(

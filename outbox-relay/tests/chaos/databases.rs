@@ -1,9 +1,11 @@
 //! The outbox databases of the chaos runs: PostgreSQL (the shared server,
-//! or a cluster of the harness's own that it restarts) and MariaDB.
+//! or a cluster of the harness's own that it restarts), MariaDB, and a
+//! SQLite file the relay processes share.
 
 use outbox_core::Message;
 use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
+use outbox_sqlite::{SqliteConfig, SqliteOutbox};
 
 use crate::support::servers::{OwnMariadb, OwnPostgres};
 use crate::support::{commit, postgres_url, table};
@@ -209,5 +211,60 @@ impl Database for Mysql {
             .as_ref()
             .expect("only a server of the harness's own restarts");
         own.lock().await.restart().await;
+    }
+}
+
+/// A SQLite file of the run's own, which the relay processes open
+/// together. SQLite has no server: nothing to restart, and no connection
+/// to end but by ending its process.
+pub struct Sqlite {
+    outbox: SqliteOutbox,
+    pool: sqlx::SqlitePool,
+    path: String,
+}
+
+impl Sqlite {
+    /// A fresh file under the system temp directory.
+    pub async fn file(name: &str) -> Self {
+        let path = std::env::temp_dir()
+            .join(format!("outbox-chaos-{name}-{}.db", uuid::Uuid::now_v7()))
+            .to_string_lossy()
+            .into_owned();
+        let pool = outbox_sqlite::connect(&path).await.expect("SQLite file");
+        let outbox = SqliteOutbox::new(SqliteConfig {
+            table: name.into(),
+            ..SqliteConfig::default()
+        })
+        .unwrap();
+        outbox.migrate(&pool).await.unwrap();
+        Self { outbox, pool, path }
+    }
+}
+
+impl Database for Sqlite {
+    fn source_settings(&self) -> String {
+        format!(
+            "kind = \"sqlite\"\nurl = \"{}\"\ntable = \"{}\"",
+            self.path,
+            self.outbox.config().table
+        )
+    }
+
+    async fn commit(&self, messages: &[Message]) {
+        let mut tx = self.pool.begin().await.unwrap();
+        self.outbox.enqueue_many(&mut tx, messages).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn backlog(&self) -> outbox_core::Backlog {
+        self.outbox.backlog(&self.pool).await.unwrap()
+    }
+
+    async fn end_relay_connections(&self) -> usize {
+        unreachable!("a SQLite file has no connections to end from outside")
+    }
+
+    async fn restart(&self) {
+        unreachable!("a SQLite file has no server to restart")
     }
 }

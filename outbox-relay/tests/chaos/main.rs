@@ -13,8 +13,9 @@
 //!   the run's own).
 //!
 //! The relay faults run from PostgreSQL to each broker (NATS JetStream,
-//! Kafka, RabbitMQ) and from MariaDB to NATS; the restarts on servers of
-//! the run's own. Kafka's broker is not restarted here: the tansu the
+//! Kafka, RabbitMQ), from MariaDB to NATS, and from a SQLite file to NATS
+//! (kills and stops: a file has no connection to end nor server to
+//! restart); the restarts on servers of the run's own. Kafka's broker is not restarted here: the tansu the
 //! tests use keeps its data in memory only, so a restart loses what it
 //! acknowledged, and tansu 0.6.0 built with SQLite storage panics on the
 //! first idempotent produce after a restart (`outbox-kafka`'s own test
@@ -41,7 +42,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use brokers::Target;
-use databases::{Database, Mysql, Postgres};
+use databases::{Database, Mysql, Postgres, Sqlite};
 use outbox_core::Message;
 use outbox_testkit::{assert_order_per_key, eventually};
 use support::*;
@@ -89,6 +90,16 @@ async fn mysql_to_nats_survives_kills_stops_and_lost_connections() {
         RELAY_FAULTS,
     )
     .await;
+}
+
+/// Three relay processes on one SQLite file: kills and stops past the
+/// lease (the lease is written into the rows there, so this is where a
+/// stale relay's fencing is put to the test across processes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_nats_survives_kills_and_stops() {
+    let database = Sqlite::file("chaos_lite_nats").await;
+    let faults = [Fault::KillRelay, Fault::StopRelayPastLease];
+    chaos(&database, Target::nats("lite").await, "lite", 1000, &faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
