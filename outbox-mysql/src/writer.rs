@@ -78,6 +78,7 @@ impl MysqlOutbox {
         }
         for message in messages {
             message.validate()?;
+            fits_columns(message)?;
         }
         let mut keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
         keys.sort_unstable();
@@ -138,4 +139,32 @@ impl MysqlOutbox {
     pub fn source(&self, pool: MySqlPool) -> MysqlSource {
         MysqlSource::new(self.clone(), pool)
     }
+}
+
+/// The longest ordering key, destination, partition key or event type the
+/// table holds: its `VARCHAR(255)` columns count characters.
+const TEXT_COLUMN_CHARS: usize = 255;
+
+/// Checks the text fields fit their columns, before anything is written:
+/// under a `sql_mode` without `STRICT_TRANS_TABLES` MySQL would cut a longer
+/// value short without a word, publishing to a truncated destination.
+fn fits_columns(message: &Message) -> Result<(), Error> {
+    let fields = [
+        ("ordering key", Some(message.ordering_key.as_str())),
+        ("destination", Some(message.destination.as_str())),
+        ("partition key", message.partition_key.as_deref()),
+        ("event type", message.event_type.as_deref()),
+    ];
+    for (what, text) in fields {
+        let Some(text) = text else { continue };
+        let chars = text.chars().count();
+        if chars > TEXT_COLUMN_CHARS {
+            return Err(Error::permanent(format!(
+                "message {}: the {what} is {chars} characters long; the MySQL outbox table \
+                 holds at most {TEXT_COLUMN_CHARS}",
+                message.id
+            )));
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use outbox_testkit::{
     assert_order_per_key, eventually, numbered_messages, run_relay, OpenWrites, SourceHarness,
 };
 use sqlx::mysql::MySqlPoolOptions;
-use sqlx::MySqlPool;
+use sqlx::{Connection, MySqlPool};
 use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -425,6 +425,54 @@ async fn writers_committing_during_claims_never_fail() {
         duplicates, 0,
         "batches were published twice; the relays' last errors: {errors:?}"
     );
+}
+
+/// A text field longer than its `VARCHAR(255)` column is refused by the
+/// writer, naming it, before anything is written: a server whose
+/// `sql_mode` is not strict (set here for the session) would otherwise cut
+/// it short without a word, and publish to a truncated destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_longer_than_its_column_is_refused_before_anything_is_written() {
+    let (outbox, pool) = table("too_long").await;
+    let long = "x".repeat(256);
+    let unfit = [
+        ("ordering key", Message::builder("orders", long.clone())),
+        ("destination", Message::builder(long.clone(), "k")),
+        (
+            "partition key",
+            Message::builder("orders", "k").partition_key(long.clone()),
+        ),
+        (
+            "event type",
+            Message::builder("orders", "k").event_type(long.clone()),
+        ),
+    ];
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET SESSION sql_mode = ''")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for (what, builder) in unfit {
+        let fit = Message::builder("orders", "k").build().unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let err = outbox
+            .enqueue_many(&mut tx, &[fit, builder.build().unwrap()])
+            .await
+            .unwrap_err();
+        tx.commit().await.unwrap();
+        assert!(!err.is_temporary(), "{what}: {}", err.report());
+        assert!(
+            err.report()
+                .contains(&format!("the {what} is 256 characters long")),
+            "{}",
+            err.report()
+        );
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM too_long")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing of a refused batch is written");
 }
 
 /// A key that is not UTF-8 never reaches the relay: with the default
