@@ -16,6 +16,9 @@ use crate::row::{decode, Decoded};
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
 
+/// Most candidate rounds of one claim (see [`MysqlSource::claim_on`]).
+const CLAIM_ROUNDS: usize = 4;
+
 /// A [`Source`] on one MySQL outbox table, acting as one relay.
 ///
 /// **The lease is the claim's transaction**, as on PostgreSQL: a claim
@@ -146,52 +149,111 @@ impl MysqlSource {
         Ok(())
     }
 
-    /// The claim on `tx`: candidates locked, then those with no earlier row
-    /// of their key left outside the claim, in `seq` order.
+    /// Claims up to `limit` rows on `tx`, in rounds. A round locks the next
+    /// waiting rows as candidates and keeps those no earlier row of their
+    /// key holds back. When some were held back, the next round looks past
+    /// the last candidate and leaves out their keys: a key whose head waits
+    /// for its retry (or another batch), with more messages behind it than a
+    /// batch, would otherwise fill every claim with rows that stay behind
+    /// and hold back every other key. Held-back rows stay locked, unreturned,
+    /// until the batch commits.
     async fn claim_on(&self, tx: &mut ClaimTx, limit: usize) -> Result<Vec<Message>, Error> {
+        let mut claimed = Vec::with_capacity(limit);
+        let mut passed_over: HashSet<String> = HashSet::new();
+        let mut after = None;
+        for _ in 0..CLAIM_ROUNDS {
+            let asked = limit - claimed.len();
+            let rows = self.candidates(tx, asked, after, &passed_over).await?;
+            let mut candidates = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let seq: u64 = row.try_get("seq").map_err(classify)?;
+                let key: String = row.try_get("ordering_key").map_err(classify)?;
+                candidates.push((seq, key, row));
+            }
+            let Some(last) = candidates.iter().map(|(seq, _, _)| *seq).max() else {
+                break;
+            };
+            let blockers = self.blockers(tx, &candidates).await?;
+            let mut held_back = false;
+            for (seq, key, row) in candidates {
+                if blockers.get(&key).is_some_and(|first| *first < seq) {
+                    passed_over.insert(key);
+                    held_back = true;
+                    continue;
+                }
+                self.take(tx, row, seq, &mut claimed).await?;
+            }
+            if !held_back || rows.len() < asked || claimed.len() == limit {
+                break;
+            }
+            after = Some(last);
+        }
+        Ok(claimed)
+    }
+
+    /// The next `limit` waiting rows after `after` (from the first without
+    /// it), leaving out the keys in `passed_over`, locked on `tx`.
+    async fn candidates(
+        &self,
+        tx: &mut ClaimTx,
+        limit: usize,
+        after: Option<u64>,
+        passed_over: &HashSet<String>,
+    ) -> Result<Vec<sqlx::mysql::MySqlRow>, Error> {
         let sql = &self.outbox.sql;
-        let rows = sqlx::query(&sql.claim)
+        let Some(after) = after else {
+            return sqlx::query(&sql.claim)
+                .bind(limit as i64)
+                .fetch_all(&mut *tx.conn)
+                .await
+                .map_err(classify);
+        };
+        let statement = format!(
+            "{}{} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
+            sql.claim_past,
+            placeholders(passed_over.len())
+        );
+        let mut query = sqlx::query(&statement).bind(after);
+        for key in passed_over {
+            query = query.bind(key.as_str());
+        }
+        query
             .bind(limit as i64)
             .fetch_all(&mut *tx.conn)
             .await
-            .map_err(classify)?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut candidates = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: u64 = row.try_get("seq").map_err(classify)?;
-            let key: String = row.try_get("ordering_key").map_err(classify)?;
-            candidates.push((seq, key, row));
-        }
-        let blockers = self.blockers(tx, &candidates).await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for (seq, key, row) in candidates {
-            if blockers.get(&key).is_some_and(|first| *first < seq) {
-                continue;
+            .map_err(classify)
+    }
+
+    /// Adds a candidate to the claim, or dead-letters it if it cannot be
+    /// read as a message.
+    async fn take(
+        &self,
+        tx: &mut ClaimTx,
+        row: &sqlx::mysql::MySqlRow,
+        seq: u64,
+        claimed: &mut Vec<Message>,
+    ) -> Result<(), Error> {
+        match decode(row).map_err(classify)? {
+            Decoded::Message(message) => {
+                tx.seqs.insert(message.id, seq);
+                claimed.push(message);
             }
-            match decode(row).map_err(classify)? {
-                Decoded::Message(message) => {
-                    tx.seqs.insert(message.id, seq);
-                    claimed.push(message);
-                }
-                Decoded::Malformed {
-                    id,
-                    attempts,
-                    reason,
-                } => {
-                    tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
-                    sqlx::query(&sql.dead_letter)
-                        .bind(attempts + 1)
-                        .bind(reason)
-                        .bind(seq)
-                        .execute(&mut *tx.conn)
-                        .await
-                        .map_err(classify)?;
-                }
+            Decoded::Malformed {
+                id,
+                attempts,
+                reason,
+            } => {
+                tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                sqlx::query(&self.outbox.sql.dead_letter)
+                    .bind(attempts + 1)
+                    .bind(reason)
+                    .bind(seq)
+                    .execute(&mut *tx.conn)
+                    .await
+                    .map_err(classify)?;
             }
         }
-        Ok(claimed)
+        Ok(())
     }
 
     /// Per candidate key, the first earlier row left in the table outside

@@ -13,6 +13,7 @@ pub(crate) struct Statements {
     pub lock_keys_prefix: String,
     pub enqueue_prefix: String,
     pub claim: String,
+    pub claim_past: String,
     pub blockers: String,
     pub ack: String,
     pub retry: String,
@@ -78,6 +79,15 @@ impl Statements {
                 "SELECT {COLUMNS} FROM {t} FORCE INDEX (`{waiting}`) \
                  WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
                  ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
+            ),
+            // A later round of the same claim: the waiting rows after its
+            // last candidate, leaving out the keys held back so far,
+            // compared byte for byte (completed by the source with the keys,
+            // the order and the limit).
+            claim_past: format!(
+                "SELECT {COLUMNS} FROM {t} FORCE INDEX (`{waiting}`) \
+                 WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
+                   AND seq > ? AND CAST(ordering_key AS BINARY) NOT IN "
             ),
             // The look-back, completed with `IN` lists and the grouping by
             // the source: per candidate key, the first earlier row left in

@@ -6,10 +6,16 @@ use crate::PostgresConfig;
 /// (`public.outbox_messages`); teams running their own migration tool can
 /// take them as they are, or render them for their names with
 /// [`PostgresOutbox::schema_sql`](crate::PostgresOutbox::schema_sql).
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_outbox.sql",
-    include_str!("../migrations/0001_outbox.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_outbox.sql",
+        include_str!("../migrations/0001_outbox.sql"),
+    ),
+    (
+        "0002_failing.sql",
+        include_str!("../migrations/0002_failing.sql"),
+    ),
+];
 
 const DEFAULT_TABLE: &str = "public.outbox_messages";
 const DEFAULT_INDEX_PREFIX: &str = "outbox_messages_";

@@ -33,6 +33,7 @@ macro_rules! source_conformance {
             retry_then_success,
             poison_is_dead_lettered,
             no_head_of_line_blocking,
+            a_long_failing_key_holds_back_only_itself,
             look_alike_keys_stay_distinct,
             dead_relay_claims_taken_over,
             shutdown_releases_claims,

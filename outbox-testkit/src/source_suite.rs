@@ -212,6 +212,58 @@ pub async fn no_head_of_line_blocking<H: SourceHarness>(harness: &H) {
     assert_eq!(sent.len(), others);
 }
 
+/// A key whose head keeps failing, written first and with more messages
+/// behind its head than a batch holds, still holds back only its own later
+/// messages. The first waiting rows of the table are all this key's: a
+/// claim that took them as candidates and then found them held back would
+/// return nothing while the head waits for its retry, and no other key
+/// would flow.
+pub async fn a_long_failing_key_holds_back_only_itself<H: SourceHarness>(harness: &H) {
+    let config = RelayConfig {
+        max_attempts: u32::MAX,
+        ..config()
+    };
+    let stuck: Vec<Message> = (0..config.batch_size * 4)
+        .map(|n| {
+            Message::builder("events", "stuck")
+                .header("seq", n.to_string())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let destination = MemoryDestination::new();
+    destination.fail_always(stuck[0].id);
+    let others: Vec<Message> = (0..30)
+        .map(|n| {
+            Message::builder("events", format!("other-{}", n % 5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    harness.enqueue(stuck.clone()).await;
+    harness.enqueue(others.clone()).await;
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    let flowed = destination.wait_for(others.len(), DEADLINE).await;
+    let head = stuck[0].id;
+    let retried = eventually(DEADLINE, || async { destination.attempts(head) >= 2 }).await;
+    relay.stop().await;
+    assert!(
+        flowed,
+        "other keys were held back behind a failing key with more messages than a batch: \
+         {} of {} arrived",
+        destination.sent_count(),
+        others.len()
+    );
+    assert!(retried, "the failing head was not retried");
+    assert!(
+        destination
+            .sent()
+            .iter()
+            .all(|sent| sent.message.ordering_key != "stuck"),
+        "a later message of the failing key was published before its head"
+    );
+}
+
 /// Keys are compared byte for byte: keys that differ only in case, an accent
 /// or a trailing space are different keys. Each family below holds a key
 /// whose head keeps failing, an earlier head of a look-alike key that keeps
