@@ -217,8 +217,15 @@ where
     }
 
     /// Tells the source what became of a batch, one call per kind of outcome.
-    async fn report(&self, outcome: BatchOutcome<S::Item>, claimed_at: Instant) {
+    async fn report(&self, mut outcome: BatchOutcome<S::Item>, claimed_at: Instant) {
         let stats = &self.stats;
+        // Items the lease left no time to send are released with the rest:
+        // a source whose lease is the claim's transaction commits a batch
+        // only once every item is reported, and a batch left open would lose
+        // its acknowledgements when the lease rolls it back. A release after
+        // the lease changes nothing (fencing).
+        let expired = outcome.expired.len();
+        outcome.released.append(&mut outcome.expired);
         let now = SystemTime::now();
         for item in &outcome.delivered {
             if let Some(created) = item.created_at() {
@@ -264,16 +271,15 @@ where
         let total = outcome.delivered.len()
             + outcome.retry.len()
             + outcome.dead.len()
-            + outcome.released.len()
-            + outcome.expired.len();
+            + outcome.released.len();
         stats.in_flight.fetch_sub(total as u64, Ordering::Relaxed);
-        if total > outcome.released.len() + outcome.expired.len() {
+        if total > outcome.released.len() {
             stats.progressed();
         }
-        if !outcome.expired.is_empty() {
+        if expired > 0 {
             tracing::warn!(
-                count = outcome.expired.len(),
-                "lease ran out before these items could be sent; left to the next claim"
+                count = expired,
+                "the lease left no time to send these items; released to the next claim"
             );
         }
         stats.batch_latency.observe(claimed_at.elapsed());

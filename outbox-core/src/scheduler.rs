@@ -20,8 +20,9 @@ pub(crate) struct BatchOutcome<I> {
     pub dead: Vec<Failure<I>>,
     /// Not attempted, or sent behind a failure of their key: hand back.
     pub released: Vec<I>,
-    /// Not attempted because the lease ran out: another relay may own them
-    /// now, so they are neither sent nor reported.
+    /// Not attempted because the lease would end before their send could:
+    /// not sent, and released by the relay with the rest (a release after
+    /// the lease changes nothing).
     pub expired: Vec<I>,
 }
 

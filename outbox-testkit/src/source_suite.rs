@@ -264,6 +264,43 @@ pub async fn a_long_failing_key_holds_back_only_itself<H: SourceHarness>(harness
     );
 }
 
+/// A batch whose lease leaves no time to start its last sends (its first
+/// send was slow) keeps what it delivered: the unsent rest is released, the
+/// acknowledgements are committed, and nothing delivered is sent again.
+/// (Left unreported, the unsent rest kept a transaction-lease source's
+/// batch open until the lease rolled it back, acknowledgements and all, and
+/// the same slow batch was claimed and sent again, over and over.)
+pub async fn a_batch_past_its_send_window_keeps_its_acks<H: SourceHarness>(harness: &H) {
+    // Sends may start only in the first second of a batch (lease 10 s, send
+    // timeout 9 s); the key's first send takes 3 s.
+    let config = RelayConfig {
+        send_timeout: LEASE - Duration::from_secs(1),
+        ..config()
+    };
+    let messages = numbered_messages("events", 1, config.batch_size * 2);
+    let destination = MemoryDestination::new();
+    destination.delay(messages[0].id, Duration::from_secs(3));
+    harness.enqueue(messages.clone()).await;
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    let arrived = eventually(DEADLINE, || async {
+        destination.distinct_count() >= messages.len()
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        arrived,
+        "{} of {} messages arrived after {} sends",
+        destination.distinct_count(),
+        messages.len(),
+        destination.sent_count()
+    );
+    assert_eq!(
+        assert_order_per_key(&messages, &arrivals(&destination)),
+        0,
+        "delivered messages were sent again"
+    );
+}
+
 /// Keys are compared byte for byte: keys that differ only in case, an accent
 /// or a trailing space are different keys. Each family below holds a key
 /// whose head keeps failing, an earlier head of a look-alike key that keeps
