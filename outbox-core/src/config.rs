@@ -35,8 +35,10 @@ pub struct RelayConfig {
     /// wakes the relay sooner). Default 1 s.
     #[serde(with = "duration_ms")]
     pub poll_interval_max: Duration,
-    /// Claim the next batch while the current one is being published.
-    /// Default true.
+    /// Claim and deliver the next batch while the current one is being
+    /// published (two batches open at once, each with up to
+    /// `max_concurrent_keys` keys), so a slow key does not hold back the
+    /// keys of the next batch. Default true.
     pub prefetch: bool,
     /// On shutdown, how long in-flight keys may go on publishing before the
     /// rest of their items are released. Default 10 s.

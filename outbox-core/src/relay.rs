@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -69,74 +69,70 @@ where
     /// what it still holds and flushes the destination.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let relay = Arc::new(self);
-        let stop = AtomicBool::new(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let most_batches = if relay.config.prefetch { 2 } else { 1 };
         let mut idle = relay.config.poll_interval_min;
-        let mut prefetched: Option<Claimed<S::Item>> = None;
         let mut last_backlog: Option<Instant> = None;
         tracing::info!(batch_size = relay.config.batch_size, "relay started");
-        // A batch's report starts as soon as its delivery ends and runs on
-        // its own: alongside the next batch's delivery (which cannot hold
-        // any of its keys: a source never hands out a key with an
-        // unreported earlier message) and never waiting for the next claim
-        // (a source may hold a connection per open batch, and that claim may
-        // be waiting for one).
-        let mut reporting: Option<JoinHandle<()>> = None;
+        // Each batch is delivered, then reported, by a task of its own. With
+        // `prefetch` the next batch is claimed and delivered alongside, so a
+        // slow key of one batch does not hold back the keys of the next: two
+        // open batches never share a key, since a source never hands out a
+        // key with an unreported earlier message. A claim waits while
+        // `most_batches` are open (a source may hold a connection per open
+        // batch, and the claim needs one more), and after a short claim
+        // (the outbox was drained: claiming again at once finds little).
+        let mut batches: JoinSet<()> = JoinSet::new();
+        let mut short = false;
 
         while !shutdown.is_cancelled() {
             if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_REFRESH) {
                 last_backlog = Some(Instant::now());
                 relay.refresh_backlog().await;
             }
-            let batch = match prefetched.take() {
-                Some(batch) => batch,
-                None => {
-                    finish(reporting.take()).await;
-                    let claimed = tokio::select! {
+            if batches.len() >= most_batches || (short && !batches.is_empty()) {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    Some(done) = batches.join_next() => finished(done),
+                }
+                continue;
+            }
+            let claimed = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                claimed = relay.claim(&shutdown) => claimed,
+            };
+            match claimed {
+                Some(batch) if !batch.items.is_empty() => {
+                    idle = relay.config.poll_interval_min;
+                    short = batch.items.len() < relay.config.batch_size;
+                    let (relay, stop, shutdown) =
+                        (Arc::clone(&relay), Arc::clone(&stop), shutdown.clone());
+                    batches.spawn(async move {
+                        let claimed_at = batch.at;
+                        let outcome = relay.deliver(batch, &stop, &shutdown).await;
+                        relay.report(outcome, claimed_at).await;
+                    });
+                }
+                _ => {
+                    // Nothing to claim: wait for new work, the poll
+                    // interval, or an open batch to end (its keys may have
+                    // more waiting).
+                    tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => break,
-                        claimed = relay.claim(&shutdown) => claimed,
-                    };
-                    match claimed {
-                        Some(batch) if !batch.items.is_empty() => batch,
-                        _ => {
-                            relay.wait_idle(idle, &shutdown).await;
+                        Some(done) = batches.join_next(), if !batches.is_empty() => finished(done),
+                        () = relay.wait_idle(idle, &shutdown) => {
                             idle = (idle * 2).min(relay.config.poll_interval_max);
-                            continue;
                         }
                     }
                 }
-            };
-            idle = relay.config.poll_interval_min;
-
-            let full = batch.items.len() >= relay.config.batch_size;
-            let claimed_at = batch.at;
-            // Yields the report's handle, awaited later on purpose.
-            #[allow(clippy::async_yields_async)]
-            let deliver_then_report = async {
-                let outcome = relay.deliver(batch, &stop, &shutdown).await;
-                let reporter = Arc::clone(&relay);
-                tokio::spawn(async move { reporter.report(outcome, claimed_at).await })
-            };
-            let previous = finish(reporting.take());
-            if relay.config.prefetch && full {
-                let (report, (), next) =
-                    tokio::join!(deliver_then_report, previous, relay.claim(&shutdown));
-                prefetched = next.filter(|batch| !batch.items.is_empty());
-                reporting = Some(report);
-            } else {
-                let (report, ()) = tokio::join!(deliver_then_report, previous);
-                finish(Some(report)).await;
             }
         }
-        finish(reporting.take()).await;
-
-        if let Some(batch) = prefetched.take() {
-            let held = batch.items.len() as u64;
-            relay
-                .with_retries("release", || relay.source.release(&batch.items))
-                .await;
-            relay.stats.released.fetch_add(held, Ordering::Relaxed);
-            relay.stats.in_flight.fetch_sub(held, Ordering::Relaxed);
+        // Open batches finish on their own: their keys get `shutdown_timeout`
+        // to go on publishing, then release what they did not send.
+        while let Some(done) = batches.join_next().await {
+            finished(done);
         }
         if let Err(err) = relay.destination.flush().await {
             tracing::warn!(error = %err.report(), "destination flush on shutdown failed");
@@ -316,11 +312,9 @@ where
     }
 }
 
-/// Waits for a batch's report, if one is running.
-async fn finish(report: Option<JoinHandle<()>>) {
-    if let Some(report) = report {
-        if let Err(err) = report.await {
-            tracing::error!(error = %err, "reporting a batch failed");
-        }
+/// Logs a batch task that panicked.
+fn finished(done: Result<(), JoinError>) {
+    if let Err(err) = done {
+        tracing::error!(error = %err, "delivering or reporting a batch failed");
     }
 }

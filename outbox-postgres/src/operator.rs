@@ -87,11 +87,14 @@ impl PostgresOutbox {
         Ok(done.rows_affected())
     }
 
-    /// The plan PostgreSQL chooses for a claim of `limit` rows (`EXPLAIN`),
-    /// to check that it stays an index scan on a large backlog.
+    /// The plan PostgreSQL chooses for a claim's first round of `limit`
+    /// rows (`EXPLAIN`), to check that it stays an index scan on a large
+    /// backlog.
     pub async fn explain_claim(&self, pool: &PgPool, limit: u32) -> Result<String, Error> {
         let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", self.sql.claim))
             .bind(i64::from(limit))
+            .bind(0_i64)
+            .bind(Vec::<String>::new())
             .fetch_all(pool)
             .await
             .map_err(classify)?;

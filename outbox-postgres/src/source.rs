@@ -16,6 +16,9 @@ use crate::leader::Leadership;
 use crate::row::{decode, Decoded};
 use crate::PostgresOutbox;
 
+/// Most candidate rounds of one claim (see `claim`).
+const CLAIM_ROUNDS: usize = 4;
+
 /// A [`Source`] on one PostgreSQL outbox table, acting as one relay.
 ///
 /// **The lease is the claim's transaction.** A claim opens a transaction,
@@ -189,27 +192,50 @@ impl Source for PostgresSource {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        let rows = sqlx::query(&self.outbox.sql.claim)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let mut claimed = Vec::with_capacity(rows.len());
+        // In rounds: when candidates were held back, claim again past them,
+        // leaving out their keys, so a key with more messages than a batch
+        // behind a held or failing head cannot fill the claim.
+        let mut claimed = Vec::with_capacity(limit);
         let mut malformed = (Vec::new(), Vec::new(), Vec::new());
-        for row in &rows {
-            let seq: i64 = row.try_get("seq").map_err(classify)?;
-            match decode(row).map_err(classify)? {
-                Decoded::Message(message) => claimed.push((seq, message)),
-                Decoded::Malformed {
-                    id,
-                    attempts,
-                    reason,
-                } => {
-                    tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
-                    malformed.0.push(id);
-                    malformed.1.push(attempts + 1);
-                    malformed.2.push(reason);
+        let mut passed_over: Vec<String> = Vec::new();
+        let mut after = 0_i64;
+        for _ in 0..CLAIM_ROUNDS {
+            let asked = limit - claimed.len();
+            let rows = sqlx::query(&self.outbox.sql.claim)
+                .bind(asked as i64)
+                .bind(after)
+                .bind(&passed_over)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?;
+            let mut held_back = false;
+            for row in &rows {
+                let seq: i64 = row.try_get("seq").map_err(classify)?;
+                after = after.max(seq);
+                if row.try_get::<bool, _>("held").map_err(classify)? {
+                    let key: String = row.try_get("ordering_key").map_err(classify)?;
+                    if !passed_over.contains(&key) {
+                        passed_over.push(key);
+                    }
+                    held_back = true;
+                    continue;
                 }
+                match decode(row).map_err(classify)? {
+                    Decoded::Message(message) => claimed.push((seq, message)),
+                    Decoded::Malformed {
+                        id,
+                        attempts,
+                        reason,
+                    } => {
+                        tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                        malformed.0.push(id);
+                        malformed.1.push(attempts + 1);
+                        malformed.2.push(reason);
+                    }
+                }
+            }
+            if !held_back || rows.len() < asked || claimed.len() == limit {
+                break;
             }
         }
         if !malformed.0.is_empty() {

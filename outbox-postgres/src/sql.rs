@@ -80,36 +80,39 @@ impl Statements {
                  SELECT $2::uuid, $3::text, $4::text, $5::text, $6::bytea, $7::text::jsonb, $8::text, $9::timestamptz \
                  FROM lock{notify}"
             ),
-            // Candidates: the first waiting rows not locked by another
-            // batch and not behind a failed row of their key (waiting for
-            // its retry, or parked dead), locked by this claim's
-            // transaction. Skipping those before the `LIMIT` keeps a failing
-            // key with more messages than a batch from filling every claim
-            // with rows it must leave behind. The probe uses the small
-            // `failing` index (rows with `attempts > 0`), and only when it
-            // holds a row: one probe for the whole claim otherwise.
+            // Candidates: the first waiting rows after `$2` not locked by
+            // another batch, not of a key in `$3`, and not behind a failed
+            // row of their key (waiting for its retry, or parked dead),
+            // locked by this claim's transaction. Skipping those before the
+            // `LIMIT` keeps a failing key with more messages than a batch
+            // from filling every claim with rows it must leave behind. The
+            // probe uses the small `failing` index (rows with `attempts >
+            // 0`), and only when it holds a row: one probe for the whole
+            // claim otherwise.
             //
-            // A candidate is returned only if no earlier row of its key is
-            // left in the table outside this claim: one held by another
-            // batch, waiting for its retry, or (when parking) dead. The rest
-            // stay locked, unreturned, until this batch commits. `OFFSET 0`
-            // keeps each look-back a per-row probe of an index. The
-            // candidates carry every column: joining back to the table for
-            // them cost 9,053 buffer hits per 1,000 rows claimed, against
-            // 5,053.
+            // Every candidate comes back, `held` when an earlier row of its
+            // key is left in the table outside this claim: one held by
+            // another batch, waiting for its retry, or (when parking) dead.
+            // Held rows stay locked, unused, until this batch commits; the
+            // source claims again past them, leaving out their keys (`$2`,
+            // `$3`). `OFFSET 0` keeps each look-back a per-row probe of an
+            // index. The candidates carry every column: joining back to the
+            // table for them cost 9,053 buffer hits per 1,000 rows claimed,
+            // against 5,053.
             claim: format!(
                 "WITH c AS MATERIALIZED (\
                    SELECT {COLUMNS} FROM {t} AS o \
                    WHERE o.done_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= now() \
+                     AND o.seq > $2 AND o.ordering_key <> ALL($3::text[]) \
                      AND (NOT EXISTS (SELECT 1 FROM {t} AS a WHERE a.attempts > 0 AND a.done_at IS NULL) \
                        OR NOT EXISTS (SELECT 1 FROM {t} AS f \
                          WHERE f.ordering_key = o.ordering_key AND f.seq < o.seq \
                            AND f.attempts > 0 AND f.done_at IS NULL AND {failing} OFFSET 0)) \
                    ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
-                 SELECT {COLUMNS} FROM c \
-                 WHERE NOT EXISTS (SELECT 1 FROM {t} AS p \
+                 SELECT {COLUMNS}, EXISTS (SELECT 1 FROM {t} AS p \
                      WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
-                       AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0)"
+                       AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0) AS held \
+                 FROM c"
             ),
             ack,
             retry: format!(

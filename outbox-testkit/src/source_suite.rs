@@ -301,6 +301,53 @@ pub async fn a_batch_past_its_send_window_keeps_its_acks<H: SourceHarness>(harne
     );
 }
 
+/// Other keys do not wait for a key whose batch is still being sent: a key
+/// written first, with more messages than a batch, whose head takes seconds
+/// to be acknowledged. Its later messages wait for that batch; messages of
+/// other keys, written after all of them, go out meanwhile. (A relay that
+/// delivered a batch whole before starting the next, or a claim that took
+/// the slow key's next rows as candidates and held them all back, kept the
+/// other keys waiting for the slow send.)
+pub async fn a_key_in_a_slow_send_holds_back_only_itself<H: SourceHarness>(harness: &H) {
+    let config = config();
+    let busy: Vec<Message> = (0..config.batch_size * 4)
+        .map(|_| Message::builder("events", "busy").build().unwrap())
+        .collect();
+    let destination = MemoryDestination::new();
+    destination.delay(busy[0].id, Duration::from_millis(1500));
+    let others: Vec<Message> = (0..30)
+        .map(|n| {
+            Message::builder("events", format!("other-{}", n % 5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    harness.enqueue(busy.clone()).await;
+    harness.enqueue(others.clone()).await;
+    let relay = run_relay(
+        harness.relay(LEASE).await,
+        destination.clone(),
+        config.clone(),
+    );
+    let all = busy.len() + others.len();
+    let arrived = eventually(DEADLINE, || async { destination.distinct_count() >= all }).await;
+    relay.stop().await;
+    assert!(
+        arrived,
+        "{} of {all} messages arrived",
+        destination.distinct_count()
+    );
+    let sent = arrivals(&destination);
+    let head = sent.iter().position(|(_, id)| *id == busy[0].id);
+    let last_other = sent.iter().rposition(|(key, _)| key != "busy");
+    assert!(
+        last_other < head,
+        "other keys waited for the slow send: the last of them arrived at {last_other:?}, \
+         the slow message at {head:?}"
+    );
+    assert_order_per_key(&[busy, others].concat(), &sent);
+}
+
 /// Keys are compared byte for byte: keys that differ only in case, an accent
 /// or a trailing space are different keys. Each family below holds a key
 /// whose head keeps failing, an earlier head of a look-alike key that keeps
