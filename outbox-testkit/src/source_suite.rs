@@ -29,6 +29,18 @@ fn config() -> RelayConfig {
     }
 }
 
+/// 30 messages over five keys (`other-0` to `other-4`), for scenarios
+/// where one key misbehaves.
+fn other_keys() -> Vec<Message> {
+    (0..30)
+        .map(|n| {
+            Message::builder("events", format!("other-{}", n % 5))
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
 fn arrivals(destination: &MemoryDestination) -> Vec<(String, uuid::Uuid)> {
     destination
         .sent()
@@ -233,13 +245,7 @@ pub async fn a_long_failing_key_holds_back_only_itself<H: SourceHarness>(harness
         .collect();
     let destination = MemoryDestination::new();
     destination.fail_always(stuck[0].id);
-    let others: Vec<Message> = (0..30)
-        .map(|n| {
-            Message::builder("events", format!("other-{}", n % 5))
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let others = other_keys();
     harness.enqueue(stuck.clone()).await;
     harness.enqueue(others.clone()).await;
     let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
@@ -315,13 +321,7 @@ pub async fn a_key_in_a_slow_send_holds_back_only_itself<H: SourceHarness>(harne
         .collect();
     let destination = MemoryDestination::new();
     destination.delay(busy[0].id, Duration::from_millis(1500));
-    let others: Vec<Message> = (0..30)
-        .map(|n| {
-            Message::builder("events", format!("other-{}", n % 5))
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let others = other_keys();
     harness.enqueue(busy.clone()).await;
     harness.enqueue(others.clone()).await;
     let relay = run_relay(
