@@ -192,7 +192,7 @@ impl Source for PostgresSource {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        // In rounds: when candidates were held back, claim again past them,
+        // In rounds: when most candidates were held back, claim again past them,
         // leaving out their keys, so a key with more messages than a batch
         // behind a held or failing head cannot fill the claim.
         let mut claimed = Vec::with_capacity(limit);
@@ -234,7 +234,10 @@ impl Source for PostgresSource {
                     }
                 }
             }
-            if !held_back || rows.len() < asked || claimed.len() == limit {
+            // Another round only for a claim mostly held back: a few held
+            // rows simply wait for the next claim, which costs less than a
+            // round of statements for the rest.
+            if !held_back || rows.len() < asked || claimed.len() * 2 >= limit {
                 break;
             }
         }
