@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use outbox_core::memory::{MemoryDestination, MemorySource};
-use outbox_core::{Message, Source};
+use outbox_core::{Message, OnDeadLetter, Source};
 use outbox_testkit::{DestinationHarness, Received, SourceHarness};
 use uuid::Uuid;
 
@@ -14,6 +14,12 @@ impl SourceHarness for MemoryTable {
 
     async fn relay(&self, lease: Duration) -> MemorySource {
         self.0.another_relay(lease)
+    }
+
+    async fn parking_relay(&self, lease: Duration) -> MemorySource {
+        self.0
+            .another_relay(lease)
+            .on_dead_letter(OnDeadLetter::Park)
     }
 
     async fn enqueue(&self, messages: Vec<Message>) {

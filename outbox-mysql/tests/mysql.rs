@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, RelayConfig, Source, Stats};
+use outbox_core::{Message, OnDeadLetter, RelayConfig, Source, Stats};
 use outbox_mysql::{MysqlConfig, MysqlOutbox, MysqlSource};
 use outbox_testkit::{
     assert_order_per_key, eventually, numbered_messages, run_relay, OpenWrites, SourceHarness,
@@ -61,6 +61,15 @@ impl SourceHarness for MyTable {
     async fn relay(&self, lease: Duration) -> MysqlSource {
         let config = MysqlConfig {
             lease,
+            ..self.outbox.config().clone()
+        };
+        MysqlOutbox::new(config).unwrap().source(self.pool.clone())
+    }
+
+    async fn parking_relay(&self, lease: Duration) -> MysqlSource {
+        let config = MysqlConfig {
+            lease,
+            on_dead_letter: OnDeadLetter::Park,
             ..self.outbox.config().clone()
         };
         MysqlOutbox::new(config).unwrap().source(self.pool.clone())

@@ -79,6 +79,16 @@ impl SourceHarness for PgTable {
         outbox.source(self.pool.clone()).await.expect("source")
     }
 
+    async fn parking_relay(&self, lease: Duration) -> PostgresSource {
+        let config = PostgresConfig {
+            lease,
+            on_dead_letter: OnDeadLetter::Park,
+            ..self.outbox.config().clone()
+        };
+        let outbox = PostgresOutbox::new(config).unwrap();
+        outbox.source(self.pool.clone()).await.expect("source")
+    }
+
     async fn enqueue(&self, messages: Vec<Message>) {
         commit(&self.outbox, &self.pool, &messages).await;
     }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, RelayConfig, Source, Stats};
+use outbox_core::{Message, OnDeadLetter, RelayConfig, Source, Stats};
 use outbox_sqlite::{connect, AckMode, SqliteConfig, SqliteOutbox, SqliteSource};
 use outbox_testkit::{
     assert_order_per_key, eventually, numbered_messages, run_relay, SourceHarness,
@@ -46,6 +46,15 @@ impl SourceHarness for LiteTable {
     async fn relay(&self, lease: Duration) -> SqliteSource {
         let config = SqliteConfig {
             lease,
+            ..self.outbox.config().clone()
+        };
+        SqliteOutbox::new(config).unwrap().source(self.pool.clone())
+    }
+
+    async fn parking_relay(&self, lease: Duration) -> SqliteSource {
+        let config = SqliteConfig {
+            lease,
+            on_dead_letter: OnDeadLetter::Park,
             ..self.outbox.config().clone()
         };
         SqliteOutbox::new(config).unwrap().source(self.pool.clone())

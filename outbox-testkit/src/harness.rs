@@ -16,6 +16,10 @@ pub trait SourceHarness: Send + Sync {
     /// identity and leases), with claims holding for `lease`.
     fn relay(&self, lease: Duration) -> impl Future<Output = Self::Source> + Send;
 
+    /// The same as [`relay`](Self::relay), with dead letters parking their
+    /// keys ([`OnDeadLetter::Park`](outbox_core::OnDeadLetter::Park)).
+    fn parking_relay(&self, lease: Duration) -> impl Future<Output = Self::Source> + Send;
+
     /// Commits `messages` to the table, in this order, as an application would.
     fn enqueue(&self, messages: Vec<Message>) -> impl Future<Output = ()> + Send;
 

@@ -270,6 +270,47 @@ pub async fn a_long_failing_key_holds_back_only_itself<H: SourceHarness>(harness
     );
 }
 
+/// With dead letters parking their keys, a parked key with more messages
+/// waiting than a batch holds back only its own: every claim after the
+/// parking meets those messages first, and must pass over them.
+pub async fn a_long_parked_key_holds_back_only_itself<H: SourceHarness>(harness: &H) {
+    let config = config();
+    let parked: Vec<Message> = (0..config.batch_size * 3)
+        .map(|_| Message::builder("events", "parked").build().unwrap())
+        .collect();
+    let destination = MemoryDestination::new();
+    destination.fail_permanently(parked[0].id);
+    harness.enqueue(parked.clone()).await;
+    let relay = run_relay(
+        harness.parking_relay(LEASE).await,
+        destination.clone(),
+        config,
+    );
+    // The others are written once the head is parked.
+    let head_parked = eventually(DEADLINE, || async {
+        harness.dead_letters().await.len() == 1
+    })
+    .await;
+    let others = other_keys();
+    harness.enqueue(others.clone()).await;
+    let flowed = destination.wait_for(others.len(), DEADLINE).await;
+    relay.stop().await;
+    assert!(head_parked, "the refused head was not dead-lettered");
+    assert!(
+        flowed,
+        "other keys were held back behind a parked key with more messages than a batch: \
+         {} of {} arrived",
+        destination.sent_count(),
+        others.len()
+    );
+    assert!(
+        arrivals(&destination)
+            .iter()
+            .all(|(key, _)| key != "parked"),
+        "a parked key's later message went out"
+    );
+}
+
 /// A batch whose lease leaves no time to start its last sends (its first
 /// send was slow) keeps what it delivered: the unsent rest is released, the
 /// acknowledgements are committed, and nothing delivered is sent again.
