@@ -197,14 +197,19 @@ impl Source for PostgresSource {
         // behind a held or failing head cannot fill the claim.
         let mut claimed = Vec::with_capacity(limit);
         let mut malformed = (Vec::new(), Vec::new(), Vec::new());
-        let mut passed_over: Vec<String> = Vec::new();
+        let mut passed_over: HashSet<String> = HashSet::new();
         let mut after = 0_i64;
         for _ in 0..CLAIM_ROUNDS {
             let asked = limit - claimed.len();
             let rows = sqlx::query(&self.outbox.sql.claim)
                 .bind(asked as i64)
                 .bind(after)
-                .bind(&passed_over)
+                .bind(
+                    passed_over
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<&str>>(),
+                )
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -214,9 +219,7 @@ impl Source for PostgresSource {
                 after = after.max(seq);
                 if row.try_get::<bool, _>("held").map_err(classify)? {
                     let key: String = row.try_get("ordering_key").map_err(classify)?;
-                    if !passed_over.contains(&key) {
-                        passed_over.push(key);
-                    }
+                    passed_over.insert(key);
                     held_back = true;
                     continue;
                 }
