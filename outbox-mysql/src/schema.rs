@@ -4,13 +4,20 @@ use crate::MysqlConfig;
 
 /// The migrations, in order: `(name, SQL)`, written for the default table
 /// name `outbox_messages`.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_outbox.sql",
-    include_str!("../migrations/0001_outbox.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_outbox.sql",
+        include_str!("../migrations/0001_outbox.sql"),
+    ),
+    (
+        "0002_waiting_key.sql",
+        include_str!("../migrations/0002_waiting_key.sql"),
+    ),
+];
 
 /// The statements of every migration rendered for `config`'s (validated)
-/// table name, one statement per item (MySQL runs one at a time).
+/// table name, one statement per item (MySQL runs one at a time), to run
+/// in order on one connection (they share session variables).
 pub(crate) fn statements(config: &MysqlConfig) -> Vec<String> {
     MIGRATIONS
         .iter()

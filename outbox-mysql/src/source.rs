@@ -260,7 +260,11 @@ impl MysqlSource {
     }
 
     /// Per candidate key, the first earlier row left in the table outside
-    /// the candidates. Run after the candidates are locked, it sees every
+    /// the candidates: waiting (held by another batch, or for its retry),
+    /// or dead when parking. Grouped by the key's bytes: the column's
+    /// collation (case- and accent-insensitive, trailing spaces ignored by
+    /// default) would fold look-alike keys into one group named after
+    /// either of them. Run after the candidates are locked, it sees every
     /// report committed before it; one committed later can only have made
     /// it more careful.
     async fn blockers(
@@ -268,20 +272,27 @@ impl MysqlSource {
         tx: &mut ClaimTx,
         candidates: &[(u64, String, &sqlx::mysql::MySqlRow)],
     ) -> Result<HashMap<String, u64>, Error> {
+        let sql = &self.outbox.sql;
         let keys: HashSet<&str> = candidates.iter().map(|(_, key, _)| key.as_str()).collect();
         let last = candidates.iter().map(|(seq, _, _)| *seq).max().unwrap_or(0);
         let statement = format!(
-            "{}{} AND seq NOT IN {} GROUP BY CAST(ordering_key AS BINARY)",
-            self.outbox.sql.blockers,
+            "SELECT MIN(ordering_key) AS ordering_key, MIN(seq) AS seq \
+             FROM ({}{}{}) AS earlier \
+             WHERE ordering_key IN {} GROUP BY CAST(ordering_key AS BINARY)",
+            sql.earlier_waiting,
+            placeholders(candidates.len()),
+            sql.earlier_dead.as_deref().unwrap_or_default(),
             placeholders(keys.len()),
-            placeholders(candidates.len())
         );
         let mut query = sqlx::query(&statement).bind(last);
-        for key in &keys {
-            query = query.bind(*key);
-        }
         for (seq, _, _) in candidates {
             query = query.bind(*seq);
+        }
+        if sql.earlier_dead.is_some() {
+            query = query.bind(last);
+        }
+        for key in &keys {
+            query = query.bind(*key);
         }
         let rows = query.fetch_all(&mut *tx.conn).await.map_err(classify)?;
         rows.iter()

@@ -14,7 +14,8 @@ pub(crate) struct Statements {
     pub enqueue_prefix: String,
     pub claim: String,
     pub claim_past: String,
-    pub blockers: String,
+    pub earlier_waiting: String,
+    pub earlier_dead: Option<String>,
     pub ack: String,
     pub retry: String,
     pub dead_letter: String,
@@ -41,13 +42,6 @@ impl Statements {
         // which walks every delivered (mark-done) and dead row before the
         // waiting ones; the `waiting` index starts at the first waiting row.
         let waiting = format!("{}_waiting", config.table);
-        let key = format!("{}_key", config.table);
-        // Which earlier rows of a key hold it back: every row still in the
-        // delivery path, and dead ones too when parking.
-        let blocks = match config.on_dead_letter {
-            OnDeadLetter::Park => "TRUE",
-            OnDeadLetter::Continue => "dead_at IS NULL",
-        };
         // Reports name their rows by primary key, which the claim already
         // holds locked. The optimizer must look each one up: a scan (its
         // choice on a table it believes small, even for `seq IN (...)`, and
@@ -64,6 +58,24 @@ impl Statements {
             AckMode::MarkDone => format!("UPDATE {by_seq} SET o.done_at = {now}"),
         };
         let one_row = format!("{t} FORCE INDEX (PRIMARY)");
+        // The look-back, completed by the source with the candidates' `seq`
+        // and keys (see `MysqlSource::blockers`): the earlier rows left
+        // outside the candidates, read from the `waiting` index alone, which
+        // carries each row's key. One range scan: probing the `key` index
+        // per candidate cost a row lookup each (6.0 – 8.1 ms for 1,000
+        // candidates against 2.7 – 3.2 ms, from the `mariadb` client).
+        let earlier_waiting = format!(
+            "SELECT ordering_key, seq FROM {t} FORCE INDEX (`{waiting}`) \
+             WHERE done_at IS NULL AND dead_at IS NULL AND seq < ? AND seq NOT IN "
+        );
+        // When parking, dead rows hold their key back too: a range of their
+        // own, as one range over both scans every waiting row.
+        let earlier_dead = matches!(config.on_dead_letter, OnDeadLetter::Park).then(|| {
+            format!(
+                " UNION ALL SELECT ordering_key, seq FROM {t} FORCE INDEX (`{waiting}`) \
+                 WHERE done_at IS NULL AND dead_at IS NOT NULL AND seq < ?"
+            )
+        });
         Self {
             lock_keys_prefix: format!(
                 "INSERT INTO `{}_keys` (ordering_key) VALUES ",
@@ -89,19 +101,8 @@ impl Statements {
                  WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
                    AND seq > ? AND CAST(ordering_key AS BINARY) NOT IN "
             ),
-            // The look-back, completed with `IN` lists and the grouping by
-            // the source: per candidate key, the first earlier row left in
-            // the table outside the claim (held by another batch, waiting
-            // for its retry, or parked dead). Candidates after it stay
-            // behind. Grouped by the key's bytes: the column's collation
-            // (case- and accent-insensitive, trailing spaces ignored by
-            // default) would fold look-alike keys into one group named
-            // after either of them.
-            blockers: format!(
-                "SELECT MIN(ordering_key) AS ordering_key, MIN(seq) AS seq \
-                 FROM {t} FORCE INDEX (`{key}`) \
-                 WHERE done_at IS NULL AND {blocks} AND seq < ? AND ordering_key IN "
-            ),
+            earlier_waiting,
+            earlier_dead,
             ack,
             retry: format!(
                 "UPDATE {one_row} SET attempts = ?, last_error = ?, \

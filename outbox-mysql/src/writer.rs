@@ -46,9 +46,10 @@ impl MysqlOutbox {
 
     /// Creates the tables if needed (idempotent).
     pub async fn migrate(&self, pool: &MySqlPool) -> Result<(), Error> {
+        let mut conn = pool.acquire().await.map_err(classify)?;
         for statement in statements(&self.config) {
             sqlx::raw_sql(&statement)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(classify)?;
         }

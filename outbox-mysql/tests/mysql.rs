@@ -327,6 +327,77 @@ async fn a_million_waiting_rows_are_claimed_by_index_range_scan() {
         .unwrap();
 }
 
+/// Many rows waiting for their retry before a claim's candidates: the
+/// look-back finds them, so the keys behind them stay behind and the others
+/// are claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_behind_many_retrying_rows_leaves_only_their_keys_behind() {
+    let (outbox, pool) = table("behind_retries").await;
+    let message = |key: String| Message::builder("orders", key).build().unwrap();
+    let heads: Vec<Message> = (0..200).map(|k| message(format!("key-{k}"))).collect();
+    commit(&outbox, &pool, &heads).await;
+    sqlx::query(
+        "UPDATE behind_retries SET attempts = 1, \
+         next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let later: Vec<Message> = (0..5)
+        .flat_map(|k| [message(format!("key-{k}")), message(format!("free-{k}"))])
+        .collect();
+    commit(&outbox, &pool, &later).await;
+
+    let source = outbox.source(pool.clone());
+    let claimed = source.claim(10).await.unwrap();
+    source.release(&claimed).await.unwrap();
+
+    let mut keys: Vec<&str> = claimed.iter().map(|m| m.ordering_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["free-0", "free-1", "free-2", "free-3", "free-4"]);
+}
+
+/// A table as the first migration left it (the `waiting` index without
+/// the key) is upgraded in place by `migrate`, run twice as relay starts
+/// do, and keeps its messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
+    let (outbox, pool) = table("upgraded").await;
+    sqlx::query(
+        "ALTER TABLE upgraded DROP INDEX upgraded_waiting, \
+         ADD INDEX upgraded_waiting (done_at, dead_at, seq)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let columns = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT column_name FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = 'upgraded' \
+               AND index_name = 'upgraded_waiting' ORDER BY seq_in_index",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(columns().await, ["done_at", "dead_at", "seq"]);
+    let messages = numbered_messages("orders", 5, 4);
+    commit(&outbox, &pool, &messages).await;
+
+    outbox.migrate(&pool).await.expect("upgrade");
+    outbox.migrate(&pool).await.expect("migrate again");
+
+    assert_eq!(
+        columns().await,
+        ["done_at", "dead_at", "seq", "ordering_key"]
+    );
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    assert!(destination.wait_for(messages.len(), DEADLINE).await);
+    relay.stop().await;
+    assert_order_per_key(&messages, &arrivals(&destination));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let (outbox, pool) = table("leader").await;
