@@ -10,8 +10,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0001_outbox.sql"),
     ),
     (
-        "0002_waiting_key.sql",
-        include_str!("../migrations/0002_waiting_key.sql"),
+        "0002_claim_indexes.sql",
+        include_str!("../migrations/0002_claim_indexes.sql"),
     ),
 ];
 

@@ -42,6 +42,13 @@ impl Statements {
         // which walks every delivered (mark-done) and dead row before the
         // waiting ones; the `waiting` index starts at the first waiting row.
         let waiting = format!("{}_waiting", config.table);
+        let key = format!("{}_key", config.table);
+        // Which failed rows hold their key back before a later round counts
+        // its candidates: waiting for their retry, or parked dead.
+        let failing = match config.on_dead_letter {
+            OnDeadLetter::Park => format!("(f.next_attempt_at > {now} OR f.dead_at IS NOT NULL)"),
+            OnDeadLetter::Continue => format!("f.dead_at IS NULL AND f.next_attempt_at > {now}"),
+        };
         // Reports name their rows by primary key, which the claim already
         // holds locked. The optimizer must look each one up: a scan (its
         // choice on a table it believes small, even for `seq IN (...)`, and
@@ -95,10 +102,18 @@ impl Statements {
             // A later round of the same claim: the waiting rows after its
             // last candidate, leaving out the keys held back so far,
             // compared byte for byte (completed by the source with the keys,
-            // the order and the limit).
+            // the order and the limit), and the rows behind a failed row of
+            // their key (waiting for its retry, or parked dead): with many
+            // keys failing at once (a topic gone), their later rows would
+            // otherwise fill every round. The probe reads the `key` index's
+            // failed entries (`attempts > 0`) only; the first round, on
+            // the common path, goes without it.
             claim_past: format!(
-                "SELECT {COLUMNS} FROM {t} FORCE INDEX (`{waiting}`) \
+                "SELECT {COLUMNS} FROM {t} AS o FORCE INDEX (`{waiting}`) \
                  WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
+                   AND NOT EXISTS (SELECT 1 FROM {t} AS f FORCE INDEX (`{key}`) \
+                     WHERE f.ordering_key = o.ordering_key AND f.attempts > 0 \
+                       AND f.seq < o.seq AND f.done_at IS NULL AND {failing}) \
                    AND seq > ? AND CAST(ordering_key AS BINARY) NOT IN "
             ),
             earlier_waiting,

@@ -357,30 +357,39 @@ async fn a_claim_behind_many_retrying_rows_leaves_only_their_keys_behind() {
     assert_eq!(keys, ["free-0", "free-1", "free-2", "free-3", "free-4"]);
 }
 
-/// A table as the first migration left it (the `waiting` index without
-/// the key) is upgraded in place by `migrate`, run twice as relay starts
-/// do, and keeps its messages.
+/// A table as the first migration left it (the `waiting` index without the
+/// key, the `key` index without `attempts`) is upgraded in place by
+/// `migrate`, run twice as relay starts do, and keeps its messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     let (outbox, pool) = table("upgraded").await;
     sqlx::query(
-        "ALTER TABLE upgraded DROP INDEX upgraded_waiting, \
-         ADD INDEX upgraded_waiting (done_at, dead_at, seq)",
+        "ALTER TABLE upgraded DROP INDEX upgraded_waiting, DROP INDEX upgraded_key, \
+         ADD INDEX upgraded_waiting (done_at, dead_at, seq), \
+         ADD INDEX upgraded_key (ordering_key, seq)",
     )
     .execute(&pool)
     .await
     .unwrap();
-    let columns = || async {
-        sqlx::query_scalar::<_, String>(
-            "SELECT column_name FROM information_schema.statistics \
-             WHERE table_schema = DATABASE() AND table_name = 'upgraded' \
-               AND index_name = 'upgraded_waiting' ORDER BY seq_in_index",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap()
+    let columns = |index: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT column_name FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = 'upgraded' \
+                   AND index_name = ? ORDER BY seq_in_index",
+            )
+            .bind(index)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
     };
-    assert_eq!(columns().await, ["done_at", "dead_at", "seq"]);
+    assert_eq!(
+        columns("upgraded_waiting").await,
+        ["done_at", "dead_at", "seq"]
+    );
+    assert_eq!(columns("upgraded_key").await, ["ordering_key", "seq"]);
     let messages = numbered_messages("orders", 5, 4);
     commit(&outbox, &pool, &messages).await;
 
@@ -388,8 +397,12 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     outbox.migrate(&pool).await.expect("migrate again");
 
     assert_eq!(
-        columns().await,
+        columns("upgraded_waiting").await,
         ["done_at", "dead_at", "seq", "ordering_key"]
+    );
+    assert_eq!(
+        columns("upgraded_key").await,
+        ["ordering_key", "attempts", "seq"]
     );
     let destination = MemoryDestination::new();
     let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());

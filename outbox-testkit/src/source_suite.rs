@@ -270,6 +270,61 @@ pub async fn a_long_failing_key_holds_back_only_itself<H: SourceHarness>(harness
     );
 }
 
+/// A destination failing for many keys at once (a topic gone): each key
+/// holds back only its own later messages, however many keys fail. Every
+/// head fails and waits a minute for its retry; the first waiting rows of
+/// the table are then all the failing keys' later messages, more of them
+/// than a claim's rounds look through, and the other keys come after.
+pub async fn many_failing_keys_hold_back_only_themselves<H: SourceHarness>(harness: &H) {
+    let config = RelayConfig {
+        max_attempts: u32::MAX,
+        backoff: Backoff {
+            initial: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+        ..config()
+    };
+    let keys = config.batch_size * 8;
+    let failing: Vec<Message> = (0..2 * keys)
+        .map(|n| {
+            Message::builder("gone", format!("failing-{}", n % keys))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let heads = &failing[..keys];
+    let destination = MemoryDestination::new();
+    for head in heads {
+        destination.fail_always(head.id);
+    }
+    harness.enqueue(failing.clone()).await;
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    let all_failed = eventually(DEADLINE, || async {
+        heads.iter().all(|head| destination.attempts(head.id) >= 1)
+    })
+    .await;
+    let others = other_keys();
+    harness.enqueue(others.clone()).await;
+    let flowed = destination.wait_for(others.len(), DEADLINE).await;
+    relay.stop().await;
+    assert!(all_failed, "not every failing head was tried");
+    assert!(
+        flowed,
+        "other keys were held back behind {keys} failing keys: {} of {} arrived",
+        destination.sent_count(),
+        others.len()
+    );
+    assert!(
+        destination
+            .sent()
+            .iter()
+            .all(|sent| sent.message.destination != "gone"),
+        "a later message of a failing key was published before its head"
+    );
+}
+
 /// With dead letters parking their keys, a parked key with more messages
 /// waiting than a batch holds back only its own: every claim after the
 /// parking meets those messages first, and must pass over them.
