@@ -24,8 +24,8 @@ const CLAIM_ROUNDS: usize = 4;
 /// **The lease is the claim's transaction**, as on PostgreSQL: a claim
 /// locks its rows (`FOR UPDATE SKIP LOCKED`) and keeps its transaction open
 /// while the relay publishes; reports run on it and the last one commits.
-/// A relay that dies or stalls past the lease loses its connection (see
-/// [`ClaimTx`]), the transaction rolls back, and a stale relay's reports
+/// A relay that dies or stalls past the lease loses its connection (the
+/// claim sets its `wait_timeout` to the lease), the transaction rolls back, and a stale relay's reports
 /// change nothing (fencing). Rows are written once, when their outcome is
 /// known.
 ///

@@ -44,7 +44,8 @@ impl MysqlOutbox {
         statements(&self.config).join(";\n\n") + ";\n"
     }
 
-    /// Creates the tables if needed (idempotent).
+    /// Creates the tables, or brings their indexes up to date, if needed
+    /// (idempotent; see [`MIGRATIONS`](crate::MIGRATIONS)).
     pub async fn migrate(&self, pool: &MySqlPool) -> Result<(), Error> {
         let mut conn = pool.acquire().await.map_err(classify)?;
         for statement in statements(&self.config) {
