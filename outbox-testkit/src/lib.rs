@@ -35,6 +35,7 @@ macro_rules! source_conformance {
             no_head_of_line_blocking,
             a_long_failing_key_holds_back_only_itself,
             many_failing_keys_hold_back_only_themselves,
+            many_parked_keys_hold_back_only_themselves,
             a_long_parked_key_holds_back_only_itself,
             a_batch_past_its_send_window_keeps_its_acks,
             a_key_in_a_slow_send_holds_back_only_itself,

@@ -276,6 +276,18 @@ pub async fn a_long_failing_key_holds_back_only_itself<H: SourceHarness>(harness
 /// the table are then all the failing keys' later messages, more of them
 /// than a claim's rounds look through, and the other keys come after.
 pub async fn many_failing_keys_hold_back_only_themselves<H: SourceHarness>(harness: &H) {
+    many_held_keys(harness, false).await;
+}
+
+/// The same with dead letters parking their keys: every head is refused
+/// for good and parked, and its key's later message stays behind it.
+pub async fn many_parked_keys_hold_back_only_themselves<H: SourceHarness>(harness: &H) {
+    many_held_keys(harness, true).await;
+}
+
+/// Many keys whose head failed (waiting for its retry, or parked when
+/// `park`), each with a later message, written before the other keys'.
+async fn many_held_keys<H: SourceHarness>(harness: &H, park: bool) {
     let config = RelayConfig {
         max_attempts: u32::MAX,
         backoff: Backoff {
@@ -297,22 +309,39 @@ pub async fn many_failing_keys_hold_back_only_themselves<H: SourceHarness>(harne
     let heads = &failing[..keys];
     let destination = MemoryDestination::new();
     for head in heads {
-        destination.fail_always(head.id);
+        if park {
+            destination.fail_permanently(head.id);
+        } else {
+            destination.fail_always(head.id);
+        }
     }
     harness.enqueue(failing.clone()).await;
-    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config);
+    let source = if park {
+        harness.parking_relay(LEASE).await
+    } else {
+        harness.relay(LEASE).await
+    };
+    let relay = run_relay(source, destination.clone(), config);
     let all_failed = eventually(DEADLINE, || async {
-        heads.iter().all(|head| destination.attempts(head.id) >= 1)
+        if park {
+            harness.dead_letters().await.len() == keys
+        } else {
+            heads.iter().all(|head| destination.attempts(head.id) >= 1)
+        }
     })
     .await;
     let others = other_keys();
     harness.enqueue(others.clone()).await;
     let flowed = destination.wait_for(others.len(), DEADLINE).await;
     relay.stop().await;
-    assert!(all_failed, "not every failing head was tried");
+    assert!(
+        all_failed,
+        "not every failing head was tried (parking: {park})"
+    );
     assert!(
         flowed,
-        "other keys were held back behind {keys} failing keys: {} of {} arrived",
+        "other keys were held back behind {keys} failing keys (parking: {park}): \
+         {} of {} arrived",
         destination.sent_count(),
         others.len()
     );
