@@ -231,6 +231,8 @@ deps() {
     command -v cmake >/dev/null || missing+=(cmake)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     command -v cc >/dev/null || missing+=(build-essential)
+    # The TLS test's proxy in front of its own Kafka-protocol broker.
+    command -v socat >/dev/null || missing+=(socat)
     for pkg in libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done

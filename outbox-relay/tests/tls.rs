@@ -1,9 +1,9 @@
 //! TLS end to end: the `outbox-relay` binary reads a PostgreSQL, or a
 //! MariaDB, of the test's own that takes connections over TLS only, and
-//! publishes to a nats-server of its own that requires TLS, or to a
-//! RabbitMQ node of its own that takes `amqps://` only, each with a
-//! certificate from a CA made for the test and trusted through the relay's
-//! settings.
+//! publishes to a nats-server of its own that requires TLS, to a RabbitMQ
+//! node of its own that takes `amqps://` only, or to a Kafka-protocol
+//! broker of its own reached over TLS only, each with a certificate from a
+//! CA made for the test and trusted through the relay's settings.
 
 mod support;
 
@@ -15,7 +15,7 @@ use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
 use outbox_testkit::{assert_order_per_key, eventually, numbered_messages};
 use support::certificates::Certificates;
-use support::servers::{OwnMariadb, OwnNats, OwnPostgres, OwnRabbit};
+use support::servers::{OwnKafkaTls, OwnMariadb, OwnNats, OwnPostgres, OwnRabbit};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +185,76 @@ async fn the_relay_reaches_rabbitmq_over_tls_only() {
     }
     assert_eq!(arrived.len(), messages.len());
     assert_order_per_key(&messages, &arrived);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reaches_kafka_over_tls_only() {
+    use outbox_kafka::{KafkaConfig, KafkaDestination};
+
+    let certificates = Certificates::generate("relay-kafka");
+    let kafka = OwnKafkaTls::start(&certificates).await;
+    let ca = certificates.ca().display().to_string();
+    let topic = format!("tls-orders-{}", uuid::Uuid::now_v7().simple());
+    let create_topic = |properties: &[(&str, &str)]| {
+        let mut config = KafkaConfig {
+            brokers: kafka.brokers(),
+            ..KafkaConfig::default()
+        };
+        for (name, value) in properties {
+            config
+                .properties
+                .insert(name.to_string(), value.to_string());
+        }
+        let destination = KafkaDestination::new(config).unwrap();
+        let topic = topic.clone();
+        async move {
+            let topics = [topic.as_str()];
+            let created = destination.create_topics(&topics, 1);
+            tokio::time::timeout(Duration::from_secs(15), created).await
+        }
+    };
+
+    // Plain Kafka gets nowhere, and neither does TLS without the test's CA:
+    // the certificate is checked.
+    let (plain, unverified) = tokio::join!(
+        create_topic(&[]),
+        create_topic(&[("security.protocol", "ssl")])
+    );
+    assert!(!matches!(plain, Ok(Ok(()))), "plain Kafka must be refused");
+    assert!(
+        !matches!(unverified, Ok(Ok(()))),
+        "a certificate from an unknown CA must be refused"
+    );
+    let tls = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+    ];
+    create_topic(&tls)
+        .await
+        .expect("the broker answers over TLS")
+        .expect("a topic created over TLS, the certificate verified");
+
+    let received = Publishes::kafka_at(&kafka.brokers(), &tls, &topic, 1);
+    let (outbox, pool) = table("tls_kafka").await;
+    let messages = numbered_messages(&topic, 20, 10);
+    commit(&outbox, &pool, &messages).await;
+    let destination = format!(
+        "kind = \"kafka\"\nbrokers = \"{}\"\n[destination.properties]\n\
+         \"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{ca}\"\n\"linger.ms\" = 1",
+        kafka.brokers()
+    );
+    relay_until(
+        &postgres_source("tls_kafka"),
+        &destination,
+        "tls_kafka",
+        || {
+            let (received, messages) = (&received, &messages);
+            async move { received.has_all(messages) }
+        },
+    )
+    .await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_order_per_key(&messages, &received.keyed(&messages));
 }
 
 /// A stream `name` on `<subject>.>` on `nats`, reached over TLS.

@@ -363,15 +363,29 @@ impl Publishes {
 
     /// Reads every partition of `topic` from its start, until dropped.
     pub fn kafka(topic: &str, partitions: i32) -> Self {
+        Self::kafka_at(&kafka_brokers(), &[], topic, partitions)
+    }
+
+    /// The same from the brokers at `brokers`, with the consumer
+    /// `properties` (TLS, for one) added.
+    pub fn kafka_at(
+        brokers: &str,
+        properties: &[(&str, &str)],
+        topic: &str,
+        partitions: i32,
+    ) -> Self {
         use outbox_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
         use outbox_kafka::rdkafka::message::{Headers, Message as _};
         use outbox_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
             .set("group.id", format!("outbox-verifier-{}", Uuid::now_v7()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("Kafka consumer");
+            .set("enable.auto.commit", "false");
+        for (name, value) in properties {
+            config.set(*name, *value);
+        }
+        let consumer: BaseConsumer = config.create().expect("Kafka consumer");
         let mut list = TopicPartitionList::new();
         for partition in 0..partitions {
             list.add_partition_offset(topic, partition, Offset::Beginning)

@@ -1,6 +1,7 @@
 //! Servers of a test's own, on spare ports, that it may restart or start
 //! with TLS: a nats-server with JetStream on a file store, a PostgreSQL
-//! cluster, a MariaDB server and a RabbitMQ node.
+//! cluster, a MariaDB server, a RabbitMQ node and, over TLS only, a
+//! Kafka-protocol broker.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -568,5 +569,68 @@ impl Drop for OwnRabbit {
             child.wait().ok();
         }
         std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// A Kafka-protocol broker of the test's own (tansu, memory storage) that
+/// clients reach over TLS only: tansu listens on a plain port nobody is
+/// told of and advertises the port of a TLS-terminating `socat` in front
+/// of it, so every connection a client makes, the bootstrap one and those
+/// to the advertised broker, is encrypted. tansu 0.6.0's own `--cert`
+/// option still serves plain text.
+pub struct OwnKafkaTls {
+    port: u16,
+    broker: Child,
+    proxy: Child,
+}
+
+impl OwnKafkaTls {
+    pub async fn start(certificates: &Certificates) -> Self {
+        let (plain, port) = (spare_port(), spare_port());
+        let bin = std::env::var("OUTBOX_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let broker = Command::new(&bin)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{plain}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_TANSU_BIN): {err}"));
+        let proxy = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                certificates.certificate().display(),
+                certificates.key().display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{plain}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run socat (scripts/services.sh deps): {err}"));
+        let server = OwnKafkaTls {
+            port,
+            broker,
+            proxy,
+        };
+        wait_for_port(plain, "own tansu").await;
+        wait_for_port(port, "socat in front of own tansu").await;
+        server
+    }
+
+    /// `bootstrap.servers` for a client: the TLS port.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnKafkaTls {
+    fn drop(&mut self) {
+        for child in [&mut self.proxy, &mut self.broker] {
+            child.kill().ok();
+            child.wait().ok();
+        }
     }
 }
