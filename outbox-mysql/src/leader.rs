@@ -3,13 +3,16 @@
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::sync::Mutex;
 
+use crate::sql::table_lock;
+
 /// Holds (or tries to take) the table's leader lock, `GET_LOCK` on a
-/// connection of its own. The server releases it when that connection ends,
+/// connection of its own, named after the database and the table (see
+/// [`table_lock`]). The server releases it when that connection ends,
 /// so a dead leader's standby takes over at its next claim; rows the old
 /// leader still leases stay its own until their lease passes.
 pub(crate) struct Leadership {
     pool: MySqlPool,
-    name: String,
+    table: String,
     state: Mutex<State>,
 }
 
@@ -21,10 +24,10 @@ struct State {
 }
 
 impl Leadership {
-    pub fn new(pool: MySqlPool, name: String) -> Self {
+    pub fn new(pool: MySqlPool, table: String) -> Self {
         Self {
             pool,
-            name,
+            table,
             state: Mutex::default(),
         }
     }
@@ -44,16 +47,22 @@ impl Leadership {
         let result = if was_leader {
             conn.ping().await.map(|()| true)
         } else {
-            sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, 0)")
-                .bind(&self.name)
-                .fetch_one(conn)
-                .await
-                .map(|taken| taken == Some(1))
+            sqlx::query_scalar::<_, Option<i64>>(&format!(
+                "SELECT GET_LOCK({}, 0)",
+                table_lock("leader")
+            ))
+            .bind(&self.table)
+            .fetch_one(conn)
+            .await
+            .map(|taken| taken == Some(1))
         };
         match result {
             Ok(leader) => {
                 if leader && !was_leader {
-                    tracing::info!(lock = self.name, "took the leader lock: this relay claims");
+                    tracing::info!(
+                        table = self.table,
+                        "took the leader lock: this relay claims"
+                    );
                 }
                 state.leader = leader;
                 leader

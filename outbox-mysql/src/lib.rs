@@ -31,4 +31,4 @@ pub use error::classify;
 pub use outbox_core::DeadLetter;
 pub use schema::MIGRATIONS;
 pub use source::MysqlSource;
-pub use writer::MysqlOutbox;
+pub use writer::{MysqlOutbox, MIGRATE_WAIT};

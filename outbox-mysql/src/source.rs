@@ -60,17 +60,10 @@ enum Report<'a> {
 
 impl MysqlSource {
     pub(crate) fn new(outbox: MysqlOutbox, pool: MySqlPool) -> Self {
-        // Lock names are at most 64 characters: name the table by a hash.
-        let leadership = outbox.config.leader_only.then(|| {
-            let hash = outbox
-                .config
-                .table
-                .bytes()
-                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-                });
-            Leadership::new(pool.clone(), format!("outbox-leader-{hash:016x}"))
-        });
+        let leadership = outbox
+            .config
+            .leader_only
+            .then(|| Leadership::new(pool.clone(), outbox.config.table.clone()));
         Self {
             outbox,
             pool,

@@ -154,3 +154,12 @@ impl Statements {
         }
     }
 }
+
+/// The name of a `GET_LOCK` lock of `purpose` for one table, as an SQL
+/// expression of the table's name (bound as its one parameter). Lock names
+/// are global to the server and at most 64 characters, so the name holds a
+/// hash of the database and the table: two databases on one server with
+/// tables of the same name do not share a lock.
+pub(crate) fn table_lock(purpose: &str) -> String {
+    format!("CONCAT('outbox-{purpose}-', SHA1(CONCAT(DATABASE(), '.', ?)))")
+}

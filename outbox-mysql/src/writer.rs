@@ -2,15 +2,16 @@
 //! making relays.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use outbox_core::{ConfigError, Error, Event, Message};
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{Executor, MySqlConnection, MySqlPool};
 use tokio::sync::Notify;
 
 use crate::error::classify;
 use crate::schema::statements;
-use crate::sql::Statements;
+use crate::sql::{table_lock, Statements};
 use crate::{MysqlConfig, MysqlSource};
 
 /// One outbox table: writes messages in your transactions, runs migrations,
@@ -45,16 +46,44 @@ impl MysqlOutbox {
     }
 
     /// Creates the tables, or brings their indexes up to date, if needed
-    /// (idempotent; see [`MIGRATIONS`](crate::MIGRATIONS)).
+    /// (idempotent; see [`MIGRATIONS`](crate::MIGRATIONS)). Concurrent
+    /// callers on one table wait for each other, up to
+    /// [`MIGRATE_WAIT`]: relays starting together rebuild an index once.
     pub async fn migrate(&self, pool: &MySqlPool) -> Result<(), Error> {
         let mut conn = pool.acquire().await.map_err(classify)?;
-        for statement in statements(&self.config) {
-            sqlx::raw_sql(&statement)
-                .execute(&mut *conn)
+        let taken: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT GET_LOCK({}, ?)", table_lock("migrate")))
+                .bind(&self.config.table)
+                .bind(MIGRATE_WAIT.as_secs())
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(classify)?;
+        if taken != Some(1) {
+            return Err(Error::temporary(format!(
+                "migrate: another migration of table {} held its lock for {} s",
+                self.config.table,
+                MIGRATE_WAIT.as_secs()
+            )));
         }
-        Ok(())
+        let mut migrated = Ok(());
+        for statement in statements(&self.config) {
+            // `Executor::execute`, not `RawSql::execute`: with the latter
+            // this future is not `Send`, and `migrate` could not be spawned.
+            migrated = conn.execute(sqlx::raw_sql(&statement)).await.map(drop);
+            if migrated.is_err() {
+                break;
+            }
+        }
+        // The lock belongs to the session: released here, or, if that
+        // fails, with the connection, which is closed rather than pooled.
+        let released = sqlx::query(&format!("DO RELEASE_LOCK({})", table_lock("migrate")))
+            .bind(&self.config.table)
+            .execute(&mut *conn)
+            .await;
+        if released.is_err() {
+            conn.detach();
+        }
+        migrated.map_err(classify)
     }
 
     /// Writes one message on `conn`, which should be your open transaction
@@ -142,6 +171,9 @@ impl MysqlOutbox {
         MysqlSource::new(self.clone(), pool)
     }
 }
+
+/// How long `migrate` waits for another migration of the same table.
+pub const MIGRATE_WAIT: Duration = Duration::from_secs(600);
 
 /// The longest ordering key, destination, partition key or event type the
 /// table holds: its `VARCHAR(255)` columns count characters.

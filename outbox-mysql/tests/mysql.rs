@@ -456,6 +456,125 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     assert_order_per_key(&all, &arrivals(&destination));
 }
 
+/// Relays starting together on one table migrate one after the other: a
+/// `migrate` waits while another holds the table's migration lock, and
+/// goes on once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_waits_for_a_migration_of_the_same_table() {
+    let (outbox, pool) = table("migrate_waits").await;
+    let mut holder = pool.acquire().await.unwrap();
+    let lock = "CONCAT('outbox-migrate-', SHA1(CONCAT(DATABASE(), '.', ?)))";
+    let taken: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({lock}, 0)"))
+        .bind("migrate_waits")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    assert_eq!(taken, Some(1));
+
+    let migrating = tokio::spawn({
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        async move { outbox.migrate(&pool).await }
+    });
+    let waiting = eventually(DEADLINE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.processlist \
+             WHERE state = 'User lock' AND info LIKE '%outbox-migrate-%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    assert!(waiting, "migrate did not wait for the lock");
+    assert!(
+        !migrating.is_finished(),
+        "migrate went on while the lock was held"
+    );
+
+    sqlx::query(&format!("DO RELEASE_LOCK({lock})"))
+        .bind("migrate_waits")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, migrating)
+        .await
+        .expect("migrate goes on once the lock is released")
+        .unwrap()
+        .expect("migrate");
+}
+
+/// `GET_LOCK` names are global to the server, not to a database: two
+/// applications whose databases share a server, each with a table of the
+/// default name, must each get a leader of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_of_tables_of_one_name_in_two_databases_both_claim() {
+    let (here, here_pool) = table("leader_two_databases").await;
+    let database = "outbox_test_elsewhere";
+    sqlx::query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .execute(&here_pool)
+        .await
+        .unwrap();
+    let url = std::env::var("OUTBOX_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let (server, _) = url.rsplit_once('/').expect("a URL with a database");
+    let there_pool = MySqlPool::connect(&format!("{server}/{database}"))
+        .await
+        .unwrap();
+    let leader_only = |outbox: &MysqlOutbox| {
+        MysqlOutbox::new(MysqlConfig {
+            leader_only: true,
+            ..outbox.config().clone()
+        })
+        .unwrap()
+    };
+    let here = leader_only(&here);
+    let there = leader_only(&here);
+    for suffix in ["", "_keys"] {
+        sqlx::query(&format!(
+            "DROP TABLE IF EXISTS `leader_two_databases{suffix}`"
+        ))
+        .execute(&there_pool)
+        .await
+        .unwrap();
+    }
+    there.migrate(&there_pool).await.unwrap();
+
+    let (here_destination, there_destination) =
+        (MemoryDestination::new(), MemoryDestination::new());
+    let relays = [
+        run_relay(
+            here.source(here_pool.clone()),
+            here_destination.clone(),
+            fast(),
+        ),
+        run_relay(
+            there.source(there_pool.clone()),
+            there_destination.clone(),
+            fast(),
+        ),
+    ];
+    let messages = numbered_messages("orders", 5, 4);
+    commit(&here, &here_pool, &messages).await;
+    commit(&there, &there_pool, &messages).await;
+    let here_done = here_destination.wait_for(messages.len(), DEADLINE).await;
+    let there_done = there_destination.wait_for(messages.len(), DEADLINE).await;
+    for relay in relays {
+        relay.stop().await;
+    }
+    assert!(
+        here_done && there_done,
+        "a leader stood by for the other database's table: {} and {} of {} arrived",
+        here_destination.sent_count(),
+        there_destination.sent_count(),
+        messages.len()
+    );
+    sqlx::query(&format!("DROP DATABASE {database}"))
+        .execute(&here_pool)
+        .await
+        .unwrap();
+}
+
 /// Writers committing one message per transaction while two relays claim:
 /// no writer transaction may fail (claims once took gap locks that InnoDB
 /// turned into writer deadlocks), everything arrives in order, and no batch
