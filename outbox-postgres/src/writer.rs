@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use outbox_core::{ConfigError, Error, Event, Message};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Executor, PgConnection, PgPool};
 
 use crate::error::classify;
 use crate::row::headers_json;
@@ -58,8 +58,10 @@ impl PostgresOutbox {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        sqlx::raw_sql(&self.schema_sql())
-            .execute(&mut *tx)
+        // `Executor::execute`, not `RawSql::execute`: with the latter this
+        // future is not `Send`, and `migrate` could not be spawned.
+        (*tx)
+            .execute(sqlx::raw_sql(&self.schema_sql()))
             .await
             .map_err(classify)?;
         tx.commit().await.map_err(classify)
