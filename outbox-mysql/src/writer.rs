@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use outbox_core::{ConfigError, Error, Event, Message};
-use sqlx::{Executor, MySqlConnection, MySqlPool};
+use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use tokio::sync::Notify;
 
 use crate::error::classify;
@@ -50,12 +50,15 @@ impl MysqlOutbox {
     /// callers on one table wait for each other, up to
     /// [`MIGRATE_WAIT`]: relays starting together rebuild an index once.
     pub async fn migrate(&self, pool: &MySqlPool) -> Result<(), Error> {
-        let mut conn = pool.acquire().await.map_err(classify)?;
+        // A connection taken out of the pool: the lock belongs to its
+        // session and goes with it when it closes, here or, should this
+        // future be dropped half-way, when the connection is dropped.
+        let mut conn = pool.acquire().await.map_err(classify)?.detach();
         let taken: Option<i64> =
             sqlx::query_scalar(&format!("SELECT GET_LOCK({}, ?)", table_lock("migrate")))
                 .bind(&self.config.table)
                 .bind(MIGRATE_WAIT.as_secs())
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut conn)
                 .await
                 .map_err(classify)?;
         if taken != Some(1) {
@@ -65,25 +68,14 @@ impl MysqlOutbox {
                 MIGRATE_WAIT.as_secs()
             )));
         }
-        let mut migrated = Ok(());
         for statement in statements(&self.config) {
             // `Executor::execute`, not `RawSql::execute`: with the latter
             // this future is not `Send`, and `migrate` could not be spawned.
-            migrated = conn.execute(sqlx::raw_sql(&statement)).await.map(drop);
-            if migrated.is_err() {
-                break;
-            }
+            conn.execute(sqlx::raw_sql(&statement))
+                .await
+                .map_err(classify)?;
         }
-        // The lock belongs to the session: released here, or, if that
-        // fails, with the connection, which is closed rather than pooled.
-        let released = sqlx::query(&format!("DO RELEASE_LOCK({})", table_lock("migrate")))
-            .bind(&self.config.table)
-            .execute(&mut *conn)
-            .await;
-        if released.is_err() {
-            conn.detach();
-        }
-        migrated.map_err(classify)
+        conn.close().await.map_err(classify)
     }
 
     /// Writes one message on `conn`, which should be your open transaction
