@@ -113,7 +113,11 @@ impl PostgresOutbox {
         let batch = i64::from(batch.max(1));
         let mut total = 0;
         loop {
+            // Not kept as a prepared statement, so planned for each run: a
+            // generic plan made while few rows were done could scan the
+            // whole table for each batch once many are.
             let done = sqlx::query(&self.sql.cleanup)
+                .persistent(false)
                 .bind(older_than.as_millis() as i64)
                 .bind(batch)
                 .execute(pool)

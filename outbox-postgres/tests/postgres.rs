@@ -682,3 +682,31 @@ async fn the_claim_is_never_run_on_a_generic_plan() {
         "the claim ran {generic} times on a generic plan"
     );
 }
+
+/// The same for the periodic cleanup of mark-done rows: a generic plan made
+/// while few rows were done would scan the table for each batch once many
+/// are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_is_never_run_on_a_generic_plan() {
+    let (outbox, _) = table("cleanup_plans", |config| {
+        config.notify = false;
+        config.ack_mode = AckMode::MarkDone;
+    })
+    .await;
+    let pool = pool(1).await;
+    for _ in 0..12 {
+        outbox
+            .cleanup(&pool, Duration::from_secs(3600), 100)
+            .await
+            .unwrap();
+    }
+    let generic: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(generic_plans), 0)::int8 FROM pg_prepared_statements \
+         WHERE statement LIKE '%done_at < now()%' \
+           AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(generic, 0, "cleanup ran {generic} times on a generic plan");
+}
