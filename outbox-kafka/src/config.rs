@@ -19,9 +19,18 @@ pub struct KafkaConfig {
     /// start-up naming the property. Values of properties whose name holds
     /// `password` or `secret` are never printed.
     pub properties: BTreeMap<String, String>,
-    /// Longest a message may take to be acknowledged, retries included
-    /// (`message.timeout.ms`). Must be shorter than the relay's
+    /// Longest a send waits for a message to be acknowledged, the
+    /// producer's retries included. Must be shorter than the relay's
     /// `send_timeout`. Default 8 s.
+    ///
+    /// The destination keeps this deadline itself, and librdkafka's own
+    /// `message.timeout.ms` is infinite (so it cannot be set in
+    /// `properties`): librdkafka fails a message that waited that long in
+    /// its queue and goes on with the later messages of its partition, so a
+    /// key's later message could be stored without the earlier one and the
+    /// earlier one sent again after it. When a send's deadline passes, the
+    /// destination replaces the producer instead, and the old one's queue is
+    /// discarded whole.
     pub delivery_timeout: Duration,
 }
 
@@ -53,6 +62,9 @@ impl std::fmt::Debug for KafkaConfig {
     }
 }
 
+/// librdkafka's names for its per-message timeout, which stays infinite.
+const LOCAL_TIMEOUTS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
+
 impl KafkaConfig {
     /// The librdkafka configuration: safe defaults, then the user's
     /// properties.
@@ -63,10 +75,7 @@ impl KafkaConfig {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
-            .set(
-                "message.timeout.ms",
-                self.delivery_timeout.as_millis().to_string(),
-            );
+            .set("message.timeout.ms", "0");
         for (name, value) in &self.properties {
             config.set(name, value);
         }
@@ -77,6 +86,18 @@ impl KafkaConfig {
     pub(crate) fn producer(&self) -> Result<FutureProducer, ConfigError> {
         if self.brokers.trim().is_empty() {
             return Err(ConfigError::new("brokers", "must not be empty"));
+        }
+        if let Some(name) = self
+            .properties
+            .keys()
+            .find(|name| LOCAL_TIMEOUTS.contains(&name.as_str()))
+        {
+            return Err(ConfigError::new(
+                format!("properties.{name}"),
+                "is kept infinite by the destination, which fails a send after delivery_timeout \
+                 itself (a message librdkafka times out lets the later ones of its key overtake \
+                 it): set delivery_timeout instead",
+            ));
         }
         if self.delivery_timeout < Duration::from_millis(100) {
             return Err(ConfigError::new(
@@ -122,6 +143,17 @@ mod tests {
         config.properties.insert("acks".into(), "sometimes".into());
         let err = config.producer().err().expect("refused");
         assert_eq!(err.setting, "properties.acks", "{err}");
+    }
+
+    #[test]
+    fn librdkafkas_own_message_timeout_is_refused_and_named() {
+        for name in LOCAL_TIMEOUTS {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), "5000".into());
+            let err = config.producer().err().expect("refused");
+            assert_eq!(err.setting, format!("properties.{name}"), "{err}");
+            assert!(err.to_string().contains("delivery_timeout"), "{err}");
+        }
     }
 
     #[test]

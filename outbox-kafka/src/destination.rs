@@ -3,7 +3,6 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -18,11 +17,11 @@ use crate::KafkaConfig;
 /// (clones share the producer).
 ///
 /// An idempotent producer that lost its broker's state (a broker restarted
-/// without its data, a fatal idempotence error) times out on every message
-/// from then on, and a new producer works at once. So after delivery
-/// timeouts or a fatal error the destination builds a new producer, at most
-/// once per `delivery_timeout`; the relay sends the failed messages again,
-/// in order.
+/// without its data, a fatal idempotence error) never gets an
+/// acknowledgement again, and a new producer works at once. So when a send
+/// reaches `delivery_timeout` unacknowledged, or after a fatal error, the
+/// destination builds a new producer, at most once per `delivery_timeout`;
+/// the relay sends the failed messages again, in order.
 #[derive(Clone)]
 pub struct KafkaDestination {
     producer: Arc<RwLock<FutureProducer>>,
@@ -86,7 +85,9 @@ impl KafkaDestination {
             .clone()
     }
 
-    /// Replaces a producer that keeps timing out or failed fatally.
+    /// Replaces a producer a send gave up on (its deadline passed, or the
+    /// send was dropped) or that failed fatally. The old one is discarded,
+    /// its queue with it, once the sends still holding it end.
     fn rebuild_producer(&self) {
         let mut rebuilt_at = self.rebuilt_at.lock().unwrap_or_else(|e| e.into_inner());
         if rebuilt_at.elapsed() < self.config.delivery_timeout {
@@ -131,6 +132,19 @@ async fn queue(
                 tokio::time::sleep(QUEUE_FULL_PAUSE).await;
             }
             Err((err, _)) => return Err(err),
+        }
+    }
+}
+
+/// Replaces the producer when a send is dropped before it ends, which the
+/// relay does once its `send_timeout` passed: librdkafka's own timeout being
+/// infinite, nothing else would clear a producer that is stuck.
+struct RebuildIfDropped<'a>(Option<&'a KafkaDestination>);
+
+impl Drop for RebuildIfDropped<'_> {
+    fn drop(&mut self) {
+        if let Some(destination) = self.0 {
+            destination.rebuild_producer();
         }
     }
 }
@@ -211,14 +225,19 @@ impl Destination for KafkaDestination {
     }
 
     /// Queues every message to the producer in order, then awaits their
-    /// delivery reports together. Once one cannot be queued, the later ones
-    /// are not queued at all (their key must wait for it).
+    /// delivery reports in that order until `delivery_timeout` has passed
+    /// since the call. Once one cannot be queued, the later ones are not
+    /// queued at all (their key must wait for it); once one fails or is
+    /// still unacknowledged at the deadline, the later ones are not awaited.
     async fn send_ordered(&self, messages: &[Message]) -> Vec<Result<(), Error>> {
+        let mut cancelled = RebuildIfDropped(Some(self));
         let producer = self.producer();
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::from_std(start + self.config.delivery_timeout);
+        let wait_until = start + self.config.delivery_timeout / QUEUE_WAIT_SHARE;
         let mut queued = Vec::with_capacity(messages.len());
         let mut refused = None;
         let mut stuck = false;
-        let wait_until = Instant::now() + self.config.delivery_timeout / QUEUE_WAIT_SHARE;
         for message in messages {
             if let Err(err) = legal_topic(message) {
                 refused = Some(err);
@@ -234,23 +253,35 @@ impl Destination for KafkaDestination {
                 }
             }
         }
-        let mut results: Vec<Result<(), Error>> = join_all(queued)
-            .await
-            .into_iter()
-            .map(|report| match report {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((err, _))) => {
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(messages.len());
+        for delivery in queued {
+            let result = match tokio::time::timeout_at(deadline, delivery).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err((err, _)))) => {
                     stuck |= producer_stuck(&err);
                     Err(classify(err))
                 }
-                Err(_) => Err(Error::temporary(
+                Ok(Err(_)) => Err(Error::temporary(
                     "kafka: producer dropped the delivery report",
                 )),
-            })
-            .collect();
-        if let Some(err) = refused {
+                Err(_) => {
+                    stuck = true;
+                    Err(Error::temporary(format!(
+                        "kafka: not acknowledged within delivery_timeout ({:?})",
+                        self.config.delivery_timeout
+                    )))
+                }
+            };
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        if let (true, Some(err)) = (results.iter().all(Result::is_ok), refused) {
             results.push(Err(err));
         }
+        cancelled.0 = None;
         if stuck {
             self.rebuild_producer();
         }

@@ -8,6 +8,9 @@
 //! * Pipelined: all messages of a key handed over at once are queued to the
 //!   producer in order and their delivery reports awaited together; the
 //!   idempotent producer keeps them in that order within the partition.
+//!   librdkafka's own message timeout is infinite, since a message it times
+//!   out lets the later ones of its partition go on without it; the
+//!   destination keeps [`KafkaConfig::delivery_timeout`] itself.
 //! * Headers: the message's own, plus `outbox-message-id` and
 //!   `outbox-event-type`, so consumers can drop duplicates by id.
 

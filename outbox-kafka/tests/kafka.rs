@@ -148,6 +148,73 @@ fn a_property_librdkafka_refuses_is_named_at_start_up() {
     assert!(!err.is_temporary());
 }
 
+/// librdkafka fails a message that waited `message.timeout.ms` in its queue
+/// and goes on with the later ones of its partition (its INTRODUCTION.md,
+/// "Message timeout considerations"), so a key's later message could be
+/// stored without the earlier one. The destination keeps librdkafka's
+/// timeout infinite and its own deadline instead: a send fails at
+/// `delivery_timeout`, and the producer is replaced, its queue discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_fail_at_the_destinations_deadline_never_at_librdkafkas() {
+    use outbox_core::Destination;
+    use rdkafka::producer::FutureRecord;
+
+    // A topic that does not exist yet, and that asking for it does not create.
+    let topic = format!("outbox-test-deadline-{}", Uuid::now_v7().simple());
+    let timeout = Duration::from_secs(1);
+    let mut config = KafkaConfig {
+        brokers: brokers(),
+        delivery_timeout: timeout,
+        ..KafkaConfig::default()
+    };
+    config
+        .properties
+        .insert("allow.auto.create.topics".into(), "false".into());
+    let destination = KafkaDestination::new(config).unwrap();
+
+    let record = FutureRecord::to(&topic).key("raw").payload(&b"raw"[..]);
+    let delivery = destination.producer().send_result(record).unwrap();
+    let waited = tokio::time::timeout(4 * timeout, delivery).await;
+    assert!(
+        waited.is_err(),
+        "librdkafka failed a message on its own: {waited:?}"
+    );
+
+    let message = |key: &str| Message::builder(topic.clone(), key).build().unwrap();
+    let early = [message("key"), message("key")];
+    let started = Instant::now();
+    let results = destination.send_ordered(&early).await;
+    let took = started.elapsed();
+    assert!(
+        took >= timeout && took < timeout * 3,
+        "took {took:?} for a delivery_timeout of {timeout:?}"
+    );
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    let first = results[0].as_ref().unwrap_err();
+    assert!(first.is_temporary(), "{first}");
+    assert!(first.to_string().contains("delivery_timeout"), "{first}");
+
+    // The replaced producer's queue is gone: once the topic exists, only
+    // what was sent after holds there.
+    destination.create_topics(&[&topic], 1).await.unwrap();
+    let late = message("key");
+    let sent = destination.send_ordered(std::slice::from_ref(&late)).await;
+    assert!(sent[0].is_ok(), "{sent:?}");
+    let (brokers, name) = (brokers(), topic.clone());
+    let stored: Vec<Uuid> =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &name, 4, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|got| got.id)
+            .collect();
+    assert_eq!(
+        stored,
+        vec![late.id],
+        "the topic holds what the old producer queued"
+    );
+}
+
 /// A tansu of the test's own on a spare port (memory storage: a restart
 /// loses what it held, as a broker restored from nothing would).
 struct OwnBroker {

@@ -168,6 +168,10 @@ mod tests {
             setting(&[("OUTBOX_SOURCE__LEASE_MS", "5000")]),
             "relay.send_timeout"
         );
+        assert_eq!(
+            setting(&[("OUTBOX_DESTINATION__TIMEOUT_MS", "10000")]),
+            "destination.timeout_ms"
+        );
         assert_eq!(setting(&[("OUTBOX_SORCE__URL", "x")]), "OUTBOX_SORCE__URL");
         assert_eq!(
             setting(&[("OUTBOX_DESTINATION__MODE", "fast")]),

@@ -273,6 +273,19 @@ impl Settings {
         if destination.kind == DestinationKind::Amqp && destination.timeout_ms.is_some() {
             refuses("timeout_ms", true)?;
         }
+        if let Some(timeout_ms) = destination.timeout_ms {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            if timeout >= self.relay.send_timeout {
+                return Err(ConfigError::new(
+                    "destination.timeout_ms",
+                    format!(
+                        "must be shorter than relay.send_timeout ({:?}), got {timeout:?}: the \
+                         relay would give up on a send before the broker's own deadline",
+                        self.relay.send_timeout
+                    ),
+                ));
+            }
+        }
         for (name, value) in &destination.properties {
             property_value(name, value)?;
         }
