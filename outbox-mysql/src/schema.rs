@@ -13,6 +13,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_claim_indexes.sql",
         include_str!("../migrations/0002_claim_indexes.sql"),
     ),
+    (
+        "0003_binary_keys.sql",
+        include_str!("../migrations/0003_binary_keys.sql"),
+    ),
 ];
 
 /// The statements of every migration rendered for `config`'s (validated)

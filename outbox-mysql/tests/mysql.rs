@@ -358,8 +358,9 @@ async fn a_claim_behind_many_retrying_rows_leaves_only_their_keys_behind() {
 }
 
 /// A table as the first migration left it (the `waiting` index without the
-/// key, the `key` index without `attempts`) is upgraded in place by
-/// `migrate`, run twice as relay starts do, and keeps its messages.
+/// key, the `key` index without `attempts`, the keys table in the server's
+/// collation) is upgraded in place by `migrate`, run twice as relay starts
+/// do, and keeps its messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     let (outbox, pool) = table("upgraded").await;
@@ -371,6 +372,19 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     .execute(&pool)
     .await
     .unwrap();
+    sqlx::query("ALTER TABLE upgraded_keys MODIFY ordering_key VARCHAR(255) NOT NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let key_type = || {
+        sqlx::query_scalar::<_, String>(
+            "SELECT CAST(data_type AS CHAR) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = 'upgraded_keys' \
+               AND column_name = 'ordering_key'",
+        )
+        .fetch_one(&pool)
+    };
+    assert_eq!(key_type().await.unwrap(), "varchar");
     let columns = |index: &'static str| {
         let pool = pool.clone();
         async move {
@@ -404,6 +418,7 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
         columns("upgraded_key").await,
         ["ordering_key", "attempts", "seq"]
     );
+    assert_eq!(key_type().await.unwrap(), "varbinary");
     let destination = MemoryDestination::new();
     let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
     assert!(destination.wait_for(messages.len(), DEADLINE).await);
@@ -777,4 +792,59 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
     assert!(duplicates >= messages.len(), "{duplicates} duplicates");
     assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+}
+
+fn message_of(key: &str) -> Message {
+    Message::builder("orders", key).build().unwrap()
+}
+
+/// Writers lock their keys in byte order, which is how the relay compares
+/// keys too. Under the server's case-insensitive collation `a` and `A` were
+/// one lock, so two writers could take two such locks in opposite orders:
+/// one holding `A` and then asking for `b`, the other asking for `B` and
+/// `a` in one call, deadlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_keys_that_differ_only_in_case_never_deadlock() {
+    let (outbox, pool) = table("keys_in_byte_order").await;
+    let mut first = pool.begin().await.unwrap();
+    outbox.enqueue(&mut first, &message_of("A")).await.unwrap();
+
+    let second = tokio::spawn({
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        async move {
+            let mut tx = pool.begin().await.map_err(|err| err.to_string())?;
+            let messages = [message_of("a"), message_of("B")];
+            let written = outbox.enqueue_many(&mut tx, &messages).await;
+            written.map_err(|err| err.report())?;
+            tx.commit().await.map_err(|err| err.to_string())
+        }
+    });
+    // Go on once the second writer is done or waits for a lock.
+    let waiting_or_done = eventually(DEADLINE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.innodb_trx \
+             WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE '%keys_in_byte_order_keys%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        waiting > 0 || second.is_finished()
+    })
+    .await;
+    assert!(waiting_or_done);
+
+    let first_result = match outbox.enqueue(&mut first, &message_of("b")).await {
+        Ok(()) => first.commit().await.map_err(|err| err.to_string()),
+        Err(err) => Err(err.report()),
+    };
+    let second_result = second.await.unwrap();
+    assert!(
+        first_result.is_ok() && second_result.is_ok(),
+        "first writer: {first_result:?}; second writer: {second_result:?}"
+    );
+    let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys_in_byte_order")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 4);
 }
