@@ -1,28 +1,23 @@
 //! The brokers of the chaos runs: where the relays publish, and the
 //! verifying consumer that sees what arrives.
 
+use std::time::Duration;
+
 use async_nats::jetstream::stream::Stream;
 use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use outbox_amqp::lapin::types::{AMQPValue, FieldTable};
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_kafka::{KafkaConfig, KafkaDestination};
 
-use crate::support::servers::{OwnNats, OwnRabbit};
-use crate::support::{amqp_url, kafka_brokers, nats_url, stream_at, Publishes};
+use crate::kafka_restart;
+use crate::support::servers::{OwnKafka, OwnNats, OwnRabbit};
+use crate::support::{amqp_url, kafka_brokers, nats_url, stream_at, Publishes, RelayProcesses};
 
 /// A broker of the run's own, which it restarts.
 pub enum OwnBroker {
     Nats(OwnNats),
     Rabbit(OwnRabbit),
-}
-
-impl OwnBroker {
-    pub async fn restart(&mut self) {
-        match self {
-            OwnBroker::Nats(nats) => nats.restart(std::time::Duration::from_millis(500)).await,
-            OwnBroker::Rabbit(rabbit) => rabbit.restart().await,
-        }
-    }
+    Kafka(OwnKafka),
 }
 
 /// Partitions of a chaos topic; each key stays in one.
@@ -31,15 +26,20 @@ pub const KAFKA_PARTITIONS: i32 = 3;
 /// A new topic `relay-chaos-<name>-<uuid>` of `KAFKA_PARTITIONS` partitions.
 pub async fn kafka_topic(name: &str) -> String {
     let topic = format!("relay-chaos-{name}-{}", uuid::Uuid::now_v7().simple());
+    create_kafka_topic(&kafka_brokers(), &topic).await;
+    topic
+}
+
+/// Creates `topic` of `KAFKA_PARTITIONS` partitions on `brokers`.
+pub async fn create_kafka_topic(brokers: &str, topic: &str) {
     KafkaDestination::new(KafkaConfig {
-        brokers: kafka_brokers(),
+        brokers: brokers.into(),
         ..KafkaConfig::default()
     })
     .unwrap()
-    .create_topics(&[&topic], KAFKA_PARTITIONS)
+    .create_topics(&[topic], KAFKA_PARTITIONS)
     .await
     .expect("Kafka-protocol broker reachable");
-    topic
 }
 
 /// Where one chaos run publishes.
@@ -104,6 +104,37 @@ impl Target {
             stream: None,
             own: None,
             queue: None,
+        }
+    }
+
+    /// A topic on a tansu of the run's own, which it may restart.
+    pub async fn own_kafka(name: &str) -> Target {
+        let broker = OwnKafka::start().await;
+        let brokers = broker.brokers();
+        let topic = format!("relay-chaos-{name}-{}", uuid::Uuid::now_v7().simple());
+        create_kafka_topic(&brokers, &topic).await;
+        Target {
+            settings: format!(
+                "kind = \"kafka\"\nbrokers = \"{brokers}\"\ntimeout_ms = 800\n\
+                 [destination.properties]\n\"linger.ms\" = 1"
+            ),
+            publishes: Publishes::kafka_at(&brokers, &[], &topic, KAFKA_PARTITIONS),
+            destination: topic,
+            stream: None,
+            own: Some(OwnBroker::Kafka(broker)),
+            queue: None,
+        }
+    }
+
+    /// Restarts the run's own broker while the relays run.
+    pub async fn restart_broker(&mut self, relays: &RelayProcesses) {
+        match self.own.as_mut().expect("a broker of the run's own") {
+            OwnBroker::Nats(nats) => nats.restart(Duration::from_millis(500)).await,
+            OwnBroker::Rabbit(rabbit) => rabbit.restart().await,
+            OwnBroker::Kafka(broker) => {
+                let topic = &self.destination;
+                kafka_restart::restart(broker, &mut self.publishes, relays, topic).await
+            }
         }
     }
 

@@ -322,6 +322,8 @@ impl RelayProcesses {
 /// start, or an AMQP consumer of a queue.
 pub struct Publishes {
     seen: Arc<Mutex<Vec<(Uuid, Instant)>>>,
+    /// Kafka: per partition, the offset after the last record read.
+    next_offsets: Arc<Mutex<std::collections::HashMap<i32, i64>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
     /// What the AMQP consumer is waiting for, for a failing test to show.
@@ -358,6 +360,7 @@ impl Publishes {
             stop,
             task,
             phase: Arc::default(),
+            next_offsets: Arc::default(),
         }
     }
 
@@ -374,52 +377,44 @@ impl Publishes {
         topic: &str,
         partitions: i32,
     ) -> Self {
-        use outbox_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-        use outbox_kafka::rdkafka::message::{Headers, Message as _};
-        use outbox_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("outbox-verifier-{}", Uuid::now_v7()))
-            .set("enable.auto.commit", "false");
-        for (name, value) in properties {
-            config.set(*name, *value);
-        }
-        let consumer: BaseConsumer = config.create().expect("Kafka consumer");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..partitions {
-            list.add_partition_offset(topic, partition, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&list).expect("assign");
         let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
         let stop: Arc<AtomicBool> = Arc::default();
-        let task = {
-            let (seen, stop) = (seen.clone(), stop.clone());
-            tokio::task::spawn_blocking(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(Ok(record)) = consumer.poll(Duration::from_millis(100)) else {
-                        continue;
-                    };
-                    let at = Instant::now();
-                    let id = record.headers().and_then(|headers| {
-                        headers
-                            .iter()
-                            .find(|h| h.key == outbox_core::HEADER_MESSAGE_ID)
-                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                    });
-                    if let Some(id) = id {
-                        seen.lock().unwrap().push((id, at));
-                    }
-                }
-            })
-        };
+        let next_offsets = Arc::default();
+        let reading = (&seen, &next_offsets, &stop);
+        let task = read_kafka(brokers, properties, topic, partitions, reading);
         Self {
             seen,
             stop,
             task,
             phase: Arc::default(),
+            next_offsets,
         }
+    }
+
+    /// Stops reading and waits until the reader is gone. librdkafka's
+    /// consumer crashed the test process (SIGSEGV) when it went on polling
+    /// a tansu that restarted empty.
+    pub async fn stop_reading(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        (&mut self.task).await.ok();
+    }
+
+    /// Reads the topic again, every partition from its start, adding to
+    /// what arrived before: for a broker that restarted with an empty log.
+    pub fn read_kafka_again(&mut self, brokers: &str, topic: &str, partitions: i32) {
+        self.stop = Arc::default();
+        self.next_offsets.lock().unwrap().clear();
+        let reading = (&self.seen, &self.next_offsets, &self.stop);
+        self.task = read_kafka(brokers, &[], topic, partitions, reading);
+    }
+
+    /// Kafka: whether the reader got past `offsets[p]` in each partition
+    /// `p` (to the record before it, in a partition it is not 0).
+    pub fn read_up_to(&self, offsets: &[i64]) -> bool {
+        let next = self.next_offsets.lock().unwrap();
+        offsets.iter().enumerate().all(|(partition, &offset)| {
+            offset == 0 || next.get(&(partition as i32)).is_some_and(|&n| n >= offset)
+        })
     }
 
     /// Takes messages off `stream` through a durable pull consumer,
@@ -454,6 +449,7 @@ impl Publishes {
             stop,
             task,
             phase: Arc::default(),
+            next_offsets: Arc::default(),
         }
     }
 
@@ -551,6 +547,7 @@ impl Publishes {
             stop,
             task,
             phase,
+            next_offsets: Arc::default(),
         }
     }
 
@@ -597,6 +594,70 @@ impl Publishes {
             })
             .collect()
     }
+}
+
+/// What a Kafka reader fills in: the arrivals, the next offset of each
+/// partition, and the flag that stops it.
+type Reading<'a> = (
+    &'a Arc<Mutex<Vec<(Uuid, Instant)>>>,
+    &'a Arc<Mutex<std::collections::HashMap<i32, i64>>>,
+    &'a Arc<AtomicBool>,
+);
+
+/// A group-less consumer of every partition of `topic` from its start,
+/// noting each record's message id until told to stop, then taking what
+/// it already fetched.
+fn read_kafka(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+    (seen, next_offsets, stop): Reading<'_>,
+) -> tokio::task::JoinHandle<()> {
+    use outbox_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    use outbox_kafka::rdkafka::message::{Headers, Message as _};
+    use outbox_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("outbox-verifier-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        // Should the reader's offset fall out of the log's range, it reads
+        // the log again rather than skip to its end.
+        .set("auto.offset.reset", "earliest");
+    for (name, value) in properties {
+        config.set(*name, *value);
+    }
+    let consumer: BaseConsumer = config.create().expect("Kafka consumer");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).expect("assign");
+    let (seen, next_offsets, stop) = (seen.clone(), next_offsets.clone(), stop.clone());
+    tokio::task::spawn_blocking(move || loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let record = match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(record)) => record,
+            None if stopping => return,
+            _ => continue,
+        };
+        let at = Instant::now();
+        let id = record.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == outbox_core::HEADER_MESSAGE_ID)
+                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        });
+        if let Some(id) = id {
+            seen.lock().unwrap().push((id, at));
+        }
+        next_offsets
+            .lock()
+            .unwrap()
+            .insert(record.partition(), record.offset() + 1);
+    })
 }
 
 impl Drop for Publishes {

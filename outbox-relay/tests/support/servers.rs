@@ -1,7 +1,7 @@
 //! Servers of a test's own, on spare ports, that it may restart or start
 //! with TLS: a nats-server with JetStream on a file store, a PostgreSQL
-//! cluster, a MariaDB server, a RabbitMQ node and, over TLS only, a
-//! Kafka-protocol broker.
+//! cluster, a MariaDB server, a RabbitMQ node and a Kafka-protocol broker,
+//! plain or over TLS only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -572,6 +572,62 @@ impl Drop for OwnRabbit {
     }
 }
 
+/// tansu (`OUTBOX_TANSU_BIN`) with memory storage, listening on `port` and
+/// telling clients to connect to `advertised`.
+fn spawn_tansu(port: u16, advertised: u16) -> Child {
+    let bin = std::env::var("OUTBOX_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+    Command::new(&bin)
+        .arg("broker")
+        .arg("--listener-url")
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://127.0.0.1:{advertised}"))
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_TANSU_BIN): {err}"))
+}
+
+/// A Kafka-protocol broker of the test's own (tansu, memory storage: a
+/// restart comes back with no topic and an empty log).
+pub struct OwnKafka {
+    port: u16,
+    child: Child,
+}
+
+impl OwnKafka {
+    pub async fn start() -> Self {
+        let port = spare_port();
+        let server = OwnKafka {
+            port,
+            child: spawn_tansu(port, port),
+        };
+        wait_for_port(port, "own tansu").await;
+        server
+    }
+
+    /// `bootstrap.servers` for a client.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker and starts it again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.child = spawn_tansu(self.port, self.port);
+        wait_for_port(self.port, "own tansu").await;
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
 /// A Kafka-protocol broker of the test's own (tansu, memory storage) that
 /// clients reach over TLS only: tansu listens on a plain port nobody is
 /// told of and advertises the port of a TLS-terminating `socat` in front
@@ -587,18 +643,7 @@ pub struct OwnKafkaTls {
 impl OwnKafkaTls {
     pub async fn start(certificates: &Certificates) -> Self {
         let (plain, port) = (spare_port(), spare_port());
-        let bin = std::env::var("OUTBOX_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
-        let broker = Command::new(&bin)
-            .arg("broker")
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{plain}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{port}"))
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_TANSU_BIN): {err}"));
+        let broker = spawn_tansu(plain, port);
         let proxy = Command::new("socat")
             .arg(format!(
                 "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
