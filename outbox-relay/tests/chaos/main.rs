@@ -40,7 +40,7 @@ mod databases;
 mod full_destination;
 mod kafka_restart;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use brokers::Target;
@@ -205,9 +205,9 @@ async fn chaos(
         );
         let published_before = target.publishes.count();
         for _ in 0..burst / 100 {
-            let batch: Vec<Message> = (0..100)
-                .map(|_| {
-                    let n = committed.len();
+            let first = committed.len();
+            let batch: Vec<Message> = (first..first + 100)
+                .map(|n| {
                     Message::builder(&target.destination, format!("key-{}", n % KEYS))
                         .payload(format!("{n}"))
                         .build()
@@ -316,6 +316,12 @@ async fn chaos(
         );
     }
     assert_eq!(left.dead_letters, 0);
+    let keys: HashSet<&str> = committed.iter().map(|m| m.ordering_key.as_str()).collect();
+    assert_eq!(
+        keys.len(),
+        KEYS.min(committed.len()),
+        "the writer spread its keys"
+    );
     target.clean_up().await;
     let copies = target.publishes.count();
     println!(
