@@ -19,8 +19,9 @@ pub trait Destination: Send + Sync + 'static {
     /// The default sends one at a time and stops at the first failure, so a
     /// later item is never published before an earlier one of its key that
     /// failed. Override it to pipeline when the broker itself keeps order on
-    /// failure (Kafka's idempotent producer does): an `Ok` for an item means
-    /// every earlier item of the slice was stored before it. Items after the
+    /// failure (Kafka's idempotent producer does, within a partition): an
+    /// `Ok` for an item means every earlier item of the slice was stored
+    /// before it. Items after the
     /// first failure may carry any result; the relay sends them again later.
     fn send_ordered(
         &self,

@@ -214,37 +214,50 @@ fn record<'a>(message: &'a Message, id: &str) -> FutureRecord<'a, str, [u8]> {
         .headers(headers(message, id))
 }
 
-impl Destination for KafkaDestination {
-    type Item = Message;
+/// The time limits of one `send_ordered` call.
+struct SendWindow {
+    /// When the call gives up on delivery reports.
+    deadline: tokio::time::Instant,
+    /// Until when it waits for room in a full producer queue.
+    queue_until: Instant,
+}
 
-    async fn send(&self, message: &Message) -> Result<(), Error> {
-        self.send_ordered(std::slice::from_ref(message))
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(Error::temporary("kafka: no delivery report")))
-    }
+/// What `send_run` did: a result per message it got to, in order (fewer
+/// than the run's when it stopped early), and whether the producer itself
+/// may be the problem.
+struct RunSent {
+    results: Vec<Result<(), Error>>,
+    stuck: bool,
+}
 
-    /// Queues every message to the producer in order, then awaits their
-    /// delivery reports in that order until `delivery_timeout` has passed
-    /// since the call. Once one cannot be queued, the later ones are not
+/// Whether two messages of one key go to the same partition, whose order
+/// Kafka keeps.
+fn same_partition(a: &Message, b: &Message) -> bool {
+    a.destination == b.destination && a.partition_key == b.partition_key
+}
+
+impl KafkaDestination {
+    /// Queues every message of `run` (one partition's) to the producer in
+    /// order, then awaits their delivery reports in that order until the
+    /// window's deadline. Once one cannot be queued, the later ones are not
     /// queued at all (their key must wait for it); once one fails or is
     /// still unacknowledged at the deadline, the later ones are not awaited.
-    async fn send_ordered(&self, messages: &[Message]) -> Vec<Result<(), Error>> {
-        let mut cancelled = RebuildIfDropped(Some(self));
-        let producer = self.producer();
-        let start = Instant::now();
-        let deadline = tokio::time::Instant::from_std(start + self.config.delivery_timeout);
-        let wait_until = start + self.config.delivery_timeout / QUEUE_WAIT_SHARE;
-        let mut queued = Vec::with_capacity(messages.len());
+    async fn send_run(
+        &self,
+        producer: &FutureProducer,
+        run: &[Message],
+        window: &SendWindow,
+    ) -> RunSent {
+        let mut queued = Vec::with_capacity(run.len());
         let mut refused = None;
         let mut stuck = false;
-        for message in messages {
+        for message in run {
             if let Err(err) = legal_topic(message) {
                 refused = Some(err);
                 break;
             }
             let id = message.id.to_string();
-            match queue(&producer, record(message, &id), wait_until).await {
+            match queue(producer, record(message, &id), window.queue_until).await {
                 Ok(delivery) => queued.push(delivery),
                 Err(err) => {
                     stuck |= producer_stuck(&err);
@@ -253,9 +266,9 @@ impl Destination for KafkaDestination {
                 }
             }
         }
-        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(messages.len());
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(run.len());
         for delivery in queued {
-            let result = match tokio::time::timeout_at(deadline, delivery).await {
+            let result = match tokio::time::timeout_at(window.deadline, delivery).await {
                 Ok(Ok(Ok(_))) => Ok(()),
                 Ok(Ok(Err((err, _)))) => {
                     stuck |= producer_stuck(&err);
@@ -280,6 +293,47 @@ impl Destination for KafkaDestination {
         }
         if let (true, Some(err)) = (results.iter().all(Result::is_ok), refused) {
             results.push(Err(err));
+        }
+        RunSent { results, stuck }
+    }
+}
+
+impl Destination for KafkaDestination {
+    type Item = Message;
+
+    async fn send(&self, message: &Message) -> Result<(), Error> {
+        self.send_ordered(std::slice::from_ref(message))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::temporary("kafka: no delivery report")))
+    }
+
+    /// Sends the messages in runs bound for one partition (one topic and
+    /// one partition key), one run after the other, until `delivery_timeout`
+    /// has passed since the call. Kafka keeps order only within a partition:
+    /// a later message for another topic, queued together with an earlier
+    /// one that then failed, could be stored without it. Within a run,
+    /// every message is queued to the producer in order and their delivery
+    /// reports awaited in that order (see `send_run`).
+    async fn send_ordered(&self, messages: &[Message]) -> Vec<Result<(), Error>> {
+        let mut cancelled = RebuildIfDropped(Some(self));
+        let producer = self.producer();
+        let start = Instant::now();
+        let window = SendWindow {
+            deadline: tokio::time::Instant::from_std(start + self.config.delivery_timeout),
+            queue_until: start + self.config.delivery_timeout / QUEUE_WAIT_SHARE,
+        };
+        let mut results = Vec::with_capacity(messages.len());
+        let mut stuck = false;
+        for run in messages.chunk_by(same_partition) {
+            let sent = self.send_run(&producer, run, &window).await;
+            stuck |= sent.stuck;
+            let complete =
+                sent.results.len() == run.len() && sent.results.iter().all(Result::is_ok);
+            results.extend(sent.results);
+            if !complete {
+                break;
+            }
         }
         cancelled.0 = None;
         if stuck {

@@ -5,9 +5,12 @@
 //!   ordering key, so one entity's messages land in one partition.
 //! * Idempotent by default (`enable.idempotence=true`, `acks=all`): the
 //!   producer's own retries neither duplicate nor reorder a partition.
-//! * Pipelined: all messages of a key handed over at once are queued to the
-//!   producer in order and their delivery reports awaited together; the
-//!   idempotent producer keeps them in that order within the partition.
+//! * Pipelined: the messages of a key handed over at once that go to one
+//!   partition (one topic and partition key) are queued to the producer in
+//!   order and their delivery reports awaited together; the idempotent
+//!   producer keeps them in that order within the partition. A message for
+//!   another partition waits until the earlier ones are acknowledged, since
+//!   Kafka keeps no order across partitions.
 //!   librdkafka's own message timeout is infinite, since a message it times
 //!   out lets the later ones of its partition go on without it; the
 //!   destination keeps [`KafkaConfig::delivery_timeout`] itself.

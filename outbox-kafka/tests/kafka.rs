@@ -215,6 +215,43 @@ async fn messages_fail_at_the_destinations_deadline_never_at_librdkafkas() {
     );
 }
 
+/// Kafka keeps order only within a partition. A key whose earlier message
+/// goes to a topic that does not answer and whose later one goes to
+/// another topic: the later one must not be stored while the earlier one
+/// failed, or the relay's retry would store the earlier one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_message_to_another_topic_waits_for_the_earlier_ones() {
+    use outbox_core::Destination;
+
+    // The first topic does not exist, and asking for it does not create it.
+    let missing = format!("outbox-test-missing-{}", Uuid::now_v7().simple());
+    let other = kafka_topic("other-topic").await.topic;
+    let timeout = Duration::from_secs(1);
+    let mut config = KafkaConfig {
+        brokers: brokers(),
+        delivery_timeout: timeout,
+        ..KafkaConfig::default()
+    };
+    config
+        .properties
+        .insert("allow.auto.create.topics".into(), "false".into());
+    let destination = KafkaDestination::new(config).unwrap();
+
+    let earlier = Message::builder(missing, "order-1").build().unwrap();
+    let later = Message::builder(other.clone(), "order-1").build().unwrap();
+    let results = destination.send_ordered(&[earlier, later]).await;
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+
+    let brokers = brokers();
+    let stored = tokio::task::spawn_blocking(move || read_topic(&brokers, &other, 1, 3 * timeout))
+        .await
+        .unwrap();
+    assert!(
+        stored.is_empty(),
+        "the later message was stored while the earlier one failed"
+    );
+}
+
 /// A tansu of the test's own on a spare port (memory storage: a restart
 /// loses what it held, as a broker restored from nothing would).
 struct OwnBroker {
