@@ -148,6 +148,21 @@ fn a_property_librdkafka_refuses_is_named_at_start_up() {
     assert!(!err.is_temporary());
 }
 
+/// A destination with this `delivery_timeout` whose producer does not
+/// create the topics it is asked for, so a message to a missing topic
+/// waits in its queue unacknowledged.
+fn destination_that_creates_no_topic(delivery_timeout: Duration) -> KafkaDestination {
+    let mut config = KafkaConfig {
+        brokers: brokers(),
+        delivery_timeout,
+        ..KafkaConfig::default()
+    };
+    config
+        .properties
+        .insert("allow.auto.create.topics".into(), "false".into());
+    KafkaDestination::new(config).unwrap()
+}
+
 /// librdkafka fails a message that waited `message.timeout.ms` in its queue
 /// and goes on with the later ones of its partition (its INTRODUCTION.md,
 /// "Message timeout considerations"), so a key's later message could be
@@ -162,15 +177,7 @@ async fn messages_fail_at_the_destinations_deadline_never_at_librdkafkas() {
     // A topic that does not exist yet, and that asking for it does not create.
     let topic = format!("outbox-test-deadline-{}", Uuid::now_v7().simple());
     let timeout = Duration::from_secs(1);
-    let mut config = KafkaConfig {
-        brokers: brokers(),
-        delivery_timeout: timeout,
-        ..KafkaConfig::default()
-    };
-    config
-        .properties
-        .insert("allow.auto.create.topics".into(), "false".into());
-    let destination = KafkaDestination::new(config).unwrap();
+    let destination = destination_that_creates_no_topic(timeout);
 
     let record = FutureRecord::to(&topic).key("raw").payload(&b"raw"[..]);
     let delivery = destination.producer().send_result(record).unwrap();
@@ -227,15 +234,7 @@ async fn a_keys_message_to_another_topic_waits_for_the_earlier_ones() {
     let missing = format!("outbox-test-missing-{}", Uuid::now_v7().simple());
     let other = kafka_topic("other-topic").await.topic;
     let timeout = Duration::from_secs(1);
-    let mut config = KafkaConfig {
-        brokers: brokers(),
-        delivery_timeout: timeout,
-        ..KafkaConfig::default()
-    };
-    config
-        .properties
-        .insert("allow.auto.create.topics".into(), "false".into());
-    let destination = KafkaDestination::new(config).unwrap();
+    let destination = destination_that_creates_no_topic(timeout);
 
     let earlier = Message::builder(missing, "order-1").build().unwrap();
     let later = Message::builder(other.clone(), "order-1").build().unwrap();
