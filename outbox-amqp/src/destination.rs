@@ -1,5 +1,6 @@
 //! The AMQP destination: one connection and one confirm-mode channel,
-//! reopened when lost.
+//! reopened when lost, and a channel of its own for a publish sent again
+//! alone after the broker closed the shared one.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,13 +16,15 @@ use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE
 use tokio::sync::RwLock;
 
 use crate::config::CONNECT_TIMEOUT;
-use crate::error::{breaks_link, classify};
+use crate::error::{breaks_link, classify, closed_the_channel};
 use crate::{AmqpConfig, Route};
 use outbox_core::redact_url;
 
+#[derive(Clone)]
 struct Link {
-    // Kept so the connection lives as long as its channel.
-    _connection: Connection,
+    /// Kept so the connection lives as long as its channel; it also opens
+    /// the channels of the publishes made alone.
+    connection: Arc<Connection>,
     channel: Channel,
 }
 
@@ -71,15 +74,21 @@ impl AmqpDestination {
 
     /// A connected confirm-mode channel, opening one if needed.
     pub async fn channel(&self) -> Result<Channel, Error> {
+        Ok(self.link().await?.channel)
+    }
+
+    /// The connection and its shared confirm-mode channel, opening them if
+    /// the channel is not connected.
+    async fn link(&self) -> Result<Link, Error> {
         if let Some(link) = self.link.read().await.as_ref() {
             if link.channel.status().connected() {
-                return Ok(link.channel.clone());
+                return Ok(link.clone());
             }
         }
         let mut link = self.link.write().await;
         if let Some(current) = link.as_ref() {
             if current.channel.status().connected() {
-                return Ok(current.channel.clone());
+                return Ok(current.clone());
             }
             tracing::warn!("amqp channel lost; reconnecting");
         }
@@ -91,9 +100,8 @@ impl AmqpDestination {
                     redact_url(&self.config.url)
                 ))
             })??;
-        let channel = opened.channel.clone();
-        *link = Some(opened);
-        Ok(channel)
+        *link = Some(opened.clone());
+        Ok(opened)
     }
 
     async fn open(&self) -> Result<Link, Error> {
@@ -107,15 +115,30 @@ impl AmqpDestination {
             .connect()
             .await
             .map_err(classify)?;
-        let channel = connection.create_channel().await.map_err(classify)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(classify)?;
+        let channel = confirm_channel(&connection).await?;
         Ok(Link {
-            _connection: connection,
+            connection: Arc::new(connection),
             channel,
         })
+    }
+
+    /// Publishes `message` alone on a channel of its own, closed after.
+    ///
+    /// RabbitMQ answers a publish it refuses (an exchange that does not
+    /// exist, access refused, a message over its size limit) by closing the
+    /// channel, and every publish still waiting for a confirm on that channel
+    /// fails with the same error. Sent alone, a message gets back only its
+    /// own error: the one at fault fails again, the others go through.
+    async fn publish_alone(&self, message: &Message, route: &Route) -> Result<(), Error> {
+        let connection = self.link().await?.connection;
+        let channel = confirm_channel(&connection).await?;
+        let confirmed = publish(&channel, message, route).await;
+        if channel.status().connected() {
+            // Closing a channel that is still open; nothing to report if the
+            // broker closed it already.
+            let _ = channel.close(200, "OK".into()).await;
+        }
+        confirmed.map_err(classify).and_then(|c| verdict(c, route))
     }
 
     /// Forgets `channel` if it is still the current one, so the next send
@@ -220,40 +243,65 @@ impl Destination for AmqpDestination {
         let route = (self.config.route)(message);
         short_strings_fit(message, &route)?;
         let channel = self.channel().await?;
-        let published = channel
-            .basic_publish(
-                route.exchange.as_str().into(),
-                route.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &message.payload,
-                properties(message),
-            )
-            .await;
-        let confirm = match published {
-            Ok(confirm) => confirm.await,
-            Err(err) => Err(err),
-        };
-        match confirm {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(returned))) => Err(Error::permanent(format!(
-                "amqp: unroutable: exchange {:?} has no queue bound for routing key {:?} ({} {})",
-                route.exchange, route.routing_key, returned.reply_code, returned.reply_text
-            ))),
-            Ok(Confirmation::Nack(_)) => Err(Error::temporary(
-                "amqp: the broker refused to take the message (nack)",
-            )),
-            Ok(Confirmation::NotRequested) => {
-                Err(Error::temporary("amqp: channel is not in confirm mode"))
-            }
+        match publish(&channel, message, &route).await {
+            Ok(confirmation) => verdict(confirmation, &route),
             Err(err) => {
                 if breaks_link(&err) {
                     self.drop_link(&channel).await;
                 }
+                if closed_the_channel(&err) {
+                    // Perhaps for another publish's fault: see publish_alone.
+                    return self.publish_alone(message, &route).await;
+                }
                 Err(classify(err))
             }
         }
+    }
+}
+
+/// A new channel on `connection`, in publisher-confirm mode.
+async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
+    let channel = connection.create_channel().await.map_err(classify)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(classify)?;
+    Ok(channel)
+}
+
+/// Publishes `message` persistent and mandatory on `channel` and waits for
+/// the broker's confirm.
+async fn publish(
+    channel: &Channel,
+    message: &Message,
+    route: &Route,
+) -> Result<Confirmation, lapin::Error> {
+    channel
+        .basic_publish(
+            route.exchange.as_str().into(),
+            route.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.payload,
+            properties(message),
+        )
+        .await?
+        .await
+}
+
+/// What the broker's confirm says of a publish to `route`.
+fn verdict(confirmation: Confirmation, route: &Route) -> Result<(), Error> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(Error::permanent(format!(
+            "amqp: unroutable: exchange {:?} has no queue bound for routing key {:?} ({} {})",
+            route.exchange, route.routing_key, returned.reply_code, returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(Error::temporary(
+            "amqp: the broker refused to take the message (nack)",
+        )),
+        Confirmation::NotRequested => Err(Error::temporary("amqp: channel is not in confirm mode")),
     }
 }

@@ -1,7 +1,7 @@
 //! lapin errors classified by whether retrying can help.
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::ErrorKind as LapinKind;
+use lapin::{ChannelState, ErrorKind as LapinKind};
 use outbox_core::{Error, ErrorKind};
 
 /// Turns a lapin error into an outbox error.
@@ -35,4 +35,16 @@ pub fn classify(err: lapin::Error) -> Error {
 /// send must open new ones.
 pub(crate) fn breaks_link(err: &lapin::Error) -> bool {
     !matches!(err.kind(), LapinKind::SerialisationError(_))
+}
+
+/// Whether the broker closed the channel or the connection under this
+/// publish, or the publish found it closing. RabbitMQ does so in answer to
+/// one refused publish, and every other publish waiting on the channel gets
+/// the same error, so the error is not necessarily this message's own.
+pub(crate) fn closed_the_channel(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        LapinKind::ProtocolError(_)
+            | LapinKind::InvalidChannelState(ChannelState::Closing | ChannelState::Closed, _)
+    )
 }

@@ -8,6 +8,13 @@
 //! of vanishing. The message id travels as `message_id` so consumers can drop
 //! the duplicates a relay crash may cause.
 //!
+//! RabbitMQ refuses some publishes by closing the channel: an exchange that
+//! does not exist (`NOT_FOUND`), access refused, a message over its size
+//! limit. Every publish still waiting for a confirm on that channel then
+//! fails with the same error, so each of them is published again at once,
+//! alone on a channel of its own: the message at fault is dead-lettered with
+//! the broker's reason, the others go through without waiting for a retry.
+//!
 //! Where a message goes: its `destination` is `exchange/routing-key`; a
 //! destination without `/` goes to the default exchange with the destination
 //! as routing key, that is straight to the queue of that name. Set

@@ -301,3 +301,75 @@ async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost
         Stats::get(&stats.retried)
     );
 }
+
+/// Messages to an exchange that does not exist, among other keys' messages
+/// of the same batches. RabbitMQ answers such a publish by closing the
+/// channel (404 NOT_FOUND). Each is dead-lettered at its first attempt with
+/// the broker's reason naming the exchange, and every other message arrives,
+/// in order per key, without a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_an_exchange_that_does_not_exist_are_dead_lettered_and_others_flow() {
+    let harness = amqp_queue("missing_exchange").await;
+    let exchange = format!("outbox-test-missing-{}", Uuid::now_v7().simple());
+    let missing: Vec<Message> = (0..5)
+        .map(|n| {
+            Message::builder(format!("{exchange}/{}", harness.queue), format!("gone-{n}"))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let messages = numbered_messages(&harness.queue, 20, 10);
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue(messages[..100].iter().cloned());
+    source.enqueue(missing.clone());
+    source.enqueue(messages[100..].iter().cloned());
+    let relay_config = RelayConfig {
+        batch_size: 100,
+        send_timeout: Duration::from_secs(5),
+        poll_interval_max: Duration::from_millis(50),
+        ..RelayConfig::default()
+    };
+    let relay = run_relay(source.clone(), harness.destination().await, relay_config);
+    let stats = relay.stats.clone();
+    let received = harness.received(messages.len(), DEADLINE).await;
+    let all_dead = eventually(DEADLINE, || async {
+        source.dead_letters().len() >= missing.len()
+    })
+    .await;
+    relay.stop().await;
+
+    assert!(all_dead, "dead letters: {:?}", source.dead_letters());
+    let (letters, others): (Vec<_>, Vec<_>) = source
+        .dead_letters()
+        .into_iter()
+        .partition(|letter| missing.iter().any(|m| m.id == letter.message.id));
+    assert!(
+        others.is_empty(),
+        "{} messages of other keys were dead-lettered, the first with: {}",
+        others.len(),
+        others[0].error
+    );
+    assert_eq!(letters.len(), missing.len(), "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.message.attempts, 1, "{}", letter.error);
+        assert!(
+            letter.error.replace('-', "_").contains("NOT_FOUND")
+                && letter.error.contains(&exchange),
+            "the reason does not name the missing exchange: {}",
+            letter.error
+        );
+    }
+    let arrivals: Vec<(String, Uuid)> = received
+        .iter()
+        .map(|r| {
+            let sent = messages.iter().find(|m| m.id == r.id).expect("known id");
+            (sent.ordering_key.clone(), r.id)
+        })
+        .collect();
+    assert_order_per_key(&messages, &arrivals);
+    assert_eq!(
+        Stats::get(&stats.retried),
+        0,
+        "other keys' messages were retried after the channel closed"
+    );
+}

@@ -21,8 +21,8 @@ pub trait Destination: Send + Sync + 'static {
     /// failed. Override it to pipeline when the broker itself keeps order on
     /// failure (Kafka's idempotent producer does, within a partition): an
     /// `Ok` for an item means every earlier item of the slice was stored
-    /// before it. Items after the
-    /// first failure may carry any result; the relay sends them again later.
+    /// before it. Items after the first failure may carry any result; the
+    /// relay sends them again later.
     fn send_ordered(
         &self,
         items: &[Self::Item],
