@@ -2,7 +2,10 @@
 //! reopened when lost, and a channel of its own for a publish sent again
 //! alone after the broker closed the shared one.
 
-use std::sync::Arc;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -44,6 +47,15 @@ pub struct AmqpDestination {
     /// The CA certificates of `config.root_certificates`, read at connect.
     tls: Arc<OwnedTLSConfig>,
     link: Arc<RwLock<Option<Link>>>,
+    /// Held while lapin numbers a publish and queues its frames. lapin
+    /// numbers a publish (its delivery tag, which the broker's confirm names)
+    /// before it builds the frames and queues them, so two publishes on one
+    /// channel from two threads could reach the broker in the other order
+    /// than numbered: each would then take the other's confirm, and a
+    /// message the broker refused would count as stored (seen with a message
+    /// over the broker's size limit published among others: confirmed, never
+    /// stored).
+    publish_order: Arc<StdMutex<()>>,
 }
 
 impl std::fmt::Debug for AmqpDestination {
@@ -67,6 +79,7 @@ impl AmqpDestination {
             config: Arc::new(config),
             tls: Arc::new(tls),
             link: Arc::default(),
+            publish_order: Arc::default(),
         };
         destination.channel().await?;
         Ok(destination)
@@ -132,7 +145,7 @@ impl AmqpDestination {
     async fn publish_alone(&self, message: &Message, route: &Route) -> Result<(), Error> {
         let connection = self.link().await?.connection;
         let channel = confirm_channel(&connection).await?;
-        let confirmed = publish(&channel, message, route).await;
+        let confirmed = publish(&channel, message, route, &self.publish_order).await;
         if channel.status().connected() {
             // Closing a channel that is still open; nothing to report if the
             // broker closed it already.
@@ -243,7 +256,7 @@ impl Destination for AmqpDestination {
         let route = (self.config.route)(message);
         short_strings_fit(message, &route)?;
         let channel = self.channel().await?;
-        match publish(&channel, message, &route).await {
+        match publish(&channel, message, &route, &self.publish_order).await {
             Ok(confirmation) => verdict(confirmation, &route),
             Err(err) => {
                 if breaks_link(&err) {
@@ -271,24 +284,37 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
 
 /// Publishes `message` persistent and mandatory on `channel` and waits for
 /// the broker's confirm.
+///
+/// lapin numbers the publish and queues its frames in the first poll of
+/// `basic_publish`, so that poll is made holding `order` (see
+/// `AmqpDestination::publish_order`); the wait for the frames to be written
+/// and for the confirm is not.
 async fn publish(
     channel: &Channel,
     message: &Message,
     route: &Route,
+    order: &StdMutex<()>,
 ) -> Result<Confirmation, lapin::Error> {
-    channel
-        .basic_publish(
-            route.exchange.as_str().into(),
-            route.routing_key.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            &message.payload,
-            properties(message),
-        )
-        .await?
-        .await
+    let mut publishing = pin!(channel.basic_publish(
+        route.exchange.as_str().into(),
+        route.routing_key.as_str().into(),
+        BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        },
+        &message.payload,
+        properties(message),
+    ));
+    let first = poll_fn(|cx| {
+        let _numbered_and_queued = order.lock().unwrap_or_else(PoisonError::into_inner);
+        Poll::Ready(publishing.as_mut().poll(cx))
+    })
+    .await;
+    let confirm = match first {
+        Poll::Ready(confirm) => confirm?,
+        Poll::Pending => publishing.await?,
+    };
+    confirm.await
 }
 
 /// What the broker's confirm says of a publish to `route`.

@@ -10,7 +10,7 @@ use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
-use outbox_core::memory::MemorySource;
+use outbox_core::memory::{DeadLetter, MemorySource};
 use outbox_core::{Backoff, Message, RelayConfig, Stats, HEADER_MESSAGE_ID};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
@@ -215,14 +215,20 @@ fn host_port() -> String {
         .to_string()
 }
 
+/// `rabbitmqctl`, for the node of `OUTBOX_RABBITMQ_NODE` if set.
+fn rabbitmqctl() -> Command {
+    let mut command = Command::new("rabbitmqctl");
+    if let Ok(node) = std::env::var("OUTBOX_RABBITMQ_NODE") {
+        if !node.is_empty() {
+            command.args(["-n", node.as_str()]);
+        }
+    }
+    command
+}
+
 /// Closes, through rabbitmqctl, every connection whose name is `name`.
 fn close_connections(name: &str) -> usize {
-    let node: Vec<String> = match std::env::var("OUTBOX_RABBITMQ_NODE") {
-        Ok(node) if !node.is_empty() => vec!["-n".into(), node],
-        _ => Vec::new(),
-    };
-    let listing = Command::new("rabbitmqctl")
-        .args(&node)
+    let listing = rabbitmqctl()
         .args([
             "-q",
             "list_connections",
@@ -236,8 +242,7 @@ fn close_connections(name: &str) -> usize {
     let mut closed = 0;
     for line in listing.lines().filter(|line| line.contains(name)) {
         let pid = line.split_whitespace().next().unwrap_or_default();
-        let status = Command::new("rabbitmqctl")
-            .args(&node)
+        let status = rabbitmqctl()
             .args(["-q", "close_connection", pid, "outbox test closes it"])
             .status()
             .expect("rabbitmqctl runs");
@@ -302,30 +307,21 @@ async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost
     );
 }
 
-/// Messages to an exchange that does not exist, among other keys' messages
-/// of the same batches. RabbitMQ answers such a publish by closing the
-/// channel (404 NOT_FOUND). Each is dead-lettered at its first attempt with
-/// the broker's reason naming the exchange, and every other message arrives,
-/// in order per key, without a retry.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_to_an_exchange_that_does_not_exist_are_dead_lettered_and_others_flow() {
-    let harness = amqp_queue("missing_exchange").await;
-    let exchange = format!("outbox-test-missing-{}", Uuid::now_v7().simple());
-    let missing: Vec<Message> = (0..5)
-        .map(|n| {
-            Message::builder(format!("{exchange}/{}", harness.queue), format!("gone-{n}"))
-                .build()
-                .unwrap()
-        })
-        .collect();
+/// Runs `refused` among 200 messages of 20 other keys, in the same batches,
+/// and returns the dead letters of `refused` once each has one. RabbitMQ
+/// refuses such a publish by closing the channel, which fails the confirms
+/// of the others waiting on it too; checks that each other message still
+/// arrives, in order per key, with no dead letter and no retry.
+async fn refused_among_others(scenario: &'static str, refused: &[Message]) -> Vec<DeadLetter> {
+    let harness = amqp_queue(scenario).await;
     let messages = numbered_messages(&harness.queue, 20, 10);
     let source = MemorySource::new(Duration::from_secs(30));
     source.enqueue(messages[..100].iter().cloned());
-    source.enqueue(missing.clone());
+    source.enqueue(refused.iter().cloned());
     source.enqueue(messages[100..].iter().cloned());
     let relay_config = RelayConfig {
         batch_size: 100,
-        send_timeout: Duration::from_secs(5),
+        send_timeout: Duration::from_secs(20),
         poll_interval_max: Duration::from_millis(50),
         ..RelayConfig::default()
     };
@@ -333,32 +329,28 @@ async fn messages_to_an_exchange_that_does_not_exist_are_dead_lettered_and_other
     let stats = relay.stats.clone();
     let received = harness.received(messages.len(), DEADLINE).await;
     let all_dead = eventually(DEADLINE, || async {
-        source.dead_letters().len() >= missing.len()
+        source.dead_letters().len() >= refused.len()
     })
     .await;
     relay.stop().await;
 
-    assert!(all_dead, "dead letters: {:?}", source.dead_letters());
+    assert!(
+        all_dead,
+        "not every refused message was dead-lettered within {DEADLINE:?}; dead letters: {:?}, \
+         still waiting in the outbox: {} (0: taken as stored)",
+        source.dead_letters(),
+        source.waiting()
+    );
     let (letters, others): (Vec<_>, Vec<_>) = source
         .dead_letters()
         .into_iter()
-        .partition(|letter| missing.iter().any(|m| m.id == letter.message.id));
+        .partition(|letter| refused.iter().any(|m| m.id == letter.message.id));
     assert!(
         others.is_empty(),
         "{} messages of other keys were dead-lettered, the first with: {}",
         others.len(),
         others[0].error
     );
-    assert_eq!(letters.len(), missing.len(), "{letters:?}");
-    for letter in &letters {
-        assert_eq!(letter.message.attempts, 1, "{}", letter.error);
-        assert!(
-            letter.error.replace('-', "_").contains("NOT_FOUND")
-                && letter.error.contains(&exchange),
-            "the reason does not name the missing exchange: {}",
-            letter.error
-        );
-    }
     let arrivals: Vec<(String, Uuid)> = received
         .iter()
         .map(|r| {
@@ -372,4 +364,72 @@ async fn messages_to_an_exchange_that_does_not_exist_are_dead_lettered_and_other
         0,
         "other keys' messages were retried after the channel closed"
     );
+    for letter in &letters {
+        assert_eq!(letter.message.attempts, 1, "retried: {}", letter.error);
+    }
+    letters
+}
+
+/// Messages to an exchange that does not exist (RabbitMQ: 404 NOT_FOUND)
+/// are dead-lettered at once with the broker's reason naming the exchange;
+/// the other keys flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_an_exchange_that_does_not_exist_are_dead_lettered_and_others_flow() {
+    let exchange = format!("outbox-test-missing-{}", Uuid::now_v7().simple());
+    let missing: Vec<Message> = (0..5)
+        .map(|n| {
+            Message::builder(
+                format!("{exchange}/outbox-test.missing_exchange"),
+                format!("gone-{n}"),
+            )
+            .build()
+            .unwrap()
+        })
+        .collect();
+    let letters = refused_among_others("missing_exchange", &missing).await;
+    assert_eq!(letters.len(), missing.len(), "{letters:?}");
+    for letter in &letters {
+        assert!(
+            letter.error.replace('-', "_").contains("NOT_FOUND")
+                && letter.error.contains(&exchange),
+            "the reason does not name the missing exchange: {}",
+            letter.error
+        );
+    }
+}
+
+/// A payload one byte over the node's `max_message_size` (RabbitMQ: 406
+/// PRECONDITION_FAILED) is dead-lettered at once with the broker's reason;
+/// the other keys flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_brokers_size_limit_is_dead_lettered_and_others_flow() {
+    let limit = max_message_size();
+    let queue = "outbox-test.too_large";
+    let too_large = Message::builder(queue, "too-large")
+        .payload(vec![b'x'; limit + 1])
+        .build()
+        .unwrap();
+    let letters = refused_among_others("too_large", &[too_large]).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].error.contains(&format!("{}", limit + 1))
+            && letters[0].error.contains("larger than"),
+        "the reason does not give the size: {}",
+        letters[0].error
+    );
+}
+
+/// The node's `max_message_size` (RabbitMQ's default, 128 MiB, if unset).
+fn max_message_size() -> usize {
+    let output = rabbitmqctl()
+        .args(["eval", "application:get_env(rabbit, max_message_size)."])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.trim().strip_prefix("{ok,") {
+        Some(rest) => rest.trim_end_matches('}').parse().unwrap_or_else(|_| {
+            panic!("rabbitmqctl printed an unexpected max_message_size: {text}")
+        }),
+        None => 128 << 20,
+    }
 }
