@@ -433,3 +433,32 @@ fn max_message_size() -> usize {
         None => 128 << 20,
     }
 }
+
+/// Unroutable messages (no queue bound for their routing key) among others
+/// of the same batches: RabbitMQ returns each (`mandatory`) before its
+/// confirm. Each should be dead-lettered at once as unroutable, and no other
+/// message taken for one. It fails in about one run of four: lapin 4.12
+/// hands a returned message to the next confirm it completes, which need not
+/// be the returned message's (seen: a routed message dead-lettered as
+/// unroutable, so an unroutable one counted as sent). A channel per publish
+/// in flight passed 20 of 20 runs but drained RabbitMQ at half the rate.
+/// Run it with `--ignored`; the README gives the workaround.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known lapin limitation: a returned message can be paired with another publish's confirm"]
+async fn unroutable_messages_among_others_are_dead_lettered_and_only_they() {
+    let unroutable: Vec<Message> = (0..50)
+        .map(|n| {
+            Message::builder(
+                format!("amq.direct/unbound-{}", Uuid::now_v7().simple()),
+                format!("unroutable-{n}"),
+            )
+            .build()
+            .unwrap()
+        })
+        .collect();
+    let letters = refused_among_others("unroutable", &unroutable).await;
+    assert_eq!(letters.len(), unroutable.len(), "{letters:?}");
+    for letter in &letters {
+        assert!(letter.error.contains("unroutable"), "{}", letter.error);
+    }
+}
