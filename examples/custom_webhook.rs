@@ -19,8 +19,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use outbox::{
-    Backoff, CancellationToken, Destination, Error, Failure, Item, Relay, RelayConfig, Source,
-    Stats,
+    Backoff, CancellationToken, Claim, ClaimId, Destination, Error, Failure, Item, Relay,
+    RelayConfig, Source, Stats,
 };
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
@@ -74,7 +74,7 @@ fn db_error(err: sqlx::Error) -> Error {
 impl Source for LegacyEvents {
     type Item = LegacyEvent;
 
-    async fn claim(&self, limit: usize) -> Result<Vec<LegacyEvent>, Error> {
+    async fn claim(&self, limit: usize) -> Result<Claim<LegacyEvent>, Error> {
         let rows = sqlx::query(
             "SELECT e.id, e.customer, e.kind, e.body, e.attempts FROM customer_events e \
              WHERE e.sent_at IS NULL AND e.dead_reason IS NULL AND e.next_try_ms <= ?1 \
@@ -109,10 +109,10 @@ impl Source for LegacyEvents {
                 break;
             }
         }
-        Ok(claimed)
+        Ok(Claim::new(ClaimId::new(), claimed))
     }
 
-    async fn ack(&self, items: &[LegacyEvent]) -> Result<(), Error> {
+    async fn ack(&self, _claim: ClaimId, items: &[LegacyEvent]) -> Result<(), Error> {
         for item in items {
             sqlx::query("UPDATE customer_events SET sent_at = ?1 WHERE id = ?2")
                 .bind(now_ms())
@@ -125,7 +125,7 @@ impl Source for LegacyEvents {
         Ok(())
     }
 
-    async fn retry(&self, failures: &[Failure<LegacyEvent>]) -> Result<(), Error> {
+    async fn retry(&self, _claim: ClaimId, failures: &[Failure<LegacyEvent>]) -> Result<(), Error> {
         for failure in failures {
             sqlx::query("UPDATE customer_events SET attempts = ?1, next_try_ms = ?2 WHERE id = ?3")
                 .bind(i64::from(failure.attempts))
@@ -139,7 +139,11 @@ impl Source for LegacyEvents {
         Ok(())
     }
 
-    async fn dead_letter(&self, failures: &[Failure<LegacyEvent>]) -> Result<(), Error> {
+    async fn dead_letter(
+        &self,
+        _claim: ClaimId,
+        failures: &[Failure<LegacyEvent>],
+    ) -> Result<(), Error> {
         for failure in failures {
             sqlx::query("UPDATE customer_events SET attempts = ?1, dead_reason = ?2 WHERE id = ?3")
                 .bind(i64::from(failure.attempts))
@@ -153,7 +157,7 @@ impl Source for LegacyEvents {
         Ok(())
     }
 
-    async fn release(&self, items: &[LegacyEvent]) -> Result<(), Error> {
+    async fn release(&self, _claim: ClaimId, items: &[LegacyEvent]) -> Result<(), Error> {
         self.forget(items.iter());
         Ok(())
     }

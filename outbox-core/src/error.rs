@@ -2,6 +2,28 @@
 
 use std::fmt;
 
+/// The most bytes of an error's text a source stores as a message's last
+/// error. A broker can answer with an error of any length; a longer text is
+/// cut at a character boundary, so recording it never fails the report.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// `text` cut to at most [`MAX_ERROR_BYTES`], at a character boundary,
+/// saying how much was cut.
+pub(crate) fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let note = format!(" … ({total} bytes, cut)");
+    let mut end = MAX_ERROR_BYTES - note.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&note);
+    text
+}
+
 /// Boxed error kept as the cause of an [`Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -156,6 +178,17 @@ impl From<ConfigError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary() {
+        let short = "broker said no".to_string();
+        assert_eq!(bounded(short.clone()), short);
+        let long = "é".repeat(10_000);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_ERROR_BYTES, "{}", cut.len());
+        assert!(cut.starts_with("éé"));
+        assert!(cut.ends_with("(20000 bytes, cut)"), "{cut:.40}");
+    }
 
     /// An error that names its cause in its own text, as sqlx's do.
     #[derive(Debug, thiserror::Error)]

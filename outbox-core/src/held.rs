@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::Error;
+use crate::{ClaimId, Error};
 
 /// One claimed batch: its open transaction and the ids not yet reported.
 pub struct HeldBatch<T> {
@@ -50,9 +50,12 @@ impl<T> HeldBatch<T> {
     }
 }
 
-/// Every batch a source holds, found by message id.
+/// Every batch a source holds, found by its claim's identity: a report of
+/// a claim that was lost finds nothing, even when the same rows have been
+/// claimed again since (finding batches by message id ran a lost claim's
+/// reports on the newer claim's transaction, which could commit it early).
 pub struct HeldBatches<T> {
-    open: Mutex<HashMap<Uuid, Arc<HeldBatch<T>>>>,
+    open: Mutex<HashMap<ClaimId, Arc<HeldBatch<T>>>>,
 }
 
 impl<T> Default for HeldBatches<T> {
@@ -64,37 +67,25 @@ impl<T> Default for HeldBatches<T> {
 }
 
 impl<T> HeldBatches<T> {
-    /// Holds `tx` as the batch of `ids`, claimed now.
-    pub fn hold(&self, ids: impl IntoIterator<Item = Uuid>, tx: T) {
+    /// Holds `tx` as `claim`'s batch of `ids`, claimed now.
+    pub fn hold(&self, claim: ClaimId, ids: impl IntoIterator<Item = Uuid>, tx: T) {
         let ids: HashSet<Uuid> = ids.into_iter().collect();
         let batch = Arc::new(HeldBatch {
             tx: tokio::sync::Mutex::new(Some(tx)),
             size: ids.len(),
-            unreported: Mutex::new(ids.clone()),
+            unreported: Mutex::new(ids),
             claimed_at: Instant::now(),
         });
-        let mut open = lock(&self.open);
-        for id in ids {
-            open.insert(id, batch.clone());
-        }
+        lock(&self.open).insert(claim, batch);
     }
 
-    /// The batches holding `ids`, each with the ids of `ids` it holds. Ids
-    /// no batch holds (forgotten, or never claimed here) are left out: their
-    /// report is fenced.
-    pub fn by_batch(&self, ids: &[Uuid]) -> Vec<(Arc<HeldBatch<T>>, HashSet<Uuid>)> {
-        let open = lock(&self.open);
-        let mut batches: Vec<(Arc<HeldBatch<T>>, HashSet<Uuid>)> = Vec::new();
-        for id in ids {
-            let Some(batch) = open.get(id) else { continue };
-            match batches.iter_mut().find(|(b, _)| Arc::ptr_eq(b, batch)) {
-                Some((_, mine)) => {
-                    mine.insert(*id);
-                }
-                None => batches.push((batch.clone(), HashSet::from([*id]))),
-            }
-        }
-        batches
+    /// `claim`'s batch, or the error of a report that changes nothing: the
+    /// claim was lost (its transaction ended or failed) or is over.
+    pub fn get(&self, claim: ClaimId) -> Result<Arc<HeldBatch<T>>, Error> {
+        lock(&self.open)
+            .get(&claim)
+            .cloned()
+            .ok_or_else(|| not_held(claim))
     }
 
     /// Closes a report on `batch` whose `outcome` is known: the commit's,
@@ -112,6 +103,12 @@ impl<T> HeldBatches<T> {
         outcome.map_err(|err| batch.lost(err))
     }
 
+    /// The error of a report on a batch whose transaction another report
+    /// has already closed.
+    pub fn closed(&self, claim: ClaimId) -> Error {
+        not_held(claim)
+    }
+
     /// Forgets `batch` (committed or lost).
     pub fn forget(&self, batch: &Arc<HeldBatch<T>>) {
         lock(&self.open).retain(|_, open| !Arc::ptr_eq(open, batch));
@@ -122,6 +119,13 @@ impl<T> HeldBatches<T> {
     pub fn forget_expired(&self, lease: Duration) {
         lock(&self.open).retain(|_, batch| batch.claimed_at.elapsed() < lease);
     }
+}
+
+fn not_held(claim: ClaimId) -> Error {
+    Error::permanent(format!(
+        "claim {claim} is no longer held (its lease ended or its transaction failed): \
+         the report changes nothing"
+    ))
 }
 
 fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
@@ -136,26 +140,46 @@ mod tests {
     fn a_batch_is_done_when_its_last_id_is_reported() {
         let held = HeldBatches::default();
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        held.hold([a, b], "first");
-        held.hold([c], "second");
-        let batches = held.by_batch(&[a, c, Uuid::now_v7()]);
-        assert_eq!(batches.len(), 2, "the unknown id belongs to no batch");
-        let (first, mine) = &batches[0];
-        assert_eq!(mine, &HashSet::from([a]));
-        assert!(!first.reported(mine), "b is still out");
+        let (first_claim, second_claim) = (ClaimId::new(), ClaimId::new());
+        held.hold(first_claim, [a, b], "first");
+        held.hold(second_claim, [c], "second");
+        let first = held.get(first_claim).expect("held");
+        assert!(!first.reported(&HashSet::from([a])), "b is still out");
         assert_eq!(first.unreported(), 1);
         assert!(first.reported(&HashSet::from([b])));
-        held.forget(first);
-        assert!(held.by_batch(&[a, b]).is_empty());
-        assert_eq!(held.by_batch(&[c]).len(), 1);
+        held.forget(&first);
+        assert!(held.get(first_claim).is_err());
+        assert!(held.get(second_claim).is_ok());
+    }
+
+    #[test]
+    fn a_claim_of_the_same_rows_again_is_another_batch() {
+        let held = HeldBatches::default();
+        let id = Uuid::now_v7();
+        let (lost, newer) = (ClaimId::new(), ClaimId::new());
+        held.hold(lost, [id], "lost");
+        held.hold(newer, [id], "newer");
+        let lost = held.get(lost).expect("held");
+        held.forget(&lost);
+        let newer = held.get(newer).expect("the newer claim is still held");
+        assert_eq!(*newer.tx.try_lock().expect("free"), Some("newer"));
+    }
+
+    #[test]
+    fn a_report_for_an_unknown_claim_says_it_changes_nothing() {
+        let held: HeldBatches<()> = HeldBatches::default();
+        let err = held.get(ClaimId::new()).err().expect("not held");
+        assert!(!err.is_temporary());
+        assert!(err.to_string().contains("changes nothing"), "{err}");
     }
 
     #[test]
     fn a_lost_batch_names_its_size_and_cause() {
         let held = HeldBatches::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        held.hold([a, b], ());
-        let (batch, _) = held.by_batch(&[a]).pop().expect("held");
+        let claim = ClaimId::new();
+        held.hold(claim, [a, b], ());
+        let batch = held.get(claim).expect("held");
         let err = batch.lost(Error::temporary("1213 Deadlock found"));
         assert!(!err.is_temporary(), "reporting again cannot help");
         let report = err.report();
@@ -166,11 +190,11 @@ mod tests {
     #[test]
     fn expired_batches_are_forgotten() {
         let held = HeldBatches::default();
-        let id = Uuid::now_v7();
-        held.hold([id], ());
+        let claim = ClaimId::new();
+        held.hold(claim, [Uuid::now_v7()], ());
         held.forget_expired(Duration::from_secs(60));
-        assert_eq!(held.by_batch(&[id]).len(), 1);
+        assert!(held.get(claim).is_ok());
         held.forget_expired(Duration::ZERO);
-        assert!(held.by_batch(&[id]).is_empty());
+        assert!(held.get(claim).is_err());
     }
 }

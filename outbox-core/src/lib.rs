@@ -7,6 +7,7 @@
 //! in-memory pair for tests.
 
 mod backoff;
+mod claim;
 mod config;
 mod dead_letter;
 mod destination;
@@ -23,10 +24,11 @@ mod source;
 mod stats;
 
 pub use backoff::Backoff;
+pub use claim::{Claim, ClaimId};
 pub use config::{duration_ms, RelayConfig};
 pub use dead_letter::DeadLetter;
 pub use destination::Destination;
-pub use error::{BoxError, ConfigError, Error, ErrorKind};
+pub use error::{BoxError, ConfigError, Error, ErrorKind, MAX_ERROR_BYTES};
 pub use held::{HeldBatch, HeldBatches};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
 pub use item::Item;

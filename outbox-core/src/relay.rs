@@ -13,7 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::scheduler::{deliver_batch, BatchOutcome, Bounds};
-use crate::{ConfigError, Destination, Error, Item, RelayConfig, Source, Stats};
+use crate::{ClaimId, ConfigError, Destination, Error, Item, RelayConfig, Source, Stats};
 
 /// How often the relay asks its source for the backlog.
 const BACKLOG_REFRESH: Duration = Duration::from_secs(5);
@@ -31,8 +31,10 @@ pub struct Relay<S, D> {
     stats: Arc<Stats>,
 }
 
-/// A claimed batch and when it was claimed (the lease started no later).
+/// A claimed batch, its claim's identity (which its reports name) and when
+/// it was claimed (the lease started no later).
 struct Claimed<I> {
+    claim: ClaimId,
     items: Vec<I>,
     at: Instant,
 }
@@ -110,9 +112,9 @@ where
                     let (relay, stop, shutdown) =
                         (Arc::clone(&relay), Arc::clone(&stop), shutdown.clone());
                     batches.spawn(async move {
-                        let claimed_at = batch.at;
+                        let (claim, claimed_at) = (batch.claim, batch.at);
                         let outcome = relay.deliver(batch, &stop, &shutdown).await;
-                        relay.report(outcome, claimed_at).await;
+                        relay.report(claim, outcome, claimed_at).await;
                     });
                 }
                 _ => {
@@ -148,7 +150,9 @@ where
         }
         let at = Instant::now();
         match self.source.claim(self.config.batch_size).await {
-            Ok(items) => {
+            Ok(claim) => {
+                let id = claim.id();
+                let items = claim.into_items();
                 self.stats.claim_succeeded();
                 if !items.is_empty() {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +160,11 @@ where
                         .in_flight
                         .fetch_add(items.len() as u64, Ordering::Relaxed);
                 }
-                Some(Claimed { items, at })
+                Some(Claimed {
+                    claim: id,
+                    items,
+                    at,
+                })
             }
             Err(err) => {
                 self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +221,12 @@ where
     }
 
     /// Tells the source what became of a batch, one call per kind of outcome.
-    async fn report(&self, mut outcome: BatchOutcome<S::Item>, claimed_at: Instant) {
+    async fn report(
+        &self,
+        claim: ClaimId,
+        mut outcome: BatchOutcome<S::Item>,
+        claimed_at: Instant,
+    ) {
         let stats = &self.stats;
         // Items the lease left no time to send are released with the rest:
         // a source whose lease is the claim's transaction commits a batch
@@ -231,25 +244,27 @@ where
         }
         let ack = async {
             if !outcome.delivered.is_empty() {
-                self.with_retries("ack", || self.source.ack(&outcome.delivered))
+                self.with_retries("ack", || self.source.ack(claim, &outcome.delivered))
                     .await;
             }
         };
         let retry = async {
             if !outcome.retry.is_empty() {
-                self.with_retries("retry", || self.source.retry(&outcome.retry))
+                self.with_retries("retry", || self.source.retry(claim, &outcome.retry))
                     .await;
             }
         };
         let dead = async {
             if !outcome.dead.is_empty() {
-                self.with_retries("dead_letter", || self.source.dead_letter(&outcome.dead))
-                    .await;
+                self.with_retries("dead_letter", || {
+                    self.source.dead_letter(claim, &outcome.dead)
+                })
+                .await;
             }
         };
         let release = async {
             if !outcome.released.is_empty() {
-                self.with_retries("release", || self.source.release(&outcome.released))
+                self.with_retries("release", || self.source.release(claim, &outcome.released))
                     .await;
             }
         };

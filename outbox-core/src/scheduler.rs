@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
 
+use crate::error::bounded;
 use crate::{Destination, Error, ErrorKind, Failure, Item, RelayConfig};
 
 /// What became of each item of a batch, ready to report to the source.
@@ -193,7 +194,8 @@ async fn send_chunk<D: Destination>(
 /// Decides between retry and dead letter for a failed item.
 fn classify<I: Item>(item: I, error: Error, config: &RelayConfig, outcome: &mut BatchOutcome<I>) {
     let attempts = item.attempts().saturating_add(1);
-    let report = error.report();
+    // Stored as the row's last error: a broker's error may be of any length.
+    let report = bounded(error.report());
     match error.kind() {
         ErrorKind::Permanent => {
             tracing::warn!(id = %item.id(), key = item.ordering_key(), attempts, error = %report,
@@ -210,7 +212,7 @@ fn classify<I: Item>(item: I, error: Error, config: &RelayConfig, outcome: &mut 
                 "attempts exhausted, dead-lettering");
             outcome.dead.push(Failure {
                 item,
-                error: format!("gave up after {attempts} attempts: {report}"),
+                error: bounded(format!("gave up after {attempts} attempts: {report}")),
                 attempts,
                 retry_after: Default::default(),
             });

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Error, Item};
+use crate::{Claim, ClaimId, Error, Item};
 
 /// A retryable failure or a dead letter, reported for many items at once.
 #[derive(Debug, Clone)]
@@ -58,36 +58,53 @@ pub struct Backlog {
 ///   message of the key is leased, waiting for its retry time, or (with
 ///   [`OnDeadLetter::Park`]) dead. This is what keeps a key in order across
 ///   retries, overlapping claims and several relays.
-/// * **Fencing.** Reports about items whose lease this source lost change
-///   nothing.
+/// * **Fencing.** Every report names the claim it belongs to. A report for a
+///   claim whose lease this source lost changes nothing, even when the same
+///   source has since claimed the same items again under a new claim; it
+///   may say so with a permanent error.
 ///
-/// Reports carry many items so a database source can use one statement each.
+/// Reports carry many items of one claim, so a database source can use one
+/// statement each.
 pub trait Source: Send + Sync + 'static {
     /// What this source hands out.
     type Item: Item;
 
-    /// Claims up to `limit` deliverable items under a lease of [`Source::lease`].
-    fn claim(&self, limit: usize) -> impl Future<Output = Result<Vec<Self::Item>, Error>> + Send;
+    /// Claims up to `limit` deliverable items under a lease of
+    /// [`Source::lease`], as a new claim with an identity of its own.
+    fn claim(&self, limit: usize) -> impl Future<Output = Result<Claim<Self::Item>, Error>> + Send;
 
-    /// The items were published: remove them from the delivery path.
-    fn ack(&self, items: &[Self::Item]) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The items of `claim` were published: remove them from the delivery
+    /// path.
+    fn ack(
+        &self,
+        claim: ClaimId,
+        items: &[Self::Item],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The items failed and will be retried after their `retry_after`.
+    /// The items of `claim` failed and will be retried after their
+    /// `retry_after`.
     fn retry(
         &self,
+        claim: ClaimId,
         failures: &[Failure<Self::Item>],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The items failed for good: keep them with their error, out of the
-    /// delivery path, for an operator.
+    /// The items of `claim` failed for good: keep them with their error,
+    /// out of the delivery path, for an operator.
     fn dead_letter(
         &self,
+        claim: ClaimId,
         failures: &[Failure<Self::Item>],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The items were not attempted (shutdown, or an earlier message of their
-    /// key failed): make them claimable again at once, attempts unchanged.
-    fn release(&self, items: &[Self::Item]) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The items of `claim` were not attempted (shutdown, or an earlier
+    /// message of their key failed): make them claimable again at once,
+    /// attempts unchanged.
+    fn release(
+        &self,
+        claim: ClaimId,
+        items: &[Self::Item],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// How long a claim holds.
     fn lease(&self) -> Duration;

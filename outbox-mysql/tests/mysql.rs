@@ -312,7 +312,7 @@ async fn a_million_waiting_rows_are_claimed_by_index_range_scan() {
         let claimed = source.claim(1000).await.unwrap();
         timings.push(started.elapsed());
         assert_eq!(claimed.len(), 1000);
-        source.ack(&claimed).await.unwrap();
+        source.ack(claimed.id(), &claimed).await.unwrap();
     }
     timings.sort();
     println!("claim of 1000 rows with 1,000,000 waiting: {timings:?}");
@@ -350,7 +350,7 @@ async fn a_claim_behind_many_retrying_rows_leaves_only_their_keys_behind() {
 
     let source = outbox.source(pool.clone());
     let claimed = source.claim(10).await.unwrap();
-    source.release(&claimed).await.unwrap();
+    source.release(claimed.id(), &claimed).await.unwrap();
 
     let mut keys: Vec<&str> = claimed.iter().map(|m| m.ordering_key.as_str()).collect();
     keys.sort_unstable();

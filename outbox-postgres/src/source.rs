@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_core::{Backlog, Error, Failure, HeldBatches, Message, Source};
+use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, Source};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
@@ -41,7 +41,7 @@ pub struct PostgresSource {
     relay_id: Uuid,
     listener: Option<Mutex<PgListener>>,
     leadership: Option<Leadership>,
-    /// Open batches by message id.
+    /// Open batches by claim.
     held: HeldBatches<Transaction<'static, Postgres>>,
 }
 
@@ -98,25 +98,24 @@ impl PostgresSource {
         &self.outbox
     }
 
-    /// Runs `report` for `ids` on each batch they belong to; commits a batch
-    /// once all its items are reported. A batch whose transaction fails is
+    /// Runs `report` for `ids` on `claim`'s transaction; commits it once
+    /// all its items are reported. A batch whose transaction fails is
     /// dropped, which rolls it back: its rows will be claimed again, and the
-    /// error returned says so (the relay counts it as a source error).
-    async fn report(&self, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
-        let mut lost = Ok(());
-        for (batch, mine) in self.held.by_batch(ids) {
-            let mut tx = batch.tx.lock().await;
-            let Some(open_tx) = tx.as_mut() else { continue };
-            let outcome = match self.run_report(open_tx, &mine, &report).await {
-                Ok(()) if !batch.reported(&mine) => continue,
-                Ok(()) => tx.take().expect("open").commit().await.map_err(classify),
-                Err(err) => Err(err),
-            };
-            if let Err(err) = self.held.settle(&batch, &mut tx, outcome) {
-                lost = Err(err);
-            }
-        }
-        lost
+    /// error returned says so (the relay counts it as a source error). A
+    /// claim no longer held changes nothing and says so.
+    async fn report(&self, claim: ClaimId, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
+        let batch = self.held.get(claim)?;
+        let mine: HashSet<Uuid> = ids.iter().copied().collect();
+        let mut tx = batch.tx.lock().await;
+        let Some(open_tx) = tx.as_mut() else {
+            return Err(self.held.closed(claim));
+        };
+        let outcome = match self.run_report(open_tx, &mine, &report).await {
+            Ok(()) if !batch.reported(&mine) => return Ok(()),
+            Ok(()) => tx.take().expect("open").commit().await.map_err(classify),
+            Err(err) => Err(err),
+        };
+        self.held.settle(&batch, &mut tx, outcome)
     }
 
     async fn run_report(
@@ -177,10 +176,10 @@ fn failure_columns(failures: &[&Failure<Message>]) -> (Vec<Uuid>, Vec<i32>, Vec<
 impl Source for PostgresSource {
     type Item = Message;
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
         if let Some(leadership) = &self.leadership {
             if !leadership.is_leader().await {
-                return Ok(Vec::new());
+                return Ok(Claim::empty());
             }
         }
         self.held.forget_expired(self.lease());
@@ -262,36 +261,42 @@ impl Source for PostgresSource {
         }
         if claimed.is_empty() {
             tx.commit().await.map_err(classify)?;
-            return Ok(Vec::new());
+            return Ok(Claim::empty());
         }
         // The claim returns rows in no particular order; the relay needs
         // enqueue order.
         claimed.sort_unstable_by_key(|(seq, _)| *seq);
         let claimed: Vec<Message> = claimed.into_iter().map(|(_, message)| message).collect();
-        self.held.hold(claimed.iter().map(|m| m.id), tx);
-        Ok(claimed)
+        let claim = ClaimId::new();
+        self.held.hold(claim, claimed.iter().map(|m| m.id), tx);
+        Ok(Claim::new(claim, claimed))
     }
 
-    async fn ack(&self, items: &[Message]) -> Result<(), Error> {
+    async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         let ids = ids(items);
-        self.report(&ids, Report::Ack).await
+        self.report(claim, &ids, Report::Ack).await
     }
 
-    async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+    async fn retry(&self, claim: ClaimId, failures: &[Failure<Message>]) -> Result<(), Error> {
         let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
         let failures: Vec<&Failure<Message>> = failures.iter().collect();
-        self.report(&ids, Report::Retry(&failures)).await
+        self.report(claim, &ids, Report::Retry(&failures)).await
     }
 
-    async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+    async fn dead_letter(
+        &self,
+        claim: ClaimId,
+        failures: &[Failure<Message>],
+    ) -> Result<(), Error> {
         let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
         let failures: Vec<&Failure<Message>> = failures.iter().collect();
-        self.report(&ids, Report::DeadLetter(&failures)).await
+        self.report(claim, &ids, Report::DeadLetter(&failures))
+            .await
     }
 
-    async fn release(&self, items: &[Message]) -> Result<(), Error> {
+    async fn release(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         let ids = ids(items);
-        self.report(&ids, Report::Release).await
+        self.report(claim, &ids, Report::Release).await
     }
 
     fn lease(&self) -> Duration {

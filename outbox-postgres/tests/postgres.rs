@@ -365,7 +365,7 @@ async fn a_million_waiting_rows_are_claimed_by_index_scan_in_milliseconds() {
         let claimed = source.claim(1000).await.unwrap();
         timings.push(started.elapsed());
         assert_eq!(claimed.len(), 1000);
-        source.ack(&claimed).await.unwrap();
+        source.ack(claimed.id(), &claimed).await.unwrap();
     }
     timings.sort();
     println!("claim of 1000 rows with 1,000,000 waiting: {timings:?}");
@@ -663,7 +663,7 @@ async fn the_claim_is_never_run_on_a_generic_plan() {
     for _ in 0..12 {
         let claimed = source.claim(1000).await.unwrap();
         assert_eq!(claimed.len(), 10);
-        source.release(&claimed).await.unwrap();
+        source.release(claimed.id(), &claimed).await.unwrap();
     }
     let (generic, custom): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(generic_plans), 0)::int8, coalesce(sum(custom_plans), 0)::int8 \

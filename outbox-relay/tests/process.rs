@@ -114,15 +114,18 @@ async fn dead_letters_are_listed_counted_and_requeued() {
     let claimed = source.claim(10).await.unwrap();
     let poison = claimed[0].clone();
     source
-        .dead_letter(&[Failure {
-            item: poison.clone(),
-            error: "broker refused: too large".into(),
-            attempts: 3,
-            retry_after: Duration::ZERO,
-        }])
+        .dead_letter(
+            claimed.id(),
+            &[Failure {
+                item: poison.clone(),
+                error: "broker refused: too large".into(),
+                attempts: 3,
+                retry_after: Duration::ZERO,
+            }],
+        )
         .await
         .unwrap();
-    source.release(&claimed[1..]).await.unwrap();
+    source.release(claimed.id(), &claimed[1..]).await.unwrap();
 
     let config = settings("relay_dead", spare_port(), "");
     let output = |args: &'static [&'static str]| {

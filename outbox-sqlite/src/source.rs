@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{Backlog, Error, Failure, Message, Source};
+use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, Source};
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
@@ -13,6 +13,11 @@ use crate::sql::{micros, now_us, placeholders};
 use crate::SqliteOutbox;
 
 /// A [`Source`] on one SQLite outbox table, acting as one relay.
+///
+/// The lease is written into the rows: `lease_owner` is the claim's
+/// identity and `leased_until` its end. Reports change only rows whose
+/// `lease_owner` is still their claim, so a claim that outlived its lease
+/// cannot touch a newer claim of the same rows, even by this relay.
 pub struct SqliteSource {
     outbox: SqliteOutbox,
     pool: SqlitePool,
@@ -37,18 +42,18 @@ impl SqliteSource {
         }
     }
 
-    /// This relay's identity, written into the rows it holds.
+    /// This relay's identity, shown in logs.
     pub fn relay_id(&self) -> Uuid {
         self.relay_id
     }
 
-    /// Runs `prefix (?3, ...)` with the relay id as ?1, now as ?2, then the
+    /// Runs `prefix (?3, ...)` with the claim as ?1, now as ?2, then the
     /// ids.
-    async fn by_ids(&self, prefix: &str, items: &[Message]) -> Result<(), Error> {
+    async fn by_ids(&self, prefix: &str, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         // SQLite binds at most 32,766 values per statement.
         for chunk in items.chunks(10_000) {
             let sql = format!("{prefix}{}", placeholders(3, chunk.len()));
-            let mut query = sqlx::query(&sql).bind(self.relay_id).bind(now_us());
+            let mut query = sqlx::query(&sql).bind(claim.as_uuid()).bind(now_us());
             for item in chunk {
                 query = query.bind(item.id);
             }
@@ -61,6 +66,7 @@ impl SqliteSource {
     async fn fail(
         &self,
         sql: &str,
+        claim: ClaimId,
         failures: &[Failure<Message>],
         retry: bool,
     ) -> Result<(), Error> {
@@ -77,7 +83,7 @@ impl SqliteSource {
                 .bind(&failure.error)
                 .bind(when)
                 .bind(failure.item.id)
-                .bind(self.relay_id)
+                .bind(claim.as_uuid())
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -89,10 +95,11 @@ impl SqliteSource {
 impl Source for SqliteSource {
     type Item = Message;
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
+        let claim = ClaimId::new();
         let now = now_us();
         let rows = sqlx::query(&self.outbox.sql.claim)
-            .bind(self.relay_id)
+            .bind(claim.as_uuid())
             .bind(now)
             .bind(now.saturating_add(micros(self.lease())))
             .bind(limit.min(i64::MAX as usize) as i64)
@@ -121,31 +128,37 @@ impl Source for SqliteSource {
                         .bind(reason)
                         .bind(now)
                         .bind(id)
-                        .bind(self.relay_id)
+                        .bind(claim.as_uuid())
                         .execute(&self.pool)
                         .await
                         .map_err(classify)?;
                 }
             }
         }
-        Ok(claimed)
+        Ok(Claim::new(claim, claimed))
     }
 
-    async fn ack(&self, items: &[Message]) -> Result<(), Error> {
-        self.by_ids(&self.outbox.sql.ack_prefix, items).await
+    async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
+        self.by_ids(&self.outbox.sql.ack_prefix, claim, items).await
     }
 
-    async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
-        self.fail(&self.outbox.sql.retry, failures, true).await
-    }
-
-    async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
-        self.fail(&self.outbox.sql.dead_letter, failures, false)
+    async fn retry(&self, claim: ClaimId, failures: &[Failure<Message>]) -> Result<(), Error> {
+        self.fail(&self.outbox.sql.retry, claim, failures, true)
             .await
     }
 
-    async fn release(&self, items: &[Message]) -> Result<(), Error> {
-        self.by_ids(&self.outbox.sql.release_prefix, items).await
+    async fn dead_letter(
+        &self,
+        claim: ClaimId,
+        failures: &[Failure<Message>],
+    ) -> Result<(), Error> {
+        self.fail(&self.outbox.sql.dead_letter, claim, failures, false)
+            .await
+    }
+
+    async fn release(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
+        self.by_ids(&self.outbox.sql.release_prefix, claim, items)
+            .await
     }
 
     fn lease(&self) -> Duration {

@@ -52,7 +52,7 @@ impl Statements {
                 "INSERT INTO {t} (id, ordering_key, destination, partition_key, payload, headers, \
                  event_type, created_at, next_attempt_at) VALUES "
             ),
-            // ?1 relay, ?2 now, ?3 leased until, ?4 limit. An earlier message
+            // ?1 claim, ?2 now, ?3 leased until, ?4 limit. An earlier message
             // of the key that is leased or waiting for its retry holds the
             // whole key back; one that is claimable comes first in seq order.
             claim: format!(
@@ -67,7 +67,7 @@ impl Statements {
                  RETURNING {COLUMNS}"
             ),
             ack_prefix,
-            // ?1 attempts, ?2 error, ?3 next attempt (retry) or now (dead), ?4 id, ?5 relay.
+            // ?1 attempts, ?2 error, ?3 next attempt (retry) or now (dead), ?4 id, ?5 claim.
             retry: format!(
                 "UPDATE {t} SET attempts = ?1, last_error = ?2, next_attempt_at = ?3, \
                    lease_owner = NULL, leased_until = NULL \

@@ -249,15 +249,18 @@ async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
     assert_eq!(claimed.len(), 6);
     let (dead, delivered) = claimed.split_at(1);
     source
-        .dead_letter(&[outbox_core::Failure {
-            item: dead[0].clone(),
-            error: "refused by the broker".into(),
-            attempts: 1,
-            retry_after: Duration::ZERO,
-        }])
+        .dead_letter(
+            claimed.id(),
+            &[outbox_core::Failure {
+                item: dead[0].clone(),
+                error: "refused by the broker".into(),
+                attempts: 1,
+                retry_after: Duration::ZERO,
+            }],
+        )
         .await
         .unwrap();
-    source.ack(delivered).await.unwrap();
+    source.ack(claimed.id(), delivered).await.unwrap();
     let backlog = outbox.backlog(&pool).await.unwrap();
     assert_eq!((backlog.waiting, backlog.dead_letters), (0, 1));
     let letters = outbox.dead_letters(&pool, 10).await.unwrap();
@@ -273,7 +276,7 @@ async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
         vec![dead[0].id]
     );
     assert_eq!(again[0].attempts, 0, "attempts are reset");
-    source.ack(&again).await.unwrap();
+    source.ack(again.id(), &again).await.unwrap();
     assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
 
     assert_eq!(

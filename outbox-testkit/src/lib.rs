@@ -43,6 +43,8 @@ macro_rules! source_conformance {
             dead_relay_claims_taken_over,
             shutdown_releases_claims,
             stale_relay_is_fenced,
+            lost_claims_never_touch_newer_ones,
+            a_long_error_is_stored_cut_short,
         );
     };
     (@tests $make:path; $($scenario:ident),* $(,)?) => {

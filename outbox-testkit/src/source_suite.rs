@@ -612,7 +612,7 @@ pub async fn stale_relay_is_fenced<H: SourceHarness>(harness: &H) {
     let messages = numbered_messages("events", 3, 1);
     harness.enqueue(messages.clone()).await;
     let stale = harness.relay(lease).await;
-    let mine: Vec<Message> = stale.claim(10).await.expect("claim");
+    let mine = stale.claim(10).await.expect("claim");
     assert_eq!(mine.len(), 3);
     let other = harness.relay(Duration::from_secs(30)).await;
     let deadline = Instant::now() + DEADLINE;
@@ -630,7 +630,7 @@ pub async fn stale_relay_is_fenced<H: SourceHarness>(harness: &H) {
     assert_eq!(theirs.len(), 3);
     // The stale ack changes nothing. It may say its lease was lost (a
     // transaction the database ended), but never as worth retrying.
-    if let Err(err) = stale.ack(&mine).await {
+    if let Err(err) = stale.ack(mine.id(), &mine).await {
         assert!(!err.is_temporary(), "a fenced ack asked for a retry: {err}");
     }
     assert_eq!(
@@ -638,6 +638,85 @@ pub async fn stale_relay_is_fenced<H: SourceHarness>(harness: &H) {
         3,
         "a stale relay removed rows it no longer held"
     );
-    other.ack(&theirs).await.expect("ack");
+    other.ack(theirs.id(), &theirs).await.expect("ack");
     assert_eq!(harness.waiting().await, 0);
+}
+
+/// A relay whose claim outlived its lease (a stall) and that claimed the
+/// same rows again: a late report of the lost claim changes nothing in the
+/// new claim, which still holds its rows until its own reports.
+pub async fn lost_claims_never_touch_newer_ones<H: SourceHarness>(harness: &H) {
+    let lease = Duration::from_millis(1000);
+    let messages = numbered_messages("events", 3, 1);
+    harness.enqueue(messages.clone()).await;
+    let relay = harness.relay(lease).await;
+    let lost = relay.claim(10).await.expect("claim");
+    assert_eq!(lost.len(), 3);
+    let deadline = Instant::now() + DEADLINE;
+    let newer = loop {
+        let claimed = relay.claim(10).await.expect("claim");
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost claim's rows were never claimed again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(newer.len(), 3);
+    assert_ne!(lost.id(), newer.id(), "two claims share an identity");
+    if let Err(err) = relay.release(lost.id(), &lost).await {
+        assert!(
+            !err.is_temporary(),
+            "a fenced report asked for a retry: {err}"
+        );
+    }
+    let other = harness.relay(Duration::from_secs(30)).await;
+    assert!(
+        other.claim(10).await.expect("claim").is_empty(),
+        "a report of the lost claim ended the newer claim of the same rows"
+    );
+    relay
+        .ack(newer.id(), &newer)
+        .await
+        .expect("ack of the newer claim");
+    assert!(
+        eventually(DEADLINE, || async { harness.waiting().await == 0 }).await,
+        "the newer claim's acknowledgement was lost"
+    );
+}
+
+/// A destination's error of 100 KiB is stored cut short with the dead
+/// letter: recording it never fails the report (a bounded column would
+/// refuse it and lose the batch, again and again).
+pub async fn a_long_error_is_stored_cut_short<H: SourceHarness>(harness: &H) {
+    let messages = numbered_messages("events", 1, 2);
+    harness.enqueue(messages.clone()).await;
+    let destination = MemoryDestination::new();
+    let reason = format!("refused: {}", "é".repeat(50 * 1024));
+    destination.fail_permanently_with(messages[0].id, reason);
+    let relay = run_relay(harness.relay(LEASE).await, destination.clone(), config());
+    let stored = eventually(DEADLINE, || async {
+        !harness.dead_letters().await.is_empty()
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        stored,
+        "the dead letter with a long error was never recorded"
+    );
+    let dead = harness.dead_letters().await;
+    let (id, error) = &dead[0];
+    assert_eq!(*id, messages[0].id);
+    assert!(error.starts_with("refused: éé"), "{error:.80}");
+    assert!(
+        error.len() <= outbox_core::MAX_ERROR_BYTES,
+        "stored error of {} bytes",
+        error.len()
+    );
+    assert!(
+        destination.wait_for(1, DEADLINE).await,
+        "the key's next message never arrived"
+    );
 }

@@ -18,10 +18,10 @@ pub struct Sent {
     pub attempt: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Fault {
     Temporary { remaining: u32 },
-    Permanent,
+    Permanent { reason: Arc<str> },
     Panic,
 }
 
@@ -67,7 +67,13 @@ impl MemoryDestination {
 
     /// Fails `id` with a permanent error, as a broker refusing it would.
     pub fn fail_permanently(&self, id: Uuid) {
-        self.state().faults.insert(id, Fault::Permanent);
+        self.fail_permanently_with(id, "injected permanent failure: message refused");
+    }
+
+    /// Fails `id` with a permanent error saying `reason`.
+    pub fn fail_permanently_with(&self, id: Uuid, reason: impl Into<String>) {
+        let reason: Arc<str> = reason.into().into();
+        self.state().faults.insert(id, Fault::Permanent { reason });
     }
 
     /// Panics when asked to send `id`, as a buggy destination would.
@@ -158,7 +164,7 @@ impl Destination for MemoryDestination {
                     Some(Fault::Temporary { remaining: 0 })
                 }
                 Some(Fault::Temporary { .. }) | None => None,
-                Some(other) => Some(*other),
+                Some(other) => Some(other.clone()),
             };
             let delay = state
                 .delays
@@ -176,11 +182,7 @@ impl Destination for MemoryDestination {
                     "injected temporary failure (attempt {attempt})"
                 )))
             }
-            Some(Fault::Permanent) => {
-                return Err(Error::permanent(
-                    "injected permanent failure: message refused",
-                ))
-            }
+            Some(Fault::Permanent { reason }) => return Err(Error::permanent(reason.to_string())),
             Some(Fault::Panic) => panic!("injected panic in destination"),
             None => {}
         }

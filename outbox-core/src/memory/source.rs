@@ -1,14 +1,13 @@
 //! A [`Source`] over a shared in-memory table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::{Backlog, Error, Failure, Message, OnDeadLetter, Source};
+use crate::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
 
 /// A dead-lettered message kept for an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +24,7 @@ struct Row {
     dead: bool,
     last_error: Option<String>,
     not_before: Instant,
-    leased_by: Option<u64>,
+    leased_by: Option<ClaimId>,
     lease_until: Instant,
 }
 
@@ -36,16 +35,14 @@ struct Table {
     by_id: HashMap<Uuid, u64>,
 }
 
-static NEXT_RELAY: AtomicU64 = AtomicU64::new(1);
-
-/// An outbox table in memory. Clones share the table and the relay identity;
-/// [`MemorySource::another_relay`] shares the table under a new identity, as a
-/// second relay process would.
+/// An outbox table in memory. Clones share the table;
+/// [`MemorySource::another_relay`] shares it with a lease of its own, as a
+/// second relay process would. Rows are leased to a claim: reports change
+/// only rows their claim still holds.
 #[derive(Debug, Clone)]
 pub struct MemorySource {
     table: Arc<Mutex<Table>>,
     notify: Arc<Notify>,
-    relay: u64,
     lease: Duration,
     on_dead_letter: OnDeadLetter,
 }
@@ -62,7 +59,6 @@ impl MemorySource {
         Self {
             table: Arc::default(),
             notify: Arc::default(),
-            relay: NEXT_RELAY.fetch_add(1, Ordering::Relaxed),
             lease,
             on_dead_letter: OnDeadLetter::Continue,
         }
@@ -77,7 +73,6 @@ impl MemorySource {
     /// The same table seen by another relay, with its own leases.
     pub fn another_relay(&self, lease: Duration) -> Self {
         Self {
-            relay: NEXT_RELAY.fetch_add(1, Ordering::Relaxed),
             lease,
             ..self.clone()
         }
@@ -148,10 +143,11 @@ impl MemorySource {
         true
     }
 
-    /// Applies `change` to the row of each item this relay still leases;
-    /// rows whose lease was lost are left alone (fencing).
+    /// Applies `change` to the row of each item `claim` still leases; rows
+    /// whose lease was lost are left alone (fencing).
     fn update_leased<T>(
         &self,
+        claim: ClaimId,
         items: &[T],
         id: impl Fn(&T) -> Uuid,
         mut change: impl FnMut(&mut Row, &T),
@@ -163,7 +159,7 @@ impl MemorySource {
                 continue;
             };
             let row = table.rows.get_mut(&seq).expect("index points at a row");
-            if row.leased_by == Some(self.relay) && row.lease_until > now {
+            if row.leased_by == Some(claim) && row.lease_until > now {
                 change(row, item);
             }
         }
@@ -173,7 +169,8 @@ impl MemorySource {
 impl Source for MemorySource {
     type Item = Message;
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Message>, Error> {
+    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
+        let claim = ClaimId::new();
         let now = Instant::now();
         let lease_until = now + self.lease;
         let mut table = self.table();
@@ -197,14 +194,14 @@ impl Source for MemorySource {
             if blocked.contains(&row.message.ordering_key) {
                 continue;
             }
-            row.leased_by = Some(self.relay);
+            row.leased_by = Some(claim);
             row.lease_until = lease_until;
             claimed.push(row.message.clone());
         }
-        Ok(claimed)
+        Ok(Claim::new(claim, claimed))
     }
 
-    async fn ack(&self, items: &[Message]) -> Result<(), Error> {
+    async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         let now = Instant::now();
         let mut table = self.table();
         for item in items {
@@ -212,7 +209,7 @@ impl Source for MemorySource {
                 continue;
             };
             let row = &table.rows[&seq];
-            if row.leased_by == Some(self.relay) && row.lease_until > now {
+            if row.leased_by == Some(claim) && row.lease_until > now {
                 table.rows.remove(&seq);
                 table.by_id.remove(&item.id);
             }
@@ -220,9 +217,10 @@ impl Source for MemorySource {
         Ok(())
     }
 
-    async fn retry(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+    async fn retry(&self, claim: ClaimId, failures: &[Failure<Message>]) -> Result<(), Error> {
         let now = Instant::now();
         self.update_leased(
+            claim,
             failures,
             |f| f.item.id,
             |row, failure| {
@@ -236,9 +234,14 @@ impl Source for MemorySource {
         Ok(())
     }
 
-    async fn dead_letter(&self, failures: &[Failure<Message>]) -> Result<(), Error> {
+    async fn dead_letter(
+        &self,
+        claim: ClaimId,
+        failures: &[Failure<Message>],
+    ) -> Result<(), Error> {
         let now = Instant::now();
         self.update_leased(
+            claim,
             failures,
             |f| f.item.id,
             |row, failure| {
@@ -252,9 +255,10 @@ impl Source for MemorySource {
         Ok(())
     }
 
-    async fn release(&self, items: &[Message]) -> Result<(), Error> {
+    async fn release(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         let now = Instant::now();
         self.update_leased(
+            claim,
             items,
             |m| m.id,
             |row, _| {
