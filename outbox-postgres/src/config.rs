@@ -62,12 +62,40 @@ impl Default for PostgresConfig {
 /// names append up to 8 characters.
 const MAX_TABLE_LEN: usize = 55;
 
+/// Longest NOTIFY channel PostgreSQL takes (an identifier, 63 bytes).
+const MAX_CHANNEL_LEN: usize = 63;
+
 impl PostgresConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ConfigError::check_identifier("schema", &self.schema, 63)?;
         ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
-        ConfigError::check_lease(self.lease)
+        ConfigError::check_lease(self.lease)?;
+        // The lease is the claim transaction's
+        // `idle_in_transaction_session_timeout`, an int of milliseconds.
+        if self.lease.as_millis() > i32::MAX as u128 {
+            return Err(ConfigError::new(
+                "lease",
+                format!(
+                    "{:?} is over PostgreSQL's idle_in_transaction_session_timeout range \
+                     (at most 2147483647 ms, about 24 days)",
+                    self.lease
+                ),
+            ));
+        }
+        let channel = self.channel();
+        if self.notify && channel.len() > MAX_CHANNEL_LEN {
+            return Err(ConfigError::new(
+                "table",
+                format!(
+                    "with notify on, schema and table name the NOTIFY channel `{channel}`, \
+                     {} bytes where PostgreSQL takes at most {MAX_CHANNEL_LEN}: \
+                     shorten the schema or table name, or set notify = false",
+                    channel.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The channel relays LISTEN on.
@@ -96,6 +124,33 @@ mod tests {
         };
         assert_eq!(config.validate().unwrap_err().setting, "schema");
         PostgresConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_notify_channel_postgresql_would_refuse_is_refused_and_named() {
+        let config = PostgresConfig {
+            schema: "outbox_test".into(),
+            table: "conf_a_lost_claims_reports_never_touch_a_newer_claim".into(),
+            ..PostgresConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.setting, "table");
+        assert!(err.to_string().contains("notify = false"), "{err}");
+        PostgresConfig {
+            notify: false,
+            ..config
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_lease_over_the_servers_timeout_range_is_refused() {
+        let config = PostgresConfig {
+            lease: Duration::from_secs(30 * 24 * 3600),
+            ..PostgresConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().setting, "lease");
     }
 
     #[test]

@@ -29,14 +29,38 @@ pub(crate) fn qualified(config: &PostgresConfig) -> String {
 pub(crate) fn render(config: &PostgresConfig) -> String {
     let table = qualified(config);
     let prefix = format!("{}_", config.table);
+    let names = [
+        (DEFAULT_TABLE, table.as_str()),
+        (DEFAULT_INDEX_PREFIX, &prefix),
+    ];
     MIGRATIONS
         .iter()
-        .map(|(_, sql)| {
-            sql.replace(DEFAULT_TABLE, &table)
-                .replace(DEFAULT_INDEX_PREFIX, &prefix)
-        })
+        .map(|(_, sql)| replace_once(sql, &names))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Replaces each default name in `sql` in one pass from left to right, so
+/// a configured name that contains a default one (`outbox_messages_v2`) is
+/// never rewritten again. Two `str::replace` passes made that table
+/// `outbox_messages_v2_v2`.
+fn replace_once(sql: &str, names: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while !rest.is_empty() {
+        match names.iter().find(|(from, _)| rest.starts_with(from)) {
+            Some((from, to)) => {
+                out.push_str(to);
+                rest = &rest[from.len()..];
+            }
+            None => {
+                let next = rest.chars().next().expect("not empty");
+                out.push(next);
+                rest = &rest[next.len_utf8()..];
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -54,5 +78,20 @@ mod tests {
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"billing\".\"events\""));
         assert!(sql.contains("events_waiting"));
         assert!(!sql.contains("outbox_messages"), "{sql}");
+    }
+
+    #[test]
+    fn names_that_contain_the_default_name_are_rendered_once() {
+        let config = PostgresConfig {
+            table: "outbox_messages_v2".into(),
+            ..PostgresConfig::default()
+        };
+        let sql = render(&config);
+        assert!(
+            sql.contains("CREATE TABLE IF NOT EXISTS \"public\".\"outbox_messages_v2\" ("),
+            "{sql}"
+        );
+        assert!(sql.contains("outbox_messages_v2_waiting"), "{sql}");
+        assert!(!sql.contains("_v2_v2"), "a name was rewritten twice: {sql}");
     }
 }

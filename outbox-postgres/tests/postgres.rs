@@ -710,3 +710,32 @@ async fn cleanup_is_never_run_on_a_generic_plan() {
     .unwrap();
     assert_eq!(generic, 0, "cleanup ran {generic} times on a generic plan");
 }
+
+/// A table whose name contains the default one is created under exactly
+/// that name, with its indexes, and its messages are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_named_after_the_default_one_is_migrated_as_named() {
+    let (outbox, pool) = table("outbox_messages_v2", |_| {}).await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes \
+         WHERE schemaname = 'outbox_test' AND tablename = 'outbox_messages_v2' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        indexes.contains(&"outbox_messages_v2_waiting".to_string()),
+        "{indexes:?}"
+    );
+    let message = Message::builder("orders", "v2").build().unwrap();
+    commit(&outbox, &pool, std::slice::from_ref(&message)).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    let arrived = destination.wait_for(1, DEADLINE).await;
+    relay.stop().await;
+    assert!(arrived, "the message was not delivered");
+}
