@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use outbox_core::{ConfigError, Error, Event, Message};
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use tokio::sync::Notify;
@@ -117,8 +116,10 @@ impl MysqlOutbox {
         }
         query.execute(&mut *conn).await.map_err(classify)?;
 
-        let now = Utc::now();
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; messages.len()].join(", ");
+        // `next_attempt_at` by the database's clock, as the claim compares
+        // it: an application host ahead of the database would otherwise
+        // hide its new messages for the difference.
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; messages.len()].join(", ");
         let insert_sql = format!("{}{values}", self.sql.enqueue_prefix);
         let mut insert = sqlx::query(&insert_sql);
         for message in messages {
@@ -132,8 +133,7 @@ impl MysqlOutbox {
                 .bind(&message.payload)
                 .bind(headers)
                 .bind(&message.event_type)
-                .bind(message.created_at)
-                .bind(now);
+                .bind(message.created_at);
         }
         insert.execute(&mut *conn).await.map_err(classify)?;
         Ok(())

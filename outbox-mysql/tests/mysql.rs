@@ -848,3 +848,38 @@ async fn writers_of_keys_that_differ_only_in_case_never_deadlock() {
         .unwrap();
     assert_eq!(written, 4);
 }
+
+/// A new message is claimable by the database's clock, whatever the
+/// application host's clock says: every connection of this pool sees the
+/// database's time an hour behind the host's (`SET timestamp`), as when
+/// the application host runs ahead of the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_messages_are_due_by_the_database_clock() {
+    let (outbox, _) = table("database_clock").await;
+    let url = std::env::var("OUTBOX_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let behind = chrono::Utc::now().timestamp() - 3600;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(4)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                sqlx::query(&format!("SET timestamp = {behind}"))
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    let message = Message::builder("orders", "clock").build().unwrap();
+    commit(&outbox, &pool, std::slice::from_ref(&message)).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let arrived = destination.wait_for(1, Duration::from_secs(10)).await;
+    relay.stop().await;
+    assert!(
+        arrived,
+        "a new message was hidden until the database's clock reached the host's"
+    );
+}
