@@ -17,6 +17,9 @@ pub(crate) enum Decoded {
     },
 }
 
+/// Reads a row. Only `id` and `attempts` must decode; any other column
+/// that cannot be read (a zero DATETIME, a NULL, bytes that are not UTF-8)
+/// makes the row malformed, never fails the claim.
 pub(crate) fn decode(row: &MySqlRow) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
@@ -25,31 +28,36 @@ pub(crate) fn decode(row: &MySqlRow) -> Result<Decoded, sqlx::Error> {
         attempts,
         reason,
     };
-    let headers: String = row.try_get("headers")?;
-    let headers = match serde_json::from_str(&headers) {
-        Ok(json) => match headers_from_json(json) {
-            Ok(headers) => headers,
-            Err(reason) => return Ok(malformed(reason)),
-        },
-        Err(err) => {
-            return Ok(malformed(format!(
-                "malformed row: headers are not JSON: {err}"
-            )))
-        }
-    };
-    let message = Message {
-        id,
-        ordering_key: row.try_get("ordering_key")?,
-        destination: row.try_get("destination")?,
-        partition_key: row.try_get("partition_key")?,
-        payload: row.try_get("payload")?,
-        headers,
-        event_type: row.try_get("event_type")?,
-        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
-        attempts: attempts.max(0) as u32,
+    let message = match read(row, id, attempts) {
+        Ok(message) => message,
+        Err(reason) => return Ok(malformed(reason)),
     };
     Ok(match message.validate() {
         Ok(()) => Decoded::Message(message),
         Err(err) => malformed(format!("malformed row: {}", err.report())),
+    })
+}
+
+fn read(row: &MySqlRow, id: Uuid, attempts: i32) -> Result<Message, String> {
+    fn column<'r, T>(row: &'r MySqlRow, name: &str) -> Result<T, String>
+    where
+        T: sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+    {
+        row.try_get(name)
+            .map_err(|err| format!("malformed row: column {name}: {err}"))
+    }
+    let headers: String = column(row, "headers")?;
+    let headers = serde_json::from_str(&headers)
+        .map_err(|err| format!("malformed row: headers are not JSON: {err}"))?;
+    Ok(Message {
+        id,
+        ordering_key: column(row, "ordering_key")?,
+        destination: column(row, "destination")?,
+        partition_key: column(row, "partition_key")?,
+        payload: column(row, "payload")?,
+        headers: headers_from_json(headers)?,
+        event_type: column(row, "event_type")?,
+        created_at: column::<DateTime<Utc>>(row, "created_at")?,
+        attempts: attempts.max(0) as u32,
     })
 }

@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, Source};
+use outbox_core::{
+    Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, OnDeadLetter, Source,
+};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
@@ -152,6 +154,10 @@ impl MysqlSource {
     async fn claim_on(&self, tx: &mut ClaimTx, limit: usize) -> Result<Vec<Message>, Error> {
         let mut claimed = Vec::with_capacity(limit);
         let mut passed_over: HashSet<String> = HashSet::new();
+        // When parking, the keys of malformed rows (dead-lettered here) and
+        // their seq: the key's later rows must stay behind them.
+        let mut parked: HashMap<String, u64> = HashMap::new();
+        let parking = self.outbox.config.on_dead_letter == OnDeadLetter::Park;
         let mut after = None;
         for _ in 0..CLAIM_ROUNDS {
             let asked = limit - claimed.len();
@@ -173,7 +179,10 @@ impl MysqlSource {
                     held_back = true;
                     continue;
                 }
-                self.take(tx, row, seq, &mut claimed).await?;
+                let malformed = !self.take(tx, row, seq, &mut claimed).await?;
+                if malformed && parking {
+                    parked.entry(key).or_insert(seq);
+                }
             }
             // Another round only for a claim mostly held back: a few held
             // rows simply wait for the next claim, which costs less than a
@@ -183,6 +192,12 @@ impl MysqlSource {
             }
             after = Some(last);
         }
+        // Later rows of a parked key stay locked, unreturned, until this
+        // claim commits; the next claim then finds their head dead.
+        claimed.retain(|m| {
+            let seq = tx.seqs.get(&m.id).copied().unwrap_or_default();
+            parked.get(&m.ordering_key).is_none_or(|head| seq < *head)
+        });
         Ok(claimed)
     }
 
@@ -219,19 +234,20 @@ impl MysqlSource {
             .map_err(classify)
     }
 
-    /// Adds a candidate to the claim, or dead-letters it if it cannot be
-    /// read as a message.
+    /// Adds a candidate to the claim and returns true, or dead-letters it
+    /// and returns false if it cannot be read as a message.
     async fn take(
         &self,
         tx: &mut ClaimTx,
         row: &sqlx::mysql::MySqlRow,
         seq: u64,
         claimed: &mut Vec<Message>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         match decode(row).map_err(classify)? {
             Decoded::Message(message) => {
                 tx.seqs.insert(message.id, seq);
                 claimed.push(message);
+                Ok(true)
             }
             Decoded::Malformed {
                 id,
@@ -246,9 +262,9 @@ impl MysqlSource {
                     .execute(&mut *tx.conn)
                     .await
                     .map_err(classify)?;
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// Per candidate key, the first earlier row left in the table outside

@@ -79,6 +79,22 @@ impl SourceHarness for MyTable {
         commit(&self.outbox, &self.pool, &messages).await;
     }
 
+    async fn enqueue_malformed(&self, key: &str) -> Option<Uuid> {
+        let id = Uuid::now_v7();
+        let sql = format!(
+            "INSERT INTO `{}` (id, ordering_key, destination, payload, headers, created_at, next_attempt_at) \
+             VALUES (?, ?, 'events', 'x', 'not json', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+            self.outbox.config().table
+        );
+        sqlx::query(&sql)
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        Some(id)
+    }
+
     async fn dead_letters(&self) -> Vec<(Uuid, String)> {
         let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
         dead.into_iter().map(|d| (d.id, d.error)).collect()
@@ -881,5 +897,52 @@ async fn new_messages_are_due_by_the_database_clock() {
     assert!(
         arrived,
         "a new message was hidden until the database's clock reached the host's"
+    );
+}
+
+/// A row whose `created_at` is MySQL's zero date (accepted under a
+/// `sql_mode` without `NO_ZERO_DATE`) cannot be read as a time: it is
+/// dead-lettered with the reason, and the rows beside it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_cannot_be_decoded_is_dead_lettered_and_others_flow() {
+    let (outbox, pool) = table("undecodable").await;
+    let bad = Uuid::now_v7();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET SESSION sql_mode = ''")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO undecodable (id, ordering_key, destination, payload, headers, created_at, next_attempt_at) \
+         VALUES (?, 'hand', 'orders', 'x', '{}', '0000-00-00 00:00:00', UTC_TIMESTAMP(6))",
+    )
+    .bind(bad)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let good = numbered_messages("orders", 2, 2);
+    commit(&outbox, &pool, &good).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let delivered = destination
+        .wait_for(good.len(), Duration::from_secs(20))
+        .await;
+    let dead = eventually(Duration::from_secs(20), || async {
+        outbox.count_dead_letters(&pool).await.unwrap() == 1
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        delivered,
+        "the rows beside one that cannot be decoded were not delivered"
+    );
+    assert!(dead, "the row that cannot be decoded was not dead-lettered");
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    assert_eq!(letters[0].id, bad);
+    assert!(
+        letters[0].error.contains("created_at"),
+        "{}",
+        letters[0].error
     );
 }

@@ -18,39 +18,69 @@ pub(crate) enum Decoded {
     },
 }
 
+/// Reads a row. Only `id` and `attempts` must decode (the statements that
+/// dead-letter a row name it by id); any other column that cannot be read
+/// (text that is not UTF-8 in a `SQL_ASCII` database, a NULL, a time out
+/// of range) makes the row malformed, never fails the claim.
 pub(crate) fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
-    let headers: serde_json::Value = row.try_get("headers")?;
-    let headers = match headers_from_json(headers) {
-        Ok(headers) => headers,
-        Err(reason) => {
-            return Ok(Decoded::Malformed {
-                id,
-                attempts,
-                reason,
-            })
-        }
-    };
-    let message = Message {
+    let malformed = |reason: String| Decoded::Malformed {
         id,
-        ordering_key: row.try_get("ordering_key")?,
-        destination: row.try_get("destination")?,
-        partition_key: row.try_get("partition_key")?,
-        payload: row.try_get("payload")?,
-        headers,
-        event_type: row.try_get("event_type")?,
-        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
-        attempts: attempts.max(0) as u32,
+        attempts,
+        reason,
+    };
+    let message = match read(row, id, attempts) {
+        Ok(message) => message,
+        Err(reason) => return Ok(malformed(reason)),
     };
     Ok(match message.validate() {
         Ok(()) => Decoded::Message(message),
-        Err(err) => Decoded::Malformed {
-            id,
-            attempts,
-            reason: format!("malformed row: {}", err.report()),
-        },
+        Err(err) => malformed(format!("malformed row: {}", err.report())),
     })
+}
+
+fn read(row: &PgRow, id: Uuid, attempts: i32) -> Result<Message, String> {
+    let headers = serde_json::from_str(&required_text(row, "headers")?)
+        .map_err(|err| format!("malformed row: headers are not JSON: {err}"))?;
+    let headers = headers_from_json(headers)?;
+    let created_at: Option<DateTime<Utc>> = row
+        .try_get("created_at")
+        .map_err(|err| format!("malformed row: column created_at: {err}"))?;
+    let created_at = created_at.ok_or_else(|| {
+        "malformed row: created_at is not a time the relay can read \
+         (infinity, or past the year 200000)"
+            .to_string()
+    })?;
+    Ok(Message {
+        id,
+        ordering_key: required_text(row, "ordering_key")?,
+        destination: required_text(row, "destination")?,
+        partition_key: text(row, "partition_key")?,
+        payload: row
+            .try_get("payload")
+            .map_err(|err| format!("malformed row: column payload: {err}"))?,
+        headers,
+        event_type: text(row, "event_type")?,
+        created_at,
+        attempts: attempts.max(0) as u32,
+    })
+}
+
+/// A text column read as its bytes (see `sql::READ_COLUMNS`),
+/// or why it cannot be a Rust string.
+pub(crate) fn text(row: &PgRow, name: &str) -> Result<Option<String>, String> {
+    let bytes: Option<Vec<u8>> = row
+        .try_get(name)
+        .map_err(|err| format!("malformed row: column {name}: {err}"))?;
+    bytes
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|err| format!("malformed row: column {name} is not UTF-8: {err}"))
+}
+
+fn required_text(row: &PgRow, name: &str) -> Result<String, String> {
+    text(row, name)?.ok_or_else(|| format!("malformed row: column {name} is NULL"))
 }
 
 /// Headers as stored: a JSON object of strings.

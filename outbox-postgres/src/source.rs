@@ -2,10 +2,12 @@
 //! locked, report outcomes on that transaction, commit when the whole batch
 //! is reported; wake on NOTIFY.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, Source};
+use outbox_core::{
+    Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, OnDeadLetter, Source,
+};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
@@ -13,7 +15,7 @@ use uuid::Uuid;
 
 use crate::error::classify;
 use crate::leader::Leadership;
-use crate::row::{decode, Decoded};
+use crate::row::{decode, text, Decoded};
 use crate::PostgresOutbox;
 
 /// Most candidate rounds of one claim (see `claim`).
@@ -204,6 +206,10 @@ impl Source for PostgresSource {
         let mut claimed = Vec::with_capacity(limit);
         let mut malformed = (Vec::new(), Vec::new(), Vec::new());
         let mut passed_over: HashSet<String> = HashSet::new();
+        // When parking, the keys of malformed rows and their seq: such a
+        // row is dead-lettered, so its key's later rows must stay behind it.
+        let mut parked: HashMap<String, i64> = HashMap::new();
+        let parking = self.outbox.config.on_dead_letter == OnDeadLetter::Park;
         let mut after = 0_i64;
         for _ in 0..CLAIM_ROUNDS {
             let asked = limit - claimed.len();
@@ -224,8 +230,11 @@ impl Source for PostgresSource {
                 let seq: i64 = row.try_get("seq").map_err(classify)?;
                 after = after.max(seq);
                 if row.try_get::<bool, _>("held").map_err(classify)? {
-                    let key: String = row.try_get("ordering_key").map_err(classify)?;
-                    passed_over.insert(key);
+                    // A key that cannot be read passes over nothing: its
+                    // head is dead-lettered as malformed.
+                    if let Ok(Some(key)) = text(row, "ordering_key") {
+                        passed_over.insert(key);
+                    }
                     held_back = true;
                     continue;
                 }
@@ -237,6 +246,10 @@ impl Source for PostgresSource {
                         reason,
                     } => {
                         tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                        if let (true, Ok(Some(key))) = (parking, text(row, "ordering_key")) {
+                            let first = parked.entry(key).or_insert(seq);
+                            *first = (*first).min(seq);
+                        }
                         malformed.0.push(id);
                         malformed.1.push(attempts + 1);
                         malformed.2.push(reason);
@@ -259,6 +272,9 @@ impl Source for PostgresSource {
                 .await
                 .map_err(classify)?;
         }
+        // Later rows of a parked key stay locked, unreturned, until this
+        // claim commits; the next claim then finds their head dead.
+        claimed.retain(|(seq, m)| parked.get(&m.ordering_key).is_none_or(|head| seq < head));
         if claimed.is_empty() {
             tx.commit().await.map_err(classify)?;
             return Ok(Claim::empty());

@@ -5,9 +5,28 @@ use outbox_core::OnDeadLetter;
 use crate::schema::qualified;
 use crate::{AckMode, PostgresConfig};
 
-/// Columns a claimed row is read with, in [`crate::row`]'s order.
+/// Columns a claim's candidates carry.
 const COLUMNS: &str = "id, ordering_key, destination, partition_key, payload, headers, \
                        event_type, created_at, attempts, seq";
+
+/// Columns a row is read with (see [`crate::row`]), so that no value can
+/// fail the statement or panic in decoding: a row whose values cannot be
+/// read is dead-lettered with the reason instead.
+///
+/// - Text comes as its bytes, checked as UTF-8 by the relay: in a
+///   `SQL_ASCII` database a text value may hold any bytes, and PostgreSQL
+///   fails the whole statement when it cannot convert one to the client's
+///   UTF-8. `convert_to(x, 'SQL_ASCII')` is the database's bytes as they
+///   are (a conversion to `SQL_ASCII` converts nothing); `textsend` would
+///   convert them to the client's encoding and fail the same way.
+/// - A `created_at` the relay cannot hold as a time reads as NULL: sqlx's
+///   chrono decoding panics on `infinity` (and past chrono's year 262,143),
+///   which stopped the relay on every start.
+const READ_COLUMNS: &str = "id, attempts, seq, payload, \
+     convert_to(ordering_key, 'SQL_ASCII') AS ordering_key, convert_to(destination, 'SQL_ASCII') AS destination, \
+     convert_to(partition_key, 'SQL_ASCII') AS partition_key, convert_to(event_type, 'SQL_ASCII') AS event_type, \
+     convert_to(headers::text, 'SQL_ASCII') AS headers, \
+     CASE WHEN isfinite(created_at) AND created_at < '200000-01-01' THEN created_at END AS created_at";
 
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -109,7 +128,7 @@ impl Statements {
                          WHERE f.ordering_key = o.ordering_key AND f.seq < o.seq \
                            AND f.attempts > 0 AND f.done_at IS NULL AND {failing} OFFSET 0)) \
                    ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
-                 SELECT {COLUMNS}, EXISTS (SELECT 1 FROM {t} AS p \
+                 SELECT {READ_COLUMNS}, EXISTS (SELECT 1 FROM {t} AS p \
                      WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
                        AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0) AS held \
                  FROM c"
@@ -128,12 +147,12 @@ impl Statements {
             ),
             backlog: format!(
                 "SELECT count(*) FILTER (WHERE dead_at IS NULL), \
-                        extract(epoch FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL))::float8, \
+                        extract(epoch FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL AND isfinite(created_at)))::float8, \
                         count(*) FILTER (WHERE dead_at IS NOT NULL) \
                  FROM {t} WHERE done_at IS NULL"
             ),
             dead_letters: format!(
-                "SELECT {COLUMNS}, last_error, dead_at FROM {t} \
+                "SELECT {READ_COLUMNS}, last_error, dead_at FROM {t} \
                  WHERE dead_at IS NOT NULL ORDER BY seq LIMIT $1"
             ),
             count_dead: format!("SELECT count(*) FROM {t} WHERE dead_at IS NOT NULL"),

@@ -93,6 +93,22 @@ impl SourceHarness for PgTable {
         commit(&self.outbox, &self.pool, &messages).await;
     }
 
+    async fn enqueue_malformed(&self, key: &str) -> Option<Uuid> {
+        let id = Uuid::now_v7();
+        let sql = format!(
+            "INSERT INTO outbox_test.{} (id, ordering_key, destination, payload, headers) \
+             VALUES ($1, $2, 'events', 'x', '[1, 2]')",
+            self.outbox.config().table
+        );
+        sqlx::query(&sql)
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        Some(id)
+    }
+
     async fn dead_letters(&self) -> Vec<(Uuid, String)> {
         let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
         dead.into_iter().map(|d| (d.id, d.error)).collect()
@@ -738,4 +754,112 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");
+}
+
+/// Rows whose columns cannot be read as a message (a `created_at` of
+/// `infinity`, which sqlx's time decoding panics on, or text that is not
+/// UTF-8 in a `SQL_ASCII` database) are dead-lettered with the reason; the
+/// relay goes on and delivers the good rows beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_cannot_be_decoded_are_dead_lettered_and_never_stop_the_relay() {
+    let (outbox, pool) = table("undecodable", |_| {}).await;
+    let infinite = Uuid::now_v7();
+    let before_time = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox_test.undecodable (id, ordering_key, destination, payload, created_at) VALUES \
+         ($1, 'hand-1', 'orders', 'x', 'infinity'), ($2, 'hand-2', 'orders', 'x', '-infinity')",
+    )
+    .bind(infinite)
+    .bind(before_time)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let good = numbered_messages("orders", 3, 2);
+    commit(&outbox, &pool, &good).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    let delivered = destination
+        .wait_for(good.len(), Duration::from_secs(20))
+        .await;
+    let dead = eventually(Duration::from_secs(20), || async {
+        outbox.count_dead_letters(&pool).await.unwrap() == 2
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        delivered,
+        "the good rows beside undecodable ones were not delivered"
+    );
+    assert!(dead, "the undecodable rows were not dead-lettered");
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    for letter in &letters {
+        assert!(letter.error.contains("created_at"), "{}", letter.error);
+        assert!(letter.message.is_none());
+    }
+    assert_order_per_key(&good, &arrivals(&destination));
+}
+
+/// In a `SQL_ASCII` database PostgreSQL stores any bytes as text; a row
+/// whose destination is not UTF-8 is dead-lettered, and the others flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
+    let admin = pool(1).await;
+    sqlx::query("DROP DATABASE IF EXISTS outbox_sql_ascii WITH (FORCE)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE outbox_sql_ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("{}/outbox_sql_ascii", url().rsplit_once('/').unwrap().0);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    let outbox = PostgresOutbox::new(PostgresConfig::default()).unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    let bad = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, ordering_key, destination, payload) \
+         VALUES ($1, 'hand', convert_from('\\x6f72ff'::bytea, 'SQL_ASCII'), 'x')",
+    )
+    .bind(bad)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let good = numbered_messages("orders", 2, 2);
+    commit(&outbox, &pool, &good).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        outbox.source(pool.clone()).await.unwrap(),
+        destination.clone(),
+        fast(),
+    );
+    let delivered = destination
+        .wait_for(good.len(), Duration::from_secs(20))
+        .await;
+    let dead = eventually(Duration::from_secs(20), || async {
+        outbox.count_dead_letters(&pool).await.unwrap() == 1
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        delivered,
+        "the good rows beside a row that is not UTF-8 were not delivered"
+    );
+    assert!(dead, "the row that is not UTF-8 was not dead-lettered");
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    assert_eq!(letters[0].id, bad);
+    assert!(
+        letters[0].error.contains("destination"),
+        "{}",
+        letters[0].error
+    );
+    pool.close().await;
 }

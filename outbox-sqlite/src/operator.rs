@@ -46,7 +46,9 @@ impl SqliteOutbox {
             .map(|row| {
                 let attempts: i64 = row.try_get("attempts")?;
                 Ok(DeadLetter {
-                    id: row.try_get("id")?,
+                    // A row whose id is not a UUID (written by hand) shows
+                    // the nil UUID; its error says why.
+                    id: row.try_get("id").unwrap_or_else(|_| uuid::Uuid::nil()),
                     message: match decode(row)? {
                         Decoded::Message(message) => Some(message),
                         Decoded::Malformed { .. } => None,

@@ -10,8 +10,10 @@ use uuid::Uuid;
 /// hand, say), to be dead-lettered with that reason.
 pub(crate) enum Decoded {
     Message(Message),
+    /// Named by `seq`, the one column SQLite itself guarantees (an id or
+    /// attempts written by hand may be anything).
     Malformed {
-        id: Uuid,
+        seq: i64,
         attempts: i64,
         reason: String,
     },
@@ -22,13 +24,28 @@ pub(crate) fn time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
+/// Reads a row. Only `seq` must decode; any other column that cannot be
+/// read makes the row malformed, never fails the claim.
 pub(crate) fn decode(row: &SqliteRow) -> Result<Decoded, sqlx::Error> {
-    let id: Uuid = row.try_get("id")?;
-    let attempts: i64 = row.try_get("attempts")?;
+    let seq: i64 = row.try_get("seq")?;
+    let attempts: i64 = match row.try_get("attempts") {
+        Ok(attempts) => attempts,
+        Err(err) => {
+            return Ok(Decoded::Malformed {
+                seq,
+                attempts: 0,
+                reason: format!("malformed row: column attempts: {err}"),
+            })
+        }
+    };
     let malformed = |reason: String| Decoded::Malformed {
-        id,
+        seq,
         attempts,
         reason,
+    };
+    let id: Uuid = match row.try_get("id") {
+        Ok(id) => id,
+        Err(err) => return Ok(malformed(format!("malformed row: column id: {err}"))),
     };
     let headers: String = match row.try_get("headers") {
         Ok(headers) => headers,

@@ -1,9 +1,10 @@
 //! The relay's side: claim under a lease, report outcomes, wake on commits
 //! made in this process.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, Source};
+use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
@@ -114,26 +115,41 @@ impl Source for SqliteSource {
             .map_err(classify)?;
         rows.sort_unstable_by_key(|(seq, _)| *seq);
         let mut claimed = Vec::with_capacity(rows.len());
+        // When parking, the keys of malformed rows: dead-lettered here, so
+        // their later rows (after them, in seq order) must stay behind.
+        let mut parked: HashSet<String> = HashSet::new();
+        let mut behind = Vec::new();
+        let parking = self.outbox.config.on_dead_letter == OnDeadLetter::Park;
         for (_, row) in &rows {
             match decode(row).map_err(classify)? {
+                Decoded::Message(message) if parked.contains(&message.ordering_key) => {
+                    behind.push(message);
+                }
                 Decoded::Message(message) => claimed.push(message),
                 Decoded::Malformed {
-                    id,
+                    seq,
                     attempts,
                     reason,
                 } => {
-                    tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
-                    sqlx::query(&self.outbox.sql.dead_letter)
+                    if let (true, Ok(key)) = (parking, row.try_get::<String, _>("ordering_key")) {
+                        parked.insert(key);
+                    }
+                    tracing::warn!(seq, reason, "malformed outbox row dead-lettered");
+                    sqlx::query(&self.outbox.sql.dead_letter_row)
                         .bind(attempts.saturating_add(1))
                         .bind(reason)
                         .bind(now)
-                        .bind(id)
+                        .bind(seq)
                         .bind(claim.as_uuid())
                         .execute(&self.pool)
                         .await
                         .map_err(classify)?;
                 }
             }
+        }
+        if !behind.is_empty() {
+            self.by_ids(&self.outbox.sql.release_prefix, claim, &behind)
+                .await?;
         }
         Ok(Claim::new(claim, claimed))
     }

@@ -18,6 +18,7 @@ pub(crate) struct Statements {
     pub ack_prefix: String,
     pub retry: String,
     pub dead_letter: String,
+    pub dead_letter_row: String,
     pub release_prefix: String,
     pub backlog: String,
     pub dead_letters: String,
@@ -77,6 +78,12 @@ impl Statements {
                 "UPDATE {t} SET attempts = ?1, last_error = ?2, dead_at = ?3, \
                    lease_owner = NULL, leased_until = NULL \
                  WHERE id = ?4 AND lease_owner = ?5"
+            ),
+            // A malformed row, named by seq: ?1 attempts, ?2 reason, ?3 now, ?4 seq, ?5 claim.
+            dead_letter_row: format!(
+                "UPDATE {t} SET attempts = ?1, last_error = ?2, dead_at = ?3, \
+                   lease_owner = NULL, leased_until = NULL \
+                 WHERE seq = ?4 AND lease_owner = ?5"
             ),
             release_prefix: format!(
                 "UPDATE {t} SET lease_owner = NULL, leased_until = NULL WHERE lease_owner = ?1 AND id IN "

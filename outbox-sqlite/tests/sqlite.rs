@@ -64,6 +64,22 @@ impl SourceHarness for LiteTable {
         commit(&self.outbox, &self.pool, &messages).await;
     }
 
+    async fn enqueue_malformed(&self, key: &str) -> Option<Uuid> {
+        let id = Uuid::now_v7();
+        let sql = format!(
+            "INSERT INTO \"{}\" (id, ordering_key, destination, payload, headers, created_at, next_attempt_at) \
+             VALUES (?, ?, 'events', 'x', 'not json', 0, 0)",
+            self.outbox.config().table
+        );
+        sqlx::query(&sql)
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        Some(id)
+    }
+
     async fn dead_letters(&self) -> Vec<(Uuid, String)> {
         let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
         dead.into_iter().map(|d| (d.id, d.error)).collect()
@@ -305,4 +321,45 @@ async fn a_claim_walks_the_partial_indexes() {
         !plan.contains("SCAN o\n") && !plan.contains("SCAN p"),
         "{plan}"
     );
+}
+
+/// Rows whose id or attempts cannot be read (SQLite keeps whatever a
+/// careless writer stored) are dead-lettered by their `seq` with the
+/// reason; the claim never fails on them and the rows beside them flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_whose_id_or_attempts_cannot_be_read_are_dead_lettered() {
+    let (outbox, pool) = database("undecodable", SqliteConfig::default()).await;
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, ordering_key, destination, payload, headers, created_at, next_attempt_at, attempts) \
+         VALUES ('not-a-uuid', 'hand-1', 'orders', 'x', '{}', 0, 0, 0), \
+                (randomblob(16), 'hand-2', 'orders', 'x', '{}', 0, 0, 'many')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let good = numbered_messages("orders", 2, 2);
+    commit(&outbox, &pool, &good).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let delivered = destination
+        .wait_for(good.len(), Duration::from_secs(20))
+        .await;
+    let dead = eventually(Duration::from_secs(20), || async {
+        outbox.count_dead_letters(&pool).await.unwrap() == 2
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        delivered,
+        "the rows beside undecodable ones were not delivered"
+    );
+    assert!(dead, "the undecodable rows were not dead-lettered");
+    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let errors: Vec<&str> = letters.iter().map(|d| d.error.as_str()).collect();
+    assert!(errors.iter().any(|e| e.contains("column id")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("column attempts")),
+        "{errors:?}"
+    );
+    assert_order_per_key(&good, &arrivals(&destination));
 }

@@ -23,6 +23,14 @@ pub trait SourceHarness: Send + Sync {
     /// Commits `messages` to the table, in this order, as an application would.
     fn enqueue(&self, messages: Vec<Message>) -> impl Future<Output = ()> + Send;
 
+    /// Commits a row for `key` that cannot be read as a message (headers
+    /// that are not a JSON object, as a careless hand-written insert would
+    /// leave), and returns its id; `None` for a source that cannot hold one.
+    fn enqueue_malformed(&self, key: &str) -> impl Future<Output = Option<Uuid>> + Send {
+        let _ = key;
+        async { None }
+    }
+
     /// The dead letters: id and stored error.
     fn dead_letters(&self) -> impl Future<Output = Vec<(Uuid, String)>> + Send;
 

@@ -45,6 +45,7 @@ macro_rules! source_conformance {
             stale_relay_is_fenced,
             lost_claims_never_touch_newer_ones,
             a_long_error_is_stored_cut_short,
+            a_malformed_head_parks_its_key,
         );
     };
     (@tests $make:path; $($scenario:ident),* $(,)?) => {

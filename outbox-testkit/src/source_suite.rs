@@ -720,3 +720,44 @@ pub async fn a_long_error_is_stored_cut_short<H: SourceHarness>(harness: &H) {
         "the key's next message never arrived"
     );
 }
+
+/// With [`OnDeadLetter::Park`](outbox_core::OnDeadLetter::Park), a head
+/// that cannot be read as a message parks its key like any dead letter:
+/// the key's later messages, claimed with it, are not delivered past the
+/// gap, and other keys flow.
+pub async fn a_malformed_head_parks_its_key<H: SourceHarness>(harness: &H) {
+    let Some(malformed) = harness.enqueue_malformed("parked").await else {
+        return;
+    };
+    let later: Vec<Message> = (0..3)
+        .map(|_| Message::builder("events", "parked").build().unwrap())
+        .collect();
+    let mut messages = later.clone();
+    messages.extend(other_keys());
+    harness.enqueue(messages).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        harness.parking_relay(LEASE).await,
+        destination.clone(),
+        config(),
+    );
+    let others = destination.wait_for(30, DEADLINE).await;
+    let dead = eventually(DEADLINE, || async {
+        harness
+            .dead_letters()
+            .await
+            .iter()
+            .any(|(id, _)| *id == malformed)
+    })
+    .await;
+    relay.stop().await;
+    assert!(others, "other keys were held back");
+    assert!(dead, "the malformed head was not dead-lettered");
+    let published = destination.sent();
+    for message in &later {
+        assert!(
+            published.iter().all(|sent| sent.message.id != message.id),
+            "a later message of a parked key was delivered past its malformed head"
+        );
+    }
+}
