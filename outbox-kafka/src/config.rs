@@ -16,8 +16,12 @@ pub struct KafkaConfig {
     /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`,
     /// `compression.type`, `linger.ms`, ...). They override the defaults
     /// below; a property librdkafka does not know, or a bad value, fails at
-    /// start-up naming the property. Values of properties whose name holds
-    /// `password` or `secret` are never printed.
+    /// start-up naming the property. Properties that would let librdkafka
+    /// drop a message or reorder a key's messages are refused, named:
+    /// `enable.idempotence` other than true, `acks` other than `all`/`-1`,
+    /// more than 5 requests in flight, no retries. Values of secret-bearing
+    /// properties (passwords, secrets, private keys, tokens,
+    /// `sasl.oauthbearer.config`) are never printed.
     pub properties: BTreeMap<String, String>,
     /// Longest a send waits for a message to be acknowledged, the
     /// producer's retries included. Must be shorter than the relay's
@@ -50,8 +54,12 @@ impl std::fmt::Debug for KafkaConfig {
             .properties
             .iter()
             .map(|(name, value)| {
-                let secret = name.contains("password") || name.contains("secret");
-                (name.as_str(), if secret { "***" } else { value.as_str() })
+                let shown = if is_secret(name) {
+                    "***"
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
             })
             .collect();
         f.debug_struct("KafkaConfig")
@@ -64,6 +72,49 @@ impl std::fmt::Debug for KafkaConfig {
 
 /// librdkafka's names for its per-message timeout, which stays infinite.
 const LOCAL_TIMEOUTS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
+
+/// Whether a property's value is a secret (a password, a private key, a
+/// token or the configuration that holds one): never printed.
+fn is_secret(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "oauthbearer.config",
+        "token",
+    ]
+    .iter()
+    .any(|part| name.contains(part))
+}
+
+/// Why a property's value would let librdkafka drop a message, or store a
+/// key's later message before an earlier one, behind the destination's
+/// back; `None` when it keeps the guarantees. The destination pipelines a
+/// key's messages and relies on the idempotent producer, with every
+/// replica's acknowledgement, to keep a partition's order across retries.
+fn unsafe_property(name: &str, value: &str) -> Option<&'static str> {
+    let value = value.trim().to_ascii_lowercase();
+    let number = value.parse::<i64>().ok();
+    match name {
+        "enable.idempotence" if !matches!(value.as_str(), "true" | "1") => Some(
+            "must stay true: without the idempotent producer a retried batch can be stored \
+             after a later one, out of order",
+        ),
+        "acks" | "request.required.acks" if !matches!(value.as_str(), "all" | "-1") => Some(
+            "must be all (or -1): a message acknowledged by the leader alone is lost \
+             when the leader fails",
+        ),
+        "max.in.flight.requests.per.connection" | "max.in.flight"
+            if number.is_none_or(|n| n > 5) =>
+        {
+            Some("must be at most 5: the idempotent producer keeps order only up to 5 requests in flight")
+        }
+        "retries" | "message.send.max.retries" if number.is_none_or(|n| n < 1) => Some(
+            "must be at least 1: the idempotent producer retries to keep order",
+        ),
+        _ => None,
+    }
+}
 
 impl KafkaConfig {
     /// The librdkafka configuration: safe defaults, then the user's
@@ -98,6 +149,13 @@ impl KafkaConfig {
                  itself (a message librdkafka times out lets the later ones of its key overtake \
                  it): set delivery_timeout instead",
             ));
+        }
+        if let Some((name, reason)) = self
+            .properties
+            .iter()
+            .find_map(|(name, value)| Some((name, unsafe_property(name, value)?)))
+        {
+            return Err(ConfigError::new(format!("properties.{name}"), reason));
         }
         if self.delivery_timeout < Duration::from_millis(100) {
             return Err(ConfigError::new(
@@ -158,10 +216,47 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let mut config = KafkaConfig::default();
-        config
-            .properties
-            .insert("sasl.password".into(), "hunter2".into());
-        assert!(!format!("{config:?}").contains("hunter2"));
+        for name in [
+            "sasl.password",
+            "ssl.key.pem",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), "hunter2".into());
+            assert!(!format!("{config:?}").contains("hunter2"), "{name}");
+        }
+    }
+
+    #[test]
+    fn properties_that_would_break_order_or_lose_messages_are_refused_and_named() {
+        for (name, value) in [
+            ("enable.idempotence", "false"),
+            ("enable.idempotence", "0"),
+            ("acks", "1"),
+            ("acks", "0"),
+            ("request.required.acks", "1"),
+            ("max.in.flight.requests.per.connection", "6"),
+            ("max.in.flight", "100"),
+            ("retries", "0"),
+            ("message.send.max.retries", "0"),
+        ] {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), value.into());
+            let err = config.producer().err().expect(name);
+            assert_eq!(err.setting, format!("properties.{name}"), "{err}");
+        }
+        for (name, value) in [
+            ("acks", "all"),
+            ("acks", "-1"),
+            ("enable.idempotence", "true"),
+            ("max.in.flight.requests.per.connection", "5"),
+        ] {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), value.into());
+            config.producer().expect(name);
+        }
     }
 }
