@@ -37,23 +37,54 @@ pub fn load(
             format!("is not valid TOML: {err}"),
         )
     })?;
-    apply_env(&mut document, vars)?;
-    let settings: Settings =
-        toml::Value::Table(document)
-            .try_into()
-            .map_err(|err: toml::de::Error| {
-                ConfigError::new("configuration", err.message().to_string())
-            })?;
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    let settings = typed_by_target(&document, &vars)?;
     settings.validate()?;
     Ok(settings)
 }
 
-/// Writes every `OUTBOX_<SECTION>__<KEY>…` variable into `document`.
-pub fn apply_env(
+/// Deserializes `document` with `vars` laid over it, each value typed by the
+/// setting it names: a variable is text unless its setting refuses text
+/// (a number, a boolean), so `..._PASSWORD=0123` stays `0123`, `TABLE=2024`
+/// stays a table name and `properties` keep their values verbatim. The
+/// settings refuse text one at a time (serde stops at the first error), so
+/// this turns one variable a try, at most once each.
+fn typed_by_target(
+    document: &toml::Table,
+    vars: &[(String, String)],
+) -> Result<Settings, ConfigError> {
+    let mut typed = vec![false; vars.len()];
+    loop {
+        let mut attempt = document.clone();
+        apply_env(&mut attempt, vars, &typed)?;
+        let err = match toml::Value::Table(attempt).try_into::<Settings>() {
+            Ok(settings) => return Ok(settings),
+            Err(err) => err,
+        };
+        let refused = vars.iter().enumerate().position(|(i, (name, value))| {
+            !typed[i]
+                && name.contains("__")
+                && !matches!(scalar(value), toml::Value::String(_))
+                && err
+                    .message()
+                    .starts_with(&format!("invalid type: string {value:?},"))
+        });
+        match refused {
+            Some(i) => typed[i] = true,
+            None => return Err(ConfigError::new("configuration", err.message().to_string())),
+        }
+    }
+}
+
+/// Writes every `OUTBOX_<SECTION>__<KEY>…` variable into `document`: as
+/// text, or typed (a number or boolean when it reads as one) where `typed`
+/// says so.
+fn apply_env(
     document: &mut toml::Table,
-    vars: impl IntoIterator<Item = (String, String)>,
+    vars: &[(String, String)],
+    typed: &[bool],
 ) -> Result<(), ConfigError> {
-    for (name, value) in vars {
+    for ((name, value), typed) in vars.iter().zip(typed) {
         let Some(path) = name.strip_prefix("OUTBOX_") else {
             continue;
         };
@@ -74,10 +105,20 @@ pub fn apply_env(
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = match entry {
                 toml::Value::Table(inner) => inner,
-                _ => return Err(ConfigError::new(name, format!("{part} is not a table"))),
+                _ => {
+                    return Err(ConfigError::new(
+                        name.as_str(),
+                        format!("{part} is not a table"),
+                    ))
+                }
             };
         }
-        table.insert(parts[parts.len() - 1].clone(), scalar(&value));
+        let value = if *typed {
+            scalar(value)
+        } else {
+            toml::Value::String(value.clone())
+        };
+        table.insert(parts[parts.len() - 1].clone(), value);
     }
     Ok(())
 }
@@ -153,6 +194,44 @@ mod tests {
         assert_eq!(settings.relay.backoff.multiplier, 1.5);
         assert!(!settings.relay.prefetch);
         assert_eq!(settings.source.table, "orders_outbox");
+    }
+
+    #[test]
+    fn variables_keep_text_where_the_setting_is_text() {
+        let f = file(
+            r#"
+            [source]
+            kind = "postgres"
+            url = "postgres://127.0.0.1/test"
+            [destination]
+            kind = "kafka"
+            brokers = "127.0.0.1:9092"
+            "#,
+        );
+        let settings = load(
+            &f,
+            vars(&[
+                ("OUTBOX_SOURCE__TABLE", "o2024"),
+                ("OUTBOX_SOURCE__SCHEMA", "2024"),
+                ("OUTBOX_DESTINATION__PROPERTIES__SASL.PASSWORD", "0123"),
+                ("OUTBOX_DESTINATION__PROPERTIES__LINGER.MS", "5"),
+                ("OUTBOX_RELAY__BATCH_SIZE", "1000"),
+                ("OUTBOX_SOURCE__NOTIFY", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.source.schema.as_deref(), Some("2024"));
+        let properties = &settings.destination.properties;
+        assert_eq!(
+            properties.get("sasl.password"),
+            Some(&toml::Value::String("0123".into()))
+        );
+        assert_eq!(
+            properties.get("linger.ms"),
+            Some(&toml::Value::String("5".into()))
+        );
+        assert_eq!(settings.relay.batch_size, 1000);
+        assert!(!settings.source.notify);
     }
 
     #[test]
