@@ -256,7 +256,7 @@ mod tests {
         ] {
             let mut config = KafkaConfig::default();
             config.properties.insert(name.into(), value.into());
-            config.producer().expect(name);
+            let _producer = config.producer().expect(name);
         }
     }
 }

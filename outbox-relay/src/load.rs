@@ -31,7 +31,7 @@ pub fn load(
             ))
         }
     };
-    let mut document: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+    let document: toml::Table = text.parse().map_err(|err: toml::de::Error| {
         ConfigError::new(
             format!("{}", path.display()),
             format!("is not valid TOML: {err}"),
