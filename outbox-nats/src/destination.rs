@@ -6,9 +6,11 @@ use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue, Sub
 use bytes::Bytes;
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 
+use outbox_core::redact_url;
+
+use crate::credentials::split_credentials;
 use crate::error::{classify_core, classify_jetstream, classify_no_responders};
 use crate::{NatsAuth, NatsConfig, NatsMode, NATS_MSG_ID};
-use outbox_core::redact_url;
 
 /// Publishes outbox messages to NATS; see the crate docs for the two modes.
 #[derive(Debug, Clone)]
@@ -24,6 +26,7 @@ impl NatsDestination {
     /// retried by the relay.
     pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
         config.validate()?;
+        let (servers, auth) = split_credentials(&config.url, &config.auth)?;
         let mut options = ConnectOptions::new()
             .name("outbox-relay")
             .connection_timeout(config.connect_timeout)
@@ -31,7 +34,7 @@ impl NatsDestination {
         if let Some(path) = &config.root_certificates {
             options = options.add_root_certificates(path.clone());
         }
-        options = match &config.auth {
+        options = match &auth {
             NatsAuth::None => options,
             NatsAuth::UserPassword { user, password } => {
                 options.user_and_password(user.clone(), password.clone())
@@ -45,7 +48,7 @@ impl NatsDestination {
                 })?
             }
         };
-        let client = options.connect(config.url.as_str()).await.map_err(|err| {
+        let client = options.connect(servers.as_str()).await.map_err(|err| {
             Error::temporary(format!(
                 "cannot connect to NATS at {}",
                 redact_url(&config.url)

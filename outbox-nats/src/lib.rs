@@ -18,6 +18,7 @@
 //! enqueue order; different keys are published concurrently.
 
 mod config;
+mod credentials;
 mod destination;
 mod error;
 

@@ -176,10 +176,13 @@ async fn credentials_never_reach_the_output() {
         url.contains("Sup3rS3cret-pw"),
         "OUTBOX_POSTGRES_URL has an unexpected shape: {url}"
     );
+    // nats-server here has no authorization, so any user connects.
+    let nats = nats_url().replacen("://", "://outbox:Sup3rS3cret-nats@", 1);
     for args in [&["check"][..], &["run"][..]] {
         let mut command = relay(&config, args);
         command
             .env("OUTBOX_SOURCE__URL", &url)
+            .env("OUTBOX_DESTINATION__URL", &nats)
             .env("OUTBOX_LOG__LEVEL", "trace");
         let child = command.spawn().unwrap();
         if args == ["run"] {
@@ -195,10 +198,12 @@ async fn credentials_never_reach_the_output() {
         }
         let (code, text) = finish(child, DEADLINE).await;
         assert_eq!(code, 0, "{text}");
-        assert!(
-            !text.contains("Sup3rS3cret-pw"),
-            "the password was printed:\n{text}"
-        );
+        for secret in ["Sup3rS3cret-pw", "Sup3rS3cret-nats"] {
+            assert!(
+                !text.contains(secret),
+                "the password {secret} was printed:\n{text}"
+            );
+        }
         assert!(
             text.contains("***@"),
             "the URL is not shown redacted:\n{text}"
