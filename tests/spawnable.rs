@@ -59,7 +59,7 @@ fn sqlite(
 }
 
 fn brokers(kafka: &KafkaDestination, amqp: &AmqpDestination) {
-    spawnable(kafka.create_topics(&["topic"], 1));
+    spawnable(kafka.create_topics(&["topic"], 1, 1));
     spawnable(AmqpDestination::connect(AmqpConfig::default()));
     spawnable(amqp.channel());
     spawnable(NatsDestination::connect(NatsConfig::default()));

@@ -23,7 +23,7 @@ pub async fn connect(name: &str) -> Result<Broker<KafkaDestination>> {
     })?;
     let topic = format!("shop-{name}-orders");
     destination
-        .create_topics(&[&topic], PARTITIONS)
+        .create_topics(&[&topic], PARTITIONS, 1)
         .await
         .map_err(|err| {
             format!("Kafka at OUTBOX_KAFKA_BROKERS: {err} (run scripts/services.sh up)")

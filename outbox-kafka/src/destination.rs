@@ -49,14 +49,22 @@ impl KafkaDestination {
         })
     }
 
-    /// Creates these topics (for brokers that do not create them on first
-    /// use); topics that already exist are left alone.
-    pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<(), Error> {
+    /// Creates these topics with `partitions` partitions, each kept on
+    /// `replication` brokers (for brokers that do not create topics on
+    /// first use); topics that already exist are left alone. A production
+    /// cluster wants `replication` of 3 with `min.insync.replicas` 2, so
+    /// that `acks=all` survives the loss of a broker.
+    pub async fn create_topics(
+        &self,
+        topics: &[&str],
+        partitions: i32,
+        replication: i32,
+    ) -> Result<(), Error> {
         let admin: AdminClient<DefaultClientContext> =
             self.config.client_config().create().map_err(classify)?;
         let new: Vec<NewTopic> = topics
             .iter()
-            .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+            .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
             .collect();
         let results = admin
             .create_topics(

@@ -119,7 +119,7 @@ impl DestinationHarness for KafkaTopic {
 async fn kafka_topic(scenario: &'static str) -> KafkaTopic {
     let topic = format!("outbox-test-{scenario}-{}", Uuid::now_v7().simple());
     destination()
-        .create_topics(&[&topic], 1)
+        .create_topics(&[&topic], 1, 1)
         .await
         .expect("Kafka-protocol broker reachable at OUTBOX_KAFKA_BROKERS");
     KafkaTopic { topic }
@@ -203,7 +203,7 @@ async fn messages_fail_at_the_destinations_deadline_never_at_librdkafkas() {
 
     // The replaced producer's queue is gone: once the topic exists, only
     // what was sent after holds there.
-    destination.create_topics(&[&topic], 1).await.unwrap();
+    destination.create_topics(&[&topic], 1, 1).await.unwrap();
     let late = message("key");
     let sent = destination.send_ordered(std::slice::from_ref(&late)).await;
     assert!(sent[0].is_ok(), "{sent:?}");
@@ -360,7 +360,7 @@ async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
     })
     .unwrap();
     let topic = "outbox-test-restart";
-    destination.create_topics(&[topic], 1).await.unwrap();
+    destination.create_topics(&[topic], 1, 1).await.unwrap();
     let messages = numbered_messages(topic, 10, 150);
     let source = MemorySource::new(Duration::from_secs(30));
     source.enqueue(messages.clone());
@@ -400,7 +400,7 @@ async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
     broker.restart();
     broker.wait_until_up().await;
     // The memory store came back empty: recreate the topic, as an operator would.
-    destination.create_topics(&[topic], 1).await.unwrap();
+    destination.create_topics(&[topic], 1, 1).await.unwrap();
 
     let drained = eventually(Duration::from_secs(120), || async { source.waiting() == 0 }).await;
     relay.stop().await;
@@ -457,4 +457,26 @@ async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
         acked_after.len(),
         received.len()
     );
+}
+
+/// `create_topics` creates topics with the replication factor it is given
+/// (it was fixed at 1). tansu reports the factor asked for in the topic's
+/// metadata, one broker or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_topics_asks_for_the_replication_factor() {
+    use rdkafka::producer::Producer;
+    let topic = format!("outbox-test-replicated-{}", Uuid::now_v7().simple());
+    let destination = destination();
+    destination.create_topics(&[&topic], 2, 3).await.unwrap();
+    let metadata = destination
+        .producer()
+        .client()
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let replicas: Vec<usize> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|partition| partition.replicas().len())
+        .collect();
+    assert_eq!(replicas, vec![3, 3]);
 }

@@ -223,7 +223,7 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
     })
     .unwrap();
     kafka
-        .create_topics(&[&kafka_topic], 1)
+        .create_topics(&[&kafka_topic], 1, 1)
         .await
         .expect("Kafka-protocol broker reachable");
     let kafka_settings = format!(

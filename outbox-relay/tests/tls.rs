@@ -209,7 +209,7 @@ async fn the_relay_reaches_kafka_over_tls_only() {
         let topic = topic.clone();
         async move {
             let topics = [topic.as_str()];
-            let created = destination.create_topics(&topics, 1);
+            let created = destination.create_topics(&topics, 1, 1);
             tokio::time::timeout(Duration::from_secs(15), created).await
         }
     };

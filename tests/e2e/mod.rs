@@ -215,7 +215,7 @@ pub mod kafka {
         .unwrap();
         let topic = format!("{prefix}-{}", Uuid::now_v7().simple());
         destination
-            .create_topics(&[&topic], PARTITIONS)
+            .create_topics(&[&topic], PARTITIONS, 1)
             .await
             .expect("Kafka-protocol broker reachable at OUTBOX_KAFKA_BROKERS");
         (destination, topic)

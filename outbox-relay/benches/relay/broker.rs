@@ -98,7 +98,7 @@ impl Broker {
             Broker::Kafka { destination, .. } => {
                 let topic = format!("outbox-bench-{pair}-{}", Uuid::now_v7().simple());
                 destination
-                    .create_topics(&[&topic], KAFKA_PARTITIONS)
+                    .create_topics(&[&topic], KAFKA_PARTITIONS, 1)
                     .await
                     .expect("Kafka-protocol broker at OUTBOX_KAFKA_BROKERS");
                 topic

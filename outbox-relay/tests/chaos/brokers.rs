@@ -37,7 +37,7 @@ pub async fn create_kafka_topic(brokers: &str, topic: &str) {
         ..KafkaConfig::default()
     })
     .unwrap()
-    .create_topics(&[topic], KAFKA_PARTITIONS)
+    .create_topics(&[topic], KAFKA_PARTITIONS, 1)
     .await
     .expect("Kafka-protocol broker reachable");
 }
