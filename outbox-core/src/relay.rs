@@ -74,7 +74,17 @@ where
         let stop = Arc::new(AtomicBool::new(false));
         let most_batches = if relay.config.prefetch { 2 } else { 1 };
         let mut idle = relay.config.poll_interval_min;
-        let mut last_backlog: Option<Instant> = None;
+        // The backlog is counted off the claim path: a count of a large
+        // outbox can take seconds, which claims must not wait for.
+        let backlog = tokio::spawn({
+            let relay = Arc::clone(&relay);
+            async move {
+                loop {
+                    relay.refresh_backlog().await;
+                    tokio::time::sleep(BACKLOG_REFRESH).await;
+                }
+            }
+        });
         tracing::info!(batch_size = relay.config.batch_size, "relay started");
         // Each batch is delivered, then reported, by a task of its own. With
         // `prefetch` the next batch is claimed and delivered alongside, so a
@@ -88,10 +98,6 @@ where
         let mut short = false;
 
         while !shutdown.is_cancelled() {
-            if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_REFRESH) {
-                last_backlog = Some(Instant::now());
-                relay.refresh_backlog().await;
-            }
             if batches.len() >= most_batches || (short && !batches.is_empty()) {
                 tokio::select! {
                     biased;
@@ -131,6 +137,7 @@ where
                 }
             }
         }
+        backlog.abort();
         // Open batches finish on their own: their keys get `shutdown_timeout`
         // to go on publishing, then release what they did not send.
         while let Some(done) = batches.join_next().await {

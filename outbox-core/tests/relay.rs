@@ -152,3 +152,86 @@ fn bad_configuration_names_the_setting() {
         .expect("invalid config accepted");
     assert_eq!(err.setting, "max_concurrent_keys");
 }
+
+/// A source whose backlog query is slow, as a full count of a large
+/// outbox is.
+struct SlowBacklog(MemorySource);
+
+impl outbox_core::Source for SlowBacklog {
+    type Item = Message;
+
+    async fn claim(&self, limit: usize) -> Result<outbox_core::Claim<Message>, outbox_core::Error> {
+        self.0.claim(limit).await
+    }
+
+    async fn ack(
+        &self,
+        claim: outbox_core::ClaimId,
+        items: &[Message],
+    ) -> Result<(), outbox_core::Error> {
+        self.0.ack(claim, items).await
+    }
+
+    async fn retry(
+        &self,
+        claim: outbox_core::ClaimId,
+        failures: &[outbox_core::Failure<Message>],
+    ) -> Result<(), outbox_core::Error> {
+        self.0.retry(claim, failures).await
+    }
+
+    async fn dead_letter(
+        &self,
+        claim: outbox_core::ClaimId,
+        failures: &[outbox_core::Failure<Message>],
+    ) -> Result<(), outbox_core::Error> {
+        self.0.dead_letter(claim, failures).await
+    }
+
+    async fn release(
+        &self,
+        claim: outbox_core::ClaimId,
+        items: &[Message],
+    ) -> Result<(), outbox_core::Error> {
+        self.0.release(claim, items).await
+    }
+
+    fn lease(&self) -> Duration {
+        self.0.lease()
+    }
+
+    async fn wait_for_work(&self) {
+        self.0.wait_for_work().await
+    }
+
+    async fn backlog(&self) -> Result<Option<outbox_core::Backlog>, outbox_core::Error> {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.0.backlog().await
+    }
+}
+
+/// The backlog is counted off the claim path: a slow count never delays a
+/// claim, and its figure still reaches the statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backlog_query_never_delays_delivery() {
+    use outbox_core::Source;
+    let source = MemorySource::default();
+    source.enqueue(numbered_messages("t", 10, 1));
+    let destination = MemoryDestination::new();
+    let started = Instant::now();
+    let relay = run_relay(SlowBacklog(source.clone()), destination.clone(), fast());
+    assert!(destination.wait_for(10, Duration::from_secs(10)).await);
+    let took = started.elapsed();
+    source.enqueue(numbered_messages("t", 1, 1));
+    let counted = eventually(Duration::from_secs(10), || async {
+        relay.stats.backlog().is_some()
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        took < Duration::from_secs(1),
+        "delivery waited for the backlog query: {took:?}"
+    );
+    assert!(counted, "the backlog never reached the statistics");
+    let _ = source.lease();
+}
