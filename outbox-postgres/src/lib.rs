@@ -27,6 +27,7 @@ mod row;
 mod schema;
 mod source;
 mod sql;
+mod wake;
 mod writer;
 
 pub use config::{AckMode, PostgresConfig};

@@ -8,14 +8,13 @@ use std::time::Duration;
 use outbox_core::{
     Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, OnDeadLetter, Source,
 };
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::error::classify;
 use crate::leader::Leadership;
 use crate::row::{decode, text, Decoded};
+use crate::wake::Wake;
 use crate::PostgresOutbox;
 
 /// Most candidate rounds of one claim (see `claim`).
@@ -41,7 +40,7 @@ pub struct PostgresSource {
     outbox: PostgresOutbox,
     pool: PgPool,
     relay_id: Uuid,
-    listener: Option<Mutex<PgListener>>,
+    wake: Option<Wake>,
     leadership: Option<Leadership>,
     /// Open batches by claim.
     held: HeldBatches<Transaction<'static, Postgres>>,
@@ -66,13 +65,8 @@ enum Report<'a> {
 
 impl PostgresSource {
     pub(crate) async fn connect(outbox: PostgresOutbox, pool: PgPool) -> Result<Self, Error> {
-        let listener = if outbox.config.notify {
-            let mut listener = PgListener::connect_with(&pool).await.map_err(classify)?;
-            listener
-                .listen(&outbox.config.channel())
-                .await
-                .map_err(classify)?;
-            Some(Mutex::new(listener))
+        let wake = if outbox.config.notify {
+            Some(Wake::listen(&pool, &outbox.config.channel()).await?)
         } else {
             None
         };
@@ -84,7 +78,7 @@ impl PostgresSource {
             outbox,
             pool,
             relay_id: Uuid::now_v7(),
-            listener,
+            wake,
             leadership,
             held: HeldBatches::default(),
         })
@@ -320,16 +314,9 @@ impl Source for PostgresSource {
     }
 
     async fn wait_for_work(&self) {
-        let Some(listener) = &self.listener else {
-            return std::future::pending().await;
-        };
-        let mut listener = listener.lock().await;
-        // On a lost connection sqlx reconnects and re-listens; whatever was
-        // missed meanwhile is found by the relay's polling.
-        if let Err(err) = listener.recv().await {
-            tracing::debug!(error = %err, "LISTEN connection failed; polling until it is back");
-            drop(listener);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        match &self.wake {
+            Some(wake) => wake.notified().await,
+            None => std::future::pending().await,
         }
     }
 

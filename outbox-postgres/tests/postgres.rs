@@ -863,3 +863,44 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
     );
     pool.close().await;
 }
+
+/// The LISTEN connection is read all the time, not only when a relay is
+/// idle: notifications a busy relay never waited for do not pile up in
+/// PostgreSQL's notification queue (when that queue is full PostgreSQL
+/// fails the application's commits), and they wake an idle relay once,
+/// not once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_drained_while_the_relay_is_busy_and_wake_it_once() {
+    let (outbox, pool) = table("listen_drained", |_| {}).await;
+    let source = outbox.source(pool.clone()).await.unwrap();
+    // 40 MB of notifications in one commit: more than the LISTEN socket's
+    // buffers hold, so what is not read stays in the server's queue.
+    sqlx::query(
+        "SELECT pg_notify('outbox_test_listen_drained', n::text || repeat('x', 7900)) \
+         FROM generate_series(1, 5000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let usage = || async {
+        sqlx::query_scalar::<_, f64>("SELECT pg_notification_queue_usage()")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let drained = eventually(Duration::from_secs(20), || async { usage().await == 0.0 }).await;
+    assert!(
+        drained,
+        "the notification queue stayed {} full while the relay was busy",
+        usage().await
+    );
+    tokio::time::timeout(Duration::from_secs(5), source.wait_for_work())
+        .await
+        .expect("the notifications woke nothing");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), source.wait_for_work())
+            .await
+            .is_err(),
+        "5,000 notifications woke the relay more than once"
+    );
+}
