@@ -8,17 +8,19 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    DefaultConnectionBuilder,
+    DefaultConnectionBuilder, PublisherConfirm,
 };
 use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 use tokio::sync::RwLock;
 
 use crate::config::CONNECT_TIMEOUT;
+use crate::confirms::{Confirms, Verdict};
 use crate::error::{breaks_link, classify, closed_the_channel};
 use crate::{AmqpConfig, Route};
 use outbox_core::redact_url;
@@ -29,6 +31,8 @@ struct Link {
     /// the channels of the publishes made alone.
     connection: Arc<Connection>,
     channel: Channel,
+    /// Reads the shared channel's confirms (see `confirms.rs`).
+    confirms: Confirms,
 }
 
 /// Publishes outbox messages to RabbitMQ; see the crate docs.
@@ -132,6 +136,7 @@ impl AmqpDestination {
         Ok(Link {
             connection: Arc::new(connection),
             channel,
+            confirms: Confirms::start(),
         })
     }
 
@@ -145,7 +150,10 @@ impl AmqpDestination {
     async fn publish_alone(&self, message: &Message, route: &Route) -> Result<(), Error> {
         let connection = self.link().await?.connection;
         let channel = confirm_channel(&connection).await?;
-        let confirmed = publish(&channel, message, route, &self.publish_order).await;
+        let confirmed = match publish(&channel, message, route, &self.publish_order).await {
+            Ok(confirm) => confirm.await,
+            Err(err) => Err(err),
+        };
         if channel.status().connected() {
             // Closing a channel that is still open; nothing to report if the
             // broker closed it already.
@@ -255,12 +263,21 @@ impl Destination for AmqpDestination {
     async fn send(&self, message: &Message) -> Result<(), Error> {
         let route = (self.config.route)(message);
         short_strings_fit(message, &route)?;
-        let channel = self.channel().await?;
-        match publish(&channel, message, &route, &self.publish_order).await {
-            Ok(confirmation) => verdict(confirmation, &route),
+        let link = self.link().await?;
+        let published = match publish(&link.channel, message, &route, &self.publish_order).await {
+            Ok(confirm) => link.confirms.verdict(message.id.to_string(), confirm).await,
+            Err(err) => Err(err),
+        };
+        match published {
+            Ok(Verdict::Stored) => Ok(()),
+            Ok(Verdict::Unroutable(returned)) => Err(unroutable(&returned, &route)),
+            // Its confirm came with another message's return: see
+            // confirms.rs. Alone, the answer is its own.
+            Ok(Verdict::Ambiguous) => self.publish_alone(message, &route).await,
+            Ok(Verdict::Nacked) => Err(nacked()),
             Err(err) => {
                 if breaks_link(&err) {
-                    self.drop_link(&channel).await;
+                    self.drop_link(&link.channel).await;
                 }
                 if closed_the_channel(&err) {
                     // Perhaps for another publish's fault: see publish_alone.
@@ -282,8 +299,8 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
     Ok(channel)
 }
 
-/// Publishes `message` persistent and mandatory on `channel` and waits for
-/// the broker's confirm.
+/// Publishes `message` persistent and mandatory on `channel` and returns
+/// the broker's confirm to wait for.
 ///
 /// lapin numbers the publish and queues its frames in the first poll of
 /// `basic_publish`, so that poll is made holding `order` (see
@@ -294,7 +311,7 @@ async fn publish(
     message: &Message,
     route: &Route,
     order: &StdMutex<()>,
-) -> Result<Confirmation, lapin::Error> {
+) -> Result<PublisherConfirm, lapin::Error> {
     let mut publishing = pin!(channel.basic_publish(
         route.exchange.as_str().into(),
         route.routing_key.as_str().into(),
@@ -310,24 +327,30 @@ async fn publish(
         Poll::Ready(publishing.as_mut().poll(cx))
     })
     .await;
-    let confirm = match first {
-        Poll::Ready(confirm) => confirm?,
-        Poll::Pending => publishing.await?,
-    };
-    confirm.await
+    match first {
+        Poll::Ready(confirm) => confirm,
+        Poll::Pending => publishing.await,
+    }
 }
 
-/// What the broker's confirm says of a publish to `route`.
+/// What the broker's confirm says of a publish to `route` made alone on a
+/// channel of its own, where any returned message is this one.
 fn verdict(confirmation: Confirmation, route: &Route) -> Result<(), Error> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(Error::permanent(format!(
-            "amqp: unroutable: exchange {:?} has no queue bound for routing key {:?} ({} {})",
-            route.exchange, route.routing_key, returned.reply_code, returned.reply_text
-        ))),
-        Confirmation::Nack(_) => Err(Error::temporary(
-            "amqp: the broker refused to take the message (nack)",
-        )),
+        Confirmation::Ack(Some(returned)) => Err(unroutable(&returned, route)),
+        Confirmation::Nack(_) => Err(nacked()),
         Confirmation::NotRequested => Err(Error::temporary("amqp: channel is not in confirm mode")),
     }
+}
+
+fn unroutable(returned: &BasicReturnMessage, route: &Route) -> Error {
+    Error::permanent(format!(
+        "amqp: unroutable: exchange {:?} has no queue bound for routing key {:?} ({} {})",
+        route.exchange, route.routing_key, returned.reply_code, returned.reply_text
+    ))
+}
+
+fn nacked() -> Error {
+    Error::temporary("amqp: the broker refused to take the message (nack)")
 }

@@ -21,6 +21,7 @@
 //! [`AmqpConfig::route`] to map messages another way.
 
 mod config;
+mod confirms;
 mod destination;
 mod error;
 

@@ -436,15 +436,14 @@ fn max_message_size() -> usize {
 
 /// Unroutable messages (no queue bound for their routing key) among others
 /// of the same batches: RabbitMQ returns each (`mandatory`) before its
-/// confirm. Each should be dead-lettered at once as unroutable, and no other
-/// message taken for one. It fails in about one run of four: lapin 4.12
-/// hands a returned message to the next confirm it completes, which need not
-/// be the returned message's (seen: a routed message dead-lettered as
-/// unroutable, so an unroutable one counted as sent). A channel per publish
-/// in flight passed 20 of 20 runs but drained RabbitMQ at half the rate.
-/// Run it with `--ignored`; the README gives the workaround.
+/// confirm. Each is dead-lettered at once as unroutable, and no other
+/// message is taken for one. lapin 4.12 hands a returned message to the
+/// next confirm it completes, which need not be the returned message's: it
+/// failed in about one run of four (a routed message dead-lettered as
+/// unroutable, so an unroutable one counted as sent) before the shared
+/// channel's confirms were read by one task that tells each return's owner
+/// by its message id (`confirms.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known lapin limitation: a returned message can be paired with another publish's confirm"]
 async fn unroutable_messages_among_others_are_dead_lettered_and_only_they() {
     let unroutable: Vec<Message> = (0..50)
         .map(|n| {
