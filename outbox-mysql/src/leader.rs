@@ -1,7 +1,11 @@
 //! Leader-only mode: one relay claims, the others stand by.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use crate::sql::table_lock;
 
@@ -10,10 +14,17 @@ use crate::sql::table_lock;
 /// [`table_lock`]). The server releases it when that connection ends,
 /// so a dead leader's standby takes over at its next claim; rows the old
 /// leader still leases stay its own until their lease passes.
+///
+/// A leader that stalls (stopped, or its host frozen) keeps its socket open,
+/// and the server would keep its lock for `wait_timeout` (8 hours by
+/// default). The connection's `wait_timeout` is therefore the lease, and a
+/// live leader pings it at a third of that.
 pub(crate) struct Leadership {
     pool: MySqlPool,
     table: String,
-    state: Mutex<State>,
+    lease: Duration,
+    state: Arc<Mutex<State>>,
+    pinger: JoinHandle<()>,
 }
 
 #[derive(Default)]
@@ -24,11 +35,15 @@ struct State {
 }
 
 impl Leadership {
-    pub fn new(pool: MySqlPool, table: String) -> Self {
+    pub fn new(pool: MySqlPool, table: String, lease: Duration) -> Self {
+        let state: Arc<Mutex<State>> = Arc::default();
+        let pinger = tokio::spawn(ping(Arc::clone(&state), lease / 3));
         Self {
             pool,
             table,
-            state: Mutex::default(),
+            lease,
+            state,
+            pinger,
         }
     }
 
@@ -37,9 +52,9 @@ impl Leadership {
     pub async fn is_leader(&self) -> bool {
         let mut state = self.state.lock().await;
         if state.conn.is_none() {
-            match self.pool.acquire().await {
-                Ok(conn) => state.conn = Some(conn.detach()),
-                Err(_) => return false,
+            match self.connect().await {
+                Some(conn) => state.conn = Some(conn),
+                None => return false,
             }
         }
         let was_leader = state.leader;
@@ -74,6 +89,43 @@ impl Leadership {
                 *state = State::default();
                 false
             }
+        }
+    }
+
+    /// A connection of its own, which the server ends after a lease of
+    /// silence (whole seconds, rounded up: `wait_timeout` takes nothing
+    /// finer).
+    async fn connect(&self) -> Option<MySqlConnection> {
+        let mut conn = self.pool.acquire().await.ok()?.detach();
+        let seconds = self.lease.as_micros().div_ceil(1_000_000).max(1);
+        sqlx::query(&format!("SET SESSION wait_timeout = {seconds}"))
+            .execute(&mut conn)
+            .await
+            .ok()?;
+        Some(conn)
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.pinger.abort();
+    }
+}
+
+/// Keeps a leader's connection from looking idle while this process runs.
+async fn ping(state: Arc<Mutex<State>>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let mut state = state.lock().await;
+        if !state.leader {
+            continue;
+        }
+        let Some(conn) = state.conn.as_mut() else {
+            continue;
+        };
+        if let Err(err) = conn.ping().await {
+            tracing::warn!(error = %err, "lost the connection holding the leader lock; standing by");
+            *state = State::default();
         }
     }
 }

@@ -62,10 +62,13 @@ enum Report<'a> {
 
 impl MysqlSource {
     pub(crate) fn new(outbox: MysqlOutbox, pool: MySqlPool) -> Self {
-        let leadership = outbox
-            .config
-            .leader_only
-            .then(|| Leadership::new(pool.clone(), outbox.config.table.clone()));
+        let leadership = outbox.config.leader_only.then(|| {
+            Leadership::new(
+                pool.clone(),
+                outbox.config.table.clone(),
+                outbox.config.lease,
+            )
+        });
         Self {
             outbox,
             pool,

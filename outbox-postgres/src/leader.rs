@@ -1,16 +1,28 @@
 //! Leader-only mode: one relay claims, the others stand by.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 /// Holds (or tries to take) the table's leader lock: a session-level
 /// advisory lock on a connection of its own. PostgreSQL releases it when that
 /// connection ends, so a dead leader's standby takes over at its next claim;
 /// rows the old leader still leases stay its own until their lease passes.
+///
+/// A leader that stalls (stopped, or its host frozen) keeps its socket open,
+/// so the server would keep its lock for good. The connection is therefore
+/// ended by the server once it has been idle for the lease
+/// (`idle_session_timeout`, PostgreSQL 14+), and a live leader pings it at a
+/// third of that.
 pub(crate) struct Leadership {
     pool: PgPool,
     key: i64,
-    state: Mutex<State>,
+    lease: Duration,
+    state: Arc<Mutex<State>>,
+    pinger: JoinHandle<()>,
 }
 
 #[derive(Default)]
@@ -21,11 +33,15 @@ struct State {
 }
 
 impl Leadership {
-    pub fn new(pool: PgPool, key: i64) -> Self {
+    pub fn new(pool: PgPool, key: i64, lease: Duration) -> Self {
+        let state: Arc<Mutex<State>> = Arc::default();
+        let pinger = tokio::spawn(ping(Arc::clone(&state), lease / 3));
         Self {
             pool,
             key,
-            state: Mutex::default(),
+            lease,
+            state,
+            pinger,
         }
     }
 
@@ -34,9 +50,9 @@ impl Leadership {
     pub async fn is_leader(&self) -> bool {
         let mut state = self.state.lock().await;
         if state.conn.is_none() {
-            match self.pool.acquire().await {
-                Ok(conn) => state.conn = Some(conn.detach()),
-                Err(_) => return false,
+            match self.connect().await {
+                Some(conn) => state.conn = Some(conn),
+                None => return false,
             }
         }
         let was_leader = state.leader;
@@ -64,6 +80,46 @@ impl Leadership {
                 *state = State::default();
                 false
             }
+        }
+    }
+
+    /// A connection of its own, which the server ends after a lease of
+    /// silence.
+    async fn connect(&self) -> Option<PgConnection> {
+        let mut conn = self.pool.acquire().await.ok()?.detach();
+        let timeout = sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
+            .bind(self.lease.as_millis().to_string())
+            .execute(&mut conn)
+            .await;
+        if let Err(err) = timeout {
+            // PostgreSQL before 14: a stalled leader keeps the lock until
+            // its TCP connection ends.
+            tracing::warn!(error = %err, "idle_session_timeout not available: a stalled leader is not fenced by the server");
+        }
+        Some(conn)
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.pinger.abort();
+    }
+}
+
+/// Keeps a leader's connection from looking idle while this process runs.
+async fn ping(state: Arc<Mutex<State>>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let mut state = state.lock().await;
+        if !state.leader {
+            continue;
+        }
+        let Some(conn) = state.conn.as_mut() else {
+            continue;
+        };
+        if let Err(err) = conn.ping().await {
+            tracing::warn!(error = %err, "lost the connection holding the leader lock; standing by");
+            *state = State::default();
         }
     }
 }

@@ -70,10 +70,13 @@ impl PostgresSource {
         } else {
             None
         };
-        let leadership = outbox
-            .config
-            .leader_only
-            .then(|| Leadership::new(pool.clone(), outbox.sql.claim_lock ^ 0x1ead));
+        let leadership = outbox.config.leader_only.then(|| {
+            Leadership::new(
+                pool.clone(),
+                outbox.sql.claim_lock ^ 0x1ead,
+                outbox.config.lease,
+            )
+        });
         Ok(Self {
             outbox,
             pool,

@@ -300,3 +300,104 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
         .await
         .unwrap();
 }
+
+/// In leader-only mode a leader stopped with SIGSTOP keeps its socket open,
+/// so without a server-side bound it held the leader lock for good
+/// (PostgreSQL) or for `wait_timeout`, 8 hours by default (MySQL), and the
+/// standby delivered nothing. The server ends the leader's idle connection
+/// after the lease; the standby delivers within a few leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_postgres_leader_loses_leadership_within_a_few_leases() {
+    let (outbox, pool) = table("relay_leader").await;
+    let source = format!(
+        "{}\nleader_only = true\nlease_ms = 2000",
+        postgres_source("relay_leader")
+    );
+    stopped_leader_hands_over(&source, "relay_leader", |messages| {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        async move { commit(&outbox, &pool, &messages).await }
+    })
+    .await;
+}
+
+/// The same with MariaDB's `GET_LOCK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_mysql_leader_loses_leadership_within_a_few_leases() {
+    let url = std::env::var("OUTBOX_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+    for name in ["relay_leader", "relay_leader_keys"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let outbox = outbox_mysql::MysqlOutbox::new(outbox_mysql::MysqlConfig {
+        table: "relay_leader".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    let source = format!(
+        "kind = \"mysql\"\nurl = \"{url}\"\ntable = \"relay_leader\"\nleader_only = true\nlease_ms = 2000"
+    );
+    stopped_leader_hands_over(&source, "relay_leader_my", |messages| {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await;
+}
+
+async fn stopped_leader_hands_over<F, Fut>(source: &str, name: &str, commit: F)
+where
+    F: Fn(Vec<outbox_core::Message>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let subject = name.replace('_', "-");
+    let _stream = stream(&name.to_uppercase(), &subject).await;
+    commit(numbered_messages(&format!("{subject}.orders"), 5, 2)).await;
+    let relay_settings = "send_timeout = 1000\npoll_interval_max = 200";
+    let (leader_port, standby_port) = (spare_port(), spare_port());
+    let leader_config = settings_with_source(source, name, leader_port, relay_settings);
+    let standby_config = settings_with_source(source, name, standby_port, relay_settings);
+    let leader = relay(&leader_config, &["run"]).spawn().unwrap();
+    let led = eventually(DEADLINE, || async {
+        metric(leader_port, "outbox_published_total")
+            .await
+            .unwrap_or(0.0)
+            >= 10.0
+    })
+    .await;
+    assert!(led, "the first relay did not take the lead and deliver");
+    let standby = relay(&standby_config, &["run"]).spawn().unwrap();
+    let standing_by = eventually(DEADLINE, || async {
+        get(standby_port, "/healthz").await.is_some()
+    })
+    .await;
+    assert!(standing_by, "the standby did not start");
+    signal(&leader, "STOP");
+    let stopped = std::time::Instant::now();
+    commit(numbered_messages(&format!("{subject}.orders"), 5, 2)).await;
+    let taken_over = eventually(Duration::from_secs(20), || async {
+        metric(standby_port, "outbox_published_total")
+            .await
+            .unwrap_or(0.0)
+            >= 10.0
+    })
+    .await;
+    let took = stopped.elapsed();
+    signal(&leader, "CONT");
+    sigterm(&leader);
+    sigterm(&standby);
+    let _ = finish(leader, DEADLINE).await;
+    let _ = finish(standby, DEADLINE).await;
+    assert!(
+        taken_over,
+        "the standby delivered nothing in 20 s while the leader was stopped"
+    );
+    println!("{name}: the standby delivered {took:?} after the leader stopped (lease 2 s)");
+}
