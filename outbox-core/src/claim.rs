@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -46,12 +47,33 @@ impl fmt::Display for ClaimId {
 pub struct Claim<I> {
     id: ClaimId,
     items: Vec<I>,
+    leased_at: Instant,
 }
 
 impl<I> Claim<I> {
-    /// A claim of `items` under `id`.
+    /// A claim of `items` under `id` whose lease starts now: for a source
+    /// whose lease runs from the end of the claim (an idle-in-transaction
+    /// timeout, say), built as the claim returns.
     pub fn new(id: ClaimId, items: Vec<I>) -> Self {
-        Self { id, items }
+        Self::leased_since(id, items, Instant::now())
+    }
+
+    /// A claim of `items` under `id` whose lease started at `leased_at`
+    /// (for a source that writes the lease's end into its rows, when it
+    /// read the clock for it).
+    pub fn leased_since(id: ClaimId, items: Vec<I>, leased_at: Instant) -> Self {
+        Self {
+            id,
+            items,
+            leased_at,
+        }
+    }
+
+    /// When the lease began: the relay starts no send later than the lease
+    /// allows from here. A claim statement that took seconds under load does
+    /// not eat into the time to send when the lease starts as it returns.
+    pub fn leased_at(&self) -> Instant {
+        self.leased_at
     }
 
     /// A claim of nothing.

@@ -94,12 +94,16 @@ impl RelayConfig {
     /// Checks the settings that depend on the source's lease.
     pub fn validate_with_lease(&self, lease: Duration) -> Result<(), ConfigError> {
         self.validate()?;
-        if self.send_timeout >= lease {
+        // A tenth of the lease is kept for the batch's reports (see
+        // `Relay::send_window`).
+        let longest = lease - lease / 10;
+        if self.send_timeout >= longest {
             return Err(ConfigError::new(
                 "send_timeout",
                 format!(
-                    "must be shorter than the source's lease ({lease:?}), got {:?}: \
-                     a send outliving its lease could be published twice out of order",
+                    "must be shorter than nine tenths of the source's lease ({lease:?}), got {:?}: \
+                     a send outliving its lease could be published twice out of order, and the \
+                     last tenth is kept for reporting the batch",
                     self.send_timeout
                 ),
             ));
@@ -162,5 +166,22 @@ mod tests {
             .validate_with_lease(Duration::from_secs(5))
             .unwrap_err();
         assert_eq!(err.setting, "send_timeout");
+    }
+
+    #[test]
+    fn a_send_timeout_that_leaves_no_time_to_report_is_refused() {
+        let config = RelayConfig {
+            send_timeout: Duration::from_millis(9500),
+            ..RelayConfig::default()
+        };
+        let err = config
+            .validate_with_lease(Duration::from_secs(10))
+            .unwrap_err();
+        assert_eq!(err.setting, "send_timeout");
+        let config = RelayConfig {
+            send_timeout: Duration::from_secs(8),
+            ..RelayConfig::default()
+        };
+        config.validate_with_lease(Duration::from_secs(10)).unwrap();
     }
 }

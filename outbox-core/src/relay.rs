@@ -31,13 +31,19 @@ pub struct Relay<S, D> {
     stats: Arc<Stats>,
 }
 
-/// A claimed batch, its claim's identity (which its reports name) and when
-/// it was claimed (the lease started no later).
+/// A claimed batch, its claim's identity (which its reports name), when
+/// the relay asked for it and when its lease began.
 struct Claimed<I> {
     claim: ClaimId,
     items: Vec<I>,
     at: Instant,
+    leased_at: Instant,
 }
+
+/// The part of a lease kept free after the last send may end, so that the
+/// batch's reports reach the source before it ends the lease (a database's
+/// idle timeout, say): a tenth.
+const LEASE_MARGIN_DIVISOR: u32 = 10;
 
 impl<S, D> Relay<S, D>
 where
@@ -46,7 +52,17 @@ where
 {
     /// Builds a relay; fails if a setting is invalid, naming it.
     pub fn new(source: S, destination: D, config: RelayConfig) -> Result<Self, ConfigError> {
-        config.validate_with_lease(source.lease())?;
+        let lease = source.lease();
+        config.validate_with_lease(lease)?;
+        if config.send_timeout > lease / 2 {
+            tracing::warn!(
+                ?lease,
+                send_timeout = ?config.send_timeout,
+                "send_timeout is over half the source's lease: a send may start only in the first \
+                 {:?} of a lease, and a claim slower than that under load releases its batch unsent",
+                Self::send_window(lease, config.send_timeout)
+            );
+        }
         let stats = Arc::new(Stats::new(config.stall_after));
         Ok(Self {
             source,
@@ -150,6 +166,12 @@ where
         Ok(())
     }
 
+    /// How long into a lease a send may still start: it ends by the lease's
+    /// end less a tenth, leaving that for the batch's reports.
+    fn send_window(lease: Duration, send_timeout: Duration) -> Duration {
+        lease.saturating_sub(send_timeout + lease / LEASE_MARGIN_DIVISOR)
+    }
+
     /// Claims a batch; `None` on error (logged and counted) or shutdown.
     async fn claim(&self, shutdown: &CancellationToken) -> Option<Claimed<S::Item>> {
         if shutdown.is_cancelled() {
@@ -158,7 +180,7 @@ where
         let at = Instant::now();
         match self.source.claim(self.config.batch_size).await {
             Ok(claim) => {
-                let id = claim.id();
+                let (id, leased_at) = (claim.id(), claim.leased_at());
                 let items = claim.into_items();
                 self.stats.claim_succeeded();
                 if !items.is_empty() {
@@ -171,6 +193,7 @@ where
                     claim: id,
                     items,
                     at,
+                    leased_at,
                 })
             }
             Err(err) => {
@@ -209,8 +232,8 @@ where
         let span =
             tracing::info_span!("outbox_batch", run_id = %Uuid::now_v7(), size = batch.items.len());
         let bounds = Bounds {
-            last_send_start: batch.at
-                + self.source.lease().saturating_sub(self.config.send_timeout),
+            last_send_start: batch.leased_at
+                + Self::send_window(self.source.lease(), self.config.send_timeout),
             stop,
         };
         let delivery =
@@ -294,6 +317,7 @@ where
         if total > outcome.released.len() {
             stats.progressed();
         }
+        stats.batch_sent(expired > 0 && total == outcome.released.len());
         if expired > 0 {
             tracing::warn!(
                 count = expired,

@@ -31,9 +31,14 @@ pub struct Stats {
     pub end_to_end_latency: Histogram,
     last_claim_ms: AtomicU64,
     last_progress_ms: AtomicU64,
+    /// Batches in a row released unsent because their lease left no time.
+    unsent_in_a_row: AtomicU64,
     last_error: Mutex<Option<String>>,
     backlog: Mutex<Option<Backlog>>,
 }
+
+/// Batches in a row released unsent before the relay reports unhealthy.
+const UNSENT_BATCHES_UNHEALTHY: u64 = 3;
 
 /// Whether the relay is making progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,7 @@ impl Stats {
             end_to_end_latency: Histogram::default(),
             last_claim_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
+            unsent_in_a_row: AtomicU64::new(0),
             last_error: Mutex::new(None),
             backlog: Mutex::new(None),
         }
@@ -79,6 +85,16 @@ impl Stats {
     pub(crate) fn progressed(&self) {
         self.last_progress_ms
             .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Counts a reported batch: `unsent` when the lease left no time to
+    /// send any of it.
+    pub(crate) fn batch_sent(&self, unsent: bool) {
+        if unsent {
+            self.unsent_in_a_row.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.unsent_in_a_row.store(0, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn record_error(&self, error: String) {
@@ -109,8 +125,9 @@ impl Stats {
     }
 
     /// Whether the relay is making progress: a claim succeeded within
-    /// `stall_after`, and, if items are in flight, one of them reached an
-    /// outcome within `stall_after`.
+    /// `stall_after`, the last batches were not all released unsent for
+    /// want of time in their lease, and, if items are in flight, one of
+    /// them reached an outcome within `stall_after`.
     pub fn health(&self) -> Health {
         let now = self.now_ms();
         let since_claim =
@@ -121,8 +138,17 @@ impl Stats {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let unsent = self.unsent_in_a_row.load(Ordering::Relaxed);
         let (healthy, reason) = if since_claim > self.stall_after {
             (false, format!("no successful claim for {since_claim:?}"))
+        } else if unsent >= UNSENT_BATCHES_UNHEALTHY {
+            (
+                false,
+                format!(
+                    "{unsent} batches in a row released unsent: their lease left no time to \
+                     send (claims slower than the lease less send_timeout)"
+                ),
+            )
         } else if in_flight > 0 && self.since_progress() > self.stall_after {
             (
                 false,

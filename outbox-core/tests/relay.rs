@@ -153,15 +153,25 @@ fn bad_configuration_names_the_setting() {
     assert_eq!(err.setting, "max_concurrent_keys");
 }
 
-/// A source whose backlog query is slow, as a full count of a large
-/// outbox is.
-struct SlowBacklog(MemorySource);
+/// A memory source made slow where a database under load is: its claims
+/// (before the lease is taken, or after, eating into it) and its backlog
+/// count.
+#[derive(Default)]
+struct Slow {
+    source: MemorySource,
+    before_claim: Duration,
+    after_claim: Duration,
+    backlog: Duration,
+}
 
-impl outbox_core::Source for SlowBacklog {
+impl outbox_core::Source for Slow {
     type Item = Message;
 
     async fn claim(&self, limit: usize) -> Result<outbox_core::Claim<Message>, outbox_core::Error> {
-        self.0.claim(limit).await
+        tokio::time::sleep(self.before_claim).await;
+        let claim = self.source.claim(limit).await;
+        tokio::time::sleep(self.after_claim).await;
+        claim
     }
 
     async fn ack(
@@ -169,7 +179,7 @@ impl outbox_core::Source for SlowBacklog {
         claim: outbox_core::ClaimId,
         items: &[Message],
     ) -> Result<(), outbox_core::Error> {
-        self.0.ack(claim, items).await
+        self.source.ack(claim, items).await
     }
 
     async fn retry(
@@ -177,7 +187,7 @@ impl outbox_core::Source for SlowBacklog {
         claim: outbox_core::ClaimId,
         failures: &[outbox_core::Failure<Message>],
     ) -> Result<(), outbox_core::Error> {
-        self.0.retry(claim, failures).await
+        self.source.retry(claim, failures).await
     }
 
     async fn dead_letter(
@@ -185,7 +195,7 @@ impl outbox_core::Source for SlowBacklog {
         claim: outbox_core::ClaimId,
         failures: &[outbox_core::Failure<Message>],
     ) -> Result<(), outbox_core::Error> {
-        self.0.dead_letter(claim, failures).await
+        self.source.dead_letter(claim, failures).await
     }
 
     async fn release(
@@ -193,21 +203,80 @@ impl outbox_core::Source for SlowBacklog {
         claim: outbox_core::ClaimId,
         items: &[Message],
     ) -> Result<(), outbox_core::Error> {
-        self.0.release(claim, items).await
+        self.source.release(claim, items).await
     }
 
     fn lease(&self) -> Duration {
-        self.0.lease()
+        self.source.lease()
     }
 
     async fn wait_for_work(&self) {
-        self.0.wait_for_work().await
+        self.source.wait_for_work().await
     }
 
     async fn backlog(&self) -> Result<Option<outbox_core::Backlog>, outbox_core::Error> {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        self.0.backlog().await
+        tokio::time::sleep(self.backlog).await;
+        self.source.backlog().await
     }
+}
+
+/// A claim that takes most of the lease before taking it (a claim
+/// statement slowed by load, on a source whose lease runs from the end of
+/// the claim) leaves the whole lease to send: lease 3 s, send timeout 2 s,
+/// claims of 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_claim_does_not_eat_the_time_to_send() {
+    let source = MemorySource::new(Duration::from_secs(3));
+    source.enqueue(numbered_messages("t", 10, 1));
+    let destination = MemoryDestination::new();
+    let slow = Slow {
+        source: source.clone(),
+        before_claim: Duration::from_secs(2),
+        ..Slow::default()
+    };
+    let config = RelayConfig {
+        send_timeout: Duration::from_secs(2),
+        ..fast()
+    };
+    let relay = run_relay(slow, destination.clone(), config);
+    let delivered = destination.wait_for(10, Duration::from_secs(15)).await;
+    let released = Stats::get(&relay.stats.released);
+    relay.stop().await;
+    assert!(
+        delivered,
+        "the batch was released unsent, claim after claim"
+    );
+    assert_eq!(released, 0, "items were released unsent");
+}
+
+/// A relay whose batches are released unsent, claim after claim, says so in
+/// its health instead of answering healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_released_unsent_again_and_again_make_the_relay_unhealthy() {
+    let source = MemorySource::new(Duration::from_secs(3));
+    source.enqueue(numbered_messages("t", 10, 1));
+    let slow = Slow {
+        source: source.clone(),
+        after_claim: Duration::from_millis(2500),
+        ..Slow::default()
+    };
+    let config = RelayConfig {
+        send_timeout: Duration::from_secs(2),
+        ..fast()
+    };
+    let relay = run_relay(slow, MemoryDestination::new(), config);
+    let unhealthy = eventually(Duration::from_secs(30), || async {
+        !relay.stats.health().healthy
+    })
+    .await;
+    let health = relay.stats.health();
+    relay.stop().await;
+    assert!(unhealthy, "healthy while nothing could be sent: {health:?}");
+    assert!(
+        health.reason.contains("released unsent"),
+        "{}",
+        health.reason
+    );
 }
 
 /// The backlog is counted off the claim path: a slow count never delays a
@@ -219,7 +288,12 @@ async fn a_slow_backlog_query_never_delays_delivery() {
     source.enqueue(numbered_messages("t", 10, 1));
     let destination = MemoryDestination::new();
     let started = Instant::now();
-    let relay = run_relay(SlowBacklog(source.clone()), destination.clone(), fast());
+    let slow = Slow {
+        source: source.clone(),
+        backlog: Duration::from_secs(3),
+        ..Slow::default()
+    };
+    let relay = run_relay(slow, destination.clone(), fast());
     assert!(destination.wait_for(10, Duration::from_secs(10)).await);
     let took = started.elapsed();
     source.enqueue(numbered_messages("t", 1, 1));

@@ -98,6 +98,8 @@ impl Source for SqliteSource {
 
     async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
         let claim = ClaimId::new();
+        // The lease's end is written into the rows from this clock reading.
+        let leased_at = std::time::Instant::now();
         let now = now_us();
         let rows = sqlx::query(&self.outbox.sql.claim)
             .bind(claim.as_uuid())
@@ -151,7 +153,7 @@ impl Source for SqliteSource {
             self.by_ids(&self.outbox.sql.release_prefix, claim, &behind)
                 .await?;
         }
-        Ok(Claim::new(claim, claimed))
+        Ok(Claim::leased_since(claim, claimed, leased_at))
     }
 
     async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {

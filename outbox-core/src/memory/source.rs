@@ -198,7 +198,7 @@ impl Source for MemorySource {
             row.lease_until = lease_until;
             claimed.push(row.message.clone());
         }
-        Ok(Claim::new(claim, claimed))
+        Ok(Claim::leased_since(claim, claimed, now))
     }
 
     async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
