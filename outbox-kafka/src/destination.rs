@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::error::classify;
+use crate::retiring::Retiring;
 use crate::KafkaConfig;
 
 /// Publishes outbox messages to Kafka; see the crate docs. Cheap to clone
@@ -24,7 +25,7 @@ use crate::KafkaConfig;
 /// the relay sends the failed messages again, in order.
 #[derive(Clone)]
 pub struct KafkaDestination {
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<Arc<Retiring>>>,
     rebuilt_at: Arc<Mutex<Instant>>,
     config: KafkaConfig,
 }
@@ -43,7 +44,7 @@ impl KafkaDestination {
     pub fn new(config: KafkaConfig) -> Result<Self, Error> {
         let producer = config.producer()?;
         Ok(Self {
-            producer: Arc::new(RwLock::new(producer)),
+            producer: Arc::new(RwLock::new(Arc::new(Retiring::new(producer)))),
             rebuilt_at: Arc::new(Mutex::new(Instant::now())),
             config,
         })
@@ -87,10 +88,12 @@ impl KafkaDestination {
 
     /// The producer in use now.
     pub fn producer(&self) -> FutureProducer {
-        self.producer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        FutureProducer::clone(&self.current())
+    }
+
+    /// The producer in use now, as sends hold it (see [`Retiring`]).
+    fn current(&self) -> Arc<Retiring> {
+        Arc::clone(&self.producer.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Replaces a producer a send gave up on (its deadline passed, or the
@@ -105,7 +108,13 @@ impl KafkaDestination {
         match self.config.producer() {
             Ok(fresh) => {
                 tracing::warn!("kafka producer timed out or failed fatally; replaced by a new one");
-                *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                let old = std::mem::replace(
+                    &mut *self.producer.write().unwrap_or_else(|e| e.into_inner()),
+                    Arc::new(Retiring::new(fresh)),
+                );
+                // Out of the lock; destroyed on a thread of its own once
+                // the sends holding it end.
+                drop(old);
             }
             Err(err) => tracing::warn!(error = %err, "kafka producer could not be rebuilt"),
         }
@@ -325,7 +334,7 @@ impl Destination for KafkaDestination {
     /// reports awaited in that order (see `send_run`).
     async fn send_ordered(&self, messages: &[Message]) -> Vec<Result<(), Error>> {
         let mut cancelled = RebuildIfDropped(Some(self));
-        let producer = self.producer();
+        let producer = self.current();
         let start = Instant::now();
         let window = SendWindow {
             deadline: tokio::time::Instant::from_std(start + self.config.delivery_timeout),

@@ -20,6 +20,7 @@
 mod config;
 mod destination;
 mod error;
+mod retiring;
 
 pub use config::KafkaConfig;
 pub use destination::KafkaDestination;

@@ -480,3 +480,43 @@ async fn create_topics_asks_for_the_replication_factor() {
         .collect();
     assert_eq!(replicas, vec![3, 3]);
 }
+
+/// Replacing a producer that reached its deadline never stalls the runtime:
+/// destroying a librdkafka producer joins its threads, and the send that
+/// held the last clone did it on a runtime worker. A ticker on a
+/// one-thread runtime must keep ticking while the send fails and the
+/// producer is replaced.
+#[test]
+fn replacing_a_stuck_producer_never_blocks_the_runtime() {
+    use outbox_core::Destination;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let longest_gap = runtime.block_on(async {
+        let topic = format!("outbox-test-retire-{}", Uuid::now_v7().simple());
+        let destination = destination_that_creates_no_topic(Duration::from_secs(1));
+        let ticker = tokio::spawn(async {
+            let mut longest = Duration::ZERO;
+            let mut last = Instant::now();
+            for _ in 0..300 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+            }
+            longest
+        });
+        let messages: Vec<Message> = (0..100)
+            .map(|_| Message::builder(topic.clone(), "key").build().unwrap())
+            .collect();
+        let results = destination.send_ordered(&messages).await;
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        drop(destination);
+        ticker.await.unwrap()
+    });
+    println!("longest gap between ticks: {longest_gap:?}");
+    assert!(
+        longest_gap < Duration::from_millis(200),
+        "the runtime stalled for {longest_gap:?} while a producer was replaced"
+    );
+}
