@@ -268,6 +268,17 @@ mod tests {
             setting(&[("OUTBOX_DESTINATION__ROOT_CERTIFICATES", "/no/such/ca.pem")]),
             "destination.root_certificates"
         );
+        assert_eq!(
+            setting(&[("OUTBOX_LOG__LEVEL", "outbox_core=loud")]),
+            "log.level"
+        );
+        assert_eq!(
+            setting(&[
+                ("OUTBOX_SOURCE__MAX_CONNECTIONS", "3"),
+                ("OUTBOX_SOURCE__LEADER_ONLY", "true")
+            ]),
+            "source.max_connections"
+        );
         let unknown = load(&f, vars(&[("OUTBOX_RELAY__BATCH", "5")])).unwrap_err();
         assert!(
             unknown.reason.contains("unknown field `batch`"),

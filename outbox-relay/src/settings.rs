@@ -304,10 +304,46 @@ impl Settings {
                 format!("must be \"text\" or \"json\", got {:?}", self.log.format),
             ));
         }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!(
+                    "{:?} is not a tracing filter such as \"info\" or \"outbox_core=debug,info\"",
+                    self.log.level
+                ),
+            ));
+        }
+        let needed = self.connections_needed();
+        if source.kind != SourceKind::Sqlite && source.max_connections < needed {
+            return Err(ConfigError::new(
+                "source.max_connections",
+                format!(
+                    "{} is too few: this relay holds up to {needed} connections at once (a \
+                     transaction per open batch, the backlog count, and the LISTEN, leader and \
+                     cleanup connections its settings ask for)",
+                    source.max_connections
+                ),
+            ));
+        }
         let lease = std::time::Duration::from_millis(source.lease_ms);
         self.relay
             .validate_with_lease(lease)
             .map_err(|err| ConfigError::new(format!("relay.{}", err.setting), err.reason))
+    }
+}
+
+impl Settings {
+    /// The most database connections the relay holds at once: one per open
+    /// batch (two with prefetch; a PostgreSQL or MySQL batch is an open
+    /// transaction), the backlog count, and the LISTEN (PostgreSQL with
+    /// notify), leader (leader_only) and cleanup (mark_done) connections.
+    fn connections_needed(&self) -> u32 {
+        let source = &self.source;
+        let batches = if self.relay.prefetch { 2 } else { 1 };
+        let listen = u32::from(source.kind == SourceKind::Postgres && source.notify);
+        let leader = u32::from(source.leader_only);
+        let cleanup = u32::from(source.ack == Ack::MarkDone);
+        batches + 1 + listen + leader + cleanup
     }
 }
 
