@@ -1,0 +1,185 @@
+//! Sustained load, as a new user would try it: three `outbox-relay`
+//! processes (PostgreSQL -> NATS JetStream) with a short lease (3 s,
+//! `send_timeout` 2 s), and 8 writers committing 1 to 20 messages per
+//! transaction as fast as they can. Once with the server's autovacuum as
+//! the bench leaves it (off), once with it on. The relays must keep up:
+//! the backlog stays bounded and commit to broker stays within a few
+//! leases; nothing is lost, each key in order.
+//!
+//! `OUTBOX_SUSTAINED_SECONDS` sets each phase's length (default 15; the
+//! long run is `OUTBOX_SUSTAINED_SECONDS=300 cargo test --release -p
+//! outbox-relay --test sustained -- --nocapture`). Each second it prints
+//! the backlog, the delivered count and PostgreSQL's notification queue
+//! usage.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outbox_core::Message;
+use outbox_testkit::{assert_order_per_key, eventually};
+use sqlx::PgPool;
+use support::*;
+use uuid::Uuid;
+
+const WRITERS: usize = 8;
+const RELAYS: usize = 3;
+const LEASE: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_keep_up_with_writers_at_full_speed() {
+    let seconds: u64 = std::env::var("OUTBOX_SUSTAINED_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let (_, admin) = table("sustained_admin").await;
+    for autovacuum in [false, true] {
+        set_autovacuum(&admin, autovacuum).await;
+        let phase = run_phase(seconds, autovacuum).await;
+        set_autovacuum(&admin, false).await;
+        phase.unwrap_or_else(|failure| panic!("autovacuum {autovacuum}: {failure}"));
+    }
+}
+
+/// Turns the cluster's autovacuum on or back to the bench's setting.
+async fn set_autovacuum(pool: &PgPool, on: bool) {
+    let statement = if on {
+        "ALTER SYSTEM SET autovacuum = on"
+    } else {
+        "ALTER SYSTEM RESET autovacuum"
+    };
+    sqlx::query(statement).execute(pool).await.unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
+    let name = if autovacuum {
+        "sustained_vacuumed"
+    } else {
+        "sustained"
+    };
+    let subject = name.replace('_', "-");
+    let (outbox, pool) = table(name).await;
+    let _stream = stream(&name.to_uppercase(), &subject).await;
+    let publishes = Publishes::record(&subject).await;
+    let config = settings(name, spare_port(), "");
+    let env = [
+        ("OUTBOX_HTTP__LISTEN", String::new()),
+        ("OUTBOX_SOURCE__LEASE_MS", LEASE.as_millis().to_string()),
+        ("OUTBOX_RELAY__SEND_TIMEOUT", "2000".to_string()),
+    ];
+    let mut relays = RelayProcesses::start(config, name, &env, RELAYS);
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed: Arc<Mutex<Vec<(Message, Instant)>>> = Arc::default();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (outbox, pool, committed, stop) = (
+                outbox.clone(),
+                pool.clone(),
+                committed.clone(),
+                stop.clone(),
+            );
+            let subject = subject.clone();
+            tokio::spawn(async move {
+                let mut n = 0_usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let size = 1 + (n * 7 + writer) % 20;
+                    // Each writer its own 125 keys: the order a writer
+                    // notes its commits in is then each key's commit order
+                    // (two writers of one key could note theirs the other
+                    // way round).
+                    let batch: Vec<Message> = (0..size)
+                        .map(|i| {
+                            let key = writer * 125 + (n * 31 + i * 17) % 125;
+                            Message::builder(format!("{subject}.orders"), format!("key-{key}"))
+                                .payload(vec![b'x'; 200])
+                                .build()
+                                .unwrap()
+                        })
+                        .collect();
+                    n += 1;
+                    commit(&outbox, &pool, &batch).await;
+                    let at = Instant::now();
+                    committed
+                        .lock()
+                        .unwrap()
+                        .extend(batch.into_iter().map(|m| (m, at)));
+                }
+            })
+        })
+        .collect();
+
+    // Once a second: backlog, delivered, notification queue.
+    let mut most_waiting = 0;
+    println!("phase {name} (autovacuum {autovacuum})");
+    println!("   s   written  delivered  waiting  notify-queue");
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        relays.assert_running();
+        let waiting = outbox.backlog(&pool).await.unwrap().waiting;
+        most_waiting = most_waiting.max(waiting);
+        let usage: f64 = sqlx::query_scalar("SELECT pg_notification_queue_usage()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        println!(
+            "{:>4}  {:>8}  {:>9}  {:>7}  {usage:.6}",
+            started.elapsed().as_secs(),
+            committed.lock().unwrap().len(),
+            publishes.count(),
+            waiting
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let written = started.elapsed();
+    let committed = std::mem::take(&mut *committed.lock().unwrap());
+    let messages: Vec<Message> = committed.iter().map(|(m, _)| m.clone()).collect();
+    let arrived = eventually(DEADLINE, || async { publishes.has_all(&messages) }).await;
+    relays.stop().await;
+    if !arrived {
+        return Err("a committed message never reached the broker".into());
+    }
+    assert_order_per_key(&messages, &publishes.keyed(&messages));
+
+    let mut first: HashMap<Uuid, Instant> = HashMap::new();
+    for (id, at) in publishes.arrivals() {
+        first.entry(id).or_insert(at);
+    }
+    let mut latency: Vec<Duration> = committed
+        .iter()
+        .map(|(m, at)| first[&m.id].saturating_duration_since(*at))
+        .collect();
+    latency.sort();
+    let p = |q: f64| latency[((latency.len() - 1) as f64 * q) as usize];
+    let rate = messages.len() as f64 / written.as_secs_f64();
+    println!(
+        "{name}: {} messages in {written:?} ({rate:.0} msg/s) by {WRITERS} writers through {RELAYS} \
+         relays; commit to broker p50 {:?}, p99 {:?}, max {:?}; most waiting {most_waiting}",
+        messages.len(),
+        p(0.5),
+        p(0.99),
+        latency[latency.len() - 1]
+    );
+    // Bounded: never more than about five seconds of writes waiting, and
+    // commit to broker within a few leases.
+    if most_waiting as f64 > rate * 5.0 {
+        return Err(format!(
+            "the backlog grew to {most_waiting} ({rate:.0} msg/s written)"
+        ));
+    }
+    if p(0.99) > LEASE * 3 {
+        return Err(format!("commit to broker p99 {:?}", p(0.99)));
+    }
+    Ok(())
+}
