@@ -67,6 +67,13 @@ pub async fn relay_to<S: Source<Item = Message>>(
             if let Some(timeout) = timeout {
                 nats.ack_timeout = timeout;
             }
+            if let Some(token) = &settings.token {
+                nats.auth = outbox_nats::NatsAuth::Token(token.clone());
+            } else if let Some(seed) = &settings.nkey {
+                nats.auth = outbox_nats::NatsAuth::NKey(seed.clone());
+            } else if let Some(path) = &settings.credentials_file {
+                nats.auth = outbox_nats::NatsAuth::CredentialsFile(path.clone());
+            }
             run!(outbox_nats::NatsDestination::connect(nats).await?)
         }
         #[allow(unreachable_patterns)]

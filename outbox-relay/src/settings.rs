@@ -105,8 +105,9 @@ pub enum DestinationKind {
     Nats,
 }
 
-/// The `[destination]` table.
-#[derive(Debug, Deserialize)]
+/// The `[destination]` table. Its `Debug` hides every secret: the URL's
+/// credentials, the values of Kafka properties, the NATS token and nkey.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSettings {
     /// `kafka`, `amqp` or `nats`.
@@ -128,6 +129,31 @@ pub struct DestinationSettings {
     pub root_certificates: Option<std::path::PathBuf>,
     /// Kafka delivery timeout, NATS JetStream ack timeout, in ms.
     pub timeout_ms: Option<u64>,
+    /// NATS: a token to authenticate with (instead of one in the URL).
+    pub token: Option<String>,
+    /// NATS: an nkey seed (`SU...`) to authenticate with.
+    pub nkey: Option<String>,
+    /// NATS: a `.creds` file (a user JWT and its nkey seed).
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for DestinationSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { Some("***") } else { None };
+        f.debug_struct("DestinationSettings")
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_deref().map(outbox_core::redact_url))
+            .field("brokers", &self.brokers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("mode", &self.mode)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("root_certificates", &self.root_certificates)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("token", &hidden(self.token.is_some()))
+            .field("nkey", &hidden(self.nkey.is_some()))
+            .field("credentials_file", &self.credentials_file)
+            .finish()
+    }
 }
 
 /// The `[http]` table.
@@ -253,6 +279,30 @@ impl Settings {
         }
         if destination.kind == DestinationKind::Kafka {
             refuses("root_certificates", destination.root_certificates.is_some())?;
+        }
+        if destination.kind != DestinationKind::Nats {
+            refuses("token", destination.token.is_some())?;
+            refuses("nkey", destination.nkey.is_some())?;
+            refuses("credentials_file", destination.credentials_file.is_some())?;
+        }
+        let ways = [
+            destination.token.is_some(),
+            destination.nkey.is_some(),
+            destination.credentials_file.is_some(),
+        ];
+        if ways.iter().filter(|set| **set).count() > 1 {
+            return Err(ConfigError::new(
+                "destination.token",
+                "token, nkey and credentials_file are three ways to authenticate: set one",
+            ));
+        }
+        if let Some(path) = &destination.credentials_file {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "destination.credentials_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
         }
         if let Some(path) = &destination.root_certificates {
             if !path.is_file() {

@@ -401,3 +401,43 @@ where
     );
     println!("{name}: the standby delivered {took:?} after the leader stopped (lease 2 s)");
 }
+
+/// The standalone relay authenticates to NATS with a token of its
+/// settings (`destination.token`), not only one inside the URL: a
+/// nats-server of the test's own that lets in only that token receives
+/// every message, and the token never reaches the output, at trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_authenticates_to_nats_with_a_token_of_its_settings() {
+    use support::servers::OwnNats;
+    let token = "T0ken-Sup3rS3cret";
+    let nats = OwnNats::start_with_token(token).await;
+    let authenticated = nats.url().replacen("://", &format!("://{token}@"), 1);
+    let _stream = stream_at(&authenticated, "RELAY_TOKEN", "relay-token").await;
+    let publishes = Publishes::record_at(&authenticated, "relay-token").await;
+    let (outbox, pool) = table("relay_token").await;
+    let messages = numbered_messages("relay-token.orders", 5, 2);
+    commit(&outbox, &pool, &messages).await;
+    let destination = format!(
+        "kind = \"nats\"\nurl = \"{}\"\ntoken = \"{token}\"",
+        nats.url()
+    );
+    let config = settings_with(
+        &postgres_source("relay_token"),
+        &destination,
+        "relay_token",
+        spare_port(),
+        "",
+    );
+    let mut command = relay(&config, &["run"]);
+    command.env("OUTBOX_LOG__LEVEL", "trace");
+    let child = command.spawn().unwrap();
+    let arrived = eventually(DEADLINE, || async { publishes.has_all(&messages) }).await;
+    sigterm(&child);
+    let (code, text) = finish(child, DEADLINE).await;
+    assert!(
+        arrived,
+        "nothing reached the server that takes the token:\n{text}"
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains(token), "the token was printed:\n{text}");
+}

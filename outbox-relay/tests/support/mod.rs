@@ -77,8 +77,29 @@ pub async fn stream(name: &str, subject: &str) -> stream::Stream {
 }
 
 /// A fresh stream `name` on `<subject>.>` on the NATS server at `url`.
+/// A client of the NATS server at `url`; `nats://TOKEN@host` presents
+/// TOKEN as a token, as NATS URLs mean it (async-nats would send it as a
+/// user name).
+pub async fn connect_nats(url: &str) -> async_nats::Client {
+    let token = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo)
+        .filter(|userinfo| !userinfo.contains(':'));
+    let connected = match token {
+        Some(token) => {
+            let bare = url.replacen(&format!("{token}@"), "", 1);
+            async_nats::ConnectOptions::with_token(token.to_string())
+                .connect(bare)
+                .await
+        }
+        None => async_nats::connect(url).await,
+    };
+    connected.expect("NATS reachable")
+}
+
 pub async fn stream_at(url: &str, name: &str, subject: &str) -> stream::Stream {
-    let client = async_nats::connect(url).await.expect("NATS reachable");
+    let client = connect_nats(url).await;
     let context = jetstream::new(client);
     let _ = context.delete_stream(name).await;
     context
@@ -338,7 +359,7 @@ impl Publishes {
 
     /// Subscribes to `<subject>.>` on the NATS server at `url` now.
     pub async fn record_at(url: &str, subject: &str) -> Self {
-        let client = async_nats::connect(url).await.expect("NATS reachable");
+        let client = connect_nats(url).await;
         let mut subscriber = client.subscribe(format!("{subject}.>")).await.unwrap();
         let seen: Arc<Mutex<Vec<(Uuid, Instant)>>> = Default::default();
         let task = {

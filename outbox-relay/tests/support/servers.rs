@@ -29,6 +29,8 @@ pub struct OwnNats {
     child: Option<Child>,
     /// Certificate and key when it requires TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// The token clients must present, if any.
+    token: Option<String>,
 }
 
 impl OwnNats {
@@ -42,7 +44,16 @@ impl OwnNats {
         Self::start_with(Some(certificates)).await
     }
 
+    /// A server that lets in only clients presenting `token`.
+    pub async fn start_with_token(token: &str) -> Self {
+        Self::start_as(None, Some(token.to_string())).await
+    }
+
     async fn start_with(certificates: Option<&Certificates>) -> Self {
+        Self::start_as(certificates, None).await
+    }
+
+    async fn start_as(certificates: Option<&Certificates>, token: Option<String>) -> Self {
         let port = spare_port();
         let dir = std::env::temp_dir().join(format!("outbox-own-nats-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -52,6 +63,7 @@ impl OwnNats {
             dir,
             child: None,
             tls,
+            token,
         };
         server.spawn();
         wait_for_port(port, "own nats-server").await;
@@ -72,6 +84,9 @@ impl OwnNats {
                 "-sd",
             ])
             .arg(self.dir.join("store"));
+        if let Some(token) = &self.token {
+            command.arg("--auth").arg(token);
+        }
         if let Some((certificate, key)) = &self.tls {
             command
                 .arg("--tls")
