@@ -5,14 +5,16 @@ use std::time::Duration;
 use outbox_core::{CancellationToken, Error, Message, Relay, RelayConfig, Source};
 
 use crate::settings::{DestinationKind, DestinationSettings};
+use crate::startup::{until_up, Readiness};
 
-/// Connects the destination `settings` name and runs a relay from `source`
-/// to it until `shutdown`; `started` receives the relay's statistics.
+/// Connects the destination `settings` name (trying again while it cannot
+/// be reached) and runs a relay from `source` to it until `shutdown`;
+/// `readiness` gets the relay's statistics once it runs.
 pub async fn relay_to<S: Source<Item = Message>>(
     settings: &DestinationSettings,
     source: S,
     config: RelayConfig,
-    started: impl FnOnce(std::sync::Arc<outbox_core::Stats>),
+    readiness: &Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let timeout = settings.timeout_ms.map(Duration::from_millis);
@@ -20,9 +22,12 @@ pub async fn relay_to<S: Source<Item = Message>>(
     let url = settings.url.clone().unwrap_or_default();
     macro_rules! run {
         ($destination:expr) => {{
-            let relay = Relay::new(source, $destination, config)
+            let Some(destination) = $destination else {
+                return Ok(());
+            };
+            let relay = Relay::new(source, destination, config)
                 .map_err(|err| Error::permanent(format!("invalid configuration: relay.{err}")))?;
-            started(relay.stats());
+            readiness.running(relay.stats());
             relay.run(shutdown).await
         }};
     }
@@ -41,7 +46,7 @@ pub async fn relay_to<S: Source<Item = Message>>(
             if let Some(timeout) = timeout {
                 kafka.delivery_timeout = timeout;
             }
-            run!(outbox_kafka::KafkaDestination::new(kafka)?)
+            run!(Some(outbox_kafka::KafkaDestination::new(kafka)?))
         }
         #[cfg(feature = "amqp")]
         DestinationKind::Amqp => {
@@ -50,7 +55,8 @@ pub async fn relay_to<S: Source<Item = Message>>(
                 root_certificates: settings.root_certificates.clone(),
                 ..outbox_amqp::AmqpConfig::default()
             };
-            run!(outbox_amqp::AmqpDestination::connect(amqp).await?)
+            let connect = || outbox_amqp::AmqpDestination::connect(amqp.clone());
+            run!(until_up("broker", readiness, &shutdown, connect).await?)
         }
         #[cfg(feature = "nats")]
         DestinationKind::Nats => {
@@ -74,7 +80,8 @@ pub async fn relay_to<S: Source<Item = Message>>(
             } else if let Some(path) = &settings.credentials_file {
                 nats.auth = outbox_nats::NatsAuth::CredentialsFile(path.clone());
             }
-            run!(outbox_nats::NatsDestination::connect(nats).await?)
+            let connect = || outbox_nats::NatsDestination::connect(nats.clone());
+            run!(until_up("broker", readiness, &shutdown, connect).await?)
         }
         #[allow(unreachable_patterns)]
         kind => Err(Error::permanent(format!(

@@ -6,15 +6,18 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use outbox_core::{CancellationToken, Stats};
+use outbox_core::CancellationToken;
 use tokio::net::TcpListener;
 
-/// Serves the endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
+use crate::startup::Readiness;
+
+/// Serves the endpoints on `listener` until `shutdown`, from start-up on:
+/// before the relay runs, `/healthz` answers 503 with what it waits for.
+pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, shutdown: CancellationToken) {
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(stats);
+        .with_state(readiness);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -24,8 +27,14 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: Cancellat
 }
 
 /// 200 while the relay claims and delivers, 503 with the reason when it
-/// stalls.
-async fn healthz(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
+/// stalls or has not started yet.
+async fn healthz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
+    let Some(stats) = readiness.stats() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            readiness.waiting_for() + "\n",
+        );
+    };
     let health = stats.health();
     let status = if health.healthy {
         StatusCode::OK
@@ -40,9 +49,10 @@ async fn healthz(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
     (status, body + "\n")
 }
 
-async fn metrics(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&stats),
-    )
+async fn metrics(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
+    let body = match readiness.stats() {
+        Some(stats) => crate::metrics::render(stats),
+        None => format!("# {}\n", readiness.waiting_for()),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

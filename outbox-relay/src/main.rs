@@ -18,6 +18,7 @@ mod metrics;
 mod outbox;
 mod run;
 mod settings;
+mod startup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

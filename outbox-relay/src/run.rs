@@ -1,10 +1,12 @@
 //! `outbox-relay run`: relay until SIGTERM or SIGINT, serving `/healthz`
 //! and `/metrics`, cleaning up done rows in mark-done mode.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{redact_url, CancellationToken, Error, Stats};
+
+use crate::startup::{until_up, Readiness};
 
 use crate::destination::relay_to;
 use crate::outbox::Outbox;
@@ -34,25 +36,31 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         "outbox-relay starting"
     );
     let outbox = Arc::new(outbox);
+    let shutdown = CancellationToken::new();
+    let readiness: Arc<Readiness> = Arc::default();
+
+    // Bound and served before any connection, so a port in use fails at
+    // start-up and `/healthz` says what a relay still coming up waits for.
+    if let Some(address) = Some(settings.http.listen.as_str()).filter(|a| !a.is_empty()) {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|err| {
+                Error::permanent(format!("http.listen: cannot listen on {address}: {err}"))
+            })?;
+        tokio::spawn(crate::http::serve(
+            listener,
+            readiness.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    tokio::spawn(stop_on_signal(shutdown.clone()));
     if settings.source.migrate {
-        outbox.migrate().await?;
+        let migrated = until_up("database", &readiness, &shutdown, || outbox.migrate()).await?;
+        if migrated.is_none() {
+            return Ok(());
+        }
         tracing::info!("outbox table migrated");
     }
-    let shutdown = CancellationToken::new();
-    let stats: Arc<OnceLock<Arc<Stats>>> = Arc::default();
-
-    // Bound before relaying, so a port in use fails at start-up.
-    let listener = match settings.http.listen.as_str() {
-        "" => None,
-        address => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|err| {
-                    Error::permanent(format!("http.listen: cannot listen on {address}: {err}"))
-                })?,
-        ),
-    };
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     if settings.source.ack == Ack::MarkDone {
         let retention = settings
             .source
@@ -61,20 +69,6 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         let every = Duration::from_millis(settings.source.cleanup_interval_ms);
         tokio::spawn(clean_up(outbox.clone(), retention, every, shutdown.clone()));
     }
-    let started = {
-        let stats = stats.clone();
-        let shutdown = shutdown.clone();
-        move |relay_stats: Arc<Stats>| {
-            let _ = stats.set(relay_stats.clone());
-            if let Some(listener) = listener {
-                tokio::spawn(crate::http::serve(
-                    listener,
-                    relay_stats,
-                    shutdown.child_token(),
-                ));
-            }
-        }
-    };
     // The relay is generic over the source: one arm per kind compiled in.
     macro_rules! relay {
         ($source:expr) => {
@@ -82,7 +76,7 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
                 &settings.destination,
                 $source,
                 settings.relay.clone(),
-                started,
+                &readiness,
                 shutdown.clone(),
             )
             .await
@@ -90,14 +84,20 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
     }
     let result = match &*outbox {
         #[cfg(feature = "postgres")]
-        Outbox::Postgres(outbox, pool) => relay!(outbox.source(pool.clone()).await?),
+        Outbox::Postgres(outbox, pool) => {
+            let connect = || outbox.source(pool.clone());
+            match until_up("database", &readiness, &shutdown, connect).await? {
+                Some(source) => relay!(source),
+                None => Ok(()),
+            }
+        }
         #[cfg(feature = "mysql")]
         Outbox::Mysql(outbox, pool) => relay!(outbox.source(pool.clone())),
         #[cfg(feature = "sqlite")]
         Outbox::Sqlite(outbox, pool) => relay!(outbox.source(pool.clone())),
     };
     shutdown.cancel();
-    if let Some(stats) = stats.get() {
+    if let Some(stats) = readiness.stats() {
         tracing::info!(
             published = Stats::get(&stats.published),
             retried = Stats::get(&stats.retried),

@@ -441,3 +441,71 @@ async fn the_relay_authenticates_to_nats_with_a_token_of_its_settings() {
     assert_eq!(code, 0, "{text}");
     assert!(!text.contains(token), "the token was printed:\n{text}");
 }
+
+/// A relay started before its broker is up comes up by itself: it stays
+/// running, `/healthz` answers 503 saying what it waits for, and once the
+/// broker starts it delivers and turns healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_before_its_broker_comes_up_by_itself() {
+    use support::servers::OwnNats;
+    let (outbox, pool) = table("relay_early").await;
+    let messages = numbered_messages("relay-early.orders", 5, 2);
+    commit(&outbox, &pool, &messages).await;
+    // The stream is made first; the server is then down for 6 s, and the
+    // relay starts in that window.
+    let mut nats = OwnNats::start().await;
+    let url = nats.url();
+    let stream = stream_at(&url, "RELAY_EARLY", "relay-early").await;
+    let broker_down = tokio::spawn(async move {
+        nats.restart(Duration::from_secs(6)).await;
+        nats
+    });
+    let address = url.trim_start_matches("nats://").to_string();
+    let down = eventually(DEADLINE, || async {
+        tokio::net::TcpStream::connect(&address).await.is_err()
+    })
+    .await;
+    assert!(down, "the broker did not stop");
+    let http_port = spare_port();
+    let destination = format!("kind = \"nats\"\nurl = \"{url}\"");
+    let config = settings_with(
+        &postgres_source("relay_early"),
+        &destination,
+        "relay_early",
+        http_port,
+        "",
+    );
+    let mut child = relay(&config, &["run"]).spawn().unwrap();
+    let waiting = eventually(Duration::from_secs(5), || async {
+        matches!(get(http_port, "/healthz").await, Some((503, body)) if body.contains("broker"))
+    })
+    .await;
+    let exited = child.try_wait().unwrap();
+    let _nats = broker_down.await.unwrap();
+    let delivered = eventually(DEADLINE, || async {
+        outbox.backlog(&pool).await.unwrap().waiting == 0
+    })
+    .await;
+    let healthy = eventually(DEADLINE, || async {
+        matches!(get(http_port, "/healthz").await, Some((200, _)))
+    })
+    .await;
+    sigterm(&child);
+    let (code, text) = finish(child, DEADLINE).await;
+    assert!(
+        exited.is_none(),
+        "the relay exited while its broker was down:\n{text}"
+    );
+    assert!(
+        waiting,
+        "/healthz did not say the relay waits for its broker:\n{text}"
+    );
+    assert!(
+        delivered,
+        "nothing was delivered once the broker came up:\n{text}"
+    );
+    assert!(healthy, "/healthz never turned healthy:\n{text}");
+    assert_eq!(code, 0, "{text}");
+    assert_order_per_key(&messages, &read(&stream, &messages).await);
+    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+}

@@ -54,7 +54,14 @@ impl OwnNats {
     }
 
     async fn start_as(certificates: Option<&Certificates>, token: Option<String>) -> Self {
-        let port = spare_port();
+        Self::start_at(spare_port(), certificates, token).await
+    }
+
+    async fn start_at(
+        port: u16,
+        certificates: Option<&Certificates>,
+        token: Option<String>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("outbox-own-nats-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let tls = certificates.map(|c| c.install(&dir));
