@@ -11,6 +11,7 @@ use crate::claim::read_committed;
 use crate::error::classify;
 use crate::row::{decode, Decoded};
 use crate::sql::placeholders;
+use crate::writer::MAX_ROWS;
 use crate::MysqlOutbox;
 
 impl MysqlOutbox {
@@ -73,15 +74,17 @@ impl MysqlOutbox {
     /// Puts these dead letters back in the delivery path, attempts reset;
     /// returns how many were requeued.
     pub async fn requeue(&self, pool: &MySqlPool, ids: &[Uuid]) -> Result<u64, Error> {
-        if ids.is_empty() {
-            return Ok(0);
+        let mut requeued = 0;
+        // MySQL takes 65,535 placeholders a statement.
+        for ids in ids.chunks(MAX_ROWS) {
+            let sql = format!("{}{}", self.sql.requeue, placeholders(ids.len()));
+            let mut query = sqlx::query(&sql);
+            for id in ids {
+                query = query.bind(*id);
+            }
+            requeued += query.execute(pool).await.map_err(classify)?.rows_affected();
         }
-        let sql = format!("{}{}", self.sql.requeue, placeholders(ids.len()));
-        let mut query = sqlx::query(&sql);
-        for id in ids {
-            query = query.bind(*id);
-        }
-        Ok(query.execute(pool).await.map_err(classify)?.rows_affected())
+        Ok(requeued)
     }
 
     /// Puts every dead letter back in the delivery path; returns how many.

@@ -13,6 +13,10 @@ use crate::schema::statements;
 use crate::sql::{table_lock, Statements};
 use crate::{MysqlConfig, MysqlSource};
 
+/// Most rows (or keys) one statement writes: eight placeholders a row stay
+/// under MySQL's 65,535 a statement.
+pub(crate) const MAX_ROWS: usize = 8_000;
+
 /// One outbox table: writes messages in your transactions, runs migrations,
 /// makes relay sources and answers operators. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -105,37 +109,44 @@ impl MysqlOutbox {
         let mut keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
-        let rows = vec!["(?)"; keys.len()].join(", ");
-        let lock_sql = format!(
-            "{}{rows} ON DUPLICATE KEY UPDATE ordering_key = ordering_key",
-            self.sql.lock_keys_prefix
-        );
-        let mut query = sqlx::query(&lock_sql);
-        for key in &keys {
-            query = query.bind(*key);
+        // In statements of at most MAX_ROWS rows: MySQL takes 65,535
+        // placeholders a statement. Keys are locked in byte order, chunk
+        // after chunk, and rows inserted in order, so `seq` keeps it.
+        for keys in keys.chunks(MAX_ROWS) {
+            let rows = vec!["(?)"; keys.len()].join(", ");
+            let lock_sql = format!(
+                "{}{rows} ON DUPLICATE KEY UPDATE ordering_key = ordering_key",
+                self.sql.lock_keys_prefix
+            );
+            let mut query = sqlx::query(&lock_sql);
+            for key in keys {
+                query = query.bind(*key);
+            }
+            query.execute(&mut *conn).await.map_err(classify)?;
         }
-        query.execute(&mut *conn).await.map_err(classify)?;
-
-        // `next_attempt_at` by the database's clock, as the claim compares
-        // it: an application host ahead of the database would otherwise
-        // hide its new messages for the difference.
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; messages.len()].join(", ");
-        let insert_sql = format!("{}{values}", self.sql.enqueue_prefix);
-        let mut insert = sqlx::query(&insert_sql);
-        for message in messages {
-            let headers =
-                serde_json::to_string(&message.headers).expect("a map of strings serializes");
-            insert = insert
-                .bind(message.id)
-                .bind(&message.ordering_key)
-                .bind(&message.destination)
-                .bind(&message.partition_key)
-                .bind(&message.payload)
-                .bind(headers)
-                .bind(&message.event_type)
-                .bind(message.created_at);
+        for messages in messages.chunks(MAX_ROWS) {
+            // `next_attempt_at` by the database's clock, as the claim
+            // compares it: an application host ahead of the database would
+            // otherwise hide its new messages for the difference.
+            let values =
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; messages.len()].join(", ");
+            let insert_sql = format!("{}{values}", self.sql.enqueue_prefix);
+            let mut insert = sqlx::query(&insert_sql);
+            for message in messages {
+                let headers =
+                    serde_json::to_string(&message.headers).expect("a map of strings serializes");
+                insert = insert
+                    .bind(message.id)
+                    .bind(&message.ordering_key)
+                    .bind(&message.destination)
+                    .bind(&message.partition_key)
+                    .bind(&message.payload)
+                    .bind(headers)
+                    .bind(&message.event_type)
+                    .bind(message.created_at);
+            }
+            insert.execute(&mut *conn).await.map_err(classify)?;
         }
-        insert.execute(&mut *conn).await.map_err(classify)?;
         Ok(())
     }
 

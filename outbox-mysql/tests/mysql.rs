@@ -946,3 +946,21 @@ async fn a_row_that_cannot_be_decoded_is_dead_lettered_and_others_flow() {
         letters[0].error
     );
 }
+
+/// MySQL takes at most 65,535 placeholders a statement: one `enqueue_many`
+/// of 10,000 messages (8 placeholders each), and a `requeue` of 70,000 ids,
+/// go through in statements that fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_with_more_rows_than_a_statement_takes_go_through() {
+    let (outbox, pool) = table("many_rows").await;
+    let messages = numbered_messages("orders", 1000, 10);
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue_many(&mut tx, &messages)
+        .await
+        .expect("10,000 messages in one call");
+    tx.commit().await.unwrap();
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 10_000);
+    let ids: Vec<Uuid> = (0..70_000).map(|_| Uuid::now_v7()).collect();
+    assert_eq!(outbox.requeue(&pool, &ids).await.expect("70,000 ids"), 0);
+}
