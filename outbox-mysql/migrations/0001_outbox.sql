@@ -26,10 +26,10 @@ CREATE TABLE IF NOT EXISTS outbox_messages (
     -- The claim's per-key look-back.
     KEY outbox_messages_key (ordering_key, seq),
     KEY outbox_messages_dead (dead_at)
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
 
 -- One row per ordering key ever written: writers lock theirs until commit,
 -- so two transactions writing one key commit in their enqueue order.
 CREATE TABLE IF NOT EXISTS outbox_messages_keys (
     ordering_key VARCHAR(255) NOT NULL PRIMARY KEY
-) ENGINE = InnoDB;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;

@@ -17,6 +17,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_binary_keys.sql",
         include_str!("../migrations/0003_binary_keys.sql"),
     ),
+    (
+        "0004_utf8mb4.sql",
+        include_str!("../migrations/0004_utf8mb4.sql"),
+    ),
 ];
 
 /// The statements of every migration rendered for `config`'s (validated)

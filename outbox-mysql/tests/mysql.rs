@@ -964,3 +964,59 @@ async fn calls_with_more_rows_than_a_statement_takes_go_through() {
     let ids: Vec<Uuid> = (0..70_000).map(|_| Uuid::now_v7()).collect();
     assert_eq!(outbox.requeue(&pool, &ids).await.expect("70,000 ids"), 0);
 }
+
+/// In a database whose default character set is latin1, every text column
+/// of the outbox is utf8mb4 (the key compared byte for byte), so keys,
+/// destinations and headers outside latin1 come back intact; a table made
+/// there in latin1 before is converted by `migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_outside_latin1_survives_a_latin1_database() {
+    use outbox_core::Source;
+    let url = std::env::var("OUTBOX_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let admin = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("DROP DATABASE IF EXISTS outbox_latin1")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE outbox_latin1 CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let pool = MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&format!("{base}/outbox_latin1"))
+        .await
+        .unwrap();
+    let outbox = MysqlOutbox::new(MysqlConfig::default()).unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    // As a table made before the migration that pins utf8mb4 would be.
+    sqlx::query("ALTER TABLE outbox_messages CONVERT TO CHARACTER SET latin1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    let latin1: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = 'outbox_latin1' \
+         AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(latin1, 0, "text columns left outside utf8mb4");
+    let message = Message::builder("заказы.created", "ключ-€")
+        .header("note", "über 🚀")
+        .build()
+        .unwrap();
+    commit(&outbox, &pool, std::slice::from_ref(&message)).await;
+    let claimed = outbox.source(pool.clone()).claim(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].ordering_key, message.ordering_key);
+    assert_eq!(claimed[0].destination, message.destination);
+    assert_eq!(claimed[0].headers, message.headers);
+}
