@@ -92,7 +92,8 @@ where
         let mut idle = relay.config.poll_interval_min;
         // The backlog is counted off the claim path: a count of a large
         // outbox can take seconds, which claims must not wait for.
-        let backlog = tokio::spawn({
+        // Stopped when `run` returns or its future is dropped.
+        let _backlog = AbortOnDrop(tokio::spawn({
             let relay = Arc::clone(&relay);
             async move {
                 loop {
@@ -100,7 +101,7 @@ where
                     tokio::time::sleep(BACKLOG_REFRESH).await;
                 }
             }
-        });
+        }));
         tracing::info!(batch_size = relay.config.batch_size, "relay started");
         // Each batch is delivered, then reported, by a task of its own. With
         // `prefetch` the next batch is claimed and delivered alongside, so a
@@ -153,7 +154,6 @@ where
                 }
             }
         }
-        backlog.abort();
         // Open batches finish on their own: their keys get `shutdown_timeout`
         // to go on publishing, then release what they did not send.
         while let Some(done) = batches.join_next().await {
@@ -355,6 +355,15 @@ where
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped, so a task of the relay's never outlives it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -162,6 +162,7 @@ struct Slow {
     before_claim: Duration,
     after_claim: Duration,
     backlog: Duration,
+    backlogs_counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl outbox_core::Source for Slow {
@@ -216,6 +217,8 @@ impl outbox_core::Source for Slow {
 
     async fn backlog(&self) -> Result<Option<outbox_core::Backlog>, outbox_core::Error> {
         tokio::time::sleep(self.backlog).await;
+        self.backlogs_counted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.source.backlog().await
     }
 }
@@ -308,4 +311,26 @@ async fn a_slow_backlog_query_never_delays_delivery() {
     );
     assert!(counted, "the backlog never reached the statistics");
     let _ = source.lease();
+}
+
+/// A relay whose `run` future is dropped (a `select!` that took another
+/// branch, say) leaves nothing of its own running: its backlog counts stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_relay_leaves_no_task_behind() {
+    use std::sync::atomic::Ordering;
+    let slow = Slow::default();
+    let counted = slow.backlogs_counted.clone();
+    let relay = Relay::new(slow, MemoryDestination::new(), fast()).unwrap();
+    let run = relay.run(outbox_core::CancellationToken::new());
+    assert!(tokio::time::timeout(Duration::from_millis(300), run)
+        .await
+        .is_err());
+    let at_drop = counted.load(Ordering::Relaxed);
+    // Longer than the relay's 5 s between two counts.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        counted.load(Ordering::Relaxed),
+        at_drop,
+        "the dropped relay's backlog task went on counting"
+    );
 }
