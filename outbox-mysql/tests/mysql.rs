@@ -7,7 +7,8 @@ use outbox_core::memory::MemoryDestination;
 use outbox_core::{Message, OnDeadLetter, RelayConfig, Source, Stats};
 use outbox_mysql::{MysqlConfig, MysqlOutbox, MysqlSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, OpenWrites, SourceHarness,
+    assert_order_per_key, eventually, numbered_messages, relay_good_beside_bad, run_relay,
+    OpenWrites, SourceHarness,
 };
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlPool};
@@ -495,7 +496,9 @@ async fn migrate_waits_for_a_migration_of_the_same_table() {
     let (outbox, pool) = table("migrate_waits").await;
     let mut holder = pool.acquire().await.unwrap();
     let lock = "CONCAT('outbox-migrate-', SHA1(CONCAT(DATABASE(), '.', ?)))";
-    let taken: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({lock}, 0)"))
+    // Waits a little: the server may still be releasing the lock of the
+    // migration `table` just ran, whose connection was closed.
+    let taken: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({lock}, 10)"))
         .bind("migrate_waits")
         .fetch_one(&mut *holder)
         .await
@@ -923,16 +926,11 @@ async fn a_row_that_cannot_be_decoded_is_dead_lettered_and_others_flow() {
     conn.close().await.unwrap();
     let good = numbered_messages("orders", 2, 2);
     commit(&outbox, &pool, &good).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
-    let delivered = destination
-        .wait_for(good.len(), Duration::from_secs(20))
+    let (_, delivered, dead) =
+        relay_good_beside_bad(outbox.source(pool.clone()), fast(), good.len(), || async {
+            outbox.count_dead_letters(&pool).await.unwrap() == 1
+        })
         .await;
-    let dead = eventually(Duration::from_secs(20), || async {
-        outbox.count_dead_letters(&pool).await.unwrap() == 1
-    })
-    .await;
-    relay.stop().await;
     assert!(
         delivered,
         "the rows beside one that cannot be decoded were not delivered"

@@ -8,7 +8,8 @@ use outbox_core::memory::MemoryDestination;
 use outbox_core::{Message, OnDeadLetter, RelayConfig, Source};
 use outbox_postgres::{AckMode, PostgresConfig, PostgresOutbox, PostgresSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, OpenWrites, SourceHarness,
+    assert_order_per_key, eventually, numbered_messages, relay_good_beside_bad, run_relay,
+    OpenWrites, SourceHarness,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -776,20 +777,13 @@ async fn rows_that_cannot_be_decoded_are_dead_lettered_and_never_stop_the_relay(
     .unwrap();
     let good = numbered_messages("orders", 3, 2);
     commit(&outbox, &pool, &good).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(
+    let (destination, delivered, dead) = relay_good_beside_bad(
         outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
         fast(),
-    );
-    let delivered = destination
-        .wait_for(good.len(), Duration::from_secs(20))
-        .await;
-    let dead = eventually(Duration::from_secs(20), || async {
-        outbox.count_dead_letters(&pool).await.unwrap() == 2
-    })
+        good.len(),
+        || async { outbox.count_dead_letters(&pool).await.unwrap() == 2 },
+    )
     .await;
-    relay.stop().await;
     assert!(
         delivered,
         "the good rows beside undecodable ones were not delivered"
@@ -835,20 +829,13 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
     .unwrap();
     let good = numbered_messages("orders", 2, 2);
     commit(&outbox, &pool, &good).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(
+    let (_, delivered, dead) = relay_good_beside_bad(
         outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
         fast(),
-    );
-    let delivered = destination
-        .wait_for(good.len(), Duration::from_secs(20))
-        .await;
-    let dead = eventually(Duration::from_secs(20), || async {
-        outbox.count_dead_letters(&pool).await.unwrap() == 1
-    })
+        good.len(),
+        || async { outbox.count_dead_letters(&pool).await.unwrap() == 1 },
+    )
     .await;
-    relay.stop().await;
     assert!(
         delivered,
         "the good rows beside a row that is not UTF-8 were not delivered"

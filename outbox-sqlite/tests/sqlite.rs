@@ -6,7 +6,8 @@ use outbox_core::memory::MemoryDestination;
 use outbox_core::{Message, OnDeadLetter, RelayConfig, Source, Stats};
 use outbox_sqlite::{connect, AckMode, SqliteConfig, SqliteOutbox, SqliteSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, run_relay, SourceHarness,
+    assert_order_per_key, eventually, numbered_messages, relay_good_beside_bad, run_relay,
+    SourceHarness,
 };
 use sqlx::SqlitePool;
 use uuid::Uuid;
@@ -339,16 +340,11 @@ async fn rows_whose_id_or_attempts_cannot_be_read_are_dead_lettered() {
     .unwrap();
     let good = numbered_messages("orders", 2, 2);
     commit(&outbox, &pool, &good).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
-    let delivered = destination
-        .wait_for(good.len(), Duration::from_secs(20))
+    let (destination, delivered, dead) =
+        relay_good_beside_bad(outbox.source(pool.clone()), fast(), good.len(), || async {
+            outbox.count_dead_letters(&pool).await.unwrap() == 2
+        })
         .await;
-    let dead = eventually(Duration::from_secs(20), || async {
-        outbox.count_dead_letters(&pool).await.unwrap() == 2
-    })
-    .await;
-    relay.stop().await;
     assert!(
         delivered,
         "the rows beside undecodable ones were not delivered"

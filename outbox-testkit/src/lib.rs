@@ -18,7 +18,8 @@ pub use destination_suite::*;
 pub use harness::{DestinationHarness, OpenWrites, Received, SourceHarness};
 pub use source_suite::*;
 pub use verify::{
-    assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay, RunningRelay,
+    assert_order_per_key, assert_recovered, eventually, numbered_messages, relay_good_beside_bad,
+    run_relay, RunningRelay,
 };
 pub use writer_suite::second_writer_of_a_key_waits;
 

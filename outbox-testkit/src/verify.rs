@@ -141,3 +141,26 @@ pub fn assert_recovered(
         "the fault struck after the end ({published_at_fault} of {total} published)"
     );
 }
+
+/// Relays from `source` to a memory destination until `good` messages
+/// arrived and `dead_lettered` holds (each within 20 s), then stops the
+/// relay. Returns the destination and whether each happened in time: the
+/// run of a test that writes bad rows beside good ones.
+pub async fn relay_good_beside_bad<S, F, Fut>(
+    source: S,
+    config: RelayConfig,
+    good: usize,
+    dead_lettered: F,
+) -> (outbox_core::memory::MemoryDestination, bool, bool)
+where
+    S: Source<Item = Message>,
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let destination = outbox_core::memory::MemoryDestination::new();
+    let relay = run_relay(source, destination.clone(), config);
+    let delivered = destination.wait_for(good, Duration::from_secs(20)).await;
+    let dead = eventually(Duration::from_secs(20), dead_lettered).await;
+    relay.stop().await;
+    (destination, delivered, dead)
+}
