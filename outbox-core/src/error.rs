@@ -167,6 +167,18 @@ impl ConfigError {
         }
         Ok(())
     }
+
+    /// Accepts a database source's byte budget per claim of at least 1 KiB
+    /// (see [`DEFAULT_BATCH_BYTES`](crate::DEFAULT_BATCH_BYTES)).
+    pub fn check_batch_bytes(batch_bytes: usize) -> Result<(), ConfigError> {
+        if batch_bytes < 1024 {
+            return Err(ConfigError::new(
+                "batch_bytes",
+                format!("must be at least 1024 bytes, got {batch_bytes}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl From<ConfigError> for Error {

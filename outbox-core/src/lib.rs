@@ -38,7 +38,7 @@ pub use message::{
 };
 pub use redact::redact_url;
 pub use relay::Relay;
-pub use source::{Backlog, Failure, OnDeadLetter, Source};
+pub use source::{Backlog, Failure, OnDeadLetter, Source, DEFAULT_BATCH_BYTES};
 pub use stats::{Health, Stats};
 
 /// Re-exported so users need not depend on tokio-util for shutdown.

@@ -35,6 +35,12 @@ pub enum OnDeadLetter {
     Park,
 }
 
+/// A database source's default byte budget per claim: 16 MiB of payloads.
+/// A claim stops before the row that would take it past its budget (the
+/// first row excepted, which travels alone when it is larger), so a relay's
+/// memory is bounded by bytes as well as by `batch_size`.
+pub const DEFAULT_BATCH_BYTES: usize = 16 << 20;
+
 /// Size and age of what waits in the outbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {

@@ -22,6 +22,10 @@ impl SourceHarness for MemoryTable {
             .on_dead_letter(OnDeadLetter::Park)
     }
 
+    async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> MemorySource {
+        self.0.another_relay(lease).batch_bytes(batch_bytes)
+    }
+
     async fn enqueue(&self, messages: Vec<Message>) {
         self.0.enqueue(messages);
     }

@@ -15,7 +15,7 @@ use crate::claim::ClaimTx;
 use crate::error::classify;
 use crate::leader::Leadership;
 use crate::row::{decode, Decoded};
-use crate::sql::placeholders;
+use crate::sql::{placeholders, BUDGET_SUFFIX};
 use crate::MysqlOutbox;
 
 /// Most candidate rounds of one claim (see [`MysqlSource::claim_on`]).
@@ -162,11 +162,26 @@ impl MysqlSource {
         let mut parked: HashMap<String, u64> = HashMap::new();
         let parking = self.outbox.config.on_dead_letter == OnDeadLetter::Park;
         let mut after = None;
+        // Payload bytes claimed so far, against the byte budget.
+        let mut bytes = 0_usize;
+        let mut budget_spent = false;
         for _ in 0..CLAIM_ROUNDS {
             let asked = limit - claimed.len();
-            let rows = self.candidates(tx, asked, after, &passed_over).await?;
+            let budget = (
+                self.outbox.config.batch_bytes.saturating_sub(bytes),
+                claimed.is_empty(),
+            );
+            let rows = self
+                .candidates(tx, asked, after, &passed_over, budget)
+                .await?;
             let mut candidates = Vec::with_capacity(rows.len());
             for row in &rows {
+                // Past the budget: locked and left, as the claim's last rows.
+                if row.try_get::<bool, _>("over_budget").map_err(classify)? {
+                    budget_spent = true;
+                    continue;
+                }
+                bytes = bytes.saturating_add(payload_len(row));
                 let seq: u64 = row.try_get("seq").map_err(classify)?;
                 let key: String = row.try_get("ordering_key").map_err(classify)?;
                 candidates.push((seq, key, row));
@@ -190,7 +205,7 @@ impl MysqlSource {
             // Another round only for a claim mostly held back: a few held
             // rows simply wait for the next claim, which costs less than a
             // round of statements for the rest.
-            if !held_back || rows.len() < asked || claimed.len() * 2 >= limit {
+            if !held_back || budget_spent || rows.len() < asked || claimed.len() * 2 >= limit {
                 break;
             }
             after = Some(last);
@@ -205,28 +220,36 @@ impl MysqlSource {
     }
 
     /// The next `limit` waiting rows after `after` (from the first without
-    /// it), leaving out the keys in `passed_over`, locked on `tx`.
+    /// it), leaving out the keys in `passed_over`, locked on `tx`, within
+    /// `budget` payload bytes (see the statements' `budget_prefix`): `first`
+    /// takes the first row whatever its size.
     async fn candidates(
         &self,
         tx: &mut ClaimTx,
         limit: usize,
         after: Option<u64>,
         passed_over: &HashSet<String>,
+        (budget, first): (usize, bool),
     ) -> Result<Vec<sqlx::mysql::MySqlRow>, Error> {
         let sql = &self.outbox.sql;
+        let budget = i64::try_from(budget).unwrap_or(i64::MAX);
         let Some(after) = after else {
-            return sqlx::query(&sql.claim)
+            let statement = format!("{}{}{BUDGET_SUFFIX}", sql.budget_prefix, sql.claim);
+            return sqlx::query(&statement)
+                .bind(budget)
+                .bind(first)
                 .bind(limit as i64)
                 .fetch_all(&mut *tx.conn)
                 .await
                 .map_err(classify);
         };
         let statement = format!(
-            "{}{} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
+            "{}{}{} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED{BUDGET_SUFFIX}",
+            sql.budget_prefix,
             sql.claim_past,
             placeholders(passed_over.len())
         );
-        let mut query = sqlx::query(&statement).bind(after);
+        let mut query = sqlx::query(&statement).bind(budget).bind(first).bind(after);
         for key in passed_over {
             query = query.bind(key.as_str());
         }
@@ -371,4 +394,13 @@ impl Source for MysqlSource {
 
 fn ids(items: &[Message]) -> Vec<Uuid> {
     items.iter().map(|m| m.id).collect()
+}
+
+/// A candidate's payload bytes (none when it cannot be read: the row is
+/// then dead-lettered as malformed).
+fn payload_len(row: &sqlx::mysql::MySqlRow) -> usize {
+    row.try_get::<Option<&[u8]>, _>("payload")
+        .ok()
+        .flatten()
+        .map_or(0, <[u8]>::len)
 }

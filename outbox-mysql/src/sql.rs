@@ -8,12 +8,38 @@ use crate::{AckMode, MysqlConfig};
 pub(crate) const COLUMNS: &str = "seq, id, ordering_key, destination, partition_key, payload, \
                                   headers, event_type, created_at, attempts";
 
+/// The columns of a claim's candidates, the payload left out.
+const CANDIDATE_COLUMNS: &str = "seq, id, ordering_key, destination, partition_key, \
+                                 headers, event_type, created_at, attempts";
+
+/// Wraps a candidates statement (completed between the two) in the byte
+/// budget: the candidates, in `seq` order, while their payloads add up to
+/// at most the first `?` bytes (and the first of them whatever its size
+/// when the second `?` is true). The rows past it come back `over_budget`,
+/// without their payload; they stay locked, unused, as the claim's last
+/// rows. A derived table, so the window runs over the locked candidates
+/// only, after their `LIMIT`.
+fn budget_prefix() -> String {
+    format!(
+        "SELECT {CANDIDATE_COLUMNS}, CASE WHEN fits THEN payload END AS payload, \
+           NOT fits AS over_budget \
+         FROM (SELECT c.*, \
+           (SUM(LENGTH(c.payload)) OVER (ORDER BY c.seq ROWS UNBOUNDED PRECEDING) <= ? \
+            OR (? AND ROW_NUMBER() OVER (ORDER BY c.seq) = 1)) AS fits \
+           FROM ("
+    )
+}
+
+/// Closes [`budget_prefix`].
+pub(crate) const BUDGET_SUFFIX: &str = ") AS c) AS b ORDER BY seq";
+
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub lock_keys_prefix: String,
     pub enqueue_prefix: String,
     pub claim: String,
     pub claim_past: String,
+    pub budget_prefix: String,
     pub earlier_waiting: String,
     pub earlier_dead: Option<String>,
     pub ack: String,
@@ -116,6 +142,7 @@ impl Statements {
                        AND f.seq < o.seq AND f.done_at IS NULL AND {failing}) \
                    AND seq > ? AND CAST(ordering_key AS BINARY) NOT IN "
             ),
+            budget_prefix: budget_prefix(),
             earlier_waiting,
             earlier_dead,
             ack,

@@ -76,6 +76,15 @@ impl SourceHarness for MyTable {
         MysqlOutbox::new(config).unwrap().source(self.pool.clone())
     }
 
+    async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> MysqlSource {
+        let config = MysqlConfig {
+            lease,
+            batch_bytes,
+            ..self.outbox.config().clone()
+        };
+        MysqlOutbox::new(config).unwrap().source(self.pool.clone())
+    }
+
     async fn enqueue(&self, messages: Vec<Message>) {
         commit(&self.outbox, &self.pool, &messages).await;
     }

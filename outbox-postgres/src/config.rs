@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{ConfigError, OnDeadLetter};
+use outbox_core::{ConfigError, OnDeadLetter, DEFAULT_BATCH_BYTES};
 
 /// What acknowledging a delivered message does to its row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,6 +42,12 @@ pub struct PostgresConfig {
     /// take over when the leader's connection ends. Default false (every
     /// relay claims, order per key still holds).
     pub leader_only: bool,
+    /// Most payload bytes one claim hands out (default 16 MiB): a claim
+    /// stops before the row that would take it past this, so a relay holds
+    /// about this much per batch in memory (twice with prefetch) however
+    /// large the rows. The first row of a claim is always taken: a row
+    /// larger than the budget is delivered alone, in a batch of one.
+    pub batch_bytes: usize,
 }
 
 impl Default for PostgresConfig {
@@ -54,6 +60,7 @@ impl Default for PostgresConfig {
             on_dead_letter: OnDeadLetter::Continue,
             notify: true,
             leader_only: false,
+            batch_bytes: DEFAULT_BATCH_BYTES,
         }
     }
 }
@@ -71,6 +78,7 @@ impl PostgresConfig {
         ConfigError::check_identifier("schema", &self.schema, 63)?;
         ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
         ConfigError::check_lease(self.lease)?;
+        ConfigError::check_batch_bytes(self.batch_bytes)?;
         // The lease is the claim transaction's
         // `idle_in_transaction_session_timeout`, an int of milliseconds.
         if self.lease.as_millis() > i32::MAX as u128 {

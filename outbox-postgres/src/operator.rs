@@ -95,6 +95,8 @@ impl PostgresOutbox {
             .bind(i64::from(limit))
             .bind(0_i64)
             .bind(Vec::<String>::new())
+            .bind(i64::try_from(self.config.batch_bytes).unwrap_or(i64::MAX))
+            .bind(true)
             .fetch_all(pool)
             .await
             .map_err(classify)?;

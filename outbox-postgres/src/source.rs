@@ -208,6 +208,9 @@ impl Source for PostgresSource {
         let mut parked: HashMap<String, i64> = HashMap::new();
         let parking = self.outbox.config.on_dead_letter == OnDeadLetter::Park;
         let mut after = 0_i64;
+        // Payload bytes claimed so far, against the byte budget.
+        let mut bytes = 0_usize;
+        let mut budget_spent = false;
         for _ in 0..CLAIM_ROUNDS {
             let asked = limit - claimed.len();
             let rows = sqlx::query(&self.outbox.sql.claim)
@@ -219,6 +222,8 @@ impl Source for PostgresSource {
                         .map(String::as_str)
                         .collect::<Vec<&str>>(),
                 )
+                .bind(self.outbox.config.batch_bytes.saturating_sub(bytes) as i64)
+                .bind(claimed.is_empty())
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -226,6 +231,11 @@ impl Source for PostgresSource {
             for row in &rows {
                 let seq: i64 = row.try_get("seq").map_err(classify)?;
                 after = after.max(seq);
+                // Past the budget: locked and left, as the claim's last rows.
+                if row.try_get::<bool, _>("over_budget").map_err(classify)? {
+                    budget_spent = true;
+                    continue;
+                }
                 if row.try_get::<bool, _>("held").map_err(classify)? {
                     // A key that cannot be read passes over nothing: its
                     // head is dead-lettered as malformed.
@@ -236,7 +246,10 @@ impl Source for PostgresSource {
                     continue;
                 }
                 match decode(row).map_err(classify)? {
-                    Decoded::Message(message) => claimed.push((seq, message)),
+                    Decoded::Message(message) => {
+                        bytes = bytes.saturating_add(message.payload.len());
+                        claimed.push((seq, message));
+                    }
                     Decoded::Malformed {
                         id,
                         attempts,
@@ -256,7 +269,7 @@ impl Source for PostgresSource {
             // Another round only for a claim mostly held back: a few held
             // rows simply wait for the next claim, which costs less than a
             // round of statements for the rest.
-            if !held_back || rows.len() < asked || claimed.len() * 2 >= limit {
+            if !held_back || budget_spent || rows.len() < asked || claimed.len() * 2 >= limit {
                 break;
             }
         }

@@ -90,6 +90,19 @@ impl SourceHarness for PgTable {
         outbox.source(self.pool.clone()).await.expect("source")
     }
 
+    async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> PostgresSource {
+        let config = PostgresConfig {
+            lease,
+            batch_bytes,
+            ..self.outbox.config().clone()
+        };
+        PostgresOutbox::new(config)
+            .unwrap()
+            .source(self.pool.clone())
+            .await
+            .expect("source")
+    }
+
     async fn enqueue(&self, messages: Vec<Message>) {
         commit(&self.outbox, &self.pool, &messages).await;
     }

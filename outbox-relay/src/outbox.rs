@@ -71,6 +71,7 @@ impl Outbox {
                     on_dead_letter,
                     notify: settings.notify,
                     leader_only: settings.leader_only,
+                    batch_bytes: settings.batch_bytes,
                 })
                 .map_err(prefix)?;
                 let pool = pool_options(settings)
@@ -91,6 +92,7 @@ impl Outbox {
                     },
                     on_dead_letter,
                     leader_only: settings.leader_only,
+                    batch_bytes: settings.batch_bytes,
                 })
                 .map_err(prefix)?;
                 let pool = pool_options(settings)
@@ -110,6 +112,7 @@ impl Outbox {
                         AckMode::Delete
                     },
                     on_dead_letter,
+                    batch_bytes: settings.batch_bytes,
                 })
                 .map_err(prefix)?;
                 let options = outbox_sqlite::connect_options(&settings.url)

@@ -85,6 +85,10 @@ pub struct SourceSettings {
     /// PostgreSQL, MySQL: one relay claims, the others stand by. Default false.
     #[serde(default)]
     pub leader_only: bool,
+    /// Most payload bytes one claim hands out; a row larger than this is
+    /// delivered alone. Default 16 MiB.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
     /// Pool size. Default 8.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -202,6 +206,10 @@ fn default_lease_ms() -> u64 {
 fn default_cleanup_interval_ms() -> u64 {
     60_000
 }
+fn default_batch_bytes() -> usize {
+    outbox_core::DEFAULT_BATCH_BYTES
+}
+
 fn default_max_connections() -> u32 {
     8
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{ConfigError, OnDeadLetter};
+use outbox_core::{ConfigError, OnDeadLetter, DEFAULT_BATCH_BYTES};
 
 /// What acknowledging a delivered message does to its row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +27,12 @@ pub struct SqliteConfig {
     pub ack_mode: AckMode,
     /// Whether later messages of a dead-lettered key go on or wait.
     pub on_dead_letter: OnDeadLetter,
+    /// Most payload bytes one claim hands out (default 16 MiB): a claim
+    /// stops before the row that would take it past this, so a relay holds
+    /// about this much per batch in memory (twice with prefetch) however
+    /// large the rows. The first row of a claim is always taken: a row
+    /// larger than the budget is delivered alone, in a batch of one.
+    pub batch_bytes: usize,
 }
 
 impl Default for SqliteConfig {
@@ -36,6 +42,7 @@ impl Default for SqliteConfig {
             lease: Duration::from_secs(30),
             ack_mode: AckMode::Delete,
             on_dead_letter: OnDeadLetter::Continue,
+            batch_bytes: DEFAULT_BATCH_BYTES,
         }
     }
 }
@@ -47,7 +54,8 @@ impl SqliteConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
-        ConfigError::check_lease(self.lease)
+        ConfigError::check_lease(self.lease)?;
+        ConfigError::check_batch_bytes(self.batch_bytes)
     }
 }
 

@@ -106,6 +106,7 @@ impl Source for SqliteSource {
             .bind(now)
             .bind(now.saturating_add(micros(self.lease())))
             .bind(limit.min(i64::MAX as usize) as i64)
+            .bind(i64::try_from(self.outbox.config.batch_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;

@@ -53,18 +53,26 @@ impl Statements {
                 "INSERT INTO {t} (id, ordering_key, destination, partition_key, payload, headers, \
                  event_type, created_at, next_attempt_at) VALUES "
             ),
-            // ?1 claim, ?2 now, ?3 leased until, ?4 limit. An earlier message
-            // of the key that is leased or waiting for its retry holds the
-            // whole key back; one that is claimable comes first in seq order.
+            // ?1 claim, ?2 now, ?3 leased until, ?4 limit, ?5 byte budget.
+            // An earlier message of the key that is leased or waiting for
+            // its retry holds the whole key back; one that is claimable
+            // comes first in seq order. Of those candidates, the claim takes
+            // the first (whatever its size) and then the next while their
+            // payloads add up to at most the budget: the rest are left
+            // unleased, all after the claim's rows.
             claim: format!(
                 "UPDATE {t} SET lease_owner = ?1, leased_until = ?3 WHERE seq IN (\
+                   SELECT seq FROM (SELECT c.seq, \
+                       sum(length(c.payload)) OVER (ORDER BY c.seq ROWS UNBOUNDED PRECEDING) AS upto, \
+                       row_number() OVER (ORDER BY c.seq) AS n \
+                     FROM {t} AS c WHERE c.seq IN (\
                    SELECT o.seq FROM {t} AS o \
                    WHERE o.done_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?2 \
                      AND (o.leased_until IS NULL OR o.leased_until <= ?2) \
                      AND NOT EXISTS (SELECT 1 FROM {t} AS p \
                          WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq AND p.done_at IS NULL \
                            AND ({parked}(p.dead_at IS NULL AND (p.next_attempt_at > ?2 OR p.leased_until > ?2)))) \
-                   ORDER BY o.seq LIMIT ?4) \
+                   ORDER BY o.seq LIMIT ?4)) WHERE upto <= ?5 OR n = 1) \
                  RETURNING {COLUMNS}"
             ),
             ack_prefix,

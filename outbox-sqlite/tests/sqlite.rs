@@ -61,6 +61,15 @@ impl SourceHarness for LiteTable {
         SqliteOutbox::new(config).unwrap().source(self.pool.clone())
     }
 
+    async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> SqliteSource {
+        let config = SqliteConfig {
+            lease,
+            batch_bytes,
+            ..self.outbox.config().clone()
+        };
+        SqliteOutbox::new(config).unwrap().source(self.pool.clone())
+    }
+
     async fn enqueue(&self, messages: Vec<Message>) {
         commit(&self.outbox, &self.pool, &messages).await;
     }

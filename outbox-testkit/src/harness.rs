@@ -20,6 +20,14 @@ pub trait SourceHarness: Send + Sync {
     /// keys ([`OnDeadLetter::Park`](outbox_core::OnDeadLetter::Park)).
     fn parking_relay(&self, lease: Duration) -> impl Future<Output = Self::Source> + Send;
 
+    /// The same as [`relay`](Self::relay), with claims of at most
+    /// `batch_bytes` payload bytes (the source's `batch_bytes` setting).
+    fn budgeted_relay(
+        &self,
+        lease: Duration,
+        batch_bytes: usize,
+    ) -> impl Future<Output = Self::Source> + Send;
+
     /// Commits `messages` to the table, in this order, as an application would.
     fn enqueue(&self, messages: Vec<Message>) -> impl Future<Output = ()> + Send;
 

@@ -47,6 +47,7 @@ macro_rules! source_conformance {
             lost_claims_never_touch_newer_ones,
             a_long_error_is_stored_cut_short,
             a_malformed_head_parks_its_key,
+            a_claim_stays_within_its_byte_budget,
         );
     };
     (@tests $make:path; $($scenario:ident),* $(,)?) => {

@@ -760,3 +760,58 @@ pub async fn a_malformed_head_parks_its_key<H: SourceHarness>(harness: &H) {
         );
     }
 }
+
+/// Claims stay within the source's byte budget: a claim stops before the
+/// row that would take it past the budget, a row larger than the budget
+/// comes alone, and everything arrives, each key in order.
+pub async fn a_claim_stays_within_its_byte_budget<H: SourceHarness>(harness: &H) {
+    const MIB: usize = 1 << 20;
+    let budget = 5 * MIB / 2;
+    let sized = |key: &str, size: usize, fill: u8| {
+        Message::builder("events", key)
+            .payload(vec![fill; size])
+            .build()
+            .unwrap()
+    };
+    let messages = vec![
+        sized("big-a", MIB, b'1'),
+        sized("big-a", MIB, b'2'),
+        sized("big-b", 3 * MIB, b'3'),
+        sized("big-a", MIB, b'4'),
+        sized("big-b", 1024, b'5'),
+        sized("big-a", MIB, b'6'),
+    ];
+    harness.enqueue(messages.clone()).await;
+    let relay = harness.budgeted_relay(LEASE, budget).await;
+    let mut claims = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while claims.iter().map(Vec::len).sum::<usize>() < messages.len() {
+        assert!(Instant::now() < deadline, "claimed only {claims:?}");
+        let claim = relay.claim(500).await.expect("claim");
+        let bytes: usize = claim.iter().map(|m| m.payload.len()).sum();
+        assert!(
+            bytes <= budget || claim.len() == 1,
+            "a claim of {} rows holds {bytes} payload bytes, over its budget of {budget}",
+            claim.len()
+        );
+        for message in claim.iter() {
+            let sent = messages.iter().find(|m| m.id == message.id).expect("known");
+            assert_eq!(message.payload, sent.payload, "a payload came back changed");
+        }
+        if !claim.is_empty() {
+            claims.push(
+                claim
+                    .iter()
+                    .map(|m| m.payload[0] - b'0')
+                    .collect::<Vec<u8>>(),
+            );
+            relay.ack(claim.id(), &claim).await.expect("ack");
+        }
+    }
+    assert_eq!(
+        claims,
+        vec![vec![1, 2], vec![3], vec![4, 5, 6]],
+        "claims in enqueue order, each cut before its budget, the large row alone"
+    );
+    assert_eq!(harness.waiting().await, 0);
+}

@@ -45,6 +45,7 @@ pub struct MemorySource {
     notify: Arc<Notify>,
     lease: Duration,
     on_dead_letter: OnDeadLetter,
+    batch_bytes: usize,
 }
 
 impl Default for MemorySource {
@@ -61,7 +62,15 @@ impl MemorySource {
             notify: Arc::default(),
             lease,
             on_dead_letter: OnDeadLetter::Continue,
+            batch_bytes: usize::MAX,
         }
+    }
+
+    /// Bounds each claim's payload bytes, as a database source's
+    /// `batch_bytes` does (unbounded by default).
+    pub fn batch_bytes(mut self, batch_bytes: usize) -> Self {
+        self.batch_bytes = batch_bytes;
+        self
     }
 
     /// Chooses what later messages of a dead-lettered key do.
@@ -175,7 +184,8 @@ impl Source for MemorySource {
         let lease_until = now + self.lease;
         let mut table = self.table();
         let mut blocked: HashSet<String> = HashSet::new();
-        let mut claimed = Vec::new();
+        let mut claimed: Vec<Message> = Vec::new();
+        let mut bytes = 0_usize;
         for row in table.rows.values_mut() {
             if claimed.len() >= limit {
                 break;
@@ -194,6 +204,12 @@ impl Source for MemorySource {
             if blocked.contains(&row.message.ordering_key) {
                 continue;
             }
+            // The first row whatever its size, then rows while they fit.
+            let size = row.message.payload.len();
+            if !claimed.is_empty() && bytes.saturating_add(size) > self.batch_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
             row.leased_by = Some(claim);
             row.lease_until = lease_until;
             claimed.push(row.message.clone());
