@@ -1,10 +1,11 @@
 //! What an operator asks of an outbox: backlog, dead letters, requeue,
 //! cleanup.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox_core::{Backlog, DeadLetter, Error};
-use sqlx::{MySqlPool, Row};
+use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
 use uuid::Uuid;
 
 use crate::claim::read_committed;
@@ -122,6 +123,104 @@ impl MysqlOutbox {
                 return Ok(total);
             }
         }
+    }
+
+    /// Deletes the rows of `<table>_keys` (one per key ever written) whose
+    /// key has no message left in the table, `batch` keys per
+    /// transaction, and returns how many it deleted.
+    ///
+    /// A key's row is only the lock its writers take; the row holds nothing.
+    /// So pruning goes through the keys in order, `batch` at a time, reading
+    /// without locks; leaves the keys with a message in the table (their
+    /// next writer would only write the row again); then locks the others
+    /// with `SKIP LOCKED`, so a key a writer holds in an open transaction
+    /// is skipped, never waited for nor taken; and deletes what it locked.
+    /// A writer arriving meanwhile waits for that short transaction, then
+    /// writes its key's row again, in order.
+    pub async fn prune_keys(&self, pool: &MySqlPool, batch: u32) -> Result<u64, Error> {
+        let batch = batch.max(1);
+        let mut total = 0;
+        let mut after: Vec<u8> = Vec::new();
+        let mut conn = pool.acquire().await.map_err(classify)?;
+        loop {
+            let keys: Vec<Vec<u8>> = sqlx::query_scalar(&self.sql.keys_after)
+                .bind(&after)
+                .bind(batch)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(classify)?;
+            let Some(last) = keys.last() else {
+                return Ok(total);
+            };
+            after.clone_from(last);
+            let scanned = keys.len();
+            // Keys are written from `String`s; one that is not UTF-8 was
+            // not written by this crate and is left alone.
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter_map(|key| String::from_utf8(key).ok())
+                .collect();
+            let statement = format!(
+                "{}{} GROUP BY CAST(ordering_key AS BINARY)",
+                self.sql.keys_in_use,
+                placeholders(keys.len())
+            );
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(&statement);
+            for key in &keys {
+                query = query.bind(key);
+            }
+            let in_use: HashSet<Vec<u8>> = query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(classify)?
+                .into_iter()
+                .collect();
+            let idle: Vec<&String> = keys
+                .iter()
+                .filter(|key| !in_use.contains(key.as_bytes()))
+                .collect();
+            if !idle.is_empty() {
+                total += self.delete_unheld_keys(&mut conn, &idle).await?;
+            }
+            if scanned < batch as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Locks those of `keys` no writer holds, deletes them, commits.
+    async fn delete_unheld_keys(
+        &self,
+        conn: &mut MySqlConnection,
+        keys: &[&String],
+    ) -> Result<u64, Error> {
+        read_committed(conn).await?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        let statement = format!(
+            "{}{} FOR UPDATE SKIP LOCKED",
+            self.sql.lock_idle_keys,
+            placeholders(keys.len())
+        );
+        let mut query = sqlx::query_scalar::<_, Vec<u8>>(&statement);
+        for key in keys {
+            query = query.bind(key.as_bytes());
+        }
+        let locked = query.fetch_all(&mut *tx).await.map_err(classify)?;
+        let mut deleted = 0;
+        if !locked.is_empty() {
+            let statement = format!("{}{}", self.sql.delete_keys, placeholders(locked.len()));
+            let mut query = sqlx::query(&statement);
+            for key in &locked {
+                query = query.bind(key);
+            }
+            deleted = query
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(deleted)
     }
 
     /// The plan MySQL chooses for a claim of `limit` rows (`EXPLAIN`), to

@@ -51,6 +51,10 @@ pub(crate) struct Statements {
     pub requeue: String,
     pub requeue_all: String,
     pub cleanup: String,
+    pub keys_after: String,
+    pub keys_in_use: String,
+    pub lock_idle_keys: String,
+    pub delete_keys: String,
 }
 
 /// `(?, ?, ...)` with `n` placeholders.
@@ -69,6 +73,7 @@ impl Statements {
         // waiting ones; the `waiting` index starts at the first waiting row.
         let waiting = format!("{}_waiting", config.table);
         let key = format!("{}_key", config.table);
+        let keys = format!("`{}_keys`", config.table);
         // Which failed rows hold their key back before a later round counts
         // its candidates: waiting for their retry, or parked dead.
         let failing = match config.on_dead_letter {
@@ -178,6 +183,20 @@ impl Statements {
                 "DELETE FROM {t} WHERE done_at IS NOT NULL \
                  AND done_at < {now} - INTERVAL ? MICROSECOND ORDER BY seq LIMIT ?"
             ),
+            // Pruning `<table>_keys` (see `MysqlOutbox::prune_keys`): the
+            // next keys in byte order, read without locks; which of them
+            // have a message (the `key` index, compared by the column's
+            // collation, completed with the keys); locking those no writer
+            // holds; deleting them (both completed with the keys' bytes).
+            keys_after: format!(
+                "SELECT ordering_key FROM {keys} WHERE ordering_key > ? ORDER BY ordering_key LIMIT ?"
+            ),
+            keys_in_use: format!(
+                "SELECT CAST(ordering_key AS BINARY) FROM {t} FORCE INDEX (`{key}`) \
+                 WHERE ordering_key IN "
+            ),
+            lock_idle_keys: format!("SELECT ordering_key FROM {keys} WHERE ordering_key IN "),
+            delete_keys: format!("DELETE FROM {keys} WHERE ordering_key IN "),
         }
     }
 }

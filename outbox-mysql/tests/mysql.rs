@@ -1,6 +1,8 @@
 //! outbox-mysql against a real MariaDB or MySQL (`OUTBOX_MYSQL_URL`, default
 //! `mysql://root@127.0.0.1:3306/test`). Every test owns its table.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
@@ -1026,4 +1028,96 @@ async fn text_outside_latin1_survives_a_latin1_database() {
     assert_eq!(claimed[0].ordering_key, message.ordering_key);
     assert_eq!(claimed[0].destination, message.destination);
     assert_eq!(claimed[0].headers, message.headers);
+}
+
+async fn keys_in(pool: &MySqlPool, name: &str) -> Vec<String> {
+    sqlx::query_scalar::<_, Vec<u8>>(&format!(
+        "SELECT ordering_key FROM `{name}_keys` ORDER BY ordering_key"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|key| String::from_utf8(key).unwrap())
+    .collect()
+}
+
+/// `<table>_keys` keeps one row per key ever written unless pruned: the
+/// keys of delivered messages go, a key with a waiting message stays (its
+/// row is recreated on the next write anyway), and a key a writer holds in
+/// an open transaction is never taken from under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_delivered_messages_are_pruned_and_held_keys_stay() {
+    let (outbox, pool) = table("prune_keys").await;
+    let keys = ["done-1", "done-2", "done-3", "held", "waiting"];
+    let messages: Vec<Message> = keys
+        .iter()
+        .map(|key| Message::builder("orders", *key).build().unwrap())
+        .collect();
+    commit(&outbox, &pool, &messages).await;
+    sqlx::query("DELETE FROM prune_keys WHERE ordering_key <> 'waiting'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut writer = pool.begin().await.unwrap();
+    outbox
+        .enqueue(
+            &mut writer,
+            &Message::builder("orders", "held").build().unwrap(),
+        )
+        .await
+        .unwrap();
+    let pruned = outbox.prune_keys(&pool, 2).await.expect("prune");
+    assert_eq!(keys_in(&pool, "prune_keys").await, ["held", "waiting"]);
+    assert_eq!(pruned, 3);
+    writer
+        .commit()
+        .await
+        .expect("the writer keeps its key and commits");
+    assert_eq!(outbox.prune_keys(&pool, 2).await.unwrap(), 0);
+    assert_eq!(keys_in(&pool, "prune_keys").await, ["held", "waiting"]);
+}
+
+/// Writers of a few keys go on committing, in order, while keys are pruned
+/// again and again: pruning never fails a writer's transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_never_fail_while_keys_are_pruned() {
+    let (outbox, pool) = table("prune_busy").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pruner = tokio::spawn({
+        let (outbox, pool, stop) = (outbox.clone(), pool.clone(), stop.clone());
+        async move {
+            let mut pruned = 0;
+            while !stop.load(Ordering::Relaxed) {
+                pruned += outbox.prune_keys(&pool, 100).await.expect("prune");
+                sqlx::query("DELETE FROM prune_busy ORDER BY seq LIMIT 50")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pruned
+        }
+    });
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0..150 {
+                let message = Message::builder("orders", format!("key-{}", (n + w) % 3))
+                    .build()
+                    .unwrap();
+                let mut tx = pool.begin().await.unwrap();
+                outbox.enqueue(&mut tx, &message).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    for writer in writers {
+        writer
+            .await
+            .expect("a writer failed while keys were pruned");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let pruned = pruner.await.unwrap();
+    assert!(pruned > 0, "nothing was pruned while writers wrote");
 }

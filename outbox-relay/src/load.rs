@@ -244,6 +244,10 @@ mod tests {
         );
         assert_eq!(setting(&[("OUTBOX_SOURCE__URL", "")]), "source.url");
         assert_eq!(
+            setting(&[("OUTBOX_SOURCE__PRUNE_KEYS_INTERVAL_MS", "60000")]),
+            "source.prune_keys_interval_ms"
+        );
+        assert_eq!(
             setting(&[("OUTBOX_SOURCE__LEASE_MS", "5000")]),
             "relay.send_timeout"
         );

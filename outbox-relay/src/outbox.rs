@@ -163,6 +163,19 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// MySQL: deletes the `<table>_keys` rows of keys with no message left;
+    /// returns how many. Nothing to do on the other databases.
+    pub async fn prune_keys(&self) -> Result<u64, Error> {
+        match self {
+            #[cfg(feature = "mysql")]
+            Outbox::Mysql(outbox, pool) => outbox.prune_keys(pool, 1000).await,
+            #[allow(unreachable_patterns)]
+            _ => Ok(0),
+        }
+    }
+}
+
 fn pool_options<DB: sqlx::Database>(settings: &SourceSettings) -> sqlx::pool::PoolOptions<DB> {
     sqlx::pool::PoolOptions::new()
         .max_connections(settings.max_connections)

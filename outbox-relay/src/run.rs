@@ -10,7 +10,7 @@ use crate::startup::{until_up, Readiness};
 
 use crate::destination::relay_to;
 use crate::outbox::Outbox;
-use crate::settings::{Ack, Settings};
+use crate::settings::{Ack, Settings, SourceKind};
 
 /// Default retention of done rows in mark-done mode: 7 days.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -69,6 +69,15 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         let every = Duration::from_millis(settings.source.cleanup_interval_ms);
         tokio::spawn(clean_up(outbox.clone(), retention, every, shutdown.clone()));
     }
+    if settings.source.kind == SourceKind::Mysql {
+        let every = Duration::from_millis(
+            settings
+                .source
+                .prune_keys_interval_ms
+                .unwrap_or(DEFAULT_PRUNE_KEYS_INTERVAL_MS),
+        );
+        tokio::spawn(prune_keys(outbox.clone(), every, shutdown.clone()));
+    }
     // The relay is generic over the source: one arm per kind compiled in.
     macro_rules! relay {
         ($source:expr) => {
@@ -123,6 +132,24 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     };
     tracing::info!(signal, "stopping: finishing in-flight messages");
     shutdown.cancel();
+}
+
+/// MySQL: how often `<table>_keys` is pruned unless configured.
+const DEFAULT_PRUNE_KEYS_INTERVAL_MS: u64 = 600_000;
+
+/// Prunes `<table>_keys` every `every` (MySQL).
+async fn prune_keys(outbox: Arc<Outbox>, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match outbox.prune_keys().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "pruned keys with no message left"),
+            Err(err) => tracing::warn!(error = %err.report(), "pruning keys failed"),
+        }
+    }
 }
 
 /// Deletes done rows older than `retention` every `every`.

@@ -85,6 +85,9 @@ pub struct SourceSettings {
     /// PostgreSQL, MySQL: one relay claims, the others stand by. Default false.
     #[serde(default)]
     pub leader_only: bool,
+    /// MySQL: how often to prune `<table>_keys` of keys with no message
+    /// left. Default 600,000 ms (10 minutes).
+    pub prune_keys_interval_ms: Option<u64>,
     /// Most payload bytes one claim hands out; a row larger than this is
     /// delivered alone. Default 16 MiB.
     #[serde(default = "default_batch_bytes")]
@@ -243,6 +246,21 @@ impl Settings {
                 "applies with ack = \"mark_done\" only",
             ));
         }
+        match source.prune_keys_interval_ms {
+            Some(_) if source.kind != SourceKind::Mysql => {
+                return Err(ConfigError::new(
+                    "source.prune_keys_interval_ms",
+                    "applies to mysql only",
+                ));
+            }
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "source.prune_keys_interval_ms",
+                    "must be greater than zero",
+                ));
+            }
+            _ => {}
+        }
         if source.cleanup_interval_ms == 0 {
             return Err(ConfigError::new(
                 "source.cleanup_interval_ms",
@@ -377,8 +395,8 @@ impl Settings {
                 "source.max_connections",
                 format!(
                     "{} is too few: this relay holds up to {needed} connections at once (a \
-                     transaction per open batch, the backlog count, and the LISTEN, leader and \
-                     cleanup connections its settings ask for)",
+                     transaction per open batch, the backlog count, and the LISTEN, leader, \
+                     cleanup and key pruning connections its settings ask for)",
                     source.max_connections
                 ),
             ));
@@ -394,14 +412,16 @@ impl Settings {
     /// The most database connections the relay holds at once: one per open
     /// batch (two with prefetch; a PostgreSQL or MySQL batch is an open
     /// transaction), the backlog count, and the LISTEN (PostgreSQL with
-    /// notify), leader (leader_only) and cleanup (mark_done) connections.
+    /// notify), leader (leader_only), cleanup (mark_done) and key pruning
+    /// (MySQL) connections.
     fn connections_needed(&self) -> u32 {
         let source = &self.source;
         let batches = if self.relay.prefetch { 2 } else { 1 };
         let listen = u32::from(source.kind == SourceKind::Postgres && source.notify);
         let leader = u32::from(source.leader_only);
         let cleanup = u32::from(source.ack == Ack::MarkDone);
-        batches + 1 + listen + leader + cleanup
+        let prune = u32::from(source.kind == SourceKind::Mysql);
+        batches + 1 + listen + leader + cleanup + prune
     }
 }
 
