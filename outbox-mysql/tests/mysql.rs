@@ -1121,3 +1121,38 @@ async fn writers_never_fail_while_keys_are_pruned() {
     let pruned = pruner.await.unwrap();
     assert!(pruned > 0, "nothing was pruned while writers wrote");
 }
+
+/// A table whose name contains the default one is created under exactly
+/// that name, with its key table and indexes, and its messages are
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_named_after_the_default_one_is_migrated_as_named() {
+    let (outbox, pool) = table("outbox_messages_v2").await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name LIKE 'outbox\\_messages\\_v2%' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["outbox_messages_v2", "outbox_messages_v2_keys"]);
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics \
+         WHERE table_schema = DATABASE() AND table_name = 'outbox_messages_v2' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        indexes.contains(&"outbox_messages_v2_waiting".to_string())
+            && !indexes.iter().any(|index| index.contains("_v2_v2")),
+        "{indexes:?}"
+    );
+    let message = Message::builder("orders", "v2").build().unwrap();
+    commit(&outbox, &pool, std::slice::from_ref(&message)).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let arrived = destination.wait_for(1, DEADLINE).await;
+    relay.stop().await;
+    assert!(arrived, "the message was not delivered");
+}

@@ -368,3 +368,45 @@ async fn rows_whose_id_or_attempts_cannot_be_read_are_dead_lettered() {
     );
     assert_order_per_key(&good, &arrivals(&destination));
 }
+
+/// A table whose name contains the default one is created under exactly
+/// that name, with its indexes, and its messages are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_named_after_the_default_one_is_migrated_as_named() {
+    let config = SqliteConfig {
+        table: "outbox_messages_v2".into(),
+        ..SqliteConfig::default()
+    };
+    let (outbox, pool) = database("named", config).await;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master \
+         WHERE tbl_name LIKE 'outbox_messages%' AND name NOT LIKE 'sqlite_%' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        names
+            .iter()
+            .all(|name| name.starts_with("outbox_messages_v2")),
+        "a name is not the configured one: {names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|name| name.starts_with("outbox_messages_v2_"))
+            && names.contains(&"outbox_messages_v2".to_string()),
+        "the table or its indexes are missing: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|name| name.contains("_v2_v2")),
+        "a name was rewritten twice: {names:?}"
+    );
+    let message = Message::builder("orders", "v2").build().unwrap();
+    commit(&outbox, &pool, std::slice::from_ref(&message)).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let arrived = destination.wait_for(1, DEADLINE).await;
+    relay.stop().await;
+    assert!(arrived, "the message was not delivered");
+}
