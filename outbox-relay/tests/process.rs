@@ -211,6 +211,144 @@ async fn credentials_never_reach_the_output() {
     }
 }
 
+/// The same at `trace` for a MySQL source and a RabbitMQ destination, each
+/// with a user of its own whose password is in its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_and_rabbitmq_credentials_never_reach_the_output() {
+    const MYSQL_SECRET: &str = "Sup3rS3cret-my";
+    const AMQP_SECRET: &str = "Sup3rS3cret-amqp";
+    let root = std::env::var("OUTBOX_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let pool = sqlx::MySqlPool::connect(&root).await.unwrap();
+    for host in ["%", "localhost"] {
+        for statement in [
+            format!("CREATE USER IF NOT EXISTS 'outbox_secret'@'{host}'"),
+            format!("ALTER USER 'outbox_secret'@'{host}' IDENTIFIED BY '{MYSQL_SECRET}'"),
+            format!("GRANT ALL ON *.* TO 'outbox_secret'@'{host}'"),
+        ] {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+    }
+    for name in ["relay_secret_my", "relay_secret_my_keys"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let outbox = outbox_mysql::MysqlOutbox::new(outbox_mysql::MysqlConfig {
+        table: "relay_secret_my".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    let queue = format!("relay_secret_{}", uuid::Uuid::now_v7().simple());
+    let amqp = outbox_amqp::AmqpDestination::connect(outbox_amqp::AmqpConfig {
+        url: amqp_url(),
+        ..outbox_amqp::AmqpConfig::default()
+    })
+    .await
+    .expect("RabbitMQ reachable");
+    let channel = amqp.channel().await.unwrap();
+    use outbox_amqp::lapin::options::QueueDeclareOptions;
+    use outbox_amqp::lapin::types::FieldTable;
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    rabbitmqctl(&["add_user", "outbox_secret", AMQP_SECRET]);
+    rabbitmqctl(&["change_password", "outbox_secret", AMQP_SECRET]);
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        "outbox_secret",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let messages = numbered_messages(&queue, 5, 2);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mysql = root.replacen("://root@", &format!("://outbox_secret:{MYSQL_SECRET}@"), 1);
+    let rabbitmq = amqp_url().replacen(
+        "://guest:guest@",
+        &format!("://outbox_secret:{AMQP_SECRET}@"),
+        1,
+    );
+    assert!(
+        mysql.contains(MYSQL_SECRET) && rabbitmq.contains(AMQP_SECRET),
+        "OUTBOX_MYSQL_URL or OUTBOX_AMQP_URL has an unexpected shape"
+    );
+    let config = settings_with(
+        &format!("kind = \"mysql\"\nurl = \"{mysql}\"\ntable = \"relay_secret_my\""),
+        &format!("kind = \"amqp\"\nurl = \"{rabbitmq}\""),
+        "relay_secret_my",
+        spare_port(),
+        "",
+    );
+    // To a file: `trace` fills a pipe nobody reads until the end, and the
+    // relay would stop on its next log line.
+    let log =
+        std::env::temp_dir().join(format!("outbox-relay-secret-{}.log", uuid::Uuid::now_v7()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut command = relay(&config, &["run"]);
+    command
+        .env("OUTBOX_LOG__LEVEL", "trace")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let child = command.spawn().unwrap();
+    let drained = eventually(DEADLINE, || async {
+        outbox.backlog(&pool).await.unwrap().waiting == 0
+    })
+    .await;
+    sigterm(&child);
+    let (code, _) = finish(child, DEADLINE).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(drained, "the relay did not drain:\n{text}");
+    assert_eq!(code, 0, "{text}");
+    for secret in [MYSQL_SECRET, AMQP_SECRET] {
+        // As text, and as a list of its bytes (how a client's `Debug` of a
+        // frame shows it).
+        let bytes: Vec<String> = secret.bytes().map(|b| b.to_string()).collect();
+        for shown in [secret.to_string(), bytes.join(", ")] {
+            if let Some(at) = text.find(&shown) {
+                let line = text[..at].rsplit('\n').next().unwrap_or_default();
+                panic!("the password {secret} was printed as {shown:?}, in: {line}");
+            }
+        }
+    }
+    assert!(
+        text.contains("***@"),
+        "the URL is not shown redacted:\n{text}"
+    );
+}
+
+/// Runs `rabbitmqctl` on the node the tests use; "already exists" is fine.
+fn rabbitmqctl(args: &[&str]) {
+    let mut command = std::process::Command::new("rabbitmqctl");
+    if let Ok(node) = std::env::var("OUTBOX_RABBITMQ_NODE") {
+        if !node.is_empty() {
+            command.args(["-n", &node]);
+        }
+    }
+    let output = command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() || text.contains("already exists"),
+        "rabbitmqctl {args:?} failed: {text}"
+    );
+}
+
 /// The binary with the other destination kinds, from a SQLite file (no
 /// database server): every message acknowledged by the broker, counted in
 /// `/metrics`, the outbox emptied.
