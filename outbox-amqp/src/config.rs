@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lapin::tcp::OwnedIdentity;
 use outbox_core::{redact_url, ConfigError, Message};
 
 /// An exchange and routing key.
@@ -49,6 +50,14 @@ pub struct AmqpConfig {
     /// private CA), for an `amqps://` URL. Read once, at
     /// [`AmqpDestination::connect`](crate::AmqpDestination::connect).
     pub root_certificates: Option<PathBuf>,
+    /// For mutual TLS: a PEM file with this client's certificate (and any
+    /// intermediates), presented to a broker that asks for one
+    /// (`ssl_options.verify = verify_peer`). Needs `client_key` and an
+    /// `amqps://` URL. The user and password of the URL still log in.
+    pub client_certificate: Option<PathBuf>,
+    /// The PEM file of `client_certificate`'s private key (PKCS#8, PKCS#1
+    /// or SEC1, unencrypted).
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for AmqpConfig {
@@ -58,6 +67,8 @@ impl Default for AmqpConfig {
             route: Route::from_destination,
             connection_name: "outbox-relay".to_string(),
             root_certificates: None,
+            client_certificate: None,
+            client_key: None,
         }
     }
 }
@@ -68,6 +79,8 @@ impl fmt::Debug for AmqpConfig {
             .field("url", &redact_url(&self.url))
             .field("connection_name", &self.connection_name)
             .field("root_certificates", &self.root_certificates)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_key", &self.client_key)
             .finish_non_exhaustive()
     }
 }
@@ -84,13 +97,57 @@ impl AmqpConfig {
                 ),
             ));
         }
-        if self.root_certificates.is_some() && !self.url.starts_with("amqps://") {
-            return Err(ConfigError::new(
-                "root_certificates",
-                "is for TLS: the url must start with amqps://",
-            ));
+        for (setting, set) in [
+            ("root_certificates", self.root_certificates.is_some()),
+            ("client_certificate", self.client_certificate.is_some()),
+            ("client_key", self.client_key.is_some()),
+        ] {
+            if set && !self.url.starts_with("amqps://") {
+                return Err(ConfigError::new(
+                    setting,
+                    "is for TLS: the url must start with amqps://",
+                ));
+            }
         }
-        Ok(())
+        match (&self.client_certificate, &self.client_key) {
+            (Some(_), None) => Err(ConfigError::new(
+                "client_key",
+                "is required with client_certificate",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "client_certificate",
+                "is required with client_key",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The identity of [`client_certificate`](Self::client_certificate)
+    /// and [`client_key`](Self::client_key), if set; an error names the
+    /// setting whose file cannot be read or holds no PEM block of its kind.
+    pub(crate) fn client_identity(&self) -> Result<Option<OwnedIdentity>, ConfigError> {
+        let (Some(certificate), Some(key)) = (&self.client_certificate, &self.client_key) else {
+            return Ok(None);
+        };
+        let read = |setting: &str, path: &PathBuf, marker: &str| {
+            let pem = std::fs::read(path)
+                .map_err(|err| ConfigError::new(setting, format!("{}: {err}", path.display())))?;
+            if !String::from_utf8_lossy(&pem).contains(marker) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{} holds no PEM block {marker:?}", path.display()),
+                ));
+            }
+            Ok(pem)
+        };
+        Ok(Some(OwnedIdentity::PKCS8 {
+            pem: read(
+                "client_certificate",
+                certificate,
+                "-----BEGIN CERTIFICATE-----",
+            )?,
+            key: read("client_key", key, "PRIVATE KEY-----")?,
+        }))
     }
 
     /// The PEM text of [`root_certificates`](Self::root_certificates), if
@@ -172,6 +229,33 @@ mod tests {
         .unwrap_err();
         std::fs::remove_file(&not_pem).ok();
         assert!(err.reason.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_tls() {
+        let tls = "amqps://u:p@127.0.0.1:5671/%2f".to_string();
+        let alone = AmqpConfig {
+            url: tls.clone(),
+            client_certificate: Some("client.pem".into()),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(alone.validate().unwrap_err().setting, "client_key");
+        let plain = AmqpConfig {
+            client_certificate: Some("client.pem".into()),
+            client_key: Some("client.key".into()),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(plain.validate().unwrap_err().setting, "client_certificate");
+        let missing = AmqpConfig {
+            url: tls,
+            client_certificate: Some("/no/such/client.pem".into()),
+            client_key: Some("/no/such/client.key".into()),
+            ..AmqpConfig::default()
+        };
+        missing.validate().unwrap();
+        let err = missing.client_identity().unwrap_err();
+        assert_eq!(err.setting, "client_certificate");
+        assert!(err.reason.contains("/no/such/client.pem"), "{err}");
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl AmqpDestination {
     pub async fn connect(config: AmqpConfig) -> Result<Self, Error> {
         config.validate()?;
         let tls = OwnedTLSConfig {
-            identity: None,
+            identity: config.client_identity()?,
             cert_chain: config.root_certificates_pem()?,
         };
         let destination = Self {

@@ -69,6 +69,12 @@ pub struct NatsConfig {
     pub require_tls: bool,
     /// Extra root certificates (PEM) to trust for TLS.
     pub root_certificates: Option<PathBuf>,
+    /// For mutual TLS: a PEM file with this client's certificate, presented
+    /// to a server that verifies clients (`tls { verify: true }`). Needs
+    /// `client_key`; TLS is then required.
+    pub client_certificate: Option<PathBuf>,
+    /// The PEM file of `client_certificate`'s private key (unencrypted).
+    pub client_key: Option<PathBuf>,
     /// Longest wait for a JetStream acknowledgement. Default 5 s.
     pub ack_timeout: Duration,
     /// Longest wait to connect. Default 5 s.
@@ -84,6 +90,8 @@ impl Default for NatsConfig {
             auth: NatsAuth::None,
             require_tls: false,
             root_certificates: None,
+            client_certificate: None,
+            client_key: None,
             ack_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         }
@@ -99,6 +107,8 @@ impl fmt::Debug for NatsConfig {
             .field("auth", &self.auth)
             .field("require_tls", &self.require_tls)
             .field("root_certificates", &self.root_certificates)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_key", &self.client_key)
             .field("ack_timeout", &self.ack_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -123,6 +133,21 @@ impl NatsConfig {
         }
         if self.ack_timeout.is_zero() {
             return Err(ConfigError::new("ack_timeout", "must be greater than zero"));
+        }
+        match (&self.client_certificate, &self.client_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "client_key",
+                    "is required with client_certificate",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "client_certificate",
+                    "is required with client_key",
+                ))
+            }
+            _ => {}
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new(

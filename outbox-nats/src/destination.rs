@@ -4,7 +4,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
-use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
+use outbox_core::{ConfigError, Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
 
 use outbox_core::redact_url;
 
@@ -30,9 +30,19 @@ impl NatsDestination {
         let mut options = ConnectOptions::new()
             .name("outbox-relay")
             .connection_timeout(config.connect_timeout)
-            .require_tls(config.require_tls);
+            .require_tls(config.require_tls || config.client_certificate.is_some());
         if let Some(path) = &config.root_certificates {
             options = options.add_root_certificates(path.clone());
+        }
+        if let (Some(certificate), Some(key)) = (&config.client_certificate, &config.client_key) {
+            // async-nats reads them while connecting and reports a bad file
+            // as a failed connection: checked here first, named.
+            for (setting, path) in [("client_certificate", certificate), ("client_key", key)] {
+                std::fs::File::open(path).map_err(|err| {
+                    ConfigError::new(setting, format!("{}: {err}", path.display()))
+                })?;
+            }
+            options = options.add_client_certificate(certificate.clone(), key.clone());
         }
         options = match &auth {
             NatsAuth::None => options,

@@ -53,6 +53,8 @@ pub async fn relay_to<S: Source<Item = Message>>(
             let amqp = outbox_amqp::AmqpConfig {
                 url,
                 root_certificates: settings.root_certificates.clone(),
+                client_certificate: settings.client_certificate.clone(),
+                client_key: settings.client_key.clone(),
                 ..outbox_amqp::AmqpConfig::default()
             };
             let connect = || outbox_amqp::AmqpDestination::connect(amqp.clone());
@@ -65,6 +67,8 @@ pub async fn relay_to<S: Source<Item = Message>>(
                 subject_prefix: settings.subject_prefix.clone().unwrap_or_default(),
                 require_tls: settings.root_certificates.is_some(),
                 root_certificates: settings.root_certificates.clone(),
+                client_certificate: settings.client_certificate.clone(),
+                client_key: settings.client_key.clone(),
                 ..outbox_nats::NatsConfig::default()
             };
             if settings.mode.as_deref() == Some("core") {

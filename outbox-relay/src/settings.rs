@@ -134,6 +134,13 @@ pub struct DestinationSettings {
     /// system's (a private CA). NATS then requires TLS; AMQP needs an
     /// `amqps://` URL.
     pub root_certificates: Option<std::path::PathBuf>,
+    /// NATS and AMQP, for mutual TLS: a PEM file with the relay's client
+    /// certificate. Needs `client_key`; NATS then requires TLS, AMQP needs
+    /// an `amqps://` URL. (Kafka: the `ssl.certificate.location` and
+    /// `ssl.key.location` properties.)
+    pub client_certificate: Option<std::path::PathBuf>,
+    /// NATS and AMQP: the PEM file of `client_certificate`'s private key.
+    pub client_key: Option<std::path::PathBuf>,
     /// Kafka delivery timeout, NATS JetStream ack timeout, in ms.
     pub timeout_ms: Option<u64>,
     /// NATS: a token to authenticate with (instead of one in the URL).
@@ -155,6 +162,8 @@ impl std::fmt::Debug for DestinationSettings {
             .field("mode", &self.mode)
             .field("subject_prefix", &self.subject_prefix)
             .field("root_certificates", &self.root_certificates)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_key", &self.client_key)
             .field("timeout_ms", &self.timeout_ms)
             .field("token", &hidden(self.token.is_some()))
             .field("nkey", &hidden(self.nkey.is_some()))
@@ -305,6 +314,26 @@ impl Settings {
         }
         if destination.kind == DestinationKind::Kafka {
             refuses("root_certificates", destination.root_certificates.is_some())?;
+            refuses(
+                "client_certificate",
+                destination.client_certificate.is_some(),
+            )?;
+            refuses("client_key", destination.client_key.is_some())?;
+        }
+        match (&destination.client_certificate, &destination.client_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "destination.client_key",
+                    "is required with client_certificate",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "destination.client_certificate",
+                    "is required with client_key",
+                ))
+            }
+            _ => {}
         }
         if destination.kind != DestinationKind::Nats {
             refuses("token", destination.token.is_some())?;
@@ -330,12 +359,18 @@ impl Settings {
                 ));
             }
         }
-        if let Some(path) = &destination.root_certificates {
-            if !path.is_file() {
-                return Err(ConfigError::new(
-                    "destination.root_certificates",
-                    format!("{} is not a readable file", path.display()),
-                ));
+        for (setting, path) in [
+            ("root_certificates", &destination.root_certificates),
+            ("client_certificate", &destination.client_certificate),
+            ("client_key", &destination.client_key),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err(ConfigError::new(
+                        format!("destination.{setting}"),
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
             }
         }
         if let Some(mode) = &destination.mode {

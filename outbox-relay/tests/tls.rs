@@ -257,6 +257,130 @@ async fn the_relay_reaches_kafka_over_tls_only() {
     assert_order_per_key(&messages, &received.keyed(&messages));
 }
 
+/// Mutual TLS: a nats-server that requires a client certificate turns
+/// away a client without one, and the relay, given its certificate and key
+/// in its settings, delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_presents_its_client_certificate_to_nats() {
+    use outbox_nats::{NatsConfig, NatsDestination};
+    let certificates = Certificates::generate("relay-nats-mtls");
+    let nats = OwnNats::start_mtls(&certificates).await;
+    let connect = |client: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+        let (client_certificate, client_key) = client.unzip();
+        NatsDestination::connect(NatsConfig {
+            url: nats.url(),
+            root_certificates: Some(certificates.ca()),
+            client_certificate,
+            client_key,
+            connect_timeout: Duration::from_secs(3),
+            ..NatsConfig::default()
+        })
+    };
+    let refused = connect(None).await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate must be turned away"
+    );
+    let client = (certificates.client_certificate(), certificates.client_key());
+    connect(Some(client))
+        .await
+        .expect("the client certificate is accepted");
+
+    let stream = tls_stream(&nats, &certificates, "MTLS", "mtls").await;
+    let (outbox, pool) = table("mtls_nats").await;
+    let messages = numbered_messages("mtls.orders", 10, 5);
+    commit(&outbox, &pool, &messages).await;
+    let destination = format!(
+        "kind = \"nats\"\nurl = \"{}\"\nroot_certificates = \"{}\"\n\
+         client_certificate = \"{}\"\nclient_key = \"{}\"",
+        nats.url(),
+        certificates.ca().display(),
+        certificates.client_certificate().display(),
+        certificates.client_key().display()
+    );
+    relay_delivers(
+        &postgres_source("mtls_nats"),
+        &destination,
+        "mtls_nats",
+        &stream,
+        &messages,
+    )
+    .await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+/// Mutual TLS with RabbitMQ (`verify_peer`, `fail_if_no_peer_cert`): no
+/// connection without a client certificate; the relay presents its own and
+/// delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_presents_its_client_certificate_to_rabbitmq() {
+    use outbox_amqp::lapin::options::QueueDeclareOptions;
+    use outbox_amqp::lapin::types::FieldTable;
+    use outbox_amqp::{AmqpConfig, AmqpDestination};
+
+    let certificates = Certificates::generate("relay-rabbitmq-mtls");
+    let rabbit = OwnRabbit::start_mtls(&certificates).await;
+    let connect = |client: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+        let (client_certificate, client_key) = client.unzip();
+        let config = AmqpConfig {
+            url: rabbit.tls_url(),
+            root_certificates: Some(certificates.ca()),
+            client_certificate,
+            client_key,
+            ..AmqpConfig::default()
+        };
+        tokio::time::timeout(Duration::from_secs(20), AmqpDestination::connect(config))
+    };
+    let refused = connect(None).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a client without a certificate must be turned away"
+    );
+    let client = (certificates.client_certificate(), certificates.client_key());
+    let admin = connect(Some(client))
+        .await
+        .expect("RabbitMQ answers over TLS")
+        .expect("the client certificate is accepted");
+    let channel = admin.channel().await.unwrap();
+    let queue = "mtls_orders";
+    let declare = |passive| {
+        let channel = channel.clone();
+        async move {
+            let options = QueueDeclareOptions {
+                durable: true,
+                passive,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.into(), options, FieldTable::default())
+                .await
+                .unwrap()
+                .message_count()
+        }
+    };
+    declare(false).await;
+    let (outbox, pool) = table("mtls_amqp").await;
+    let messages = numbered_messages(queue, 10, 5);
+    commit(&outbox, &pool, &messages).await;
+    let destination = format!(
+        "kind = \"amqp\"\nurl = \"{}\"\nroot_certificates = \"{}\"\n\
+         client_certificate = \"{}\"\nclient_key = \"{}\"",
+        rabbit.tls_url(),
+        certificates.ca().display(),
+        certificates.client_certificate().display(),
+        certificates.client_key().display()
+    );
+    let total = messages.len() as u32;
+    relay_until(
+        &postgres_source("mtls_amqp"),
+        &destination,
+        "mtls_amqp",
+        || async { declare(true).await >= total },
+    )
+    .await;
+    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
 /// A stream `name` on `<subject>.>` on `nats`, reached over TLS.
 async fn tls_stream(
     nats: &OwnNats,
@@ -267,6 +391,7 @@ async fn tls_stream(
     let client = async_nats::ConnectOptions::new()
         .require_tls(true)
         .add_root_certificates(certificates.ca())
+        .add_client_certificate(certificates.client_certificate(), certificates.client_key())
         .connect(nats.url())
         .await
         .expect("NATS over TLS, the certificate verified");

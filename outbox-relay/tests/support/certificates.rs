@@ -1,17 +1,19 @@
-//! A certificate authority and a server certificate for 127.0.0.1 and
-//! localhost, made with the `openssl` command for a test's TLS servers.
+//! A certificate authority, a server certificate for 127.0.0.1 and
+//! localhost, and a client certificate (for mutual TLS), made with the
+//! `openssl` command for a test's TLS servers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// PEM files in a directory of their own: `ca.pem`, `server.pem`,
-/// `server.key`.
+/// `server.key`, `client.pem`, `client.key`.
 pub struct Certificates {
     pub dir: PathBuf,
 }
 
 impl Certificates {
-    /// Makes a new CA and a server certificate it signed, valid two days.
+    /// Makes a new CA and a server and a client certificate it signed,
+    /// valid two days.
     pub fn generate(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("outbox-tls-{name}-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -24,7 +26,14 @@ impl Certificates {
              extendedKeyUsage = serverAuth\n",
         )
         .unwrap();
-        let steps: [&[&str]; 3] = [
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = clientAuth\n",
+        )
+        .unwrap();
+        let steps: [&[&str]; 5] = [
             &[
                 "req",
                 "-x509",
@@ -69,6 +78,35 @@ impl Certificates {
                 "-out",
                 "server.pem",
             ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=outbox-relay",
+                "-keyout",
+                "client.key",
+                "-out",
+                "client.csr",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "client.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "client.ext",
+                "-out",
+                "client.pem",
+            ],
         ];
         for args in steps {
             let output = Command::new("openssl")
@@ -96,6 +134,16 @@ impl Certificates {
 
     pub fn key(&self) -> PathBuf {
         self.dir.join("server.key")
+    }
+
+    /// The client certificate, for mutual TLS.
+    pub fn client_certificate(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+
+    /// The client certificate's key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
     }
 
     /// Copies the server's certificate and key into `dir`, the key readable

@@ -29,6 +29,8 @@ pub struct OwnNats {
     child: Option<Child>,
     /// Certificate and key when it requires TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// The CA whose client certificates it requires (mutual TLS).
+    client_ca: Option<PathBuf>,
     /// The token clients must present, if any.
     token: Option<String>,
 }
@@ -42,6 +44,12 @@ impl OwnNats {
     /// CA signed.
     pub async fn start_tls(certificates: &Certificates) -> Self {
         Self::start_with(Some(certificates)).await
+    }
+
+    /// A server that requires TLS and a client certificate `certificates`'
+    /// CA signed.
+    pub async fn start_mtls(certificates: &Certificates) -> Self {
+        Self::start_at_with(spare_port(), Some(certificates), None, true).await
     }
 
     /// A server that lets in only clients presenting `token`.
@@ -62,14 +70,29 @@ impl OwnNats {
         certificates: Option<&Certificates>,
         token: Option<String>,
     ) -> Self {
+        Self::start_at_with(port, certificates, token, false).await
+    }
+
+    async fn start_at_with(
+        port: u16,
+        certificates: Option<&Certificates>,
+        token: Option<String>,
+        verify_clients: bool,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("outbox-own-nats-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let tls = certificates.map(|c| c.install(&dir));
+        let client_ca = certificates.filter(|_| verify_clients).map(|c| {
+            let ca = dir.join("ca.pem");
+            std::fs::copy(c.ca(), &ca).unwrap();
+            ca
+        });
         let mut server = OwnNats {
             port,
             dir,
             child: None,
             tls,
+            client_ca,
             token,
         };
         server.spawn();
@@ -101,6 +124,9 @@ impl OwnNats {
                 .arg(certificate)
                 .arg("--tlskey")
                 .arg(key);
+        }
+        if let Some(ca) = &self.client_ca {
+            command.arg("--tlsverify").arg("--tlscacert").arg(ca);
         }
         let child = command
             .stdout(Stdio::null())
@@ -455,7 +481,16 @@ impl OwnRabbit {
         Self::start_with(Some(certificates)).await
     }
 
+    /// The same, requiring a client certificate the CA signed (mutual TLS).
+    pub async fn start_mtls(certificates: &Certificates) -> Self {
+        Self::start_verifying(Some(certificates), true).await
+    }
+
     async fn start_with(certificates: Option<&Certificates>) -> Self {
+        Self::start_verifying(certificates, false).await
+    }
+
+    async fn start_verifying(certificates: Option<&Certificates>, verify_clients: bool) -> Self {
         let port = spare_port();
         let dir = std::env::temp_dir().join(format!("outbox-chaos-rabbit-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -472,11 +507,16 @@ impl OwnRabbit {
                      ssl_options.cacertfile = {}\n\
                      ssl_options.certfile = {}\n\
                      ssl_options.keyfile = {}\n\
-                     ssl_options.verify = verify_none\n\
-                     ssl_options.fail_if_no_peer_cert = false\n",
+                     ssl_options.verify = {}\n\
+                     ssl_options.fail_if_no_peer_cert = {verify_clients}\n",
                     dir.join("ca.pem").display(),
                     certificate.display(),
-                    key.display()
+                    key.display(),
+                    if verify_clients {
+                        "verify_peer"
+                    } else {
+                        "verify_none"
+                    },
                 )
             }
         };
