@@ -39,7 +39,7 @@ impl PostgresOutbox {
             .map(|row| {
                 let id: Uuid = row.try_get("id")?;
                 let attempts: i32 = row.try_get("attempts")?;
-                let message = match decode(row)? {
+                let message = match decode(row, None)? {
                     Decoded::Message(message) => Some(message),
                     Decoded::Malformed { .. } => None,
                 };
@@ -96,7 +96,6 @@ impl PostgresOutbox {
             .bind(0_i64)
             .bind(Vec::<String>::new())
             .bind(i64::try_from(self.config.batch_bytes).unwrap_or(i64::MAX))
-            .bind(true)
             .fetch_all(pool)
             .await
             .map_err(classify)?;

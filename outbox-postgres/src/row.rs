@@ -22,7 +22,10 @@ pub(crate) enum Decoded {
 /// dead-letter a row name it by id); any other column that cannot be read
 /// (text that is not UTF-8 in a `SQL_ASCII` database, a NULL, a time out
 /// of range) makes the row malformed, never fails the claim.
-pub(crate) fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
+///
+/// `payload`, when given, was read apart from the row (a claim over its
+/// byte budget reads the payloads it keeps on their own).
+pub(crate) fn decode(row: &PgRow, payload: Option<Vec<u8>>) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
     let malformed = |reason: String| Decoded::Malformed {
@@ -30,7 +33,7 @@ pub(crate) fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
         attempts,
         reason,
     };
-    let message = match read(row, id, attempts) {
+    let message = match read(row, id, attempts, payload) {
         Ok(message) => message,
         Err(reason) => return Ok(malformed(reason)),
     };
@@ -40,7 +43,13 @@ pub(crate) fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
     })
 }
 
-fn read(row: &PgRow, id: Uuid, attempts: i32) -> Result<Message, String> {
+fn read(row: &PgRow, id: Uuid, attempts: i32, payload: Option<Vec<u8>>) -> Result<Message, String> {
+    let payload = match payload {
+        Some(payload) => payload,
+        None => row
+            .try_get("payload")
+            .map_err(|err| format!("malformed row: column payload: {err}"))?,
+    };
     let headers = serde_json::from_str(&required_text(row, "headers")?)
         .map_err(|err| format!("malformed row: headers are not JSON: {err}"))?;
     let headers = headers_from_json(headers)?;
@@ -57,9 +66,7 @@ fn read(row: &PgRow, id: Uuid, attempts: i32) -> Result<Message, String> {
         ordering_key: required_text(row, "ordering_key")?,
         destination: required_text(row, "destination")?,
         partition_key: text(row, "partition_key")?,
-        payload: row
-            .try_get("payload")
-            .map_err(|err| format!("malformed row: column payload: {err}"))?,
+        payload,
         headers,
         event_type: text(row, "event_type")?,
         created_at,

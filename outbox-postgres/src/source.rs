@@ -87,6 +87,39 @@ impl PostgresSource {
         })
     }
 
+    /// The `seq` of the claim's rows not held back, in `seq` order, while
+    /// their payloads and the `claimed` bytes already taken add up to at
+    /// most the byte budget: at least one when the claim holds nothing yet
+    /// (`first`), so a row larger than the budget goes alone.
+    fn within_budget(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+        claimed: usize,
+        first: bool,
+    ) -> Result<Vec<i64>, Error> {
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !row.try_get::<bool, _>("held").map_err(classify)? {
+                let seq: i64 = row.try_get("seq").map_err(classify)?;
+                let size: Option<i32> = row.try_get("size").map_err(classify)?;
+                candidates.push((seq, size.unwrap_or(0).max(0) as usize));
+            }
+        }
+        candidates.sort_unstable();
+        let mut bytes = claimed;
+        let mut within = Vec::new();
+        for (seq, size) in candidates {
+            if !(first && within.is_empty())
+                && bytes.saturating_add(size) > self.outbox.config.batch_bytes
+            {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            within.push(seq);
+        }
+        Ok(within)
+    }
+
     /// This relay's identity, shown in logs.
     pub fn relay_id(&self) -> Uuid {
         self.relay_id
@@ -223,20 +256,37 @@ impl Source for PostgresSource {
                         .collect::<Vec<&str>>(),
                 )
                 .bind(self.outbox.config.batch_bytes.saturating_sub(bytes) as i64)
-                .bind(claimed.is_empty())
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
+            // Over the byte budget, the rows came without their payloads:
+            // take those that fit, read theirs.
+            let over_budget = match rows.first() {
+                Some(row) => row.try_get::<bool, _>("over_budget").map_err(classify)?,
+                None => false,
+            };
+            let mut payloads = HashMap::new();
+            if over_budget {
+                let within = self.within_budget(&rows, bytes, claimed.is_empty())?;
+                budget_spent = true;
+                payloads = sqlx::query_as::<_, (i64, Vec<u8>)>(&self.outbox.sql.payloads)
+                    .bind(within)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .into_iter()
+                    .collect();
+            }
             let mut held_back = false;
             for row in &rows {
                 let seq: i64 = row.try_get("seq").map_err(classify)?;
                 after = after.max(seq);
+                let held = row.try_get::<bool, _>("held").map_err(classify)?;
                 // Past the budget: locked and left, as the claim's last rows.
-                if row.try_get::<bool, _>("over_budget").map_err(classify)? {
-                    budget_spent = true;
+                if over_budget && !held && !payloads.contains_key(&seq) {
                     continue;
                 }
-                if row.try_get::<bool, _>("held").map_err(classify)? {
+                if held {
                     // A key that cannot be read passes over nothing: its
                     // head is dead-lettered as malformed.
                     if let Ok(Some(key)) = text(row, "ordering_key") {
@@ -245,7 +295,7 @@ impl Source for PostgresSource {
                     held_back = true;
                     continue;
                 }
-                match decode(row).map_err(classify)? {
+                match decode(row, payloads.remove(&seq)).map_err(classify)? {
                     Decoded::Message(message) => {
                         bytes = bytes.saturating_add(message.payload.len());
                         claimed.push((seq, message));

@@ -33,6 +33,7 @@ pub(crate) struct Statements {
     pub enqueue: String,
     pub enqueue_one: String,
     pub claim: String,
+    pub payloads: String,
     pub ack: String,
     pub retry: String,
     pub dead_letter: String,
@@ -119,12 +120,12 @@ impl Statements {
             // table for them cost 9,053 buffer hits per 1,000 rows claimed,
             // against 5,053.
             //
-            // The byte budget: the rows not held, in `seq` order, while
-            // their payloads add up to at most `$4` bytes (and the first of
-            // them whatever its size when `$5`). The rows past it come
-            // back `over_budget`, without their payload, and stay locked,
-            // unused, like held rows: they are the claim's last rows, so
-            // no row of theirs is delivered past them.
+            // The byte budget: when the candidates' payloads add up to
+            // more than `$4` bytes, they come back `over_budget`, without
+            // their payloads, and the source takes a prefix of them within
+            // the budget and reads those payloads alone (`payloads`). One
+            // window over the whole claim, no sort: about 0.1 ms on a claim
+            // of 500 rows, where a running sum in `seq` order cost 0.5 ms.
             claim: format!(
                 "WITH c AS MATERIALIZED (\
                    SELECT {COLUMNS} FROM {t} AS o \
@@ -134,19 +135,16 @@ impl Statements {
                        OR NOT EXISTS (SELECT 1 FROM {t} AS f \
                          WHERE f.ordering_key = o.ordering_key AND f.seq < o.seq \
                            AND f.attempts > 0 AND f.done_at IS NULL AND {failing} OFFSET 0)) \
-                   ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED), \
-                 h AS (SELECT c.*, EXISTS (SELECT 1 FROM {t} AS p \
+                   ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
+                 SELECT {READ_COLUMNS}, octet_length(payload) AS size, \
+                   CASE WHEN sum(octet_length(payload)) OVER () <= $4 THEN payload END AS payload, \
+                   sum(octet_length(payload)) OVER () > $4 AS over_budget, \
+                   EXISTS (SELECT 1 FROM {t} AS p \
                      WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
                        AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0) AS held \
-                   FROM c), \
-                 b AS (SELECT h.*, NOT held AND (\
-                     sum(CASE WHEN held THEN 0 ELSE octet_length(payload) END) OVER w <= $4 \
-                     OR ($5 AND sum(CASE WHEN held THEN 0 ELSE 1 END) OVER w = 1)) AS fits \
-                   FROM h WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)) \
-                 SELECT {READ_COLUMNS}, CASE WHEN fits THEN payload END AS payload, held, \
-                   NOT held AND NOT fits AS over_budget \
-                 FROM b"
+                 FROM c"
             ),
+            payloads: format!("SELECT seq, payload FROM {t} WHERE seq = ANY($1)"),
             ack,
             retry: format!(
                 "UPDATE {t} AS m SET attempts = u.attempts, last_error = u.error, \

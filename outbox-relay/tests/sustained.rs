@@ -120,7 +120,7 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
     // Once a second: backlog, delivered, notification queue.
     let mut most_waiting = 0;
     println!("phase {name} (autovacuum {autovacuum})");
-    println!("   s   written  delivered  waiting  notify-queue");
+    println!("   s   written  delivered  waiting  notify-queue  dead-tuples");
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         relays.assert_running();
@@ -130,8 +130,16 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
             .fetch_one(&pool)
             .await
             .unwrap();
+        let dead: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(max(n_dead_tup), 0) FROM pg_stat_user_tables \
+             WHERE schemaname = 'outbox_relay_test' AND relname = $1",
+        )
+        .bind(name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         println!(
-            "{:>4}  {:>8}  {:>9}  {:>7}  {usage:.6}",
+            "{:>4}  {:>8}  {:>9}  {:>7}  {usage:>12.6}  {dead:>11}",
             started.elapsed().as_secs(),
             committed.lock().unwrap().len(),
             publishes.count(),
@@ -146,6 +154,10 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
     let committed = std::mem::take(&mut *committed.lock().unwrap());
     let messages: Vec<Message> = committed.iter().map(|(m, _)| m.clone()).collect();
     let arrived = eventually(DEADLINE, || async { publishes.has_all(&messages) }).await;
+    // What the relays met: statements sqlx found slow (over 1 s), and
+    // batches given back unsent because the lease left no time to send.
+    let slow = relays.count_in_logs("slow statement");
+    let unsent = relays.count_in_logs("left no time");
     relays.stop().await;
     if !arrived {
         return Err("a committed message never reached the broker".into());
@@ -165,7 +177,8 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
     let rate = messages.len() as f64 / written.as_secs_f64();
     println!(
         "{name}: {} messages in {written:?} ({rate:.0} msg/s) by {WRITERS} writers through {RELAYS} \
-         relays; commit to broker p50 {:?}, p99 {:?}, max {:?}; most waiting {most_waiting}",
+         relays; commit to broker p50 {:?}, p99 {:?}, max {:?}; most waiting {most_waiting}; \
+         slow statements {slow}, batches released unsent {unsent}",
         messages.len(),
         p(0.5),
         p(0.99),

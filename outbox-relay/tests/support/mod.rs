@@ -307,6 +307,14 @@ impl RelayProcesses {
         command.spawn().unwrap()
     }
 
+    /// How many lines of every relay's log so far contain `text`.
+    pub fn count_in_logs(&self, text: &str) -> usize {
+        (1..=self.started)
+            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
+            .map(|log| log.lines().filter(|line| line.contains(text)).count())
+            .sum()
+    }
+
     /// Fails the test, with every relay's log, if a relay has exited.
     pub fn assert_running(&mut self) {
         for child in &mut self.children {
