@@ -198,11 +198,10 @@ async fn execute(
 }
 
 fn init_logs(settings: &Settings) {
-    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let level = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
     // lapin at `trace` logs every frame it writes, the SASL PLAIN response
     // with the password included (as a list of bytes): its trace events
@@ -210,12 +209,12 @@ fn init_logs(settings: &Settings) {
     let no_secrets = filter_fn(|meta| {
         !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("lapin"))
     });
-    let filter = level.and(no_secrets);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if settings.log.format == "json" {
-        registry.with(layer.json().with_filter(filter)).init();
+        builder.json().finish().with(no_secrets).init();
     } else {
-        registry.with(layer.with_filter(filter)).init();
+        builder.finish().with(no_secrets).init();
     }
 }
