@@ -109,17 +109,10 @@ impl AmqpConfig {
                 ));
             }
         }
-        match (&self.client_certificate, &self.client_key) {
-            (Some(_), None) => Err(ConfigError::new(
-                "client_key",
-                "is required with client_certificate",
-            )),
-            (None, Some(_)) => Err(ConfigError::new(
-                "client_certificate",
-                "is required with client_key",
-            )),
-            _ => Ok(()),
-        }
+        ConfigError::check_pair(
+            ("client_certificate", self.client_certificate.is_some()),
+            ("client_key", self.client_key.is_some()),
+        )
     }
 
     /// The identity of [`client_certificate`](Self::client_certificate)

@@ -168,6 +168,17 @@ impl ConfigError {
         Ok(())
     }
 
+    /// Accepts two settings that go together (a client certificate and its
+    /// key) when both or neither are set; the error names the missing one.
+    pub fn check_pair(first: (&str, bool), second: (&str, bool)) -> Result<(), ConfigError> {
+        match (first, second) {
+            ((name, true), (missing, false)) | ((missing, false), (name, true)) => Err(
+                ConfigError::new(missing, format!("is required with {name}")),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Accepts a database source's byte budget per claim of at least 1 KiB
     /// (see [`DEFAULT_BATCH_BYTES`](crate::DEFAULT_BATCH_BYTES)).
     pub fn check_batch_bytes(batch_bytes: usize) -> Result<(), ConfigError> {

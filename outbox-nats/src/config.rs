@@ -134,21 +134,10 @@ impl NatsConfig {
         if self.ack_timeout.is_zero() {
             return Err(ConfigError::new("ack_timeout", "must be greater than zero"));
         }
-        match (&self.client_certificate, &self.client_key) {
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "client_key",
-                    "is required with client_certificate",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "client_certificate",
-                    "is required with client_key",
-                ))
-            }
-            _ => {}
-        }
+        ConfigError::check_pair(
+            ("client_certificate", self.client_certificate.is_some()),
+            ("client_key", self.client_key.is_some()),
+        )?;
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new(
                 "connect_timeout",

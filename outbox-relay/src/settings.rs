@@ -320,21 +320,13 @@ impl Settings {
             )?;
             refuses("client_key", destination.client_key.is_some())?;
         }
-        match (&destination.client_certificate, &destination.client_key) {
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "destination.client_key",
-                    "is required with client_certificate",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "destination.client_certificate",
-                    "is required with client_key",
-                ))
-            }
-            _ => {}
-        }
+        ConfigError::check_pair(
+            (
+                "destination.client_certificate",
+                destination.client_certificate.is_some(),
+            ),
+            ("destination.client_key", destination.client_key.is_some()),
+        )?;
         if destination.kind != DestinationKind::Nats {
             refuses("token", destination.token.is_some())?;
             refuses("nkey", destination.nkey.is_some())?;

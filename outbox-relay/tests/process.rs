@@ -217,9 +217,8 @@ async fn credentials_never_reach_the_output() {
 async fn mysql_and_rabbitmq_credentials_never_reach_the_output() {
     const MYSQL_SECRET: &str = "Sup3rS3cret-my";
     const AMQP_SECRET: &str = "Sup3rS3cret-amqp";
-    let root = std::env::var("OUTBOX_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    let pool = sqlx::MySqlPool::connect(&root).await.unwrap();
+    let (outbox, pool) = mysql_table("relay_secret_my").await;
+    let root = mysql_url();
     for host in ["%", "localhost"] {
         for statement in [
             format!("CREATE USER IF NOT EXISTS 'outbox_secret'@'{host}'"),
@@ -229,18 +228,6 @@ async fn mysql_and_rabbitmq_credentials_never_reach_the_output() {
             sqlx::query(&statement).execute(&pool).await.unwrap();
         }
     }
-    for name in ["relay_secret_my", "relay_secret_my_keys"] {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    let outbox = outbox_mysql::MysqlOutbox::new(outbox_mysql::MysqlConfig {
-        table: "relay_secret_my".into(),
-        ..Default::default()
-    })
-    .unwrap();
-    outbox.migrate(&pool).await.unwrap();
     let queue = format!("relay_secret_{}", uuid::Uuid::now_v7().simple());
     let amqp = outbox_amqp::AmqpDestination::connect(outbox_amqp::AmqpConfig {
         url: amqp_url(),
@@ -461,21 +448,8 @@ async fn a_stopped_postgres_leader_loses_leadership_within_a_few_leases() {
 /// The same with MariaDB's `GET_LOCK`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_mysql_leader_loses_leadership_within_a_few_leases() {
-    let url = std::env::var("OUTBOX_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
-    for name in ["relay_leader", "relay_leader_keys"] {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    let outbox = outbox_mysql::MysqlOutbox::new(outbox_mysql::MysqlConfig {
-        table: "relay_leader".into(),
-        ..Default::default()
-    })
-    .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    let (outbox, pool) = mysql_table("relay_leader").await;
+    let url = mysql_url();
     let source = format!(
         "kind = \"mysql\"\nurl = \"{url}\"\ntable = \"relay_leader\"\nleader_only = true\nlease_ms = 2000"
     );

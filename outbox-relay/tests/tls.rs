@@ -103,8 +103,7 @@ async fn the_relay_reaches_mariadb_over_tls_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_reaches_rabbitmq_over_tls_only() {
-    use outbox_amqp::lapin::options::{BasicGetOptions, QueueDeclareOptions};
-    use outbox_amqp::lapin::types::FieldTable;
+    use outbox_amqp::lapin::options::BasicGetOptions;
     use outbox_amqp::{AmqpConfig, AmqpDestination};
 
     let certificates = Certificates::generate("relay-rabbitmq");
@@ -135,24 +134,7 @@ async fn the_relay_reaches_rabbitmq_over_tls_only() {
         .expect("RabbitMQ over TLS, the certificate verified");
     let channel = admin.channel().await.unwrap();
     let queue = "tls_orders";
-    // Declares the durable queue, or with `passive` looks it up: its
-    // message count.
-    let declare = |passive| {
-        let channel = channel.clone();
-        async move {
-            let options = QueueDeclareOptions {
-                durable: true,
-                passive,
-                ..QueueDeclareOptions::default()
-            };
-            let declared = channel
-                .queue_declare(queue.into(), options, FieldTable::default())
-                .await
-                .unwrap();
-            declared.message_count()
-        }
-    };
-    declare(false).await;
+    declare_durable(&channel, queue, false).await;
 
     let (outbox, pool) = table("tls_amqp").await;
     let messages = numbered_messages(queue, 20, 10);
@@ -167,7 +149,7 @@ async fn the_relay_reaches_rabbitmq_over_tls_only() {
         &postgres_source("tls_amqp"),
         &destination,
         "tls_amqp",
-        || async { declare(true).await >= total },
+        || async { declare_durable(&channel, queue, true).await >= total },
     )
     .await;
     assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
@@ -314,8 +296,6 @@ async fn the_relay_presents_its_client_certificate_to_nats() {
 /// delivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_presents_its_client_certificate_to_rabbitmq() {
-    use outbox_amqp::lapin::options::QueueDeclareOptions;
-    use outbox_amqp::lapin::types::FieldTable;
     use outbox_amqp::{AmqpConfig, AmqpDestination};
 
     let certificates = Certificates::generate("relay-rabbitmq-mtls");
@@ -343,22 +323,7 @@ async fn the_relay_presents_its_client_certificate_to_rabbitmq() {
         .expect("the client certificate is accepted");
     let channel = admin.channel().await.unwrap();
     let queue = "mtls_orders";
-    let declare = |passive| {
-        let channel = channel.clone();
-        async move {
-            let options = QueueDeclareOptions {
-                durable: true,
-                passive,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(queue.into(), options, FieldTable::default())
-                .await
-                .unwrap()
-                .message_count()
-        }
-    };
-    declare(false).await;
+    declare_durable(&channel, queue, false).await;
     let (outbox, pool) = table("mtls_amqp").await;
     let messages = numbered_messages(queue, 10, 5);
     commit(&outbox, &pool, &messages).await;
@@ -375,10 +340,27 @@ async fn the_relay_presents_its_client_certificate_to_rabbitmq() {
         &postgres_source("mtls_amqp"),
         &destination,
         "mtls_amqp",
-        || async { declare(true).await >= total },
+        || async { declare_durable(&channel, queue, true).await >= total },
     )
     .await;
     assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+}
+
+/// Declares the durable `queue`, or with `passive` looks it up: its
+/// message count.
+async fn declare_durable(channel: &outbox_amqp::lapin::Channel, queue: &str, passive: bool) -> u32 {
+    use outbox_amqp::lapin::options::QueueDeclareOptions;
+    use outbox_amqp::lapin::types::FieldTable;
+    let options = QueueDeclareOptions {
+        durable: true,
+        passive,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count()
 }
 
 /// A stream `name` on `<subject>.>` on `nats`, reached over TLS.

@@ -17,23 +17,8 @@ impl Certificates {
     pub fn generate(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("outbox-tls-{name}-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        let extensions = dir.join("server.ext");
-        std::fs::write(
-            &extensions,
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
-             basicConstraints = CA:FALSE\n\
-             keyUsage = digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = serverAuth\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("client.ext"),
-            "basicConstraints = CA:FALSE\n\
-             keyUsage = digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = clientAuth\n",
-        )
-        .unwrap();
-        let steps: [&[&str]; 5] = [
+        openssl(
+            &dir,
             &[
                 "req",
                 "-x509",
@@ -49,76 +34,52 @@ impl Certificates {
                 "-out",
                 "ca.pem",
             ],
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
+        );
+        let leaves = [
+            (
+                "server",
                 "/CN=localhost",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.pem",
-            ],
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
+                "subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth\n",
+            ),
+            (
+                "client",
                 "/CN=outbox-relay",
-                "-keyout",
-                "client.key",
-                "-out",
-                "client.csr",
-            ],
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "client.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "client.ext",
-                "-out",
-                "client.pem",
-            ],
+                "extendedKeyUsage = clientAuth\n",
+            ),
         ];
-        for args in steps {
-            let output = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("the openssl command");
-            assert!(
-                output.status.success(),
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
+        for (leaf, subject, usage) in leaves {
+            let extensions = format!(
+                "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n{usage}"
+            );
+            std::fs::write(dir.join(format!("{leaf}.ext")), extensions).unwrap();
+            let (key, csr) = (format!("{leaf}.key"), format!("{leaf}.csr"));
+            let (ext, pem) = (format!("{leaf}.ext"), format!("{leaf}.pem"));
+            openssl(
+                &dir,
+                &[
+                    "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key,
+                    "-out", &csr,
+                ],
+            );
+            openssl(
+                &dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &pem,
+                ],
             );
         }
         Certificates { dir }
@@ -162,4 +123,20 @@ impl Drop for Certificates {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.dir).ok();
     }
+}
+
+/// Runs the `openssl` command in `dir`; a failure fails the test with its
+/// output.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command");
+    assert!(
+        output.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -63,6 +63,30 @@ pub async fn table(table: &str) -> (PostgresOutbox, PgPool) {
     (outbox, pool)
 }
 
+pub fn mysql_url() -> String {
+    std::env::var("OUTBOX_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// A fresh MariaDB outbox table `<table>` (and its `<table>_keys`).
+pub async fn mysql_table(table: &str) -> (outbox_mysql::MysqlOutbox, sqlx::MySqlPool) {
+    let pool = sqlx::MySqlPool::connect(&mysql_url())
+        .await
+        .expect("MariaDB reachable");
+    for name in [table.to_string(), format!("{table}_keys")] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let outbox = outbox_mysql::MysqlOutbox::new(outbox_mysql::MysqlConfig {
+        table: table.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    (outbox, pool)
+}
+
 pub async fn commit(outbox: &PostgresOutbox, pool: &PgPool, messages: &[Message]) {
     for chunk in messages.chunks(1000) {
         let mut tx = pool.begin().await.unwrap();
