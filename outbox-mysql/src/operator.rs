@@ -48,7 +48,7 @@ impl MysqlOutbox {
                 let attempts: i32 = row.try_get("attempts")?;
                 Ok(DeadLetter {
                     id: row.try_get("id")?,
-                    message: match decode(row)? {
+                    message: match decode(row, None)? {
                         Decoded::Message(message) => Some(message),
                         Decoded::Malformed { .. } => None,
                     },
@@ -226,7 +226,9 @@ impl MysqlOutbox {
     /// The plan MySQL chooses for a claim of `limit` rows (`EXPLAIN`), to
     /// check that it stays an index range scan on a large backlog.
     pub async fn explain_claim(&self, pool: &MySqlPool, limit: u32) -> Result<String, Error> {
+        let inline = self.config.batch_bytes / (limit.max(1) as usize);
         let rows = sqlx::query(&format!("EXPLAIN {}", self.sql.claim))
+            .bind(i64::try_from(inline).unwrap_or(i64::MAX))
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await

@@ -20,7 +20,10 @@ pub(crate) enum Decoded {
 /// Reads a row. Only `id` and `attempts` must decode; any other column
 /// that cannot be read (a zero DATETIME, a NULL, bytes that are not UTF-8)
 /// makes the row malformed, never fails the claim.
-pub(crate) fn decode(row: &MySqlRow) -> Result<Decoded, sqlx::Error> {
+///
+/// `payload`, when given, was read apart from the row (one too large to
+/// come with it).
+pub(crate) fn decode(row: &MySqlRow, payload: Option<Vec<u8>>) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
     let malformed = |reason: String| Decoded::Malformed {
@@ -28,7 +31,7 @@ pub(crate) fn decode(row: &MySqlRow) -> Result<Decoded, sqlx::Error> {
         attempts,
         reason,
     };
-    let message = match read(row, id, attempts) {
+    let message = match read(row, id, attempts, payload) {
         Ok(message) => message,
         Err(reason) => return Ok(malformed(reason)),
     };
@@ -38,7 +41,12 @@ pub(crate) fn decode(row: &MySqlRow) -> Result<Decoded, sqlx::Error> {
     })
 }
 
-fn read(row: &MySqlRow, id: Uuid, attempts: i32) -> Result<Message, String> {
+fn read(
+    row: &MySqlRow,
+    id: Uuid,
+    attempts: i32,
+    payload: Option<Vec<u8>>,
+) -> Result<Message, String> {
     fn column<'r, T>(row: &'r MySqlRow, name: &str) -> Result<T, String>
     where
         T: sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
@@ -54,7 +62,10 @@ fn read(row: &MySqlRow, id: Uuid, attempts: i32) -> Result<Message, String> {
         ordering_key: column(row, "ordering_key")?,
         destination: column(row, "destination")?,
         partition_key: column(row, "partition_key")?,
-        payload: column(row, "payload")?,
+        payload: match payload {
+            Some(payload) => payload,
+            None => column(row, "payload")?,
+        },
         headers: headers_from_json(headers)?,
         event_type: column(row, "event_type")?,
         created_at: column::<DateTime<Utc>>(row, "created_at")?,

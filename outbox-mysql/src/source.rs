@@ -15,7 +15,7 @@ use crate::claim::ClaimTx;
 use crate::error::classify;
 use crate::leader::Leadership;
 use crate::row::{decode, Decoded};
-use crate::sql::{placeholders, BUDGET_SUFFIX};
+use crate::sql::placeholders;
 use crate::MysqlOutbox;
 
 /// Most candidate rounds of one claim (see [`MysqlSource::claim_on`]).
@@ -165,26 +165,39 @@ impl MysqlSource {
         // Payload bytes claimed so far, against the byte budget.
         let mut bytes = 0_usize;
         let mut budget_spent = false;
+        // Payloads too large to come with their rows, read apart.
+        let mut payloads: HashMap<u64, Vec<u8>> = HashMap::new();
         for _ in 0..CLAIM_ROUNDS {
             let asked = limit - claimed.len();
-            let budget = (
-                self.outbox.config.batch_bytes.saturating_sub(bytes),
-                claimed.is_empty(),
-            );
+            // A payload up to this size comes with its row: the rows of a
+            // claim then bring at most the budget between them.
+            let inline = self.outbox.config.batch_bytes / limit.max(1);
             let rows = self
-                .candidates(tx, asked, after, &passed_over, budget)
+                .candidates(tx, asked, after, &passed_over, inline)
                 .await?;
             let mut candidates = Vec::with_capacity(rows.len());
+            let mut apart = Vec::new();
             for row in &rows {
-                // Past the budget: locked and left, as the claim's last rows.
-                if row.try_get::<bool, _>("over_budget").map_err(classify)? {
-                    budget_spent = true;
-                    continue;
-                }
-                bytes = bytes.saturating_add(payload_len(row));
                 let seq: u64 = row.try_get("seq").map_err(classify)?;
+                let size: Option<i64> = row.try_get("size").map_err(classify)?;
+                let size = usize::try_from(size.unwrap_or(0)).unwrap_or(0);
+                // Past the budget (the first row of a claim excepted):
+                // locked and left, with every later candidate, as the
+                // claim's last rows.
+                let first = claimed.is_empty() && candidates.is_empty();
+                if !first && bytes.saturating_add(size) > self.outbox.config.batch_bytes {
+                    budget_spent = true;
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                if size > inline {
+                    apart.push(seq);
+                }
                 let key: String = row.try_get("ordering_key").map_err(classify)?;
                 candidates.push((seq, key, row));
+            }
+            if !apart.is_empty() {
+                payloads.extend(self.payloads(tx, &apart).await?);
             }
             let Some(last) = candidates.iter().map(|(seq, _, _)| *seq).max() else {
                 break;
@@ -197,7 +210,8 @@ impl MysqlSource {
                     held_back = true;
                     continue;
                 }
-                let malformed = !self.take(tx, row, seq, &mut claimed).await?;
+                let payload = payloads.remove(&seq);
+                let malformed = !self.take(tx, row, seq, payload, &mut claimed).await?;
                 if malformed && parking {
                     parked.entry(key).or_insert(seq);
                 }
@@ -220,36 +234,32 @@ impl MysqlSource {
     }
 
     /// The next `limit` waiting rows after `after` (from the first without
-    /// it), leaving out the keys in `passed_over`, locked on `tx`, within
-    /// `budget` payload bytes (see the statements' `budget_prefix`): `first`
-    /// takes the first row whatever its size.
+    /// it), leaving out the keys in `passed_over`, locked on `tx`; their
+    /// payloads up to `inline` bytes come with them.
     async fn candidates(
         &self,
         tx: &mut ClaimTx,
         limit: usize,
         after: Option<u64>,
         passed_over: &HashSet<String>,
-        (budget, first): (usize, bool),
+        inline: usize,
     ) -> Result<Vec<sqlx::mysql::MySqlRow>, Error> {
         let sql = &self.outbox.sql;
-        let budget = i64::try_from(budget).unwrap_or(i64::MAX);
+        let inline = i64::try_from(inline).unwrap_or(i64::MAX);
         let Some(after) = after else {
-            let statement = format!("{}{}{BUDGET_SUFFIX}", sql.budget_prefix, sql.claim);
-            return sqlx::query(&statement)
-                .bind(budget)
-                .bind(first)
+            return sqlx::query(&sql.claim)
+                .bind(inline)
                 .bind(limit as i64)
                 .fetch_all(&mut *tx.conn)
                 .await
                 .map_err(classify);
         };
         let statement = format!(
-            "{}{}{} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED{BUDGET_SUFFIX}",
-            sql.budget_prefix,
+            "{}{} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
             sql.claim_past,
             placeholders(passed_over.len())
         );
-        let mut query = sqlx::query(&statement).bind(budget).bind(first).bind(after);
+        let mut query = sqlx::query(&statement).bind(inline).bind(after);
         for key in passed_over {
             query = query.bind(key.as_str());
         }
@@ -260,6 +270,21 @@ impl MysqlSource {
             .map_err(classify)
     }
 
+    /// The payloads of these rows (locked by `tx`), by `seq`.
+    async fn payloads(
+        &self,
+        tx: &mut ClaimTx,
+        seqs: &[u64],
+    ) -> Result<HashMap<u64, Vec<u8>>, Error> {
+        let seqs = serde_json::to_string(seqs).expect("numbers serialize");
+        let rows = sqlx::query_as::<_, (u64, Vec<u8>)>(&self.outbox.sql.payloads)
+            .bind(seqs)
+            .fetch_all(&mut *tx.conn)
+            .await
+            .map_err(classify)?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Adds a candidate to the claim and returns true, or dead-letters it
     /// and returns false if it cannot be read as a message.
     async fn take(
@@ -267,9 +292,10 @@ impl MysqlSource {
         tx: &mut ClaimTx,
         row: &sqlx::mysql::MySqlRow,
         seq: u64,
+        payload: Option<Vec<u8>>,
         claimed: &mut Vec<Message>,
     ) -> Result<bool, Error> {
-        match decode(row).map_err(classify)? {
+        match decode(row, payload).map_err(classify)? {
             Decoded::Message(message) => {
                 tx.seqs.insert(message.id, seq);
                 claimed.push(message);
@@ -394,13 +420,4 @@ impl Source for MysqlSource {
 
 fn ids(items: &[Message]) -> Vec<Uuid> {
     items.iter().map(|m| m.id).collect()
-}
-
-/// A candidate's payload bytes (none when it cannot be read: the row is
-/// then dead-lettered as malformed).
-fn payload_len(row: &sqlx::mysql::MySqlRow) -> usize {
-    row.try_get::<Option<&[u8]>, _>("payload")
-        .ok()
-        .flatten()
-        .map_or(0, <[u8]>::len)
 }

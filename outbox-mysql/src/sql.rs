@@ -8,30 +8,15 @@ use crate::{AckMode, MysqlConfig};
 pub(crate) const COLUMNS: &str = "seq, id, ordering_key, destination, partition_key, payload, \
                                   headers, event_type, created_at, attempts";
 
-/// The columns of a claim's candidates, the payload left out.
-const CANDIDATE_COLUMNS: &str = "seq, id, ordering_key, destination, partition_key, \
-                                 headers, event_type, created_at, attempts";
-
-/// Wraps a candidates statement (completed between the two) in the byte
-/// budget: the candidates, in `seq` order, while their payloads add up to
-/// at most the first `?` bytes (and the first of them whatever its size
-/// when the second `?` is true). The rows past it come back `over_budget`,
-/// without their payload; they stay locked, unused, as the claim's last
-/// rows. A derived table, so the window runs over the locked candidates
-/// only, after their `LIMIT`.
-fn budget_prefix() -> String {
-    format!(
-        "SELECT {CANDIDATE_COLUMNS}, CASE WHEN fits THEN payload END AS payload, \
-           NOT fits AS over_budget \
-         FROM (SELECT c.*, \
-           (SUM(LENGTH(c.payload)) OVER (ORDER BY c.seq ROWS UNBOUNDED PRECEDING) <= ? \
-            OR (? AND ROW_NUMBER() OVER (ORDER BY c.seq) = 1)) AS fits \
-           FROM ("
-    )
-}
-
-/// Closes [`budget_prefix`].
-pub(crate) const BUDGET_SUFFIX: &str = ") AS c) AS b ORDER BY seq";
+/// Columns a claim's candidates are read with: a payload comes with its
+/// row only up to the first `?` bytes; a larger one comes as NULL, with its
+/// `size`, and the source reads it apart if it fits the claim's byte
+/// budget. No window and no derived table: MariaDB 10.11 crashed (signal
+/// 11 in `ha_maria::drop_table`, freeing the derived table's temporary
+/// table) when a claim that wrapped its candidates in one was killed.
+const CLAIM_COLUMNS: &str = "seq, id, ordering_key, destination, partition_key, \
+                             IF(LENGTH(payload) <= ?, payload, NULL) AS payload, \
+                             LENGTH(payload) AS size, headers, event_type, created_at, attempts";
 
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -39,7 +24,7 @@ pub(crate) struct Statements {
     pub enqueue_prefix: String,
     pub claim: String,
     pub claim_past: String,
-    pub budget_prefix: String,
+    pub payloads: String,
     pub earlier_waiting: String,
     pub earlier_dead: Option<String>,
     pub ack: String,
@@ -126,7 +111,7 @@ impl Statements {
             // Candidates: the first waiting rows no other batch holds,
             // locked by this claim's transaction until it commits.
             claim: format!(
-                "SELECT {COLUMNS} FROM {t} FORCE INDEX (`{waiting}`) \
+                "SELECT {CLAIM_COLUMNS} FROM {t} FORCE INDEX (`{waiting}`) \
                  WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
                  ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
             ),
@@ -140,14 +125,16 @@ impl Statements {
             // failed entries (`attempts > 0`) only; the first round, on
             // the common path, goes without it.
             claim_past: format!(
-                "SELECT {COLUMNS} FROM {t} AS o FORCE INDEX (`{waiting}`) \
+                "SELECT {CLAIM_COLUMNS} FROM {t} AS o FORCE INDEX (`{waiting}`) \
                  WHERE done_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {now} \
                    AND NOT EXISTS (SELECT 1 FROM {t} AS f FORCE INDEX (`{key}`) \
                      WHERE f.ordering_key = o.ordering_key AND f.attempts > 0 \
                        AND f.seq < o.seq AND f.done_at IS NULL AND {failing}) \
                    AND seq > ? AND CAST(ordering_key AS BINARY) NOT IN "
             ),
-            budget_prefix: budget_prefix(),
+            // The payloads too large to come with their candidates, by
+            // primary key (see `by_seq`).
+            payloads: format!("SELECT o.seq, o.payload FROM {by_seq}"),
             earlier_waiting,
             earlier_dead,
             ack,
