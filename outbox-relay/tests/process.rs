@@ -229,23 +229,7 @@ async fn mysql_and_rabbitmq_credentials_never_reach_the_output() {
         }
     }
     let queue = format!("relay_secret_{}", uuid::Uuid::now_v7().simple());
-    let amqp = outbox_amqp::AmqpDestination::connect(outbox_amqp::AmqpConfig {
-        url: amqp_url(),
-        ..outbox_amqp::AmqpConfig::default()
-    })
-    .await
-    .expect("RabbitMQ reachable");
-    let channel = amqp.channel().await.unwrap();
-    use outbox_amqp::lapin::options::QueueDeclareOptions;
-    use outbox_amqp::lapin::types::FieldTable;
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let _channel = amqp_queue(&queue).await;
     rabbitmqctl(&["add_user", "outbox_secret", AMQP_SECRET]);
     rabbitmqctl(&["change_password", "outbox_secret", AMQP_SECRET]);
     rabbitmqctl(&[
@@ -357,24 +341,7 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
     );
 
     let queue = format!("relay_sqlite_{}", uuid::Uuid::now_v7().simple());
-    let amqp = outbox_amqp::AmqpDestination::connect(outbox_amqp::AmqpConfig {
-        url: amqp_url(),
-        ..outbox_amqp::AmqpConfig::default()
-    })
-    .await
-    .expect("RabbitMQ reachable");
-    let channel = amqp.channel().await.unwrap();
-    use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-    use outbox_amqp::lapin::types::FieldTable;
-    let declare = |passive| QueueDeclareOptions {
-        passive,
-        auto_delete: false,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), declare(false), FieldTable::default())
-        .await
-        .unwrap();
+    let channel = amqp_queue(&queue).await;
     let amqp_settings = format!("kind = \"amqp\"\nurl = \"{}\"", amqp_url());
 
     for (destination, address) in [
@@ -414,8 +381,14 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
         assert_eq!(published, Some(messages.len() as f64), "{address}:\n{text}");
         assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0, "{text}");
     }
+    use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use outbox_amqp::lapin::types::FieldTable;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
     let stored = channel
-        .queue_declare(queue.as_str().into(), declare(true), FieldTable::default())
+        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
         .await
         .unwrap()
         .message_count();

@@ -63,6 +63,29 @@ pub async fn table(table: &str) -> (PostgresOutbox, PgPool) {
     (outbox, pool)
 }
 
+/// A channel on the shared RabbitMQ, with the queue `queue` declared
+/// (not durable, kept when unused).
+pub async fn amqp_queue(queue: &str) -> outbox_amqp::lapin::Channel {
+    use outbox_amqp::lapin::options::QueueDeclareOptions;
+    use outbox_amqp::lapin::types::FieldTable;
+    let amqp = outbox_amqp::AmqpDestination::connect(outbox_amqp::AmqpConfig {
+        url: amqp_url(),
+        ..outbox_amqp::AmqpConfig::default()
+    })
+    .await
+    .expect("RabbitMQ reachable");
+    let channel = amqp.channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+}
+
 pub fn mysql_url() -> String {
     std::env::var("OUTBOX_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
