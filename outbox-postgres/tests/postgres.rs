@@ -897,10 +897,24 @@ async fn notifications_are_drained_while_the_relay_is_busy_and_wake_it_once() {
     tokio::time::timeout(Duration::from_secs(5), source.wait_for_work())
         .await
         .expect("the notifications woke nothing");
+    // An empty server queue means the notifications left for the client's
+    // socket, not that the reader has read them all: one that it reads after
+    // the first wake-up was taken stores one more. They coalesce, so a few
+    // wake-ups at most follow, never one per notification.
+    let mut wakes = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::timeout(Duration::from_millis(300), source.wait_for_work())
+        .await
+        .is_ok()
+    {
+        wakes += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "5,000 notifications kept waking the relay: {wakes} wake-ups so far"
+        );
+    }
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), source.wait_for_work())
-            .await
-            .is_err(),
-        "5,000 notifications woke the relay more than once"
+        wakes <= 3,
+        "5,000 notifications woke the relay {wakes} times, not once"
     );
 }
