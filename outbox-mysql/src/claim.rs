@@ -63,6 +63,16 @@ impl ClaimTx {
         Ok(claim)
     }
 
+    /// Rolls the transaction back, releasing every lock it took, and starts
+    /// another like it, in the same round trip.
+    pub async fn restart(&mut self) -> Result<(), Error> {
+        let conn: &mut MySqlConnection = &mut self.conn;
+        conn.execute(format!("ROLLBACK; {READ_COMMITTED}; START TRANSACTION").as_str())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     /// Commits, and gives the connection back to the pool as it was.
     pub async fn commit(mut self) -> Result<(), Error> {
         let conn: &mut MySqlConnection = &mut self.conn;

@@ -152,10 +152,16 @@ impl MysqlSource {
     /// the last candidate and leaves out their keys: a key whose head waits
     /// for its retry (or another batch), with more messages behind it than a
     /// batch, would otherwise fill every claim with rows that stay behind
-    /// and hold back every other key. Held-back rows stay locked, unreturned,
-    /// until the batch commits.
+    /// and hold back every other key. When the rounds locked rows the claim
+    /// does not return, it gives them back (see [`Self::relock`]); then it
+    /// dead-letters the malformed rows it kept.
     async fn claim_on(&self, tx: &mut ClaimTx, limit: usize) -> Result<Vec<Message>, Error> {
         let mut claimed = Vec::with_capacity(limit);
+        let mut malformed = Vec::new();
+        // Every row returned or dead-lettered, by `seq`, with its
+        // `attempts` and key as read; and whether the claim locked others.
+        let mut taken: HashMap<u64, (i32, String)> = HashMap::new();
+        let mut left_locked = false;
         let mut passed_over: HashSet<String> = HashSet::new();
         // When parking, the keys of malformed rows (dead-lettered here) and
         // their seq: the key's later rows must stay behind them.
@@ -187,6 +193,7 @@ impl MysqlSource {
                 let first = claimed.is_empty() && candidates.is_empty();
                 if !first && bytes.saturating_add(size) > self.outbox.config.batch_bytes {
                     budget_spent = true;
+                    left_locked = true;
                     break;
                 }
                 bytes = bytes.saturating_add(size);
@@ -202,19 +209,38 @@ impl MysqlSource {
             let Some(last) = candidates.iter().map(|(seq, _, _)| *seq).max() else {
                 break;
             };
-            let blockers = self.blockers(tx, &candidates).await?;
+            let keys: Vec<(u64, &str)> = candidates
+                .iter()
+                .map(|(seq, key, _)| (*seq, key.as_str()))
+                .collect();
+            let blockers = self.blockers(tx, &keys).await?;
             let mut held_back = false;
             for (seq, key, row) in candidates {
                 if blockers.get(&key).is_some_and(|first| *first < seq) {
                     passed_over.insert(key);
                     held_back = true;
+                    left_locked = true;
                     continue;
                 }
-                let payload = payloads.remove(&seq);
-                let malformed = !self.take(tx, row, seq, payload, &mut claimed).await?;
-                if malformed && parking {
-                    parked.entry(key).or_insert(seq);
+                let attempts: i32 = row.try_get("attempts").map_err(classify)?;
+                match decode(row, payloads.remove(&seq)).map_err(classify)? {
+                    Decoded::Message(message) => {
+                        tx.seqs.insert(message.id, seq);
+                        claimed.push(message);
+                    }
+                    Decoded::Malformed {
+                        id,
+                        attempts,
+                        reason,
+                    } => {
+                        tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                        malformed.push((seq, attempts + 1, reason));
+                        if parking {
+                            parked.entry(key.clone()).or_insert(seq);
+                        }
+                    }
                 }
+                taken.insert(seq, (attempts, key));
             }
             // Another round only for a claim mostly held back: a few held
             // rows simply wait for the next claim, which costs less than a
@@ -224,13 +250,81 @@ impl MysqlSource {
             }
             after = Some(last);
         }
-        // Later rows of a parked key stay locked, unreturned, until this
-        // claim commits; the next claim then finds their head dead.
+        // Later rows of a parked key are left; the next claim finds their
+        // head dead (or, until this claim commits, locked by it).
         claimed.retain(|m| {
             let seq = tx.seqs.get(&m.id).copied().unwrap_or_default();
-            parked.get(&m.ordering_key).is_none_or(|head| seq < *head)
+            let keep = parked.get(&m.ordering_key).is_none_or(|head| seq < *head);
+            left_locked |= !keep;
+            keep
         });
+        taken.retain(|seq, _| {
+            claimed.iter().any(|m| tx.seqs.get(&m.id) == Some(seq))
+                || malformed.iter().any(|m| m.0 == *seq)
+        });
+        if left_locked && !taken.is_empty() {
+            let kept = self.relock(tx, &taken).await?;
+            tx.seqs.retain(|_, seq| kept.contains(seq));
+            claimed.retain(|m| tx.seqs.contains_key(&m.id));
+            malformed.retain(|m| kept.contains(&m.0));
+        }
+        // One statement per malformed row: they are few.
+        for (seq, attempts, reason) in malformed {
+            sqlx::query(&self.outbox.sql.dead_letter)
+                .bind(attempts)
+                .bind(reason)
+                .bind(seq)
+                .execute(&mut *tx.conn)
+                .await
+                .map_err(classify)?;
+        }
         Ok(claimed)
+    }
+
+    /// Gives back every row the claim locked and does not use, keeping the
+    /// `taken` ones (`seq` to `attempts` and key as read): InnoDB keeps a
+    /// row's lock until the transaction ends, even past a rollback to a
+    /// savepoint, so the claim rolls its transaction back, starts another
+    /// and locks the taken rows again, returning the `seq` of those still as
+    /// read and not held back by an earlier row of their key.
+    ///
+    /// A row kept locked unused (held back behind another batch's row of
+    /// its key, or past the byte budget) held its key back from every
+    /// other claim until this batch ended: under a backlog deeper than a
+    /// batch per key, most of several relays' claims were such rows, and
+    /// the relays fell behind the writers (issue 28, item 0). Between the
+    /// rollback and the new locks another claim may take a row; the
+    /// look-back runs again on what is locked, so a key keeps only its
+    /// prefix.
+    async fn relock(
+        &self,
+        tx: &mut ClaimTx,
+        taken: &HashMap<u64, (i32, String)>,
+    ) -> Result<HashSet<u64>, Error> {
+        tx.restart().await?;
+        let seqs: Vec<u64> = taken.keys().copied().collect();
+        let seqs = serde_json::to_string(&seqs).expect("numbers serialize");
+        let rows: Vec<(u64, i32)> = sqlx::query_as(&self.outbox.sql.relock)
+            .bind(seqs)
+            .fetch_all(&mut *tx.conn)
+            .await
+            .map_err(classify)?;
+        let locked: Vec<(u64, &str)> = rows
+            .into_iter()
+            .filter_map(|(seq, attempts)| match taken.get(&seq) {
+                Some((read, key)) if *read == attempts => Some((seq, key.as_str())),
+                _ => None,
+            })
+            .collect();
+        if locked.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let blockers = self.blockers(tx, &locked).await?;
+        Ok(locked
+            .into_iter()
+            .filter(|(seq, key)| blockers.get(*key).is_none_or(|first| first > seq))
+            .map(|(seq, _)| seq)
+            .collect())
     }
 
     /// The next `limit` waiting rows after `after` (from the first without
@@ -285,40 +379,6 @@ impl MysqlSource {
         Ok(rows.into_iter().collect())
     }
 
-    /// Adds a candidate to the claim and returns true, or dead-letters it
-    /// and returns false if it cannot be read as a message.
-    async fn take(
-        &self,
-        tx: &mut ClaimTx,
-        row: &sqlx::mysql::MySqlRow,
-        seq: u64,
-        payload: Option<Vec<u8>>,
-        claimed: &mut Vec<Message>,
-    ) -> Result<bool, Error> {
-        match decode(row, payload).map_err(classify)? {
-            Decoded::Message(message) => {
-                tx.seqs.insert(message.id, seq);
-                claimed.push(message);
-                Ok(true)
-            }
-            Decoded::Malformed {
-                id,
-                attempts,
-                reason,
-            } => {
-                tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
-                sqlx::query(&self.outbox.sql.dead_letter)
-                    .bind(attempts + 1)
-                    .bind(reason)
-                    .bind(seq)
-                    .execute(&mut *tx.conn)
-                    .await
-                    .map_err(classify)?;
-                Ok(false)
-            }
-        }
-    }
-
     /// Per candidate key, the first earlier row left in the table outside
     /// the candidates: waiting (held by another batch, or for its retry),
     /// or dead when parking. Grouped by the key's bytes: the column's
@@ -330,11 +390,11 @@ impl MysqlSource {
     async fn blockers(
         &self,
         tx: &mut ClaimTx,
-        candidates: &[(u64, String, &sqlx::mysql::MySqlRow)],
+        candidates: &[(u64, &str)],
     ) -> Result<HashMap<String, u64>, Error> {
         let sql = &self.outbox.sql;
-        let keys: HashSet<&str> = candidates.iter().map(|(_, key, _)| key.as_str()).collect();
-        let last = candidates.iter().map(|(seq, _, _)| *seq).max().unwrap_or(0);
+        let keys: HashSet<&str> = candidates.iter().map(|(_, key)| *key).collect();
+        let last = candidates.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
         let statement = format!(
             "SELECT MIN(ordering_key) AS ordering_key, MIN(seq) AS seq \
              FROM ({}{}{}) AS earlier \
@@ -345,7 +405,7 @@ impl MysqlSource {
             placeholders(keys.len()),
         );
         let mut query = sqlx::query(&statement).bind(last);
-        for (seq, _, _) in candidates {
+        for (seq, _) in candidates {
             query = query.bind(*seq);
         }
         if sql.earlier_dead.is_some() {

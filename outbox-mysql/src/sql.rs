@@ -25,6 +25,7 @@ pub(crate) struct Statements {
     pub claim: String,
     pub claim_past: String,
     pub payloads: String,
+    pub relock: String,
     pub earlier_waiting: String,
     pub earlier_dead: Option<String>,
     pub ack: String,
@@ -135,6 +136,21 @@ impl Statements {
             // The payloads too large to come with their candidates, by
             // primary key (see `by_seq`).
             payloads: format!("SELECT o.seq, o.payload FROM {by_seq}"),
+            // The rows a claim keeps, locked again in a new transaction
+            // after it gave back the others (see `MysqlSource::relock`):
+            // those still waiting and not locked by another claim meanwhile.
+            // Looked up through the `waiting` index, as claims read it, so
+            // that its entries are locked too: a claim's scan that met an
+            // unlocked entry of a row locked by primary key alone skipped
+            // the row but kept the entry's lock, and the acknowledgement's
+            // delete of the row then waited for that claim's whole batch.
+            relock: format!(
+                "SELECT o.seq, o.attempts FROM JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT UNSIGNED PATH '$')) AS v \
+                 STRAIGHT_JOIN {t} AS o FORCE INDEX (`{waiting}`) \
+                   ON o.done_at IS NULL AND o.dead_at IS NULL AND o.seq = v.seq \
+                 WHERE o.next_attempt_at <= {now} \
+                 FOR UPDATE SKIP LOCKED"
+            ),
             earlier_waiting,
             earlier_dead,
             ack,

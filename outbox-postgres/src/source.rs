@@ -8,7 +8,7 @@ use std::time::Duration;
 use outbox_core::{
     Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, OnDeadLetter, Source,
 };
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::error::classify;
@@ -120,6 +120,40 @@ impl PostgresSource {
         Ok(within)
     }
 
+    /// Gives back every row the claim locked and does not use, keeping the
+    /// `taken` ones (`seq` to `attempts` as read): rolls back to the
+    /// savepoint taken before the candidates were locked (PostgreSQL then
+    /// releases the row locks taken since) and locks the taken rows again,
+    /// returning the `seq` of those still as read and not held back.
+    ///
+    /// A row kept locked unused (held back behind another batch's row of
+    /// its key, or past the byte budget) held its key back from every
+    /// other claim until this batch ended: under a backlog deeper than a
+    /// batch per key, most of several relays' claims were such rows, and
+    /// the relays fell behind the writers (issue 28, item 0). Between the
+    /// rollback and the new locks another claim may take a row; the look-back
+    /// runs again on what is locked, so a key keeps only its prefix.
+    async fn relock(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        taken: &HashMap<i64, i32>,
+    ) -> Result<HashSet<i64>, Error> {
+        let conn: &mut PgConnection = &mut *tx;
+        conn.execute("ROLLBACK TO SAVEPOINT candidates")
+            .await
+            .map_err(classify)?;
+        let rows: Vec<(i64, i32)> = sqlx::query_as(&self.outbox.sql.relock)
+            .bind(taken.keys().copied().collect::<Vec<i64>>())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .filter(|(seq, attempts)| taken.get(seq) == Some(attempts))
+            .map(|(seq, _)| seq)
+            .collect())
+    }
+
     /// This relay's identity, shown in logs.
     pub fn relay_id(&self) -> Uuid {
         self.relay_id
@@ -222,19 +256,26 @@ impl Source for PostgresSource {
         // generic plan instead, and one made while the table was nearly
         // empty scans the whole table per candidate once a backlog builds
         // (170 s per claim with 1,000,000 waiting, against about 10 ms).
-        sqlx::query(
-            "SELECT set_config('idle_in_transaction_session_timeout', $1, true), \
-                    set_config('plan_cache_mode', 'force_custom_plan', true)",
-        )
-        .bind(self.lease().as_millis().to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
+        //
+        // The savepoint, sent in the same round trip: the candidates are
+        // locked after it, so that the claim can give back, by rolling back
+        // to it, the rows it locked and does not return (see `relock`).
+        let begin = format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}; \
+             SET LOCAL plan_cache_mode = force_custom_plan; SAVEPOINT candidates",
+            self.lease().as_millis()
+        );
+        let conn: &mut PgConnection = &mut tx;
+        conn.execute(begin.as_str()).await.map_err(classify)?;
         // In rounds: when most candidates were held back, claim again past them,
         // leaving out their keys, so a key with more messages than a batch
         // behind a held or failing head cannot fill the claim.
         let mut claimed = Vec::with_capacity(limit);
-        let mut malformed = (Vec::new(), Vec::new(), Vec::new());
+        let mut malformed = Vec::new();
+        // The `seq` and `attempts` of every row returned or dead-lettered,
+        // and whether the claim locked any other row.
+        let mut taken: HashMap<i64, i32> = HashMap::new();
+        let mut left_locked = false;
         let mut passed_over: HashSet<String> = HashSet::new();
         // When parking, the keys of malformed rows and their seq: such a
         // row is dead-lettered, so its key's later rows must stay behind it.
@@ -282,11 +323,13 @@ impl Source for PostgresSource {
                 let seq: i64 = row.try_get("seq").map_err(classify)?;
                 after = after.max(seq);
                 let held = row.try_get::<bool, _>("held").map_err(classify)?;
-                // Past the budget: locked and left, as the claim's last rows.
+                // Past the budget: left, as the claim's last rows.
                 if over_budget && !held && !payloads.contains_key(&seq) {
+                    left_locked = true;
                     continue;
                 }
                 if held {
+                    left_locked = true;
                     // A key that cannot be read passes over nothing: its
                     // head is dead-lettered as malformed.
                     if let Ok(Some(key)) = text(row, "ordering_key") {
@@ -295,6 +338,7 @@ impl Source for PostgresSource {
                     held_back = true;
                     continue;
                 }
+                taken.insert(seq, row.try_get("attempts").map_err(classify)?);
                 match decode(row, payloads.remove(&seq)).map_err(classify)? {
                     Decoded::Message(message) => {
                         bytes = bytes.saturating_add(message.payload.len());
@@ -310,9 +354,7 @@ impl Source for PostgresSource {
                             let first = parked.entry(key).or_insert(seq);
                             *first = (*first).min(seq);
                         }
-                        malformed.0.push(id);
-                        malformed.1.push(attempts + 1);
-                        malformed.2.push(reason);
+                        malformed.push((seq, id, attempts + 1, reason));
                     }
                 }
             }
@@ -323,18 +365,39 @@ impl Source for PostgresSource {
                 break;
             }
         }
-        if !malformed.0.is_empty() {
+        // Later rows of a parked key are left; the next claim finds their
+        // head dead (or, until this claim commits, locked by it).
+        claimed.retain(|(seq, m)| {
+            let keep = parked.get(&m.ordering_key).is_none_or(|head| seq < head);
+            left_locked |= !keep;
+            keep
+        });
+        taken.retain(|seq, _| {
+            claimed.iter().any(|(s, _)| s == seq) || malformed.iter().any(|m| m.0 == *seq)
+        });
+        if left_locked && !taken.is_empty() {
+            let kept = self.relock(&mut tx, &taken).await?;
+            claimed.retain(|(seq, _)| kept.contains(seq));
+            malformed.retain(|m| kept.contains(&m.0));
+        }
+        if !malformed.is_empty() {
+            let (ids, attempts, reasons) = malformed.into_iter().fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |mut columns, (_, id, attempts, reason)| {
+                    columns.0.push(id);
+                    columns.1.push(attempts);
+                    columns.2.push(reason);
+                    columns
+                },
+            );
             sqlx::query(&self.outbox.sql.dead_letter)
-                .bind(malformed.0)
-                .bind(malformed.1)
-                .bind(malformed.2)
+                .bind(ids)
+                .bind(attempts)
+                .bind(reasons)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
         }
-        // Later rows of a parked key stay locked, unreturned, until this
-        // claim commits; the next claim then finds their head dead.
-        claimed.retain(|(seq, m)| parked.get(&m.ordering_key).is_none_or(|head| seq < head));
         if claimed.is_empty() {
             tx.commit().await.map_err(classify)?;
             return Ok(Claim::empty());

@@ -34,6 +34,7 @@ pub(crate) struct Statements {
     pub enqueue_one: String,
     pub claim: String,
     pub payloads: String,
+    pub relock: String,
     pub ack: String,
     pub retry: String,
     pub dead_letter: String,
@@ -113,9 +114,8 @@ impl Statements {
             // Every candidate comes back, `held` when an earlier row of its
             // key is left in the table outside this claim: one held by
             // another batch, waiting for its retry, or (when parking) dead.
-            // Held rows stay locked, unused, until this batch commits; the
-            // source claims again past them, leaving out their keys (`$2`,
-            // `$3`). `OFFSET 0` keeps each look-back a per-row probe of an
+            // The source claims again past held rows, leaving out their keys
+            // (`$2`, `$3`), then gives them back (`relock`). `OFFSET 0` keeps each look-back a per-row probe of an
             // index. The candidates carry every column: joining back to the
             // table for them cost 9,053 buffer hits per 1,000 rows claimed,
             // against 5,053.
@@ -145,6 +145,21 @@ impl Statements {
                  FROM c"
             ),
             payloads: format!("SELECT seq, payload FROM {t} WHERE seq = ANY($1)"),
+            // The rows a claim keeps, locked again after it gave back the
+            // others (see `PostgresSource::relock`): those still waiting,
+            // not locked by another claim meanwhile, and not held back by
+            // an earlier row of their key left outside them.
+            relock: format!(
+                "WITH c AS MATERIALIZED (\
+                   SELECT seq, attempts, ordering_key FROM {t} \
+                   WHERE seq = ANY($1) AND done_at IS NULL AND dead_at IS NULL \
+                     AND next_attempt_at <= now() \
+                   FOR UPDATE SKIP LOCKED) \
+                 SELECT seq, attempts FROM c \
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} AS p \
+                   WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
+                     AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0)"
+            ),
             ack,
             retry: format!(
                 "UPDATE {t} AS m SET attempts = u.attempts, last_error = u.error, \

@@ -48,6 +48,7 @@ macro_rules! source_conformance {
             a_long_error_is_stored_cut_short,
             a_malformed_head_parks_its_key,
             a_claim_stays_within_its_byte_budget,
+            a_claim_keeps_no_row_it_holds_back,
         );
     };
     (@tests $make:path; $($scenario:ident),* $(,)?) => {

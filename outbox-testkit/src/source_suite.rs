@@ -815,3 +815,44 @@ pub async fn a_claim_stays_within_its_byte_budget<H: SourceHarness>(harness: &H)
     );
     assert_eq!(harness.waiting().await, 0);
 }
+
+/// A claim keeps locked only the rows it returns. A claim that meets a
+/// later row of a key whose earlier row is in another batch leaves it
+/// behind, and the next claim after that batch is acknowledged takes it.
+/// (Claims that kept such rows locked, unused, until their own batch ended
+/// held those keys back from every other claim meanwhile: under a backlog
+/// deeper than a batch per key, several relays' claims came back mostly
+/// empty, and the relays fell behind the writers.)
+pub async fn a_claim_keeps_no_row_it_holds_back<H: SourceHarness>(harness: &H) {
+    let first = Message::builder("events", "busy").build().unwrap();
+    let second = Message::builder("events", "busy").build().unwrap();
+    let other = Message::builder("events", "free").build().unwrap();
+    harness
+        .enqueue(vec![first.clone(), second.clone(), other.clone()])
+        .await;
+    let a = harness.relay(LEASE).await;
+    let head = a.claim(1).await.expect("claim");
+    assert_eq!(ids(&head), vec![first.id], "the first claim takes the head");
+    let b = harness.relay(LEASE).await;
+    let rest = b.claim(10).await.expect("claim");
+    assert_eq!(
+        ids(&rest),
+        vec![other.id],
+        "a claim took a row whose earlier row is in another batch"
+    );
+    a.ack(head.id(), &head).await.expect("ack");
+    let c = harness.relay(LEASE).await;
+    let next = c.claim(10).await.expect("claim");
+    assert_eq!(
+        ids(&next),
+        vec![second.id],
+        "the key's next row stayed behind a claim that did not return it"
+    );
+    b.ack(rest.id(), &rest).await.expect("ack");
+    c.ack(next.id(), &next).await.expect("ack");
+    assert_eq!(harness.waiting().await, 0);
+}
+
+fn ids(claim: &[Message]) -> Vec<uuid::Uuid> {
+    claim.iter().map(|m| m.id).collect()
+}
