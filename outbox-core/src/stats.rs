@@ -34,7 +34,8 @@ pub struct Stats {
     /// Batches in a row released unsent because their lease left no time.
     unsent_in_a_row: AtomicU64,
     last_error: Mutex<Option<String>>,
-    backlog: Mutex<Option<Backlog>>,
+    /// The last backlog the source reported, and when.
+    backlog: Mutex<Option<(Backlog, Instant)>>,
 }
 
 /// Batches in a row released unsent before the relay reports unhealthy.
@@ -102,12 +103,29 @@ impl Stats {
     }
 
     pub(crate) fn set_backlog(&self, backlog: Backlog) {
-        *self.backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some(backlog);
+        *self.backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some((backlog, Instant::now()));
     }
 
     /// The last backlog the source reported, if it reports one.
     pub fn backlog(&self) -> Option<Backlog> {
-        *self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+        self.backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|(backlog, _)| backlog)
+    }
+
+    /// The waiting messages and the age of the oldest now, by the last
+    /// backlog the source reported: when one has waited past `stall_after`
+    /// and no item reached an outcome since that backlog was read (an
+    /// outcome since makes it stale until the next).
+    fn waiting_too_long(&self) -> Option<(u64, Duration)> {
+        let (backlog, read_at) = (*self.backlog.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let read_ms = read_at.saturating_duration_since(self.started).as_millis() as u64;
+        if self.last_progress_ms.load(Ordering::Relaxed) > read_ms {
+            return None;
+        }
+        let oldest = backlog.oldest_age? + read_at.elapsed();
+        (backlog.waiting > 0 && oldest > self.stall_after).then_some((backlog.waiting, oldest))
     }
 
     /// Reads a counter.
@@ -126,8 +144,15 @@ impl Stats {
 
     /// Whether the relay is making progress: a claim succeeded within
     /// `stall_after`, the last batches were not all released unsent for
-    /// want of time in their lease, and, if items are in flight, one of
-    /// them reached an outcome within `stall_after`.
+    /// want of time in their lease, and, if items are in flight, or
+    /// messages have waited longer than `stall_after` (by the source's
+    /// backlog), one item reached an outcome within `stall_after`.
+    ///
+    /// The last covers a relay whose claims succeed and come back empty
+    /// while messages wait: their rows held by a stalled relay, behind a
+    /// head waiting for its retry, or (with `OnDeadLetter::Park`) behind a
+    /// dead letter until an operator requeues it. It says the outbox is
+    /// not delivering, which every relay on it then reports.
     pub fn health(&self) -> Health {
         let now = self.now_ms();
         let since_claim =
@@ -154,6 +179,18 @@ impl Stats {
                 false,
                 format!(
                     "{in_flight} items in flight and none reached an outcome for {:?}",
+                    self.since_progress()
+                ),
+            )
+        } else if let Some((waiting, oldest)) = self
+            .waiting_too_long()
+            .filter(|_| self.since_progress() > self.stall_after)
+        {
+            (
+                false,
+                format!(
+                    "{waiting} messages waiting, the oldest for {oldest:?}, and none reached \
+                     an outcome for {:?}",
                     self.since_progress()
                 ),
             )

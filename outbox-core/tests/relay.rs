@@ -282,6 +282,45 @@ async fn batches_released_unsent_again_and_again_make_the_relay_unhealthy() {
     );
 }
 
+/// A relay whose claims succeed but find nothing to deliver while messages
+/// wait (here every row is held by a stalled relay's claim) says so in its
+/// health, and is healthy again once messages flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_delivered_while_messages_wait_makes_the_relay_unhealthy() {
+    use outbox_core::Source;
+    let source = MemorySource::default();
+    source.enqueue(numbered_messages("t", 5, 1));
+    let stalled = source.another_relay(Duration::from_secs(3));
+    let held = stalled.claim(10).await.expect("claim");
+    assert_eq!(held.len(), 5);
+    // Claims (empty) at least every 100 ms: they keep succeeding.
+    let config = RelayConfig {
+        stall_after: Duration::from_millis(500),
+        poll_interval_max: Duration::from_millis(100),
+        ..fast()
+    };
+    let relay = run_relay(source.clone(), MemoryDestination::new(), config);
+    let unhealthy = eventually(Duration::from_secs(10), || async {
+        !relay.stats.health().healthy
+    })
+    .await;
+    let health = relay.stats.health();
+    assert!(unhealthy, "healthy while nothing was delivered: {health:?}");
+    assert!(
+        health.reason.contains("messages waiting"),
+        "{}",
+        health.reason
+    );
+    // The stalled claim's lease ends; the relay delivers and recovers.
+    let recovered = eventually(Duration::from_secs(20), || async {
+        relay.stats.health().healthy && Stats::get(&relay.stats.published) == 5
+    })
+    .await;
+    let health = relay.stats.health();
+    relay.stop().await;
+    assert!(recovered, "never recovered: {health:?}");
+}
+
 /// The backlog is counted off the claim path: a slow count never delays a
 /// claim, and its figure still reaches the statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
