@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use outbox_core::{Backlog, DeadLetter, Error};
-use sqlx::{PgPool, Row};
+use sqlx::{Executor, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::error::classify;
 use crate::row::{decode, Decoded};
+use crate::sql::claim_settings;
 use crate::PostgresOutbox;
 
 impl PostgresOutbox {
@@ -88,17 +89,23 @@ impl PostgresOutbox {
     }
 
     /// The plan PostgreSQL chooses for a claim's first round of `limit`
-    /// rows (`EXPLAIN`), to check that it stays an index scan on a large
-    /// backlog.
+    /// rows (`EXPLAIN`, with the claim transaction's settings), to check
+    /// that it stays an index scan on a large backlog.
     pub async fn explain_claim(&self, pool: &PgPool, limit: u32) -> Result<String, Error> {
+        let mut tx = pool.begin().await.map_err(classify)?;
+        let conn: &mut PgConnection = &mut tx;
+        conn.execute(claim_settings(self.config.lease).as_str())
+            .await
+            .map_err(classify)?;
         let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", self.sql.claim))
             .bind(i64::from(limit))
             .bind(0_i64)
             .bind(Vec::<String>::new())
             .bind(i64::try_from(self.config.batch_bytes).unwrap_or(i64::MAX))
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
+        tx.rollback().await.map_err(classify)?;
         Ok(lines.join("\n"))
     }
 

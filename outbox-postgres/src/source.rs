@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::error::classify;
 use crate::leader::Leadership;
 use crate::row::{decode, text, Decoded};
+use crate::sql::claim_settings;
 use crate::wake::Wake;
 use crate::PostgresOutbox;
 
@@ -250,21 +251,9 @@ impl Source for PostgresSource {
         }
         self.held.forget_expired(self.lease());
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        // The lease: PostgreSQL ends this transaction once it has been idle
-        // (the relay publishing, or stalled) for this long. And a plan made
-        // for each claim's parameters: after five runs PostgreSQL may keep a
-        // generic plan instead, and one made while the table was nearly
-        // empty scans the whole table per candidate once a backlog builds
-        // (170 s per claim with 1,000,000 waiting, against about 10 ms).
-        //
-        // The savepoint, sent in the same round trip: the candidates are
-        // locked after it, so that the claim can give back, by rolling back
-        // to it, the rows it locked and does not return (see `relock`).
-        let begin = format!(
-            "SET LOCAL idle_in_transaction_session_timeout = {}; \
-             SET LOCAL plan_cache_mode = force_custom_plan; SAVEPOINT candidates",
-            self.lease().as_millis()
-        );
+        // The lease, the planner's settings and the savepoint the claim can
+        // give rows back to (see `claim_settings`), in one round trip.
+        let begin = claim_settings(self.lease());
         let conn: &mut PgConnection = &mut tx;
         conn.execute(begin.as_str()).await.map_err(classify)?;
         // In rounds: when most candidates were held back, claim again past them,

@@ -1,5 +1,7 @@
 //! Every statement of the adapter, rendered once per outbox for its table.
 
+use std::time::Duration;
+
 use outbox_core::OnDeadLetter;
 
 use crate::schema::qualified;
@@ -199,6 +201,35 @@ impl Statements {
             key_lock_class: (hash >> 32) as i32,
         }
     }
+}
+
+/// The settings of a claim's transaction, and the savepoint its candidates
+/// are locked after, as one string of statements.
+///
+/// - The lease: PostgreSQL ends the transaction once it has been idle (the
+///   relay publishing, or stalled) for this long.
+/// - A plan made for each claim's parameters: after five runs PostgreSQL
+///   may keep a generic plan instead, and one made while the table was
+///   nearly empty scans the whole table per candidate once a backlog builds
+///   (170 s per claim with 1,000,000 waiting, against about 10 ms).
+/// - Index scans in `seq` order, never a bitmap scan, a sort or a table
+///   scan: statistics taken by (auto)vacuum while few rows waited in a
+///   table of many pages (a queue's table keeps its size and refills its
+///   free space) made PostgreSQL read every waiting row through the `key`
+///   index and sort them, for each claim: 134 ms with 30,000 waiting, more
+///   as the backlog grew, which it then did (the sustained run with
+///   autovacuum on, issue 28). The other statements of the transaction
+///   (payloads, relock, reports) look rows up by key too.
+/// - The savepoint: the claim gives back, by rolling back to it, the rows
+///   it locked and does not return (see `PostgresSource::relock`).
+pub(crate) fn claim_settings(lease: Duration) -> String {
+    format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}; \
+         SET LOCAL plan_cache_mode = force_custom_plan; \
+         SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+         SET LOCAL enable_sort = off; SAVEPOINT candidates",
+        lease.as_millis()
+    )
 }
 
 /// A stable hash (FNV-1a), so every process derives the same lock keys.

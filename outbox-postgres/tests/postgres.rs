@@ -410,6 +410,50 @@ async fn a_million_waiting_rows_are_claimed_by_index_scan_in_milliseconds() {
         .unwrap();
 }
 
+/// Statistics taken by (auto)vacuum while few rows waited in a table of
+/// many pages, then a backlog refilling the free space (the table keeps its
+/// size, so PostgreSQL's estimate stays at the few rows): the claim still
+/// walks the `waiting` index in `seq` order. (It read every waiting row
+/// through the `key` index and sorted them instead, in each claim: the
+/// sustained run with autovacuum on fell behind the writers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_keeps_its_index_scan_when_statistics_undercount_the_backlog() {
+    let (outbox, pool) = table("stale_stats", |c| c.notify = false).await;
+    let insert = |rows: i32| {
+        format!(
+            "INSERT INTO outbox_test.stale_stats (id, ordering_key, destination, payload) \
+             SELECT gen_random_uuid(), 'key-' || (g % 1000), 'orders', convert_to(repeat('x', 200), 'UTF8') \
+             FROM generate_series(1, {rows}) AS g"
+        )
+    };
+    for statement in [
+        insert(60_000),
+        // The last rows stay, so that vacuum cannot cut the table short.
+        "DELETE FROM outbox_test.stale_stats \
+         WHERE seq <= (SELECT max(seq) - 100 FROM outbox_test.stale_stats)"
+            .to_string(),
+        "VACUUM ANALYZE outbox_test.stale_stats".to_string(),
+        insert(50_000),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    let plan = outbox.explain_claim(&pool, 500).await.unwrap();
+    assert!(
+        plan.contains("Index Scan using stale_stats_waiting"),
+        "the claim does not walk the waiting index:\n{plan}"
+    );
+    for step in ["Sort", "Bitmap", "Seq Scan"] {
+        assert!(
+            !plan.contains(step),
+            "the claim's plan has a {step}:\n{plan}"
+        );
+    }
+    let source = outbox.source(pool.clone()).await.unwrap();
+    let claimed = source.claim(500).await.unwrap();
+    assert_eq!(claimed.len(), 500);
+    source.ack(claimed.id(), &claimed).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rows_are_dead_lettered_with_the_reason_and_others_flow() {
     let (outbox, pool) = table("malformed", |_| {}).await;
