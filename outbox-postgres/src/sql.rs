@@ -146,17 +146,24 @@ impl Statements {
                        AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0) AS held \
                  FROM c"
             ),
-            payloads: format!("SELECT seq, payload FROM {t} WHERE seq = ANY($1)"),
+            // By `seq`, in `seq` order: with sorts off (see
+            // `claim_settings`) only an index on `seq` can answer, never a
+            // scan of the whole `key` index filtered by `seq`.
+            payloads: format!("SELECT seq, payload FROM {t} WHERE seq = ANY($1) ORDER BY seq"),
             // The rows a claim keeps, locked again after it gave back the
             // others (see `PostgresSource::relock`): those still waiting,
             // not locked by another claim meanwhile, and not held back by
-            // an earlier row of their key left outside them.
+            // an earlier row of their key left outside them. In `seq`
+            // order, as `payloads`: on statistics that undercounted the
+            // backlog PostgreSQL found these rows by scanning the whole
+            // `key` index (31,157 buffers, up to 1.7 s, seen by auto_explain
+            // in the sustained run with autovacuum on).
             relock: format!(
                 "WITH c AS MATERIALIZED (\
                    SELECT seq, attempts, ordering_key FROM {t} \
                    WHERE seq = ANY($1) AND done_at IS NULL AND dead_at IS NULL \
                      AND next_attempt_at <= now() \
-                   FOR UPDATE SKIP LOCKED) \
+                   ORDER BY seq FOR UPDATE SKIP LOCKED) \
                  SELECT seq, attempts FROM c \
                  WHERE NOT EXISTS (SELECT 1 FROM {t} AS p \
                    WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
