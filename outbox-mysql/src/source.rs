@@ -255,12 +255,11 @@ impl MysqlSource {
         claimed.retain(|m| {
             let seq = tx.seqs.get(&m.id).copied().unwrap_or_default();
             let keep = parked.get(&m.ordering_key).is_none_or(|head| seq < *head);
-            left_locked |= !keep;
+            if !keep {
+                left_locked = true;
+                taken.remove(&seq);
+            }
             keep
-        });
-        taken.retain(|seq, _| {
-            claimed.iter().any(|m| tx.seqs.get(&m.id) == Some(seq))
-                || malformed.iter().any(|m| m.0 == *seq)
         });
         if left_locked && !taken.is_empty() {
             let kept = self.relock(tx, &taken).await?;

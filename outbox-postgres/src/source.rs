@@ -358,11 +358,11 @@ impl Source for PostgresSource {
         // head dead (or, until this claim commits, locked by it).
         claimed.retain(|(seq, m)| {
             let keep = parked.get(&m.ordering_key).is_none_or(|head| seq < head);
-            left_locked |= !keep;
+            if !keep {
+                left_locked = true;
+                taken.remove(seq);
+            }
             keep
-        });
-        taken.retain(|seq, _| {
-            claimed.iter().any(|(s, _)| s == seq) || malformed.iter().any(|m| m.0 == *seq)
         });
         if left_locked && !taken.is_empty() {
             let kept = self.relock(&mut tx, &taken).await?;
