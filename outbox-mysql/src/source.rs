@@ -394,30 +394,42 @@ impl MysqlSource {
         let sql = &self.outbox.sql;
         let keys: HashSet<&str> = candidates.iter().map(|(_, key)| *key).collect();
         let last = candidates.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
-        let statement = format!(
-            "SELECT MIN(ordering_key) AS ordering_key, MIN(seq) AS seq \
-             FROM ({}{}{}) AS earlier \
-             WHERE ordering_key IN {} GROUP BY CAST(ordering_key AS BINARY)",
-            sql.earlier_waiting,
-            placeholders(candidates.len()),
-            sql.earlier_dead.as_deref().unwrap_or_default(),
-            placeholders(keys.len()),
-        );
-        let mut query = sqlx::query(&statement).bind(last);
-        for (seq, _) in candidates {
-            query = query.bind(*seq);
+        // Plain range scans, no derived table and no GROUP BY: MariaDB
+        // 10.11 crashed (signal 11 in `ha_maria::drop_table`, freeing the
+        // internal temporary table) when a connection was killed during
+        // the grouped form of this look-back (seen in the chaos run).
+        let mut earlier = Vec::new();
+        let ranges = std::iter::once((sql.earlier_waiting.as_str(), true))
+            .chain(sql.earlier_dead.as_deref().map(|dead| (dead, false)));
+        for (range, excludes_candidates) in ranges {
+            let statement = if excludes_candidates {
+                format!(
+                    "{range}{} AND ordering_key IN {}",
+                    placeholders(candidates.len()),
+                    placeholders(keys.len())
+                )
+            } else {
+                format!("{range} AND ordering_key IN {}", placeholders(keys.len()))
+            };
+            let mut query = sqlx::query_as::<_, (String, u64)>(&statement).bind(last);
+            if excludes_candidates {
+                for (seq, _) in candidates {
+                    query = query.bind(*seq);
+                }
+            }
+            for key in &keys {
+                query = query.bind(*key);
+            }
+            earlier.extend(query.fetch_all(&mut *tx.conn).await.map_err(classify)?);
         }
-        if sql.earlier_dead.is_some() {
-            query = query.bind(last);
+        // The first per key, compared byte for byte (the `IN` above
+        // compares by the collation).
+        let mut first: HashMap<String, u64> = HashMap::new();
+        for (key, seq) in earlier {
+            let entry = first.entry(key).or_insert(seq);
+            *entry = (*entry).min(seq);
         }
-        for key in &keys {
-            query = query.bind(*key);
-        }
-        let rows = query.fetch_all(&mut *tx.conn).await.map_err(classify)?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("ordering_key")?, row.try_get("seq")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
+        Ok(first)
     }
 }
 

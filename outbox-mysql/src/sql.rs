@@ -92,11 +92,12 @@ impl Statements {
             "SELECT ordering_key, seq FROM {t} FORCE INDEX (`{waiting}`) \
              WHERE done_at IS NULL AND dead_at IS NULL AND seq < ? AND seq NOT IN "
         );
-        // When parking, dead rows hold their key back too: a range of their
-        // own, as one range over both scans every waiting row.
+        // When parking, dead rows hold their key back too: a range (and a
+        // statement) of their own, as one range over both scans every
+        // waiting row.
         let earlier_dead = matches!(config.on_dead_letter, OnDeadLetter::Park).then(|| {
             format!(
-                " UNION ALL SELECT ordering_key, seq FROM {t} FORCE INDEX (`{waiting}`) \
+                "SELECT ordering_key, seq FROM {t} FORCE INDEX (`{waiting}`) \
                  WHERE done_at IS NULL AND dead_at IS NOT NULL AND seq < ?"
             )
         });
