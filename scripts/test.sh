@@ -45,6 +45,14 @@ for example in postgres_kafka postgres_amqp postgres_nats mysql_kafka mysql_amqp
     cargo run --quiet --all-features --example "$example" -- 20
 done
 
+# The same service with its database and broker picked at run time, behind
+# BoxSource and BoxDestination.
+for pair in "mysql kafka" "postgres amqp"; do
+    step "example any_pair $pair"
+    # shellcheck disable=SC2086
+    cargo run --quiet --all-features --example any_pair -- 20 $pair
+done
+
 step "scheduler benchmark (smoke)"
 cargo bench --quiet -p outbox-core --bench scheduler -- 20000 1000
 

@@ -10,7 +10,7 @@ use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
-use outbox_core::memory::{DeadLetter, MemorySource};
+use outbox_core::memory::{MemoryDeadLetter, MemorySource};
 use outbox_core::{Backoff, Message, RelayConfig, Stats, HEADER_MESSAGE_ID};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
@@ -312,7 +312,10 @@ async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost
 /// refuses such a publish by closing the channel, which fails the confirms
 /// of the others waiting on it too; checks that each other message still
 /// arrives, in order per key, with no dead letter and no retry.
-async fn refused_among_others(scenario: &'static str, refused: &[Message]) -> Vec<DeadLetter> {
+async fn refused_among_others(
+    scenario: &'static str,
+    refused: &[Message],
+) -> Vec<MemoryDeadLetter> {
     let harness = amqp_queue(scenario).await;
     let messages = numbered_messages(&harness.queue, 20, 10);
     let source = MemorySource::new(Duration::from_secs(30));

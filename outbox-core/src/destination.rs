@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::{Error, Item};
+use crate::{BoxDestination, Error, Item};
 
 /// A broker the relay publishes to.
 pub trait Destination: Send + Sync + 'static {
@@ -50,5 +50,14 @@ pub trait Destination: Send + Sync + 'static {
     /// shutdown. The default has nothing to flush.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send {
         async { Ok(()) }
+    }
+
+    /// This destination behind one type, [`BoxDestination`], for code that
+    /// picks its broker at run time.
+    fn boxed(self) -> BoxDestination<Self::Item>
+    where
+        Self: Sized,
+    {
+        BoxDestination::new(self)
     }
 }

@@ -7,9 +7,12 @@
 //! in-memory pair for tests.
 
 mod backoff;
+mod box_destination;
+mod box_source;
 mod claim;
 mod config;
 mod dead_letter;
+mod deliver_batch;
 mod destination;
 mod error;
 mod held;
@@ -19,11 +22,12 @@ pub mod memory;
 mod message;
 mod redact;
 mod relay;
-mod scheduler;
 mod source;
 mod stats;
 
 pub use backoff::Backoff;
+pub use box_destination::BoxDestination;
+pub use box_source::BoxSource;
 pub use claim::{Claim, ClaimId};
 pub use config::{duration_ms, RelayConfig};
 pub use dead_letter::DeadLetter;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::scheduler::{deliver_batch, BatchOutcome, Bounds};
+use crate::deliver_batch::{deliver_batch, BatchOutcome, Bounds};
 use crate::{ClaimId, ConfigError, Destination, Error, Item, RelayConfig, Source, Stats};
 
 /// How often the relay asks its source for the backlog.

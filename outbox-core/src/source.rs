@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Claim, ClaimId, Error, Item};
+use crate::{BoxSource, Claim, ClaimId, Error, Item};
 
 /// A retryable failure or a dead letter, reported for many items at once.
 #[derive(Debug, Clone)]
@@ -125,5 +125,14 @@ pub trait Source: Send + Sync + 'static {
     /// The backlog, for statistics and health; `None` when not supported.
     fn backlog(&self) -> impl Future<Output = Result<Option<Backlog>, Error>> + Send {
         async { Ok(None) }
+    }
+
+    /// This source behind one type, [`BoxSource`], for code that picks its
+    /// source at run time.
+    fn boxed(self) -> BoxSource<Self::Item>
+    where
+        Self: Sized,
+    {
+        BoxSource::new(self)
     }
 }

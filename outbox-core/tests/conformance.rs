@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use outbox_core::memory::{MemoryDestination, MemorySource};
 use outbox_core::{Message, OnDeadLetter, Source};
-use outbox_testkit::{DestinationHarness, Received, SourceHarness};
+use outbox_testkit::{Boxed, DestinationHarness, Received, SourceHarness};
 use uuid::Uuid;
 
 struct MemoryTable(MemorySource);
@@ -50,6 +50,16 @@ async fn memory_table(_scenario: &'static str) -> MemoryTable {
 mod source {
     use super::*;
     outbox_testkit::source_conformance!(memory_table);
+}
+
+async fn boxed_memory_table(scenario: &'static str) -> Boxed<MemoryTable> {
+    Boxed(memory_table(scenario).await)
+}
+
+/// The suite through `BoxSource`, which must forward every call.
+mod boxed_source {
+    use super::*;
+    outbox_testkit::source_conformance!(boxed_memory_table);
 }
 
 struct MemoryBroker {
@@ -100,4 +110,14 @@ async fn memory_broker(_scenario: &'static str) -> MemoryBroker {
 mod destination {
     use super::*;
     outbox_testkit::destination_conformance!(memory_broker);
+}
+
+async fn boxed_memory_broker(scenario: &'static str) -> Boxed<MemoryBroker> {
+    Boxed(memory_broker(scenario).await)
+}
+
+/// The suite through `BoxDestination`, which must forward every call.
+mod boxed_destination {
+    use super::*;
+    outbox_testkit::destination_conformance!(boxed_memory_broker);
 }

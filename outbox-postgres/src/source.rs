@@ -74,7 +74,7 @@ impl PostgresSource {
         let leadership = outbox.config.leader_only.then(|| {
             Leadership::new(
                 pool.clone(),
-                outbox.sql.claim_lock ^ 0x1ead,
+                outbox.sql.table_lock ^ 0x1ead,
                 outbox.config.lease,
             )
         });

@@ -46,9 +46,10 @@ pub(crate) struct Statements {
     pub requeue: String,
     pub requeue_all: String,
     pub cleanup: String,
-    /// Advisory lock keys: the leader lock of this table (bigint space),
-    /// and the per-key writer locks (int4 pair space, this is the first int).
-    pub claim_lock: i64,
+    /// The table's name hashed into advisory lock space (bigint), from
+    /// which its leader and migration locks are made; and the class of
+    /// its per-key writer locks (int4 pair space, this is the first int).
+    pub table_lock: i64,
     pub key_lock_class: i32,
 }
 
@@ -204,7 +205,7 @@ impl Statements {
                 "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} \
                  WHERE done_at IS NOT NULL AND done_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
             ),
-            claim_lock: hash as i64,
+            table_lock: hash as i64,
             key_lock_class: (hash >> 32) as i32,
         }
     }

@@ -47,7 +47,7 @@ impl PostgresOutbox {
     pub async fn migrate(&self, pool: &PgPool) -> Result<(), Error> {
         let mut tx = pool.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(self.sql.claim_lock ^ 0x5f5f)
+            .bind(self.sql.table_lock ^ 0x5f5f)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;

@@ -1,41 +1,24 @@
-//! The configured broker, connected, handed to the relay with its source.
+//! The configured broker, connected, behind one type whatever its kind.
 
 use std::time::Duration;
 
-use outbox_core::{CancellationToken, Error, Message, Relay, RelayConfig, Source};
+use outbox_core::{BoxDestination, CancellationToken, Destination, Error, Message};
 
-use crate::settings::{DestinationKind, DestinationSettings};
+use crate::settings::DestinationSettings;
 use crate::startup::{until_up, Readiness};
 
-/// Connects the destination `settings` name (trying again while it cannot
-/// be reached) and runs a relay from `source` to it until `shutdown`;
-/// `readiness` gets the relay's statistics once it runs.
-pub async fn relay_to<S: Source<Item = Message>>(
+/// Connects the destination `settings` name, trying again while it cannot
+/// be reached; `None` when `shutdown` came first.
+pub async fn connect(
     settings: &DestinationSettings,
-    source: S,
-    config: RelayConfig,
     readiness: &Readiness,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let timeout = settings.timeout_ms.map(Duration::from_millis);
-    #[allow(unused_variables)] // unused when only kafka is compiled in
-    let url = settings.url.clone().unwrap_or_default();
-    macro_rules! run {
-        ($destination:expr) => {{
-            let Some(destination) = $destination else {
-                return Ok(());
-            };
-            let relay = Relay::new(source, destination, config)
-                .map_err(|err| Error::permanent(format!("invalid configuration: relay.{err}")))?;
-            readiness.running(relay.stats());
-            relay.run(shutdown).await
-        }};
-    }
-    match settings.kind {
+    shutdown: &CancellationToken,
+) -> Result<Option<BoxDestination<Message>>, Error> {
+    match settings {
         #[cfg(feature = "kafka")]
-        DestinationKind::Kafka => {
+        DestinationSettings::Kafka(settings) => {
             let mut kafka = outbox_kafka::KafkaConfig {
-                brokers: settings.brokers.clone().unwrap_or_default(),
+                brokers: settings.brokers.clone(),
                 ..outbox_kafka::KafkaConfig::default()
             };
             for (name, value) in &settings.properties {
@@ -43,53 +26,63 @@ pub async fn relay_to<S: Source<Item = Message>>(
                     .map_err(|err| Error::permanent(format!("invalid configuration: {err}")))?;
                 kafka.properties.insert(name.clone(), value);
             }
-            if let Some(timeout) = timeout {
-                kafka.delivery_timeout = timeout;
+            if let Some(timeout_ms) = settings.timeout_ms {
+                kafka.delivery_timeout = Duration::from_millis(timeout_ms);
             }
-            run!(Some(outbox_kafka::KafkaDestination::new(kafka)?))
+            Ok(Some(outbox_kafka::KafkaDestination::new(kafka)?.boxed()))
         }
         #[cfg(feature = "amqp")]
-        DestinationKind::Amqp => {
+        DestinationSettings::Amqp(settings) => {
             let amqp = outbox_amqp::AmqpConfig {
-                url,
+                url: settings.url.clone(),
                 root_certificates: settings.root_certificates.clone(),
                 client_certificate: settings.client_certificate.clone(),
                 client_key: settings.client_key.clone(),
                 ..outbox_amqp::AmqpConfig::default()
             };
-            let connect = || outbox_amqp::AmqpDestination::connect(amqp.clone());
-            run!(until_up("broker", readiness, &shutdown, connect).await?)
+            let connect = || {
+                let amqp = amqp.clone();
+                async move { Ok(outbox_amqp::AmqpDestination::connect(amqp).await?.boxed()) }
+            };
+            until_up("broker", readiness, shutdown, connect).await
         }
         #[cfg(feature = "nats")]
-        DestinationKind::Nats => {
-            let mut nats = outbox_nats::NatsConfig {
-                url,
-                subject_prefix: settings.subject_prefix.clone().unwrap_or_default(),
+        DestinationSettings::Nats(settings) => {
+            use crate::settings::NatsModeSetting;
+            use outbox_nats::{NatsAuth, NatsConfig, NatsDestination, NatsMode};
+            let mut nats = NatsConfig {
+                url: settings.url.clone(),
+                subject_prefix: settings.subject_prefix.clone(),
                 require_tls: settings.root_certificates.is_some(),
                 root_certificates: settings.root_certificates.clone(),
                 client_certificate: settings.client_certificate.clone(),
                 client_key: settings.client_key.clone(),
-                ..outbox_nats::NatsConfig::default()
+                mode: match settings.mode {
+                    NatsModeSetting::Jetstream => NatsMode::JetStream,
+                    NatsModeSetting::Core => NatsMode::Core,
+                },
+                ..NatsConfig::default()
             };
-            if settings.mode.as_deref() == Some("core") {
-                nats.mode = outbox_nats::NatsMode::Core;
-            }
-            if let Some(timeout) = timeout {
-                nats.ack_timeout = timeout;
+            if let Some(timeout_ms) = settings.timeout_ms {
+                nats.ack_timeout = Duration::from_millis(timeout_ms);
             }
             if let Some(token) = &settings.token {
-                nats.auth = outbox_nats::NatsAuth::Token(token.clone());
+                nats.auth = NatsAuth::Token(token.clone());
             } else if let Some(seed) = &settings.nkey {
-                nats.auth = outbox_nats::NatsAuth::NKey(seed.clone());
+                nats.auth = NatsAuth::NKey(seed.clone());
             } else if let Some(path) = &settings.credentials_file {
-                nats.auth = outbox_nats::NatsAuth::CredentialsFile(path.clone());
+                nats.auth = NatsAuth::CredentialsFile(path.clone());
             }
-            let connect = || outbox_nats::NatsDestination::connect(nats.clone());
-            run!(until_up("broker", readiness, &shutdown, connect).await?)
+            let connect = || {
+                let nats = nats.clone();
+                async move { Ok(NatsDestination::connect(nats).await?.boxed()) }
+            };
+            until_up("broker", readiness, shutdown, connect).await
         }
         #[allow(unreachable_patterns)]
-        kind => Err(Error::permanent(format!(
-            "destination.kind = {kind:?} is not compiled into this outbox-relay: build it with that feature"
+        other => Err(Error::permanent(format!(
+            "destination.kind = {:?} is not compiled into this outbox-relay: build it with that feature",
+            other.kind()
         ))),
     }
 }

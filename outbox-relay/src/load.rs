@@ -71,9 +71,58 @@ fn typed_by_target(
         });
         match refused {
             Some(i) => typed[i] = true,
-            None => return Err(ConfigError::new("configuration", err.message().to_string())),
+            None => {
+                return Err(refusal(
+                    &attempt_sections(document, vars, &typed)?,
+                    err.message(),
+                ))
+            }
         }
     }
+}
+
+/// The document with `vars` laid over it, as the last attempt read it.
+fn attempt_sections(
+    document: &toml::Table,
+    vars: &[(String, String)],
+    typed: &[bool],
+) -> Result<toml::Table, ConfigError> {
+    let mut attempt = document.clone();
+    apply_env(&mut attempt, vars, typed)?;
+    Ok(attempt)
+}
+
+/// serde's refusal as a [`ConfigError`], named as every other setting is
+/// (`source.schema`): an unknown field by its name, an unknown variant
+/// (`mode = "fast"`) by the setting that holds it.
+fn refusal(attempt: &toml::Table, message: &str) -> ConfigError {
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    let sections = || {
+        SECTIONS.iter().filter_map(|section| {
+            let table = attempt.get(*section)?.as_table()?;
+            Some((*section, table))
+        })
+    };
+    let setting = if let Some(field) = quoted("unknown field `") {
+        sections()
+            .find(|(_, table)| table.contains_key(&field))
+            .map(|(section, _)| format!("{section}.{field}"))
+    } else if let Some(variant) = quoted("unknown variant `") {
+        sections().find_map(|(section, table)| {
+            table
+                .iter()
+                .find(|(_, value)| value.as_str() == Some(variant.as_str()))
+                .map(|(name, _)| format!("{section}.{name}"))
+        })
+    } else {
+        None
+    };
+    ConfigError::new(setting.unwrap_or_else(|| "configuration".into()), message)
 }
 
 /// Writes every `OUTBOX_<SECTION>__<KEY>…` variable into `document`: as
@@ -166,12 +215,14 @@ mod tests {
             .collect()
     }
 
+    use crate::settings::{Database, DestinationSettings};
+
     #[test]
     fn a_minimal_file_gets_the_defaults() {
         let f = file(MINIMAL);
         let settings = load(&f, vars(&[])).unwrap();
         assert_eq!(settings.relay, outbox_core::RelayConfig::default());
-        assert_eq!(settings.source.table, "outbox_messages");
+        assert_eq!(settings.source.shared.table, "outbox_messages");
         assert_eq!(settings.http.listen, "127.0.0.1:9187");
     }
 
@@ -193,7 +244,7 @@ mod tests {
         assert_eq!(settings.relay.batch_size, 1000);
         assert_eq!(settings.relay.backoff.multiplier, 1.5);
         assert!(!settings.relay.prefetch);
-        assert_eq!(settings.source.table, "orders_outbox");
+        assert_eq!(settings.source.shared.table, "orders_outbox");
     }
 
     #[test]
@@ -220,8 +271,15 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(settings.source.schema.as_deref(), Some("2024"));
-        let properties = &settings.destination.properties;
+        let Database::Postgres(postgres) = &settings.source.database else {
+            panic!("a postgres source");
+        };
+        assert_eq!(postgres.schema, "2024");
+        assert!(!postgres.notify);
+        let DestinationSettings::Kafka(kafka) = &settings.destination else {
+            panic!("a kafka destination");
+        };
+        let properties = &kafka.properties;
         assert_eq!(
             properties.get("sasl.password"),
             Some(&toml::Value::String("0123".into()))
@@ -231,7 +289,6 @@ mod tests {
             Some(&toml::Value::String("5".into()))
         );
         assert_eq!(settings.relay.batch_size, 1000);
-        assert!(!settings.source.notify);
     }
 
     #[test]
@@ -246,6 +303,10 @@ mod tests {
         assert_eq!(
             setting(&[("OUTBOX_SOURCE__PRUNE_KEYS_INTERVAL_MS", "60000")]),
             "source.prune_keys_interval_ms"
+        );
+        assert_eq!(
+            setting(&[("OUTBOX_DESTINATION__BROKERS", "k:9092")]),
+            "destination.brokers"
         );
         assert_eq!(
             setting(&[("OUTBOX_SOURCE__LEASE_MS", "5000")]),
@@ -263,10 +324,6 @@ mod tests {
         assert_eq!(
             setting(&[("OUTBOX_HTTP__LISTEN", "nowhere")]),
             "http.listen"
-        );
-        assert_eq!(
-            setting(&[("OUTBOX_DESTINATION__BROKERS", "k:9092")]),
-            "destination.brokers"
         );
         assert_eq!(
             setting(&[("OUTBOX_DESTINATION__ROOT_CERTIFICATES", "/no/such/ca.pem")]),
@@ -290,6 +347,14 @@ mod tests {
         );
         let kind = load(&f, vars(&[("OUTBOX_SOURCE__KIND", "oracle")])).unwrap_err();
         assert!(kind.reason.contains("oracle"), "{kind}");
+        assert_eq!(kind.setting, "source.kind");
+        let elsewhere = load(&f, vars(&[("OUTBOX_SOURCE__PRUNE_KEYS_INTERVAL_MS", "5")]));
+        let elsewhere = elsewhere.unwrap_err();
+        assert_eq!(elsewhere.setting, "source.prune_keys_interval_ms");
+        assert!(
+            elsewhere.reason.contains("kind = \"postgres\""),
+            "{elsewhere}"
+        );
     }
 }
 

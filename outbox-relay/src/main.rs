@@ -12,19 +12,20 @@
 //! variables; see `outbox-relay.example.toml`.
 
 mod destination;
+mod destination_settings;
 mod http;
 mod load;
 mod metrics;
 mod outbox;
 mod run;
 mod settings;
+mod source_settings;
 mod startup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outbox_core::redact_url;
 use uuid::Uuid;
 
 use crate::outbox::Outbox;
@@ -134,23 +135,16 @@ async fn execute(
         Command::Run => run::run(outbox, settings).await,
         Command::Check => {
             println!(
-                "source: {:?} {} table {}",
-                settings.source.kind,
-                redact_url(&settings.source.url),
-                settings.source.table
+                "source: {} {} table {}",
+                settings.source.kind(),
+                settings.source.address(),
+                settings.source.shared.table
             );
-            match &settings.destination.url {
-                Some(url) => println!(
-                    "destination: {:?} {}",
-                    settings.destination.kind,
-                    redact_url(url)
-                ),
-                None => println!(
-                    "destination: {:?} {}",
-                    settings.destination.kind,
-                    settings.destination.brokers.as_deref().unwrap_or_default()
-                ),
-            }
+            println!(
+                "destination: {} {}",
+                settings.destination.kind(),
+                settings.destination.address()
+            );
             println!("relay: {:?}", settings.relay);
             println!("configuration is valid");
             Ok(())

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use outbox_core::{Backlog, ConfigError, DeadLetter, Error, OnDeadLetter};
+use outbox_core::{Backlog, BoxSource, ConfigError, DeadLetter, Error, Message, Source};
 use uuid::Uuid;
 
-use crate::settings::{Ack, SourceKind, SourceSettings};
+use crate::settings::{Ack, Database, SharedSourceSettings, SourceSettings};
 
 /// One outbox table on one database.
 pub enum Outbox {
@@ -35,7 +35,7 @@ macro_rules! each {
     };
 }
 
-fn not_compiled(kind: SourceKind) -> ConfigError {
+fn not_compiled(kind: &str) -> ConfigError {
     ConfigError::new(
         "source.kind",
         format!("{kind:?} is not compiled into this outbox-relay: build it with that feature"),
@@ -52,77 +52,90 @@ impl Outbox {
     /// first use (so a database that is down is retried by the relay, while
     /// a bad setting fails here).
     pub fn new(settings: &SourceSettings) -> Result<Self, ConfigError> {
-        let lease = Duration::from_millis(settings.lease_ms);
-        let mark_done = settings.ack == Ack::MarkDone;
-        let on_dead_letter: OnDeadLetter = settings.on_dead_letter;
-        match settings.kind {
+        let shared = &settings.shared;
+        let lease = settings.lease();
+        let mark_done = shared.ack == Ack::MarkDone;
+        match &settings.database {
             #[cfg(feature = "postgres")]
-            SourceKind::Postgres => {
+            Database::Postgres(postgres) => {
                 use outbox_postgres::{AckMode, PostgresConfig, PostgresOutbox};
                 let outbox = PostgresOutbox::new(PostgresConfig {
-                    schema: settings.schema.clone().unwrap_or_else(|| "public".into()),
-                    table: settings.table.clone(),
+                    schema: postgres.schema.clone(),
+                    table: shared.table.clone(),
                     lease,
                     ack_mode: if mark_done {
                         AckMode::MarkDone
                     } else {
                         AckMode::Delete
                     },
-                    on_dead_letter,
-                    notify: settings.notify,
-                    leader_only: settings.leader_only,
-                    batch_bytes: settings.batch_bytes,
+                    on_dead_letter: shared.on_dead_letter,
+                    notify: postgres.notify,
+                    leader_only: postgres.leader_only,
+                    batch_bytes: shared.batch_bytes,
                 })
                 .map_err(prefix)?;
-                let pool = pool_options(settings)
-                    .connect_lazy(&settings.url)
+                let pool = pool_options(shared)
+                    .connect_lazy(&shared.url)
                     .map_err(bad_url)?;
                 Ok(Outbox::Postgres(outbox, pool))
             }
             #[cfg(feature = "mysql")]
-            SourceKind::Mysql => {
+            Database::Mysql(mysql) => {
                 use outbox_mysql::{AckMode, MysqlConfig, MysqlOutbox};
                 let outbox = MysqlOutbox::new(MysqlConfig {
-                    table: settings.table.clone(),
+                    table: shared.table.clone(),
                     lease,
                     ack_mode: if mark_done {
                         AckMode::MarkDone
                     } else {
                         AckMode::Delete
                     },
-                    on_dead_letter,
-                    leader_only: settings.leader_only,
-                    batch_bytes: settings.batch_bytes,
+                    on_dead_letter: shared.on_dead_letter,
+                    leader_only: mysql.leader_only,
+                    batch_bytes: shared.batch_bytes,
                 })
                 .map_err(prefix)?;
-                let pool = pool_options(settings)
-                    .connect_lazy(&settings.url)
+                let pool = pool_options(shared)
+                    .connect_lazy(&shared.url)
                     .map_err(bad_url)?;
                 Ok(Outbox::Mysql(outbox, pool))
             }
             #[cfg(feature = "sqlite")]
-            SourceKind::Sqlite => {
+            Database::Sqlite(_) => {
                 use outbox_sqlite::{AckMode, SqliteConfig, SqliteOutbox};
                 let outbox = SqliteOutbox::new(SqliteConfig {
-                    table: settings.table.clone(),
+                    table: shared.table.clone(),
                     lease,
                     ack_mode: if mark_done {
                         AckMode::MarkDone
                     } else {
                         AckMode::Delete
                     },
-                    on_dead_letter,
-                    batch_bytes: settings.batch_bytes,
+                    on_dead_letter: shared.on_dead_letter,
+                    batch_bytes: shared.batch_bytes,
                 })
                 .map_err(prefix)?;
-                let options = outbox_sqlite::connect_options(&settings.url)
+                let options = outbox_sqlite::connect_options(&shared.url)
                     .map_err(|err| ConfigError::new("source.url", err.report()))?;
-                let pool = pool_options(settings).connect_lazy_with(options);
+                let pool = pool_options(shared).connect_lazy_with(options);
                 Ok(Outbox::Sqlite(outbox, pool))
             }
             #[allow(unreachable_patterns)]
-            kind => Err(not_compiled(kind)),
+            _ => Err(not_compiled(settings.kind())),
         }
+    }
+
+    /// A relay's source on this outbox, behind one type whatever the
+    /// database; PostgreSQL's connects its LISTEN first.
+    pub async fn source(&self) -> Result<BoxSource<Message>, Error> {
+        Ok(match self {
+            #[cfg(feature = "postgres")]
+            Outbox::Postgres(outbox, pool) => outbox.source(pool.clone()).await?.boxed(),
+            #[cfg(feature = "mysql")]
+            Outbox::Mysql(outbox, pool) => outbox.source(pool.clone()).boxed(),
+            #[cfg(feature = "sqlite")]
+            Outbox::Sqlite(outbox, pool) => outbox.source(pool.clone()).boxed(),
+        })
     }
 
     /// Creates or updates the outbox table.
@@ -176,7 +189,9 @@ impl Outbox {
     }
 }
 
-fn pool_options<DB: sqlx::Database>(settings: &SourceSettings) -> sqlx::pool::PoolOptions<DB> {
+fn pool_options<DB: sqlx::Database>(
+    settings: &SharedSourceSettings,
+) -> sqlx::pool::PoolOptions<DB> {
     sqlx::pool::PoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{redact_url, CancellationToken, Error, Stats};
+use outbox_core::{CancellationToken, Error, Relay, Stats};
 
 use crate::startup::{until_up, Readiness};
 
-use crate::destination::relay_to;
+use crate::destination;
 use crate::outbox::Outbox;
-use crate::settings::{Ack, Settings, SourceKind};
+use crate::settings::{Ack, Database, Settings};
 
 /// Default retention of done rows in mark-done mode: 7 days.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -18,21 +18,12 @@ const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Runs the relay described by `settings` until a signal, then stops within
 /// `relay.shutdown_timeout`.
 pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
-    let destination_address = match &settings.destination.url {
-        Some(url) => redact_url(url),
-        None => settings.destination.brokers.clone().unwrap_or_default(),
-    };
-    // A SQLite path holds no credentials; anything else is shown redacted.
-    let source_address = match settings.source.kind {
-        crate::settings::SourceKind::Sqlite => settings.source.url.clone(),
-        _ => redact_url(&settings.source.url),
-    };
     tracing::info!(
-        source = ?settings.source.kind,
-        url = %source_address,
-        table = %settings.source.table,
-        destination = ?settings.destination.kind,
-        address = %destination_address,
+        source = settings.source.kind(),
+        url = %settings.source.address(),
+        table = %settings.source.shared.table,
+        destination = settings.destination.kind(),
+        address = %settings.destination.address(),
         "outbox-relay starting"
     );
     let outbox = Arc::new(outbox);
@@ -54,57 +45,26 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         ));
     }
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    if settings.source.migrate {
+    if settings.source.shared.migrate {
         let migrated = until_up("database", &readiness, &shutdown, || outbox.migrate()).await?;
         if migrated.is_none() {
             return Ok(());
         }
         tracing::info!("outbox table migrated");
     }
-    if settings.source.ack == Ack::MarkDone {
-        let retention = settings
-            .source
+    let shared = &settings.source.shared;
+    if shared.ack == Ack::MarkDone {
+        let retention = shared
             .retention_ms
             .map_or(DEFAULT_RETENTION, Duration::from_millis);
-        let every = Duration::from_millis(settings.source.cleanup_interval_ms);
+        let every = Duration::from_millis(shared.cleanup_interval_ms);
         tokio::spawn(clean_up(outbox.clone(), retention, every, shutdown.clone()));
     }
-    if settings.source.kind == SourceKind::Mysql {
-        let every = Duration::from_millis(
-            settings
-                .source
-                .prune_keys_interval_ms
-                .unwrap_or(DEFAULT_PRUNE_KEYS_INTERVAL_MS),
-        );
+    if let Database::Mysql(mysql) = &settings.source.database {
+        let every = Duration::from_millis(mysql.prune_keys_interval_ms);
         tokio::spawn(prune_keys(outbox.clone(), every, shutdown.clone()));
     }
-    // The relay is generic over the source: one arm per kind compiled in.
-    macro_rules! relay {
-        ($source:expr) => {
-            relay_to(
-                &settings.destination,
-                $source,
-                settings.relay.clone(),
-                &readiness,
-                shutdown.clone(),
-            )
-            .await
-        };
-    }
-    let result = match &*outbox {
-        #[cfg(feature = "postgres")]
-        Outbox::Postgres(outbox, pool) => {
-            let connect = || outbox.source(pool.clone());
-            match until_up("database", &readiness, &shutdown, connect).await? {
-                Some(source) => relay!(source),
-                None => Ok(()),
-            }
-        }
-        #[cfg(feature = "mysql")]
-        Outbox::Mysql(outbox, pool) => relay!(outbox.source(pool.clone())),
-        #[cfg(feature = "sqlite")]
-        Outbox::Sqlite(outbox, pool) => relay!(outbox.source(pool.clone())),
-    };
+    let result = relay(&outbox, settings, &readiness, &shutdown).await;
     shutdown.cancel();
     if let Some(stats) = readiness.stats() {
         tracing::info!(
@@ -115,6 +75,29 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         );
     }
     result
+}
+
+/// Connects the source and the destination, each whatever its kind, and
+/// relays between them until `shutdown`.
+async fn relay(
+    outbox: &Outbox,
+    settings: Settings,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let connect = || outbox.source();
+    let Some(source) = until_up("database", readiness, shutdown, connect).await? else {
+        return Ok(());
+    };
+    let Some(destination) =
+        destination::connect(&settings.destination, readiness, shutdown).await?
+    else {
+        return Ok(());
+    };
+    let relay = Relay::new(source, destination, settings.relay)
+        .map_err(|err| Error::permanent(format!("invalid configuration: relay.{err}")))?;
+    readiness.running(relay.stats());
+    relay.run(shutdown.clone()).await
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
@@ -133,9 +116,6 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     tracing::info!(signal, "stopping: finishing in-flight messages");
     shutdown.cancel();
 }
-
-/// MySQL: how often `<table>_keys` is pruned unless configured.
-const DEFAULT_PRUNE_KEYS_INTERVAL_MS: u64 = 600_000;
 
 /// Prunes `<table>_keys` every `every` (MySQL).
 async fn prune_keys(outbox: Arc<Outbox>, every: Duration, shutdown: CancellationToken) {

@@ -24,6 +24,13 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("destination.mode"), "{text}");
 
+    // A setting of another kind of broker, refused by name.
+    let mut command = relay(&config, &["check"]);
+    command.env("OUTBOX_DESTINATION__BROKERS", "127.0.0.1:9092");
+    let (code, text) = finish(command.spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("destination.brokers"), "{text}");
+
     for command in ["check", "run"] {
         let mut command = relay(&config, &[command]);
         command.env("OUTBOX_SOURCE__TABLE", "orders; drop table users");

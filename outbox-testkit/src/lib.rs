@@ -1,6 +1,7 @@
 //! The conformance suite: scenarios every [`Source`](outbox_core::Source) and
 //! every [`Destination`](outbox_core::Destination) must pass against its real
-//! server.
+//! server. Each scenario checks a promise of the workspace's `CONTRACT.md`,
+//! which names it.
 //!
 //! An adapter's test file implements [`SourceHarness`] or
 //! [`DestinationHarness`] and expands [`source_conformance!`] or
@@ -8,12 +9,14 @@
 //! scenario. Each scenario asks the harness factory for a fresh harness by
 //! scenario name, so each can use its own table, topic, queue or subject.
 
+mod boxed;
 mod destination_suite;
 mod harness;
 mod source_suite;
 mod verify;
 mod writer_suite;
 
+pub use boxed::Boxed;
 pub use destination_suite::*;
 pub use harness::{DestinationHarness, OpenWrites, Received, SourceHarness};
 pub use source_suite::*;

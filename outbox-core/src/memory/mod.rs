@@ -6,4 +6,4 @@ mod destination;
 mod source;
 
 pub use destination::{MemoryDestination, Sent};
-pub use source::{DeadLetter, MemorySource};
+pub use source::{MemoryDeadLetter, MemorySource};

@@ -11,7 +11,7 @@ use crate::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Sour
 
 /// A dead-lettered message kept for an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
+pub struct MemoryDeadLetter {
     /// The message as it was last claimed.
     pub message: Message,
     /// Why it was dead-lettered.
@@ -121,12 +121,12 @@ impl MemorySource {
     }
 
     /// The dead letters, oldest first.
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+    pub fn dead_letters(&self) -> Vec<MemoryDeadLetter> {
         self.table()
             .rows
             .values()
             .filter(|row| row.dead)
-            .map(|row| DeadLetter {
+            .map(|row| MemoryDeadLetter {
                 message: row.message.clone(),
                 error: row.last_error.clone().unwrap_or_default(),
             })
