@@ -15,7 +15,6 @@ mod dead_letter;
 mod deliver_batch;
 mod destination;
 mod error;
-mod held;
 mod histogram;
 mod item;
 pub mod memory;
@@ -33,12 +32,10 @@ pub use config::{duration_ms, RelayConfig};
 pub use dead_letter::DeadLetter;
 pub use destination::Destination;
 pub use error::{BoxError, ConfigError, Error, ErrorKind, MAX_ERROR_BYTES};
-pub use held::{HeldBatch, HeldBatches};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
 pub use item::Item;
 pub use message::{
-    headers_from_json, Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
-    HEADER_MESSAGE_ID,
+    Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_MESSAGE_ID,
 };
 pub use redact::redact_url;
 pub use relay::Relay;

@@ -4,16 +4,7 @@ use std::time::Duration;
 
 use outbox_core::{ConfigError, OnDeadLetter, DEFAULT_BATCH_BYTES};
 
-/// What acknowledging a delivered message does to its row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AckMode {
-    /// Delete the row (the default).
-    #[default]
-    Delete,
-    /// Set `done_at`; [`MysqlOutbox::cleanup`](crate::MysqlOutbox::cleanup)
-    /// removes such rows later, in bounded batches.
-    MarkDone,
-}
+pub use outbox_sql::AckMode;
 
 /// Where the outbox lives and how its relays behave.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +50,9 @@ const MAX_TABLE_LEN: usize = 56;
 impl MysqlConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
-        ConfigError::check_lease(self.lease)?;
-        ConfigError::check_batch_bytes(self.batch_bytes)
+        outbox_sql::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
+        outbox_sql::check_lease(self.lease)?;
+        outbox_sql::check_batch_bytes(self.batch_bytes)
     }
 }
 

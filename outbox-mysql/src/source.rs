@@ -5,9 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use outbox_core::{
-    Backlog, Claim, ClaimId, Error, Failure, HeldBatches, Message, OnDeadLetter, Source,
-};
+use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
+use outbox_sql::HeldBatches;
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 

@@ -4,17 +4,7 @@ use std::time::Duration;
 
 use outbox_core::{ConfigError, OnDeadLetter, DEFAULT_BATCH_BYTES};
 
-/// What acknowledging a delivered message does to its row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AckMode {
-    /// Delete the row (the default): the table holds only what is waiting
-    /// and the dead letters.
-    #[default]
-    Delete,
-    /// Set `done_at`; [`PostgresOutbox::cleanup`](crate::PostgresOutbox::cleanup)
-    /// removes such rows later, in bounded batches.
-    MarkDone,
-}
+pub use outbox_sql::AckMode;
 
 /// Where the outbox lives and how its relays behave.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,10 +65,10 @@ const MAX_CHANNEL_LEN: usize = 63;
 impl PostgresConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        ConfigError::check_identifier("schema", &self.schema, 63)?;
-        ConfigError::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
-        ConfigError::check_lease(self.lease)?;
-        ConfigError::check_batch_bytes(self.batch_bytes)?;
+        outbox_sql::check_identifier("schema", &self.schema, 63)?;
+        outbox_sql::check_identifier("table", &self.table, MAX_TABLE_LEN)?;
+        outbox_sql::check_lease(self.lease)?;
+        outbox_sql::check_batch_bytes(self.batch_bytes)?;
         // The lease is the claim transaction's
         // `idle_in_transaction_session_timeout`, an int of milliseconds.
         if self.lease.as_millis() > i32::MAX as u128 {

@@ -1,7 +1,8 @@
 //! A claimed row turned into a [`Message`], or the reason it cannot be.
 
 use chrono::{DateTime, Utc};
-use outbox_core::{headers_from_json, Message};
+use outbox_core::Message;
+use outbox_sql::headers_from_json;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use outbox_core::{Backlog, BoxSource, ConfigError, DeadLetter, Error, Message, Source};
 use uuid::Uuid;
 
-use crate::settings::{Ack, Database, SharedSourceSettings, SourceSettings};
+use crate::settings::{Database, SharedSourceSettings, SourceSettings};
 
 /// One outbox table on one database.
 pub enum Outbox {
@@ -54,20 +54,15 @@ impl Outbox {
     pub fn new(settings: &SourceSettings) -> Result<Self, ConfigError> {
         let shared = &settings.shared;
         let lease = settings.lease();
-        let mark_done = shared.ack == Ack::MarkDone;
         match &settings.database {
             #[cfg(feature = "postgres")]
             Database::Postgres(postgres) => {
-                use outbox_postgres::{AckMode, PostgresConfig, PostgresOutbox};
+                use outbox_postgres::{PostgresConfig, PostgresOutbox};
                 let outbox = PostgresOutbox::new(PostgresConfig {
                     schema: postgres.schema.clone(),
                     table: shared.table.clone(),
                     lease,
-                    ack_mode: if mark_done {
-                        AckMode::MarkDone
-                    } else {
-                        AckMode::Delete
-                    },
+                    ack_mode: shared.ack,
                     on_dead_letter: shared.on_dead_letter,
                     notify: postgres.notify,
                     leader_only: postgres.leader_only,
@@ -81,15 +76,11 @@ impl Outbox {
             }
             #[cfg(feature = "mysql")]
             Database::Mysql(mysql) => {
-                use outbox_mysql::{AckMode, MysqlConfig, MysqlOutbox};
+                use outbox_mysql::{MysqlConfig, MysqlOutbox};
                 let outbox = MysqlOutbox::new(MysqlConfig {
                     table: shared.table.clone(),
                     lease,
-                    ack_mode: if mark_done {
-                        AckMode::MarkDone
-                    } else {
-                        AckMode::Delete
-                    },
+                    ack_mode: shared.ack,
                     on_dead_letter: shared.on_dead_letter,
                     leader_only: mysql.leader_only,
                     batch_bytes: shared.batch_bytes,
@@ -102,15 +93,11 @@ impl Outbox {
             }
             #[cfg(feature = "sqlite")]
             Database::Sqlite(_) => {
-                use outbox_sqlite::{AckMode, SqliteConfig, SqliteOutbox};
+                use outbox_sqlite::{SqliteConfig, SqliteOutbox};
                 let outbox = SqliteOutbox::new(SqliteConfig {
                     table: shared.table.clone(),
                     lease,
-                    ack_mode: if mark_done {
-                        AckMode::MarkDone
-                    } else {
-                        AckMode::Delete
-                    },
+                    ack_mode: shared.ack,
                     on_dead_letter: shared.on_dead_letter,
                     batch_bytes: shared.batch_bytes,
                 })

@@ -10,7 +10,7 @@ use crate::startup::{until_up, Readiness};
 
 use crate::destination;
 use crate::outbox::Outbox;
-use crate::settings::{Ack, Database, Settings};
+use crate::settings::{AckMode, Database, Settings};
 
 /// Default retention of done rows in mark-done mode: 7 days.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -53,7 +53,7 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         tracing::info!("outbox table migrated");
     }
     let shared = &settings.source.shared;
-    if shared.ack == Ack::MarkDone {
+    if shared.ack == AckMode::MarkDone {
         let retention = shared
             .retention_ms
             .map_or(DEFAULT_RETENTION, Duration::from_millis);

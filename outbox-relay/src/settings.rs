@@ -8,7 +8,8 @@ use outbox_core::{ConfigError, RelayConfig};
 use serde::Deserialize;
 
 pub use crate::destination_settings::{DestinationSettings, NatsModeSetting};
-pub use crate::source_settings::{Ack, Database, SharedSourceSettings, SourceSettings};
+pub use crate::source_settings::{Database, SharedSourceSettings, SourceSettings};
+pub use outbox_sql::AckMode;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -75,7 +76,7 @@ impl Settings {
         if source.url.trim().is_empty() {
             return Err(ConfigError::new("source.url", "is required"));
         }
-        if source.retention_ms.is_some() && source.ack != Ack::MarkDone {
+        if source.retention_ms.is_some() && source.ack != AckMode::MarkDone {
             return Err(ConfigError::new(
                 "source.retention_ms",
                 "applies with ack = \"mark_done\" only",
@@ -210,7 +211,7 @@ impl Settings {
             Database::Sqlite(_) => (0, 0),
         };
         let leader = u32::from(self.source.leader_only());
-        let cleanup = u32::from(self.source.shared.ack == Ack::MarkDone);
+        let cleanup = u32::from(self.source.shared.ack == AckMode::MarkDone);
         batches + 1 + listen + leader + cleanup + prune
     }
 }

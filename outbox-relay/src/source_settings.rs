@@ -5,19 +5,9 @@
 use std::time::Duration;
 
 use outbox_core::{redact_url, OnDeadLetter};
+use outbox_sql::AckMode;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
-
-/// What acknowledging does to a delivered row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ack {
-    /// Delete it.
-    #[default]
-    Delete,
-    /// Mark it done; rows older than `retention_ms` are cleaned up.
-    MarkDone,
-}
 
 /// The `[source]` table.
 #[derive(Debug)]
@@ -43,7 +33,7 @@ pub struct SharedSourceSettings {
     pub lease_ms: u64,
     /// `delete` (default) or `mark_done`.
     #[serde(default)]
-    pub ack: Ack,
+    pub ack: AckMode,
     /// With `mark_done`: delete done rows older than this. Default 7 days.
     pub retention_ms: Option<u64>,
     /// With `mark_done`: how often to clean up. Default 60,000 ms.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::{ClaimId, Error};
+use outbox_core::{ClaimId, Error};
 
 /// One claimed batch: its open transaction and the ids not yet reported.
 pub struct HeldBatch<T> {
