@@ -91,8 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .execute(&pool)
     .await?;
-    let outbox = SqliteOutbox::new(SqliteConfig::default())?;
-    outbox.migrate(&pool).await?;
+    let outbox = SqliteOutbox::new(SqliteConfig::default(), pool.clone())?;
+    outbox.migrate().await?;
     println!("orders database: {}", path.display());
 
     let broker = MemoryDestination::new();
@@ -104,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         ..RelayConfig::default()
     };
-    let relay = Relay::new(outbox.source(pool.clone()), broker.clone(), config)?;
+    let relay = Relay::new(outbox.source().await?, broker.clone(), config)?;
     let stats = relay.stats();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
@@ -145,7 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("only {} of {written} messages arrived", broker.sent_count()).into());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while outbox.count_dead_letters(&pool).await? == 0 {
+    while outbox.count_dead_letters().await? == 0 {
         if tokio::time::Instant::now() > deadline {
             return Err("the refused message was not dead-lettered".into());
         }
@@ -176,14 +176,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         in_order &= events == &expected;
         println!("  {order}: {}", events.join(" -> "));
     }
-    for dead in outbox.dead_letters(&pool, 10).await? {
+    for dead in outbox.dead_letters(10).await? {
         let key = dead.message.map(|m| m.ordering_key).unwrap_or_default();
         println!(
             "\ndead-lettered {key} after {} attempt(s): {}",
             dead.attempts, dead.error
         );
     }
-    let backlog = outbox.backlog(&pool).await?;
+    let backlog = outbox.backlog().await?;
     println!(
         "\npublished {}, retried {}, dead-lettered {}, left waiting {}",
         Stats::get(&stats.published),

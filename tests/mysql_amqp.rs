@@ -14,9 +14,12 @@ async fn mysql_to_rabbitmq_in_order_with_nothing_lost() {
     let destination = e2e::amqp::setup(queue, "e2e.mysql-orders").await;
     let messages = numbered_messages("amq.topic/e2e.mysql-orders.placed", 50, 20);
     mysql_common::write(&outbox, &pool, &messages).await;
-    let sources = vec![outbox.source(pool.clone()), outbox.source(pool.clone())];
+    let sources = vec![
+        outbox.source().await.unwrap(),
+        outbox.source().await.unwrap(),
+    ];
     e2e::drain(sources, destination.clone(), async || {
-        outbox.backlog(&pool).await.unwrap().waiting
+        outbox.backlog().await.unwrap().waiting
     })
     .await;
     let arrivals = e2e::amqp::read(&destination, queue, &messages).await;

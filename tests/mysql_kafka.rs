@@ -13,9 +13,12 @@ async fn mysql_to_kafka_in_order_with_nothing_lost() {
     let (destination, topic) = e2e::kafka::setup("outbox-e2e-mysql-orders").await;
     let messages = numbered_messages(&topic, 30, 20);
     mysql_common::write(&outbox, &pool, &messages).await;
-    let sources = vec![outbox.source(pool.clone()), outbox.source(pool.clone())];
+    let sources = vec![
+        outbox.source().await.unwrap(),
+        outbox.source().await.unwrap(),
+    ];
     e2e::drain(sources, destination, async || {
-        outbox.backlog(&pool).await.unwrap().waiting
+        outbox.backlog().await.unwrap().waiting
     })
     .await;
     let arrivals = e2e::kafka::read(&topic, &messages).await;

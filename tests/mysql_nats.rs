@@ -13,9 +13,12 @@ async fn mysql_to_jetstream_in_order_with_nothing_lost() {
     let (destination, mut stream) = e2e::nats::setup("OUTBOX_E2E_MYSQL", "outbox-e2e.mysql").await;
     let messages = numbered_messages("outbox-e2e.mysql.orders", 40, 25);
     mysql_common::write(&outbox, &pool, &messages).await;
-    let sources = vec![outbox.source(pool.clone()), outbox.source(pool.clone())];
+    let sources = vec![
+        outbox.source().await.unwrap(),
+        outbox.source().await.unwrap(),
+    ];
     e2e::drain(sources, destination, async || {
-        outbox.backlog(&pool).await.unwrap().waiting
+        outbox.backlog().await.unwrap().waiting
     })
     .await;
     let arrivals = e2e::nats::read(&mut stream, &messages).await;

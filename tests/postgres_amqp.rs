@@ -15,11 +15,11 @@ async fn postgres_to_rabbitmq_in_order_with_nothing_lost() {
     let messages = numbered_messages("amq.topic/e2e.pg-orders.placed", 50, 20);
     common::write_orders(&outbox, &pool, &messages).await;
     let sources = vec![
-        outbox.source(pool.clone()).await.unwrap(),
-        outbox.source(pool.clone()).await.unwrap(),
+        outbox.source().await.unwrap(),
+        outbox.source().await.unwrap(),
     ];
     e2e::drain(sources, destination.clone(), async || {
-        outbox.backlog(&pool).await.unwrap().waiting
+        outbox.backlog().await.unwrap().waiting
     })
     .await;
     let arrivals = e2e::amqp::read(&destination, queue, &messages).await;

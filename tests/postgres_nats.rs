@@ -14,11 +14,11 @@ async fn postgres_to_jetstream_in_order_with_nothing_lost() {
     let messages = numbered_messages("outbox-e2e.pg.orders", 50, 40);
     common::write_orders(&outbox, &pool, &messages).await;
     let sources = vec![
-        outbox.source(pool.clone()).await.unwrap(),
-        outbox.source(pool.clone()).await.unwrap(),
+        outbox.source().await.unwrap(),
+        outbox.source().await.unwrap(),
     ];
     e2e::drain(sources, destination, async || {
-        outbox.backlog(&pool).await.unwrap().waiting
+        outbox.backlog().await.unwrap().waiting
     })
     .await;
     let arrivals = e2e::nats::read(&mut stream, &messages).await;

@@ -17,7 +17,7 @@ use outbox::nats::{NatsConfig, NatsDestination};
 use outbox::postgres::PostgresOutbox;
 use outbox::sqlite::SqliteOutbox;
 use outbox::Message;
-use sqlx::{MySqlConnection, MySqlPool, PgConnection, PgPool, SqliteConnection, SqlitePool};
+use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 use uuid::Uuid;
 
 fn spawnable<F: Future + Send>(_: F) {}
@@ -25,37 +25,33 @@ fn spawnable<F: Future + Send>(_: F) {}
 /// The writer's and the operator's calls, which every database's outbox
 /// has.
 macro_rules! outbox_calls {
-    ($outbox:ident, $pool:ident, $conn:ident, $message:ident) => {
-        spawnable($outbox.migrate($pool));
+    ($outbox:ident, $conn:ident, $message:ident) => {
+        spawnable($outbox.migrate());
         spawnable($outbox.enqueue($conn, $message));
         spawnable($outbox.enqueue_many($conn, std::slice::from_ref($message)));
-        spawnable($outbox.backlog($pool));
-        spawnable($outbox.dead_letters($pool, 10));
-        spawnable($outbox.count_dead_letters($pool));
-        spawnable($outbox.requeue($pool, &[Uuid::nil()]));
-        spawnable($outbox.requeue_all($pool));
-        spawnable($outbox.explain_claim($pool, 10));
-        spawnable($outbox.cleanup($pool, Duration::ZERO, 10));
+        spawnable($outbox.backlog());
+        spawnable($outbox.dead_letters(10));
+        spawnable($outbox.count_dead_letters());
+        spawnable($outbox.requeue(&[Uuid::nil()]));
+        spawnable($outbox.requeue_all());
+        spawnable($outbox.explain_claim(10));
+        spawnable($outbox.cleanup(Duration::ZERO, 10));
+        spawnable($outbox.source());
     };
 }
 
-fn postgres(outbox: &PostgresOutbox, pool: &PgPool, conn: &mut PgConnection, message: &Message) {
-    outbox_calls!(outbox, pool, conn, message);
-    spawnable(outbox.source(pool.clone()));
+fn postgres(outbox: &PostgresOutbox, conn: &mut PgConnection, message: &Message) {
+    outbox_calls!(outbox, conn, message);
 }
 
-fn mysql(outbox: &MysqlOutbox, pool: &MySqlPool, conn: &mut MySqlConnection, message: &Message) {
-    outbox_calls!(outbox, pool, conn, message);
+fn mysql(outbox: &MysqlOutbox, conn: &mut MySqlConnection, message: &Message) {
+    outbox_calls!(outbox, conn, message);
+    spawnable(outbox.prune_keys(10));
 }
 
-fn sqlite(
-    outbox: &SqliteOutbox,
-    pool: &SqlitePool,
-    conn: &mut SqliteConnection,
-    message: &Message,
-) {
+fn sqlite(outbox: &SqliteOutbox, conn: &mut SqliteConnection, message: &Message) {
     spawnable(outbox::sqlite::connect("outbox.db"));
-    outbox_calls!(outbox, pool, conn, message);
+    outbox_calls!(outbox, conn, message);
 }
 
 fn brokers(kafka: &KafkaDestination, amqp: &AmqpDestination) {

@@ -28,11 +28,14 @@ impl MysqlShop {
         ))
         .execute(&pool)
         .await?;
-        let outbox = MysqlOutbox::new(MysqlConfig {
-            table: format!("{name}_outbox"),
-            ..MysqlConfig::default()
-        })?;
-        outbox.migrate(&pool).await?;
+        let outbox = MysqlOutbox::new(
+            MysqlConfig {
+                table: format!("{name}_outbox"),
+                ..MysqlConfig::default()
+            },
+            pool.clone(),
+        )?;
+        outbox.migrate().await?;
         Ok(Self {
             pool,
             outbox,
@@ -64,6 +67,6 @@ impl Shop for MysqlShop {
     }
 
     async fn source(&self) -> Result<MysqlSource> {
-        Ok(self.outbox.source(self.pool.clone()))
+        Ok(self.outbox.source().await?)
     }
 }

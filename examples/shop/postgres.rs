@@ -29,12 +29,15 @@ impl PostgresShop {
         ))
         .execute(&pool)
         .await?;
-        let outbox = PostgresOutbox::new(PostgresConfig {
-            schema: "shop".into(),
-            table: format!("{name}_outbox"),
-            ..PostgresConfig::default()
-        })?;
-        outbox.migrate(&pool).await?;
+        let outbox = PostgresOutbox::new(
+            PostgresConfig {
+                schema: "shop".into(),
+                table: format!("{name}_outbox"),
+                ..PostgresConfig::default()
+            },
+            pool.clone(),
+        )?;
+        outbox.migrate().await?;
         Ok(Self {
             pool,
             outbox,
@@ -64,6 +67,6 @@ impl Shop for PostgresShop {
     }
 
     async fn source(&self) -> Result<PostgresSource> {
-        Ok(self.outbox.source(self.pool.clone()).await?)
+        Ok(self.outbox.source().await?)
     }
 }

@@ -29,6 +29,7 @@ mod writer;
 pub use config::{AckMode, MysqlConfig};
 pub use error::classify;
 pub use outbox_core::DeadLetter;
+pub use outbox_sql::Operator;
 pub use schema::MIGRATIONS;
 pub use source::MysqlSource;
 pub use writer::{MysqlOutbox, MIGRATE_WAIT};

@@ -4,8 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use outbox_core::{Backlog, DeadLetter, Error};
-use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
+use outbox_core::{BoxSource, Message, Source};
+use outbox_sql::Operator;
+use sqlx::{Connection, MySqlConnection, Row};
 use uuid::Uuid;
 
 use crate::claim::read_committed;
@@ -17,9 +20,9 @@ use crate::MysqlOutbox;
 
 impl MysqlOutbox {
     /// Messages waiting, age of the oldest, and dead letters.
-    pub async fn backlog(&self, pool: &MySqlPool) -> Result<Backlog, Error> {
+    pub async fn backlog(&self) -> Result<Backlog, Error> {
         let row = sqlx::query(&self.sql.backlog)
-            .fetch_one(pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
         let waiting: i64 = row.try_get(0).map_err(classify)?;
@@ -33,14 +36,10 @@ impl MysqlOutbox {
     }
 
     /// The oldest `limit` dead letters, with their reasons.
-    pub async fn dead_letters(
-        &self,
-        pool: &MySqlPool,
-        limit: u32,
-    ) -> Result<Vec<DeadLetter>, Error> {
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, Error> {
         let rows = sqlx::query(&self.sql.dead_letters)
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
         rows.iter()
@@ -64,9 +63,9 @@ impl MysqlOutbox {
     }
 
     /// How many dead letters wait.
-    pub async fn count_dead_letters(&self, pool: &MySqlPool) -> Result<u64, Error> {
+    pub async fn count_dead_letters(&self) -> Result<u64, Error> {
         let count: i64 = sqlx::query_scalar(&self.sql.count_dead)
-            .fetch_one(pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
         Ok(count.max(0) as u64)
@@ -74,7 +73,7 @@ impl MysqlOutbox {
 
     /// Puts these dead letters back in the delivery path, attempts reset;
     /// returns how many were requeued.
-    pub async fn requeue(&self, pool: &MySqlPool, ids: &[Uuid]) -> Result<u64, Error> {
+    pub async fn requeue(&self, ids: &[Uuid]) -> Result<u64, Error> {
         let mut requeued = 0;
         // MySQL takes 65,535 placeholders a statement.
         for ids in ids.chunks(MAX_ROWS) {
@@ -83,15 +82,19 @@ impl MysqlOutbox {
             for id in ids {
                 query = query.bind(*id);
             }
-            requeued += query.execute(pool).await.map_err(classify)?.rows_affected();
+            requeued += query
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
         }
         Ok(requeued)
     }
 
     /// Puts every dead letter back in the delivery path; returns how many.
-    pub async fn requeue_all(&self, pool: &MySqlPool) -> Result<u64, Error> {
+    pub async fn requeue_all(&self) -> Result<u64, Error> {
         let done = sqlx::query(&self.sql.requeue_all)
-            .execute(pool)
+            .execute(&self.pool)
             .await
             .map_err(classify)?;
         Ok(done.rows_affected())
@@ -99,15 +102,10 @@ impl MysqlOutbox {
 
     /// In mark-done mode, deletes rows delivered more than `older_than` ago,
     /// `batch` rows per statement, and returns how many it deleted.
-    pub async fn cleanup(
-        &self,
-        pool: &MySqlPool,
-        older_than: Duration,
-        batch: u32,
-    ) -> Result<u64, Error> {
+    pub async fn cleanup(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
         let batch = u64::from(batch.max(1));
         let mut total = 0;
-        let mut conn = pool.acquire().await.map_err(classify)?;
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
         loop {
             // Without gap locks, or writers inserting at the end of the
             // `waiting` index would wait for (and deadlock with) cleanup.
@@ -137,11 +135,11 @@ impl MysqlOutbox {
     /// is skipped, never waited for nor taken; and deletes what it locked.
     /// A writer arriving meanwhile waits for that short transaction, then
     /// writes its key's row again, in order.
-    pub async fn prune_keys(&self, pool: &MySqlPool, batch: u32) -> Result<u64, Error> {
+    pub async fn prune_keys(&self, batch: u32) -> Result<u64, Error> {
         let batch = batch.max(1);
         let mut total = 0;
         let mut after: Vec<u8> = Vec::new();
-        let mut conn = pool.acquire().await.map_err(classify)?;
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
         loop {
             let keys: Vec<Vec<u8>> = sqlx::query_scalar(&self.sql.keys_after)
                 .bind(&after)
@@ -225,12 +223,12 @@ impl MysqlOutbox {
 
     /// The plan MySQL chooses for a claim of `limit` rows (`EXPLAIN`), to
     /// check that it stays an index range scan on a large backlog.
-    pub async fn explain_claim(&self, pool: &MySqlPool, limit: u32) -> Result<String, Error> {
+    pub async fn explain_claim(&self, limit: u32) -> Result<String, Error> {
         let inline = self.config.batch_bytes / (limit.max(1) as usize);
         let rows = sqlx::query(&format!("EXPLAIN {}", self.sql.claim))
             .bind(i64::try_from(inline).unwrap_or(i64::MAX))
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
         let mut lines = Vec::new();
@@ -248,5 +246,43 @@ impl MysqlOutbox {
             ));
         }
         Ok(lines.join("\n"))
+    }
+}
+
+impl Operator for MysqlOutbox {
+    fn migrate(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(MysqlOutbox::migrate(self))
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        Box::pin(MysqlOutbox::backlog(self))
+    }
+
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {
+        Box::pin(MysqlOutbox::dead_letters(self, limit))
+    }
+
+    fn count_dead_letters(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(MysqlOutbox::count_dead_letters(self))
+    }
+
+    fn requeue<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(MysqlOutbox::requeue(self, ids))
+    }
+
+    fn requeue_all(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(MysqlOutbox::requeue_all(self))
+    }
+
+    fn cleanup(&self, older_than: Duration, batch: u32) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(MysqlOutbox::cleanup(self, older_than, batch))
+    }
+
+    fn prune(&self, batch: u32) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(MysqlOutbox::prune_keys(self, batch))
+    }
+
+    fn relay_source(&self) -> BoxFuture<'_, Result<BoxSource<Message>, Error>> {
+        Box::pin(async move { Ok(MysqlOutbox::source(self).await?.boxed()) })
     }
 }

@@ -60,7 +60,8 @@ enum Report<'a> {
 }
 
 impl MysqlSource {
-    pub(crate) fn new(outbox: MysqlOutbox, pool: MySqlPool) -> Self {
+    pub(crate) fn new(outbox: MysqlOutbox) -> Self {
+        let pool = outbox.pool.clone();
         let leadership = outbox.config.leader_only.then(|| {
             Leadership::new(
                 pool.clone(),
@@ -484,7 +485,7 @@ impl Source for MysqlSource {
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
-        self.outbox.backlog(&self.pool).await.map(Some)
+        self.outbox.backlog().await.map(Some)
     }
 }
 

@@ -17,22 +17,25 @@ use crate::{MysqlConfig, MysqlSource};
 /// under MySQL's 65,535 a statement.
 pub(crate) const MAX_ROWS: usize = 8_000;
 
-/// One outbox table: writes messages in your transactions, runs migrations,
-/// makes relay sources and answers operators. Cheap to clone.
+/// One outbox table on one pool: writes messages in your transactions, runs
+/// migrations, makes relay sources and answers operators. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MysqlOutbox {
     pub(crate) config: Arc<MysqlConfig>,
+    pub(crate) pool: MySqlPool,
     pub(crate) sql: Arc<Statements>,
     pub(crate) committed: Arc<Notify>,
 }
 
 impl MysqlOutbox {
-    /// Checks `config` (naming a bad setting) and prepares the statements.
-    pub fn new(config: MysqlConfig) -> Result<Self, ConfigError> {
+    /// Checks `config` (naming a bad setting) and prepares the statements;
+    /// operator calls, migrations and relay sources use `pool`.
+    pub fn new(config: MysqlConfig, pool: MySqlPool) -> Result<Self, ConfigError> {
         config.validate()?;
         let sql = Statements::new(&config);
         Ok(Self {
             config: Arc::new(config),
+            pool,
             sql: Arc::new(sql),
             committed: Arc::default(),
         })
@@ -41,6 +44,11 @@ impl MysqlOutbox {
     /// The settings.
     pub fn config(&self) -> &MysqlConfig {
         &self.config
+    }
+
+    /// The pool operator calls and relay sources use.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
     }
 
     /// The schema as plain SQL statements for the configured name.
@@ -52,11 +60,11 @@ impl MysqlOutbox {
     /// (idempotent; see [`MIGRATIONS`](crate::MIGRATIONS)). Concurrent
     /// callers on one table wait for each other, up to
     /// [`MIGRATE_WAIT`]: relays starting together rebuild an index once.
-    pub async fn migrate(&self, pool: &MySqlPool) -> Result<(), Error> {
+    pub async fn migrate(&self) -> Result<(), Error> {
         // A connection taken out of the pool: the lock belongs to its
         // session and goes with it when it closes, here or, should this
         // future be dropped half-way, when the connection is dropped.
-        let mut conn = pool.acquire().await.map_err(classify)?.detach();
+        let mut conn = self.pool.acquire().await.map_err(classify)?.detach();
         let taken: Option<i64> =
             sqlx::query_scalar(&format!("SELECT GET_LOCK({}, ?)", table_lock("migrate")))
                 .bind(&self.config.table)
@@ -170,8 +178,10 @@ impl MysqlOutbox {
     }
 
     /// A relay's source on this table, with its own identity and leases.
-    pub fn source(&self, pool: MySqlPool) -> MysqlSource {
-        MysqlSource::new(self.clone(), pool)
+    /// Async and fallible like every database's, though making one here
+    /// neither waits nor fails.
+    pub async fn source(&self) -> Result<MysqlSource, Error> {
+        Ok(MysqlSource::new(self.clone()))
     }
 }
 

@@ -33,12 +33,15 @@ async fn table(name: &str) -> (MysqlOutbox, MySqlPool) {
             .await
             .unwrap();
     }
-    let outbox = MysqlOutbox::new(MysqlConfig {
-        table: name.into(),
-        ..MysqlConfig::default()
-    })
+    let outbox = MysqlOutbox::new(
+        MysqlConfig {
+            table: name.into(),
+            ..MysqlConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.expect("migrate");
+    outbox.migrate().await.expect("migrate");
     (outbox, pool)
 }
 
@@ -66,7 +69,11 @@ impl SourceHarness for MyTable {
             lease,
             ..self.outbox.config().clone()
         };
-        MysqlOutbox::new(config).unwrap().source(self.pool.clone())
+        MysqlOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .unwrap()
     }
 
     async fn parking_relay(&self, lease: Duration) -> MysqlSource {
@@ -75,7 +82,11 @@ impl SourceHarness for MyTable {
             on_dead_letter: OnDeadLetter::Park,
             ..self.outbox.config().clone()
         };
-        MysqlOutbox::new(config).unwrap().source(self.pool.clone())
+        MysqlOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .unwrap()
     }
 
     async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> MysqlSource {
@@ -84,7 +95,11 @@ impl SourceHarness for MyTable {
             batch_bytes,
             ..self.outbox.config().clone()
         };
-        MysqlOutbox::new(config).unwrap().source(self.pool.clone())
+        MysqlOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .unwrap()
     }
 
     async fn enqueue(&self, messages: Vec<Message>) {
@@ -108,12 +123,12 @@ impl SourceHarness for MyTable {
     }
 
     async fn dead_letters(&self) -> Vec<(Uuid, String)> {
-        let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
+        let dead = self.outbox.dead_letters(10_000).await.unwrap();
         dead.into_iter().map(|d| (d.id, d.error)).collect()
     }
 
     async fn waiting(&self) -> u64 {
-        self.outbox.backlog(&self.pool).await.unwrap().waiting
+        self.outbox.backlog().await.unwrap().waiting
     }
 
     fn claims_end_with_the_relay(&self) -> bool {
@@ -210,11 +225,11 @@ async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
     let kept = Message::builder("orders", "order-2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&kept)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(1, DEADLINE).await);
     assert!(
         eventually(DEADLINE, || async {
-            outbox.backlog(&pool).await.unwrap().waiting == 0
+            outbox.backlog().await.unwrap().waiting == 0
         })
         .await
     );
@@ -235,15 +250,11 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
         batch_size: 200,
         ..fast()
     };
-    let relays: Vec<_> = (0..4)
-        .map(|_| {
-            run_relay(
-                outbox.source(pool.clone()),
-                destination.clone(),
-                config.clone(),
-            )
-        })
-        .collect();
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        let source = outbox.source().await.unwrap();
+        relays.push(run_relay(source, destination.clone(), config.clone()));
+    }
     let started = Instant::now();
     // Every key has a message in flight most of the time, so most of each
     // claim's candidates stay behind. The figure is printed below.
@@ -267,7 +278,7 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
     println!("4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates", messages.len());
     assert!(
         eventually(DEADLINE, || async {
-            outbox.backlog(&pool).await.unwrap().waiting == 0
+            outbox.backlog().await.unwrap().waiting == 0
         })
         .await
     );
@@ -288,16 +299,16 @@ async fn malformed_rows_are_dead_lettered_with_the_reason() {
     .await
     .unwrap();
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(good.len(), DEADLINE).await);
     assert!(
         eventually(DEADLINE, || async {
-            outbox.count_dead_letters(&pool).await.unwrap() == 1
+            outbox.count_dead_letters().await.unwrap() == 1
         })
         .await
     );
     relay.stop().await;
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     assert_eq!(letters[0].id, bad);
     assert!(
         letters[0].error.contains("headers are not JSON"),
@@ -322,7 +333,7 @@ async fn a_million_waiting_rows_are_claimed_by_index_range_scan() {
         .execute(&pool)
         .await
         .unwrap();
-    let plan = outbox.explain_claim(&pool, 1000).await.unwrap();
+    let plan = outbox.explain_claim(1000).await.unwrap();
     println!("{plan}");
     let outer = plan.lines().next().unwrap();
     assert!(
@@ -333,7 +344,7 @@ async fn a_million_waiting_rows_are_claimed_by_index_range_scan() {
         outer.contains("million_waiting"),
         "claim does not use the waiting index:\n{plan}"
     );
-    let source = outbox.source(pool.clone());
+    let source = outbox.source().await.unwrap();
     let mut timings = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
@@ -376,7 +387,7 @@ async fn a_claim_behind_many_retrying_rows_leaves_only_their_keys_behind() {
         .collect();
     commit(&outbox, &pool, &later).await;
 
-    let source = outbox.source(pool.clone());
+    let source = outbox.source().await.unwrap();
     let claimed = source.claim(10).await.unwrap();
     source.release(claimed.id(), &claimed).await.unwrap();
 
@@ -435,8 +446,8 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     let messages = numbered_messages("orders", 5, 4);
     commit(&outbox, &pool, &messages).await;
 
-    outbox.migrate(&pool).await.expect("upgrade");
-    outbox.migrate(&pool).await.expect("migrate again");
+    outbox.migrate().await.expect("upgrade");
+    outbox.migrate().await.expect("migrate again");
 
     assert_eq!(
         columns("upgraded_waiting").await,
@@ -448,7 +459,7 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     );
     assert_eq!(key_type().await.unwrap(), "varbinary");
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(messages.len(), DEADLINE).await);
     relay.stop().await;
     assert_order_per_key(&messages, &arrivals(&destination));
@@ -457,20 +468,23 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let (outbox, pool) = table("leader").await;
-    let outbox = MysqlOutbox::new(MysqlConfig {
-        leader_only: true,
-        ..outbox.config().clone()
-    })
+    let outbox = MysqlOutbox::new(
+        MysqlConfig {
+            leader_only: true,
+            ..outbox.config().clone()
+        },
+        pool.clone(),
+    )
     .unwrap();
     let first = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &first).await;
     let destination = MemoryDestination::new();
-    let leader = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let leader = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(
         destination.wait_for(first.len(), DEADLINE).await,
         "the leader did not relay"
     );
-    let standby = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let standby = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     let second = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &second).await;
     assert!(
@@ -517,8 +531,8 @@ async fn migrate_waits_for_a_migration_of_the_same_table() {
     assert_eq!(taken, Some(1));
 
     let migrating = tokio::spawn({
-        let (outbox, pool) = (outbox.clone(), pool.clone());
-        async move { outbox.migrate(&pool).await }
+        let outbox = outbox.clone();
+        async move { outbox.migrate().await }
     });
     let waiting = eventually(DEADLINE, || async {
         let waiting: i64 = sqlx::query_scalar(
@@ -566,15 +580,18 @@ async fn leaders_of_tables_of_one_name_in_two_databases_both_claim() {
     let there_pool = MySqlPool::connect(&format!("{server}/{database}"))
         .await
         .unwrap();
-    let leader_only = |outbox: &MysqlOutbox| {
-        MysqlOutbox::new(MysqlConfig {
-            leader_only: true,
-            ..outbox.config().clone()
-        })
+    let leader_only = |outbox: &MysqlOutbox, pool: &MySqlPool| {
+        MysqlOutbox::new(
+            MysqlConfig {
+                leader_only: true,
+                ..outbox.config().clone()
+            },
+            pool.clone(),
+        )
         .unwrap()
     };
-    let here = leader_only(&here);
-    let there = leader_only(&here);
+    let there = leader_only(&here, &there_pool);
+    let here = leader_only(&here, &here_pool);
     for suffix in ["", "_keys"] {
         sqlx::query(&format!(
             "DROP TABLE IF EXISTS `leader_two_databases{suffix}`"
@@ -583,18 +600,18 @@ async fn leaders_of_tables_of_one_name_in_two_databases_both_claim() {
         .await
         .unwrap();
     }
-    there.migrate(&there_pool).await.unwrap();
+    there.migrate().await.unwrap();
 
     let (here_destination, there_destination) =
         (MemoryDestination::new(), MemoryDestination::new());
     let relays = [
         run_relay(
-            here.source(here_pool.clone()),
+            here.source().await.unwrap(),
             here_destination.clone(),
             fast(),
         ),
         run_relay(
-            there.source(there_pool.clone()),
+            there.source().await.unwrap(),
             there_destination.clone(),
             fast(),
         ),
@@ -628,9 +645,14 @@ async fn leaders_of_tables_of_one_name_in_two_databases_both_claim() {
 async fn writers_committing_during_claims_never_fail() {
     let (outbox, pool) = table("busy_writers").await;
     let destination = MemoryDestination::new();
-    let relays: Vec<_> = (0..2)
-        .map(|_| run_relay(outbox.source(pool.clone()), destination.clone(), fast()))
-        .collect();
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        relays.push(run_relay(
+            outbox.source().await.unwrap(),
+            destination.clone(),
+            fast(),
+        ));
+    }
     let messages = numbered_messages("orders", 50, 12);
     // Three writers, each with its own keys, so each key's enqueue order is
     // the order numbered_messages gave it.
@@ -750,7 +772,7 @@ async fn a_key_that_is_not_utf8_is_refused_or_converted_by_the_database() {
         Err(err) => assert!(err.to_string().contains("Incorrect string value"), "{err}"),
         Ok(_) => {
             let destination = MemoryDestination::new();
-            let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+            let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
             let delivered = destination.wait_for(1, DEADLINE).await;
             relay.stop().await;
             assert!(delivered, "the converted row was not delivered");
@@ -767,11 +789,14 @@ async fn a_key_that_is_not_utf8_is_refused_or_converted_by_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     let (_, pool) = table("ack_error").await;
-    let outbox = MysqlOutbox::new(MysqlConfig {
-        table: "ack_error".into(),
-        lease: Duration::from_secs(3),
-        ..MysqlConfig::default()
-    })
+    let outbox = MysqlOutbox::new(
+        MysqlConfig {
+            table: "ack_error".into(),
+            lease: Duration::from_secs(3),
+            ..MysqlConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS ack_error_refusing (refusing BOOLEAN); \
@@ -793,16 +818,16 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     let messages = numbered_messages("orders", 4, 5);
     commit(&outbox, &pool, &messages).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     // Published, acknowledgement refused, published again after the lease.
     let again = destination.wait_for(messages.len() * 2, DEADLINE).await;
-    let waiting = outbox.backlog(&pool).await.unwrap().waiting;
+    let waiting = outbox.backlog().await.unwrap().waiting;
     sqlx::query("DELETE FROM ack_error_refusing")
         .execute(&pool)
         .await
         .unwrap();
     let drained = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     relay.stop().await;
@@ -821,7 +846,7 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     );
     let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
     assert!(duplicates >= messages.len(), "{duplicates} duplicates");
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
 }
 
 fn message_of(key: &str) -> Message {
@@ -902,10 +927,12 @@ async fn new_messages_are_due_by_the_database_clock() {
         .connect(&url)
         .await
         .unwrap();
+    // The relay's connections too run an hour behind.
+    let outbox = MysqlOutbox::new(outbox.config().clone(), pool.clone()).unwrap();
     let message = Message::builder("orders", "clock").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     let arrived = destination.wait_for(1, Duration::from_secs(10)).await;
     relay.stop().await;
     assert!(
@@ -937,17 +964,19 @@ async fn a_row_that_cannot_be_decoded_is_dead_lettered_and_others_flow() {
     conn.close().await.unwrap();
     let good = numbered_messages("orders", 2, 2);
     commit(&outbox, &pool, &good).await;
-    let (_, delivered, dead) =
-        relay_good_beside_bad(outbox.source(pool.clone()), fast(), good.len(), || async {
-            outbox.count_dead_letters(&pool).await.unwrap() == 1
-        })
-        .await;
+    let (_, delivered, dead) = relay_good_beside_bad(
+        outbox.source().await.unwrap(),
+        fast(),
+        good.len(),
+        || async { outbox.count_dead_letters().await.unwrap() == 1 },
+    )
+    .await;
     assert!(
         delivered,
         "the rows beside one that cannot be decoded were not delivered"
     );
     assert!(dead, "the row that cannot be decoded was not dead-lettered");
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     assert_eq!(letters[0].id, bad);
     assert!(
         letters[0].error.contains("created_at"),
@@ -969,9 +998,9 @@ async fn calls_with_more_rows_than_a_statement_takes_go_through() {
         .await
         .expect("10,000 messages in one call");
     tx.commit().await.unwrap();
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 10_000);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 10_000);
     let ids: Vec<Uuid> = (0..70_000).map(|_| Uuid::now_v7()).collect();
-    assert_eq!(outbox.requeue(&pool, &ids).await.expect("70,000 ids"), 0);
+    assert_eq!(outbox.requeue(&ids).await.expect("70,000 ids"), 0);
 }
 
 /// In a database whose default character set is latin1, every text column
@@ -1002,14 +1031,14 @@ async fn text_outside_latin1_survives_a_latin1_database() {
         .connect(&format!("{base}/outbox_latin1"))
         .await
         .unwrap();
-    let outbox = MysqlOutbox::new(MysqlConfig::default()).unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    let outbox = MysqlOutbox::new(MysqlConfig::default(), pool.clone()).unwrap();
+    outbox.migrate().await.unwrap();
     // As a table made before the migration that pins utf8mb4 would be.
     sqlx::query("ALTER TABLE outbox_messages CONVERT TO CHARACTER SET latin1")
         .execute(&pool)
         .await
         .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
     let latin1: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = 'outbox_latin1' \
          AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4'",
@@ -1023,7 +1052,7 @@ async fn text_outside_latin1_survives_a_latin1_database() {
         .build()
         .unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
-    let claimed = outbox.source(pool.clone()).claim(10).await.unwrap();
+    let claimed = outbox.source().await.unwrap().claim(10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].ordering_key, message.ordering_key);
     assert_eq!(claimed[0].destination, message.destination);
@@ -1067,14 +1096,17 @@ async fn keys_of_delivered_messages_are_pruned_and_held_keys_stay() {
         )
         .await
         .unwrap();
-    let pruned = outbox.prune_keys(&pool, 2).await.expect("prune");
+    // Through the trait every database's handle shares, as outbox-relay
+    // calls it.
+    let operator: &dyn outbox_mysql::Operator = &outbox;
+    let pruned = operator.prune(2).await.expect("prune");
     assert_eq!(keys_in(&pool, "prune_keys").await, ["held", "waiting"]);
     assert_eq!(pruned, 3);
     writer
         .commit()
         .await
         .expect("the writer keeps its key and commits");
-    assert_eq!(outbox.prune_keys(&pool, 2).await.unwrap(), 0);
+    assert_eq!(outbox.prune_keys(2).await.unwrap(), 0);
     assert_eq!(keys_in(&pool, "prune_keys").await, ["held", "waiting"]);
 }
 
@@ -1089,7 +1121,7 @@ async fn writers_never_fail_while_keys_are_pruned() {
         async move {
             let mut pruned = 0;
             while !stop.load(Ordering::Relaxed) {
-                pruned += outbox.prune_keys(&pool, 100).await.expect("prune");
+                pruned += outbox.prune_keys(100).await.expect("prune");
                 sqlx::query("DELETE FROM prune_busy ORDER BY seq LIMIT 50")
                     .execute(&pool)
                     .await
@@ -1151,7 +1183,7 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let message = Message::builder("orders", "v2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");

@@ -6,8 +6,8 @@
 //! use outbox_core::Message;
 //! use outbox_postgres::{PostgresConfig, PostgresOutbox};
 //!
-//! let outbox = PostgresOutbox::new(PostgresConfig::default())?;
-//! outbox.migrate(&pool).await?;
+//! let outbox = PostgresOutbox::new(PostgresConfig::default(), pool.clone())?;
+//! outbox.migrate().await?;
 //!
 //! let mut tx = pool.begin().await.map_err(outbox_postgres::classify)?;
 //! // ... your business rows, on the same transaction ...
@@ -15,7 +15,7 @@
 //! outbox.enqueue(&mut tx, &message).await?;
 //! tx.commit().await.map_err(outbox_postgres::classify)?;
 //!
-//! let source = outbox.source(pool.clone()).await?; // hand it to outbox_core::Relay
+//! let source = outbox.source().await?; // hand it to outbox_core::Relay
 //! # Ok(()) }
 //! ```
 
@@ -33,6 +33,7 @@ mod writer;
 pub use config::{AckMode, PostgresConfig};
 pub use error::classify;
 pub use outbox_core::DeadLetter;
+pub use outbox_sql::Operator;
 pub use schema::MIGRATIONS;
 pub use source::PostgresSource;
 pub use writer::PostgresOutbox;

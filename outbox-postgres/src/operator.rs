@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use outbox_core::{Backlog, DeadLetter, Error};
-use sqlx::{Executor, PgConnection, PgPool, Row};
+use outbox_core::{BoxSource, Message, Source};
+use outbox_sql::Operator;
+use sqlx::{Executor, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::error::classify;
@@ -14,9 +17,9 @@ use crate::PostgresOutbox;
 
 impl PostgresOutbox {
     /// Messages waiting, age of the oldest, and dead letters.
-    pub async fn backlog(&self, pool: &PgPool) -> Result<Backlog, Error> {
+    pub async fn backlog(&self) -> Result<Backlog, Error> {
         let row = sqlx::query(&self.sql.backlog)
-            .fetch_one(pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
         let waiting: i64 = row.try_get(0).map_err(classify)?;
@@ -30,10 +33,10 @@ impl PostgresOutbox {
     }
 
     /// The oldest `limit` dead letters, with their reasons.
-    pub async fn dead_letters(&self, pool: &PgPool, limit: u32) -> Result<Vec<DeadLetter>, Error> {
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, Error> {
         let rows = sqlx::query(&self.sql.dead_letters)
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
         rows.iter()
@@ -59,9 +62,9 @@ impl PostgresOutbox {
     }
 
     /// How many dead letters wait.
-    pub async fn count_dead_letters(&self, pool: &PgPool) -> Result<u64, Error> {
+    pub async fn count_dead_letters(&self) -> Result<u64, Error> {
         let count: i64 = sqlx::query_scalar(&self.sql.count_dead)
-            .fetch_one(pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
         Ok(count as u64)
@@ -70,19 +73,19 @@ impl PostgresOutbox {
     /// Puts these dead letters back in the delivery path, attempts reset.
     /// Returns how many were requeued (ids that are not dead letters are
     /// ignored).
-    pub async fn requeue(&self, pool: &PgPool, ids: &[Uuid]) -> Result<u64, Error> {
+    pub async fn requeue(&self, ids: &[Uuid]) -> Result<u64, Error> {
         let done = sqlx::query(&self.sql.requeue)
             .bind(ids.to_vec())
-            .execute(pool)
+            .execute(&self.pool)
             .await
             .map_err(classify)?;
         Ok(done.rows_affected())
     }
 
     /// Puts every dead letter back in the delivery path.
-    pub async fn requeue_all(&self, pool: &PgPool) -> Result<u64, Error> {
+    pub async fn requeue_all(&self) -> Result<u64, Error> {
         let done = sqlx::query(&self.sql.requeue_all)
-            .execute(pool)
+            .execute(&self.pool)
             .await
             .map_err(classify)?;
         Ok(done.rows_affected())
@@ -91,8 +94,8 @@ impl PostgresOutbox {
     /// The plan PostgreSQL chooses for a claim's first round of `limit`
     /// rows (`EXPLAIN`, with the claim transaction's settings), to check
     /// that it stays an index scan on a large backlog.
-    pub async fn explain_claim(&self, pool: &PgPool, limit: u32) -> Result<String, Error> {
-        let mut tx = pool.begin().await.map_err(classify)?;
+    pub async fn explain_claim(&self, limit: u32) -> Result<String, Error> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
         let conn: &mut PgConnection = &mut tx;
         conn.execute(claim_settings(self.config.lease).as_str())
             .await
@@ -112,12 +115,7 @@ impl PostgresOutbox {
     /// In mark-done mode, deletes rows delivered more than `older_than` ago,
     /// `batch` rows per statement (never one unbounded DELETE), and returns
     /// how many it deleted.
-    pub async fn cleanup(
-        &self,
-        pool: &PgPool,
-        older_than: Duration,
-        batch: u32,
-    ) -> Result<u64, Error> {
+    pub async fn cleanup(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
         let batch = i64::from(batch.max(1));
         let mut total = 0;
         loop {
@@ -128,7 +126,7 @@ impl PostgresOutbox {
                 .persistent(false)
                 .bind(older_than.as_millis() as i64)
                 .bind(batch)
-                .execute(pool)
+                .execute(&self.pool)
                 .await
                 .map_err(classify)?;
             total += done.rows_affected();
@@ -136,5 +134,39 @@ impl PostgresOutbox {
                 return Ok(total);
             }
         }
+    }
+}
+
+impl Operator for PostgresOutbox {
+    fn migrate(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(PostgresOutbox::migrate(self))
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        Box::pin(PostgresOutbox::backlog(self))
+    }
+
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {
+        Box::pin(PostgresOutbox::dead_letters(self, limit))
+    }
+
+    fn count_dead_letters(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(PostgresOutbox::count_dead_letters(self))
+    }
+
+    fn requeue<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(PostgresOutbox::requeue(self, ids))
+    }
+
+    fn requeue_all(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(PostgresOutbox::requeue_all(self))
+    }
+
+    fn cleanup(&self, older_than: Duration, batch: u32) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(PostgresOutbox::cleanup(self, older_than, batch))
+    }
+
+    fn relay_source(&self) -> BoxFuture<'_, Result<BoxSource<Message>, Error>> {
+        Box::pin(async move { Ok(PostgresOutbox::source(self).await?.boxed()) })
     }
 }

@@ -64,7 +64,8 @@ enum Report<'a> {
 }
 
 impl PostgresSource {
-    pub(crate) async fn connect(outbox: PostgresOutbox, pool: PgPool) -> Result<Self, Error> {
+    pub(crate) async fn connect(outbox: PostgresOutbox) -> Result<Self, Error> {
+        let pool = outbox.pool.clone();
         let wake = if outbox.config.notify {
             Some(Wake::listen(&pool, &outbox.config.channel()).await?)
         } else {
@@ -438,7 +439,7 @@ impl Source for PostgresSource {
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
-        self.outbox.backlog(&self.pool).await.map(Some)
+        self.outbox.backlog().await.map(Some)
     }
 }
 

@@ -12,21 +12,24 @@ use crate::schema::render;
 use crate::sql::Statements;
 use crate::{PostgresConfig, PostgresSource};
 
-/// One outbox table: writes messages in your transactions, runs migrations,
-/// makes relay sources and answers operators. Cheap to clone.
+/// One outbox table on one pool: writes messages in your transactions, runs
+/// migrations, makes relay sources and answers operators. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PostgresOutbox {
     pub(crate) config: Arc<PostgresConfig>,
+    pub(crate) pool: PgPool,
     pub(crate) sql: Arc<Statements>,
 }
 
 impl PostgresOutbox {
-    /// Checks `config` (naming a bad setting) and prepares the statements.
-    pub fn new(config: PostgresConfig) -> Result<Self, ConfigError> {
+    /// Checks `config` (naming a bad setting) and prepares the statements;
+    /// operator calls, migrations and relay sources use `pool`.
+    pub fn new(config: PostgresConfig, pool: PgPool) -> Result<Self, ConfigError> {
         config.validate()?;
         let sql = Statements::new(&config);
         Ok(Self {
             config: Arc::new(config),
+            pool,
             sql: Arc::new(sql),
         })
     }
@@ -34,6 +37,11 @@ impl PostgresOutbox {
     /// The settings.
     pub fn config(&self) -> &PostgresConfig {
         &self.config
+    }
+
+    /// The pool operator calls and relay sources use.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// The schema as plain SQL for the configured names, for teams that run
@@ -44,8 +52,8 @@ impl PostgresOutbox {
 
     /// Creates the schema if needed (idempotent; concurrent callers wait for
     /// each other).
-    pub async fn migrate(&self, pool: &PgPool) -> Result<(), Error> {
-        let mut tx = pool.begin().await.map_err(classify)?;
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(self.sql.table_lock ^ 0x5f5f)
             .execute(&mut *tx)
@@ -152,7 +160,7 @@ impl PostgresOutbox {
 
     /// A relay's source on this table: its own identity and leases, and (when
     /// `notify` is on) a LISTEN connection that wakes it on new work.
-    pub async fn source(&self, pool: PgPool) -> Result<PostgresSource, Error> {
-        PostgresSource::connect(self.clone(), pool).await
+    pub async fn source(&self) -> Result<PostgresSource, Error> {
+        PostgresSource::connect(self.clone()).await
     }
 }

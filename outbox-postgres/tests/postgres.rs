@@ -48,8 +48,8 @@ async fn table(name: &str, tweak: impl FnOnce(&mut PostgresConfig)) -> (Postgres
         .execute(&pool)
         .await
         .expect("drop old table");
-    let outbox = PostgresOutbox::new(config).expect("valid config");
-    outbox.migrate(&pool).await.expect("migrate");
+    let outbox = PostgresOutbox::new(config, pool.clone()).expect("valid config");
+    outbox.migrate().await.expect("migrate");
     (outbox, pool)
 }
 
@@ -76,8 +76,8 @@ impl SourceHarness for PgTable {
             lease,
             ..self.outbox.config().clone()
         };
-        let outbox = PostgresOutbox::new(config).unwrap();
-        outbox.source(self.pool.clone()).await.expect("source")
+        let outbox = PostgresOutbox::new(config, self.pool.clone()).unwrap();
+        outbox.source().await.expect("source")
     }
 
     async fn parking_relay(&self, lease: Duration) -> PostgresSource {
@@ -86,8 +86,8 @@ impl SourceHarness for PgTable {
             on_dead_letter: OnDeadLetter::Park,
             ..self.outbox.config().clone()
         };
-        let outbox = PostgresOutbox::new(config).unwrap();
-        outbox.source(self.pool.clone()).await.expect("source")
+        let outbox = PostgresOutbox::new(config, self.pool.clone()).unwrap();
+        outbox.source().await.expect("source")
     }
 
     async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> PostgresSource {
@@ -96,9 +96,9 @@ impl SourceHarness for PgTable {
             batch_bytes,
             ..self.outbox.config().clone()
         };
-        PostgresOutbox::new(config)
+        PostgresOutbox::new(config, self.pool.clone())
             .unwrap()
-            .source(self.pool.clone())
+            .source()
             .await
             .expect("source")
     }
@@ -124,12 +124,12 @@ impl SourceHarness for PgTable {
     }
 
     async fn dead_letters(&self) -> Vec<(Uuid, String)> {
-        let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
+        let dead = self.outbox.dead_letters(10_000).await.unwrap();
         dead.into_iter().map(|d| (d.id, d.error)).collect()
     }
 
     async fn waiting(&self) -> u64 {
-        self.outbox.backlog(&self.pool).await.unwrap().waiting
+        self.outbox.backlog().await.unwrap().waiting
     }
 
     fn claims_end_with_the_relay(&self) -> bool {
@@ -255,18 +255,14 @@ async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
     tx.commit().await.unwrap();
 
     let destination = MemoryDestination::new();
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(
         destination.wait_for(1, DEADLINE).await,
         "the committed message was not delivered"
     );
     assert!(
         eventually(DEADLINE, || async {
-            outbox.backlog(&pool).await.unwrap().waiting == 0
+            outbox.backlog().await.unwrap().waiting == 0
         })
         .await
     );
@@ -293,7 +289,7 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
     };
     let mut relays = Vec::new();
     for _ in 0..4 {
-        let source = outbox.source(pool.clone()).await.unwrap();
+        let source = outbox.source().await.unwrap();
         relays.push(run_relay(source, destination.clone(), config.clone()));
     }
     let started = Instant::now();
@@ -322,7 +318,7 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
         per_relay.iter().filter(|&&n| n > 0).count() >= 2,
         "the relays did not share the work: {per_relay:?}"
     );
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,11 +330,7 @@ async fn notify_wakes_an_idle_relay_without_waiting_for_a_poll() {
         poll_interval_max: Duration::from_secs(10),
         ..fast()
     };
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        config,
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), config);
     let mut latencies = Vec::new();
     for n in 1..=5 {
         // Let the relay find the outbox empty and go to sleep for its poll.
@@ -380,7 +372,7 @@ async fn a_million_waiting_rows_are_claimed_by_index_scan_in_milliseconds() {
         .execute(&pool)
         .await
         .unwrap();
-    let plan = outbox.explain_claim(&pool, 1000).await.unwrap();
+    let plan = outbox.explain_claim(1000).await.unwrap();
     println!("{plan}");
     assert!(
         plan.contains("Index Scan using million_waiting"),
@@ -388,7 +380,7 @@ async fn a_million_waiting_rows_are_claimed_by_index_scan_in_milliseconds() {
     );
     assert!(!plan.contains("Seq Scan"), "claim scans the table:\n{plan}");
 
-    let source = outbox.source(pool.clone()).await.unwrap();
+    let source = outbox.source().await.unwrap();
     let mut timings = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
@@ -437,7 +429,7 @@ async fn the_claim_keeps_its_index_scan_when_statistics_undercount_the_backlog()
     ] {
         sqlx::query(&statement).execute(&pool).await.unwrap();
     }
-    let plan = outbox.explain_claim(&pool, 500).await.unwrap();
+    let plan = outbox.explain_claim(500).await.unwrap();
     assert!(
         plan.contains("Index Scan using stale_stats_waiting"),
         "the claim does not walk the waiting index:\n{plan}"
@@ -448,7 +440,7 @@ async fn the_claim_keeps_its_index_scan_when_statistics_undercount_the_backlog()
             "the claim's plan has a {step}:\n{plan}"
         );
     }
-    let source = outbox.source(pool.clone()).await.unwrap();
+    let source = outbox.source().await.unwrap();
     let claimed = source.claim(500).await.unwrap();
     assert_eq!(claimed.len(), 500);
     source.ack(claimed.id(), &claimed).await.unwrap();
@@ -471,19 +463,15 @@ async fn malformed_rows_are_dead_lettered_with_the_reason_and_others_flow() {
     .await
     .unwrap();
     let destination = MemoryDestination::new();
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(good.len(), DEADLINE).await);
     let dead = eventually(DEADLINE, || async {
-        outbox.count_dead_letters(&pool).await.unwrap() == 2
+        outbox.count_dead_letters().await.unwrap() == 2
     })
     .await;
     relay.stop().await;
     assert!(dead, "malformed rows were not dead-lettered");
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     let reason = |id| letters.iter().find(|d| d.id == id).unwrap().error.clone();
     assert!(
         reason(bad_headers).contains("headers must be a JSON object"),
@@ -504,14 +492,10 @@ async fn mark_done_keeps_rows_until_cleanup_removes_them_in_batches() {
     let messages = numbered_messages("orders", 10, 25);
     commit(&outbox, &pool, &messages).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(messages.len(), DEADLINE).await);
     relay.stop().await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.mark_done")
         .fetch_one(&pool)
         .await
@@ -522,14 +506,11 @@ async fn mark_done_keeps_rows_until_cleanup_removes_them_in_batches() {
         "mark-done keeps delivered rows"
     );
     assert_eq!(
-        outbox
-            .cleanup(&pool, Duration::from_secs(3600), 40)
-            .await
-            .unwrap(),
+        outbox.cleanup(Duration::from_secs(3600), 40).await.unwrap(),
         0,
         "nothing is old enough yet"
     );
-    let removed = outbox.cleanup(&pool, Duration::ZERO, 40).await.unwrap();
+    let removed = outbox.cleanup(Duration::ZERO, 40).await.unwrap();
     assert_eq!(removed, messages.len() as u64);
 }
 
@@ -540,18 +521,14 @@ async fn a_requeued_dead_letter_is_delivered_and_a_parked_key_resumes_in_order()
     let destination = MemoryDestination::new();
     destination.fail_permanently(messages[0].id);
     commit(&outbox, &pool, &messages).await;
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(
         destination.wait_for(3, DEADLINE).await,
         "key-1 did not flow"
     );
     assert!(
         eventually(DEADLINE, || async {
-            outbox.count_dead_letters(&pool).await.unwrap() == 1
+            outbox.count_dead_letters().await.unwrap() == 1
         })
         .await
     );
@@ -562,22 +539,27 @@ async fn a_requeued_dead_letter_is_delivered_and_a_parked_key_resumes_in_order()
         "a parked key's later messages went out"
     );
     destination.heal();
-    assert_eq!(outbox.requeue(&pool, &[messages[0].id]).await.unwrap(), 1);
+    assert_eq!(outbox.requeue(&[messages[0].id]).await.unwrap(), 1);
     assert!(
         destination.wait_for(6, DEADLINE).await,
         "the parked key did not resume"
     );
     relay.stop().await;
     assert_order_per_key(&messages, &arrivals(&destination));
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn bad_configuration_names_the_setting() {
-    let err = PostgresOutbox::new(PostgresConfig {
-        table: "outbox; DROP TABLE users".into(),
-        ..PostgresConfig::default()
-    })
+    // A pool that never connects: the settings are refused before any use.
+    let pool = sqlx::PgPool::connect_lazy("postgres://127.0.0.1:1/unused").unwrap();
+    let err = PostgresOutbox::new(
+        PostgresConfig {
+            table: "outbox; DROP TABLE users".into(),
+            ..PostgresConfig::default()
+        },
+        pool,
+    )
     .unwrap_err();
     assert_eq!(err.setting, "table");
     assert!(err.to_string().contains("`table`"), "{err}");
@@ -589,20 +571,12 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let first = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &first).await;
     let destination = MemoryDestination::new();
-    let leader = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let leader = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(
         destination.wait_for(first.len(), DEADLINE).await,
         "the leader did not relay"
     );
-    let standby = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let standby = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
 
     let second = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &second).await;
@@ -659,7 +633,7 @@ async fn a_key_that_is_not_utf8_is_refused_by_the_database() {
     .await
     .expect_err("PostgreSQL stored a key that is not UTF-8");
     assert!(err.to_string().contains("invalid byte sequence"), "{err}");
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 /// The database refuses the acknowledgement (a trigger raising on DELETE,
@@ -687,20 +661,16 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     let messages = numbered_messages("orders", 4, 5);
     commit(&outbox, &pool, &messages).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     // Published, acknowledgement refused, published again.
     let again = destination.wait_for(messages.len() * 2, DEADLINE).await;
-    let waiting = outbox.backlog(&pool).await.unwrap().waiting;
+    let waiting = outbox.backlog().await.unwrap().waiting;
     sqlx::query("DELETE FROM outbox_test.ack_error_refusing")
         .execute(&pool)
         .await
         .unwrap();
     let drained = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     relay.stop().await;
@@ -719,7 +689,7 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     );
     let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
     assert!(duplicates >= messages.len(), "{duplicates} duplicates");
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
 }
 
 /// PostgreSQL may switch a prepared statement to a generic plan after five
@@ -732,7 +702,8 @@ async fn the_claim_is_never_run_on_a_generic_plan() {
     let (outbox, _) = table("custom_plans", |config| config.notify = false).await;
     // One connection, so the prepared statements below are the source's.
     let pool = pool(1).await;
-    let source = outbox.source(pool.clone()).await.unwrap();
+    let outbox = PostgresOutbox::new(outbox.config().clone(), pool.clone()).unwrap();
+    let source = outbox.source().await.unwrap();
     commit(&outbox, &pool, &numbered_messages("orders", 5, 2)).await;
     for _ in 0..12 {
         let claimed = source.claim(1000).await.unwrap();
@@ -767,10 +738,12 @@ async fn cleanup_is_never_run_on_a_generic_plan() {
         config.ack_mode = AckMode::MarkDone;
     })
     .await;
+    // One connection, so the prepared statements below are cleanup's.
     let pool = pool(1).await;
+    let outbox = PostgresOutbox::new(outbox.config().clone(), pool.clone()).unwrap();
     for _ in 0..12 {
         outbox
-            .cleanup(&pool, Duration::from_secs(3600), 100)
+            .cleanup(Duration::from_secs(3600), 100)
             .await
             .unwrap();
     }
@@ -804,11 +777,7 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let message = Message::builder("orders", "v2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(
-        outbox.source(pool.clone()).await.unwrap(),
-        destination.clone(),
-        fast(),
-    );
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");
@@ -835,10 +804,10 @@ async fn rows_that_cannot_be_decoded_are_dead_lettered_and_never_stop_the_relay(
     let good = numbered_messages("orders", 3, 2);
     commit(&outbox, &pool, &good).await;
     let (destination, delivered, dead) = relay_good_beside_bad(
-        outbox.source(pool.clone()).await.unwrap(),
+        outbox.source().await.unwrap(),
         fast(),
         good.len(),
-        || async { outbox.count_dead_letters(&pool).await.unwrap() == 2 },
+        || async { outbox.count_dead_letters().await.unwrap() == 2 },
     )
     .await;
     assert!(
@@ -846,7 +815,7 @@ async fn rows_that_cannot_be_decoded_are_dead_lettered_and_never_stop_the_relay(
         "the good rows beside undecodable ones were not delivered"
     );
     assert!(dead, "the undecodable rows were not dead-lettered");
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     for letter in &letters {
         assert!(letter.error.contains("created_at"), "{}", letter.error);
         assert!(letter.message.is_none());
@@ -873,8 +842,8 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
         .connect(&url)
         .await
         .unwrap();
-    let outbox = PostgresOutbox::new(PostgresConfig::default()).unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    let outbox = PostgresOutbox::new(PostgresConfig::default(), pool.clone()).unwrap();
+    outbox.migrate().await.unwrap();
     let bad = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO outbox_messages (id, ordering_key, destination, payload) \
@@ -887,10 +856,10 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
     let good = numbered_messages("orders", 2, 2);
     commit(&outbox, &pool, &good).await;
     let (_, delivered, dead) = relay_good_beside_bad(
-        outbox.source(pool.clone()).await.unwrap(),
+        outbox.source().await.unwrap(),
         fast(),
         good.len(),
-        || async { outbox.count_dead_letters(&pool).await.unwrap() == 1 },
+        || async { outbox.count_dead_letters().await.unwrap() == 1 },
     )
     .await;
     assert!(
@@ -898,7 +867,7 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
         "the good rows beside a row that is not UTF-8 were not delivered"
     );
     assert!(dead, "the row that is not UTF-8 was not dead-lettered");
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     assert_eq!(letters[0].id, bad);
     assert!(
         letters[0].error.contains("destination"),
@@ -916,7 +885,7 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_are_drained_while_the_relay_is_busy_and_wake_it_once() {
     let (outbox, pool) = table("listen_drained", |_| {}).await;
-    let source = outbox.source(pool.clone()).await.unwrap();
+    let source = outbox.source().await.unwrap();
     // 40 MB of notifications in one commit: more than the LISTEN socket's
     // buffers hold, so what is not read stays in the server's queue.
     sqlx::query(

@@ -28,8 +28,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::outbox::Outbox;
 use crate::settings::Settings;
+use outbox_sql::Operator;
 
 /// The transactional outbox relay: moves committed messages from a database
 /// outbox table to a broker, in order per key.
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     // Pools made lazily still need the runtime.
     let _entered = runtime.enter();
     let checked = load::load(&cli.config, std::env::vars())
-        .and_then(|settings| Ok((Outbox::new(&settings.source)?, settings)));
+        .and_then(|settings| Ok((outbox::open(&settings.source)?, settings)));
     let (outbox, settings) = match checked {
         Ok(checked) => checked,
         Err(err) => {
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
 
 async fn execute(
     command: Command,
-    outbox: Outbox,
+    outbox: Box<dyn Operator>,
     settings: Settings,
 ) -> Result<(), outbox_core::Error> {
     match command {

@@ -9,15 +9,15 @@ use outbox_core::{CancellationToken, Error, Relay, Stats};
 use crate::startup::{until_up, Readiness};
 
 use crate::destination;
-use crate::outbox::Outbox;
 use crate::settings::{AckMode, Database, Settings};
+use outbox_sql::Operator;
 
 /// Default retention of done rows in mark-done mode: 7 days.
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Runs the relay described by `settings` until a signal, then stops within
 /// `relay.shutdown_timeout`.
-pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
+pub async fn run(outbox: Box<dyn Operator>, settings: Settings) -> Result<(), Error> {
     tracing::info!(
         source = settings.source.kind(),
         url = %settings.source.address(),
@@ -26,7 +26,7 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         address = %settings.destination.address(),
         "outbox-relay starting"
     );
-    let outbox = Arc::new(outbox);
+    let outbox: Arc<dyn Operator> = Arc::from(outbox);
     let shutdown = CancellationToken::new();
     let readiness: Arc<Readiness> = Arc::default();
 
@@ -64,7 +64,7 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
         let every = Duration::from_millis(mysql.prune_keys_interval_ms);
         tokio::spawn(prune_keys(outbox.clone(), every, shutdown.clone()));
     }
-    let result = relay(&outbox, settings, &readiness, &shutdown).await;
+    let result = relay(&*outbox, settings, &readiness, &shutdown).await;
     shutdown.cancel();
     if let Some(stats) = readiness.stats() {
         tracing::info!(
@@ -80,12 +80,12 @@ pub async fn run(outbox: Outbox, settings: Settings) -> Result<(), Error> {
 /// Connects the source and the destination, each whatever its kind, and
 /// relays between them until `shutdown`.
 async fn relay(
-    outbox: &Outbox,
+    outbox: &dyn Operator,
     settings: Settings,
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    let connect = || outbox.source();
+    let connect = || outbox.relay_source();
     let Some(source) = until_up("database", readiness, shutdown, connect).await? else {
         return Ok(());
     };
@@ -118,13 +118,13 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// Prunes `<table>_keys` every `every` (MySQL).
-async fn prune_keys(outbox: Arc<Outbox>, every: Duration, shutdown: CancellationToken) {
+async fn prune_keys(outbox: Arc<dyn Operator>, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match outbox.prune_keys().await {
+        match outbox.prune(1000).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "pruned keys with no message left"),
             Err(err) => tracing::warn!(error = %err.report(), "pruning keys failed"),
@@ -134,7 +134,7 @@ async fn prune_keys(outbox: Arc<Outbox>, every: Duration, shutdown: Cancellation
 
 /// Deletes done rows older than `retention` every `every`.
 async fn clean_up(
-    outbox: Arc<Outbox>,
+    outbox: Arc<dyn Operator>,
     retention: Duration,
     every: Duration,
     shutdown: CancellationToken,
@@ -144,7 +144,7 @@ async fn clean_up(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match outbox.cleanup(retention).await {
+        match outbox.cleanup(retention, 1000).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "cleaned up delivered rows"),
             Err(err) => tracing::warn!(error = %err.report(), "cleanup failed"),

@@ -64,7 +64,7 @@ async fn relays_counts_in_metrics_and_loses_nothing_on_sigterm() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("stopping"), "{text}");
 
-    let backlog = outbox.backlog(&pool).await.unwrap();
+    let backlog = outbox.backlog().await.unwrap();
     let stored = nats_stream.clone().info().await.unwrap().state.messages;
     println!(
         "after SIGTERM: {stored} in the stream, {} waiting",
@@ -85,7 +85,7 @@ async fn relays_counts_in_metrics_and_loses_nothing_on_sigterm() {
     let config = settings("relay_process", port, "batch_size = 200");
     let child = relay(&config, &["run"]).spawn().unwrap();
     let drained = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     assert!(drained, "the second run did not drain the outbox");
@@ -117,7 +117,7 @@ async fn dead_letters_are_listed_counted_and_requeued() {
     let (outbox, pool) = table("relay_dead").await;
     let messages = numbered_messages("relay-dead.orders", 2, 1);
     commit(&outbox, &pool, &messages).await;
-    let source = outbox.source(pool.clone()).await.unwrap();
+    let source = outbox.source().await.unwrap();
     let claimed = source.claim(10).await.unwrap();
     let poison = claimed[0].clone();
     source
@@ -166,7 +166,7 @@ async fn dead_letters_are_listed_counted_and_requeued() {
     assert_eq!(requeued.0, 0, "{}", requeued.1);
     assert!(requeued.1.contains("requeued 1"), "{}", requeued.1);
     assert_eq!(output(&["dead-letters", "count"]).await.trim(), "0");
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 2);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +194,7 @@ async fn credentials_never_reach_the_output() {
         let child = command.spawn().unwrap();
         if args == ["run"] {
             let drained = eventually(DEADLINE, || async {
-                outbox.backlog(&pool).await.unwrap().waiting == 0
+                outbox.backlog().await.unwrap().waiting == 0
             })
             .await;
             assert!(
@@ -282,7 +282,7 @@ async fn mysql_and_rabbitmq_credentials_never_reach_the_output() {
         .stderr(file);
     let child = command.spawn().unwrap();
     let drained = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     sigterm(&child);
@@ -360,8 +360,9 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
             .await
             .unwrap();
         let outbox =
-            outbox_sqlite::SqliteOutbox::new(outbox_sqlite::SqliteConfig::default()).unwrap();
-        outbox.migrate(&pool).await.unwrap();
+            outbox_sqlite::SqliteOutbox::new(outbox_sqlite::SqliteConfig::default(), pool.clone())
+                .unwrap();
+        outbox.migrate().await.unwrap();
         let messages = numbered_messages(&address, 10, 10);
         let mut tx = pool.begin().await.unwrap();
         outbox.enqueue_many(&mut tx, &messages).await.unwrap();
@@ -377,7 +378,7 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
         std::fs::write(&config, text.replace(&nats, &destination)).unwrap();
         let child = relay(&config.into(), &["run"]).spawn().unwrap();
         let drained = eventually(DEADLINE, || async {
-            outbox.backlog(&pool).await.unwrap().waiting == 0
+            outbox.backlog().await.unwrap().waiting == 0
         })
         .await;
         let published = metric(port, "outbox_published_total").await;
@@ -386,7 +387,7 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
         assert!(drained, "{address}: the outbox did not drain:\n{text}");
         assert_eq!(code, 0, "{text}");
         assert_eq!(published, Some(messages.len() as f64), "{address}:\n{text}");
-        assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0, "{text}");
+        assert_eq!(outbox.count_dead_letters().await.unwrap(), 0, "{text}");
     }
     use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
     use outbox_amqp::lapin::types::FieldTable;
@@ -575,7 +576,7 @@ async fn a_relay_started_before_its_broker_comes_up_by_itself() {
     let exited = child.try_wait().unwrap();
     let _nats = broker_down.await.unwrap();
     let delivered = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     let healthy = eventually(DEADLINE, || async {
@@ -599,5 +600,5 @@ async fn a_relay_started_before_its_broker_comes_up_by_itself() {
     assert!(healthy, "/healthz never turned healthy:\n{text}");
     assert_eq!(code, 0, "{text}");
     assert_order_per_key(&messages, &read(&stream, &messages).await);
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
 }

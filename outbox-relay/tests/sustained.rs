@@ -124,7 +124,7 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         relays.assert_running();
-        let waiting = outbox.backlog(&pool).await.unwrap().waiting;
+        let waiting = outbox.backlog().await.unwrap().waiting;
         most_waiting = most_waiting.max(waiting);
         let usage: f64 = sqlx::query_scalar("SELECT pg_notification_queue_usage()")
             .fetch_one(&pool)

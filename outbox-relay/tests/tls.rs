@@ -33,12 +33,15 @@ async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
     let pool = sqlx::PgPool::connect(&url)
         .await
         .expect("PostgreSQL over TLS, the certificate verified");
-    let outbox = PostgresOutbox::new(PostgresConfig {
-        table: "tls".into(),
-        ..PostgresConfig::default()
-    })
+    let outbox = PostgresOutbox::new(
+        PostgresConfig {
+            table: "tls".into(),
+            ..PostgresConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
 
     let nats = OwnNats::start_tls(&certificates).await;
     let stream = tls_stream(&nats, &certificates, "TLS", "tls").await;
@@ -51,7 +54,7 @@ async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
         nats.url()
     );
     relay_delivers(&source, &destination, "tls", &stream, &messages).await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,12 +80,15 @@ async fn the_relay_reaches_mariadb_over_tls_only() {
     let pool = sqlx::MySqlPool::connect(&url)
         .await
         .expect("MariaDB over TLS, the certificate verified");
-    let outbox = MysqlOutbox::new(MysqlConfig {
-        table: "tls".into(),
-        ..MysqlConfig::default()
-    })
+    let outbox = MysqlOutbox::new(
+        MysqlConfig {
+            table: "tls".into(),
+            ..MysqlConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
 
     let nats = OwnNats::start_tls(&certificates).await;
     let stream = tls_stream(&nats, &certificates, "TLS_MY", "tls-my").await;
@@ -98,7 +104,7 @@ async fn the_relay_reaches_mariadb_over_tls_only() {
         certificates.ca().display()
     );
     relay_delivers(&source, &destination, "tls-my", &stream, &messages).await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +158,7 @@ async fn the_relay_reaches_rabbitmq_over_tls_only() {
         || async { declare_durable(&channel, queue, true).await >= total },
     )
     .await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 
     let mut arrived = Vec::new();
     while let Some(delivery) = channel
@@ -235,7 +241,7 @@ async fn the_relay_reaches_kafka_over_tls_only() {
         },
     )
     .await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
     assert_order_per_key(&messages, &received.keyed(&messages));
 }
 
@@ -288,7 +294,7 @@ async fn the_relay_presents_its_client_certificate_to_nats() {
         &messages,
     )
     .await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 /// Mutual TLS with RabbitMQ (`verify_peer`, `fail_if_no_peer_cert`): no
@@ -343,7 +349,7 @@ async fn the_relay_presents_its_client_certificate_to_rabbitmq() {
         || async { declare_durable(&channel, queue, true).await >= total },
     )
     .await;
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 /// Declares the durable `queue`, or with `passive` looks it up: its

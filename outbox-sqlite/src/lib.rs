@@ -9,8 +9,8 @@
 //! use outbox_sqlite::{connect, SqliteConfig, SqliteOutbox};
 //!
 //! let pool = connect("orders.db").await?;
-//! let outbox = SqliteOutbox::new(SqliteConfig::default())?;
-//! outbox.migrate(&pool).await?;
+//! let outbox = SqliteOutbox::new(SqliteConfig::default(), pool.clone())?;
+//! outbox.migrate().await?;
 //!
 //! let mut tx = pool.begin().await.map_err(outbox_sqlite::classify)?;
 //! // ... your business rows, on the same transaction ...
@@ -19,7 +19,7 @@
 //! tx.commit().await.map_err(outbox_sqlite::classify)?;
 //! outbox.notify_committed();
 //!
-//! let source = outbox.source(pool.clone()); // hand it to outbox_core::Relay
+//! let source = outbox.source().await?; // hand it to outbox_core::Relay
 //! # Ok(()) }
 //! ```
 //!
@@ -46,6 +46,7 @@ pub use config::{AckMode, SqliteConfig};
 pub use connect::{connect, connect_options};
 pub use error::classify;
 pub use outbox_core::DeadLetter;
+pub use outbox_sql::Operator;
 pub use schema::MIGRATIONS;
 pub use source::SqliteSource;
 pub use writer::SqliteOutbox;

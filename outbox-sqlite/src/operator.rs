@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use outbox_core::{Backlog, DeadLetter, Error};
-use sqlx::{Row, SqlitePool};
+use outbox_core::{BoxSource, Message, Source};
+use outbox_sql::Operator;
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::classify;
@@ -14,9 +17,9 @@ use crate::SqliteOutbox;
 
 impl SqliteOutbox {
     /// Messages waiting, age of the oldest, and dead letters.
-    pub async fn backlog(&self, pool: &SqlitePool) -> Result<Backlog, Error> {
+    pub async fn backlog(&self) -> Result<Backlog, Error> {
         let row = sqlx::query(&self.sql.backlog)
-            .fetch_one(pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
         let waiting: i64 = row.try_get(0).map_err(classify)?;
@@ -32,14 +35,10 @@ impl SqliteOutbox {
     }
 
     /// The oldest `limit` dead letters, with their reasons.
-    pub async fn dead_letters(
-        &self,
-        pool: &SqlitePool,
-        limit: u32,
-    ) -> Result<Vec<DeadLetter>, Error> {
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, Error> {
         let rows = sqlx::query(&self.sql.dead_letters)
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
         rows.iter()
@@ -65,9 +64,9 @@ impl SqliteOutbox {
     }
 
     /// How many dead letters wait.
-    pub async fn count_dead_letters(&self, pool: &SqlitePool) -> Result<u64, Error> {
+    pub async fn count_dead_letters(&self) -> Result<u64, Error> {
         let count: i64 = sqlx::query_scalar(&self.sql.count_dead)
-            .fetch_one(pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
         Ok(count.max(0) as u64)
@@ -75,7 +74,7 @@ impl SqliteOutbox {
 
     /// Puts these dead letters back in the delivery path, attempts reset;
     /// returns how many were requeued.
-    pub async fn requeue(&self, pool: &SqlitePool, ids: &[Uuid]) -> Result<u64, Error> {
+    pub async fn requeue(&self, ids: &[Uuid]) -> Result<u64, Error> {
         let mut total = 0;
         for chunk in ids.chunks(10_000) {
             let sql = format!(
@@ -87,16 +86,20 @@ impl SqliteOutbox {
             for id in chunk {
                 query = query.bind(*id);
             }
-            total += query.execute(pool).await.map_err(classify)?.rows_affected();
+            total += query
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
         }
         Ok(total)
     }
 
     /// Puts every dead letter back in the delivery path; returns how many.
-    pub async fn requeue_all(&self, pool: &SqlitePool) -> Result<u64, Error> {
+    pub async fn requeue_all(&self) -> Result<u64, Error> {
         let done = sqlx::query(&self.sql.requeue_all)
             .bind(now_us())
-            .execute(pool)
+            .execute(&self.pool)
             .await
             .map_err(classify)?;
         Ok(done.rows_affected())
@@ -104,12 +107,7 @@ impl SqliteOutbox {
 
     /// In mark-done mode, deletes rows delivered more than `older_than` ago,
     /// `batch` rows per statement, and returns how many it deleted.
-    pub async fn cleanup(
-        &self,
-        pool: &SqlitePool,
-        older_than: Duration,
-        batch: u32,
-    ) -> Result<u64, Error> {
+    pub async fn cleanup(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
         let batch = u64::from(batch.max(1));
         let before = now_us().saturating_sub(micros(older_than));
         let mut total = 0;
@@ -117,7 +115,7 @@ impl SqliteOutbox {
             let done = sqlx::query(&self.sql.cleanup)
                 .bind(before)
                 .bind(batch as i64)
-                .execute(pool)
+                .execute(&self.pool)
                 .await
                 .map_err(classify)?;
             total += done.rows_affected();
@@ -129,13 +127,13 @@ impl SqliteOutbox {
 
     /// SQLite's plan for a claim (`EXPLAIN QUERY PLAN`), to check that it
     /// walks the partial indexes rather than the table.
-    pub async fn explain_claim(&self, pool: &SqlitePool, limit: u32) -> Result<String, Error> {
+    pub async fn explain_claim(&self, limit: u32) -> Result<String, Error> {
         let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", self.sql.claim))
             .bind(Uuid::nil())
             .bind(now_us())
             .bind(now_us())
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
         let lines: Vec<String> = rows
@@ -143,5 +141,39 @@ impl SqliteOutbox {
             .filter_map(|row| row.try_get::<String, _>("detail").ok())
             .collect();
         Ok(lines.join("\n"))
+    }
+}
+
+impl Operator for SqliteOutbox {
+    fn migrate(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(SqliteOutbox::migrate(self))
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        Box::pin(SqliteOutbox::backlog(self))
+    }
+
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {
+        Box::pin(SqliteOutbox::dead_letters(self, limit))
+    }
+
+    fn count_dead_letters(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(SqliteOutbox::count_dead_letters(self))
+    }
+
+    fn requeue<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(SqliteOutbox::requeue(self, ids))
+    }
+
+    fn requeue_all(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(SqliteOutbox::requeue_all(self))
+    }
+
+    fn cleanup(&self, older_than: Duration, batch: u32) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(SqliteOutbox::cleanup(self, older_than, batch))
+    }
+
+    fn relay_source(&self) -> BoxFuture<'_, Result<BoxSource<Message>, Error>> {
+        Box::pin(async move { Ok(SqliteOutbox::source(self).await?.boxed()) })
     }
 }

@@ -35,7 +35,8 @@ impl std::fmt::Debug for SqliteSource {
 }
 
 impl SqliteSource {
-    pub(crate) fn new(outbox: SqliteOutbox, pool: SqlitePool) -> Self {
+    pub(crate) fn new(outbox: SqliteOutbox) -> Self {
+        let pool = outbox.pool.clone();
         Self {
             outbox,
             pool,
@@ -189,6 +190,6 @@ impl Source for SqliteSource {
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
-        self.outbox.backlog(&self.pool).await.map(Some)
+        self.outbox.backlog().await.map(Some)
     }
 }

@@ -15,22 +15,25 @@ use crate::{SqliteConfig, SqliteSource};
 /// Rows per INSERT: SQLite allows 32,766 bound values, 9 per row.
 const ROWS_PER_INSERT: usize = 1000;
 
-/// One outbox table: writes messages in your transactions, runs migrations,
-/// makes relay sources and answers operators. Cheap to clone.
+/// One outbox table on one pool: writes messages in your transactions, runs
+/// migrations, makes relay sources and answers operators. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteOutbox {
     pub(crate) config: Arc<SqliteConfig>,
+    pub(crate) pool: SqlitePool,
     pub(crate) sql: Arc<Statements>,
     pub(crate) committed: Arc<Notify>,
 }
 
 impl SqliteOutbox {
-    /// Checks `config` (naming a bad setting) and prepares the statements.
-    pub fn new(config: SqliteConfig) -> Result<Self, ConfigError> {
+    /// Checks `config` (naming a bad setting) and prepares the statements;
+    /// operator calls, migrations and relay sources use `pool`.
+    pub fn new(config: SqliteConfig, pool: SqlitePool) -> Result<Self, ConfigError> {
         config.validate()?;
         let sql = Statements::new(&config);
         Ok(Self {
             config: Arc::new(config),
+            pool,
             sql: Arc::new(sql),
             committed: Arc::default(),
         })
@@ -41,15 +44,20 @@ impl SqliteOutbox {
         &self.config
     }
 
+    /// The pool operator calls and relay sources use.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// The schema as plain SQL for the configured name.
     pub fn schema_sql(&self) -> String {
         script(&self.config)
     }
 
     /// Creates the table and its indexes if needed (idempotent).
-    pub async fn migrate(&self, pool: &SqlitePool) -> Result<(), Error> {
+    pub async fn migrate(&self) -> Result<(), Error> {
         sqlx::raw_sql(&script(&self.config))
-            .execute(pool)
+            .execute(&self.pool)
             .await
             .map_err(classify)?;
         Ok(())
@@ -119,7 +127,9 @@ impl SqliteOutbox {
     }
 
     /// A relay's source on this table, with its own identity and leases.
-    pub fn source(&self, pool: SqlitePool) -> SqliteSource {
-        SqliteSource::new(self.clone(), pool)
+    /// Async and fallible like every database's, though making one here
+    /// neither waits nor fails.
+    pub async fn source(&self) -> Result<SqliteSource, Error> {
+        Ok(SqliteSource::new(self.clone()))
     }
 }

@@ -20,9 +20,9 @@ async fn database(name: &str, config: SqliteConfig) -> (SqliteOutbox, SqlitePool
     let pool = connect(path.to_str().unwrap())
         .await
         .expect("open SQLite file");
-    let outbox = SqliteOutbox::new(config).unwrap();
-    outbox.migrate(&pool).await.expect("migrate");
-    outbox.migrate(&pool).await.expect("migrate twice");
+    let outbox = SqliteOutbox::new(config, pool.clone()).unwrap();
+    outbox.migrate().await.expect("migrate");
+    outbox.migrate().await.expect("migrate twice");
     (outbox, pool)
 }
 
@@ -49,7 +49,11 @@ impl SourceHarness for LiteTable {
             lease,
             ..self.outbox.config().clone()
         };
-        SqliteOutbox::new(config).unwrap().source(self.pool.clone())
+        SqliteOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .unwrap()
     }
 
     async fn parking_relay(&self, lease: Duration) -> SqliteSource {
@@ -58,7 +62,11 @@ impl SourceHarness for LiteTable {
             on_dead_letter: OnDeadLetter::Park,
             ..self.outbox.config().clone()
         };
-        SqliteOutbox::new(config).unwrap().source(self.pool.clone())
+        SqliteOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .unwrap()
     }
 
     async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> SqliteSource {
@@ -67,7 +75,11 @@ impl SourceHarness for LiteTable {
             batch_bytes,
             ..self.outbox.config().clone()
         };
-        SqliteOutbox::new(config).unwrap().source(self.pool.clone())
+        SqliteOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .unwrap()
     }
 
     async fn enqueue(&self, messages: Vec<Message>) {
@@ -91,12 +103,12 @@ impl SourceHarness for LiteTable {
     }
 
     async fn dead_letters(&self) -> Vec<(Uuid, String)> {
-        let dead = self.outbox.dead_letters(&self.pool, 10_000).await.unwrap();
+        let dead = self.outbox.dead_letters(10_000).await.unwrap();
         dead.into_iter().map(|d| (d.id, d.error)).collect()
     }
 
     async fn waiting(&self) -> u64 {
-        self.outbox.backlog(&self.pool).await.unwrap().waiting
+        self.outbox.backlog().await.unwrap().waiting
     }
 }
 
@@ -136,11 +148,11 @@ async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
     let kept = Message::builder("orders", "order-2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&kept)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(1, DEADLINE).await);
     assert!(
         eventually(DEADLINE, || async {
-            outbox.backlog(&pool).await.unwrap().waiting == 0
+            outbox.backlog().await.unwrap().waiting == 0
         })
         .await
     );
@@ -161,15 +173,11 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
         batch_size: 200,
         ..fast()
     };
-    let relays: Vec<_> = (0..4)
-        .map(|_| {
-            run_relay(
-                outbox.source(pool.clone()),
-                destination.clone(),
-                config.clone(),
-            )
-        })
-        .collect();
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        let source = outbox.source().await.unwrap();
+        relays.push(run_relay(source, destination.clone(), config.clone()));
+    }
     let started = Instant::now();
     assert!(
         destination
@@ -192,7 +200,7 @@ async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
         "4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates",
         messages.len()
     );
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,16 +232,16 @@ async fn malformed_rows_are_dead_lettered_with_the_reason() {
         .unwrap();
     }
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     assert!(destination.wait_for(good.len(), DEADLINE).await);
     assert!(
         eventually(DEADLINE, || async {
-            outbox.count_dead_letters(&pool).await.unwrap() == 3
+            outbox.count_dead_letters().await.unwrap() == 3
         })
         .await
     );
     relay.stop().await;
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     let reason = |id: Uuid| {
         letters
             .iter()
@@ -270,7 +278,7 @@ async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
     let (outbox, pool) = database("operator", config).await;
     let messages = numbered_messages("orders", 3, 2);
     commit(&outbox, &pool, &messages).await;
-    let source = outbox.source(pool.clone());
+    let source = outbox.source().await.unwrap();
     let claimed = source.claim(100).await.unwrap();
     assert_eq!(claimed.len(), 6);
     let (dead, delivered) = claimed.split_at(1);
@@ -287,15 +295,15 @@ async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
         .await
         .unwrap();
     source.ack(claimed.id(), delivered).await.unwrap();
-    let backlog = outbox.backlog(&pool).await.unwrap();
+    let backlog = outbox.backlog().await.unwrap();
     assert_eq!((backlog.waiting, backlog.dead_letters), (0, 1));
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     assert_eq!(letters[0].error, "refused by the broker");
     assert_eq!(letters[0].message.as_ref().map(|m| m.id), Some(dead[0].id));
     assert_eq!(letters[0].attempts, 1);
 
-    assert_eq!(outbox.requeue(&pool, &[dead[0].id]).await.unwrap(), 1);
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.requeue(&[dead[0].id]).await.unwrap(), 1);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
     let again = source.claim(100).await.unwrap();
     assert_eq!(
         again.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -303,16 +311,13 @@ async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
     );
     assert_eq!(again[0].attempts, 0, "attempts are reset");
     source.ack(again.id(), &again).await.unwrap();
-    assert_eq!(outbox.backlog(&pool).await.unwrap().waiting, 0);
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
 
     assert_eq!(
-        outbox
-            .cleanup(&pool, Duration::from_secs(3600), 2)
-            .await
-            .unwrap(),
+        outbox.cleanup(Duration::from_secs(3600), 2).await.unwrap(),
         0
     );
-    assert_eq!(outbox.cleanup(&pool, Duration::ZERO, 2).await.unwrap(), 6);
+    assert_eq!(outbox.cleanup(Duration::ZERO, 2).await.unwrap(), 6);
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages")
         .fetch_one(&pool)
         .await
@@ -322,8 +327,8 @@ async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_walks_the_partial_indexes() {
-    let (outbox, pool) = database("plan", SqliteConfig::default()).await;
-    let plan = outbox.explain_claim(&pool, 1000).await.unwrap();
+    let (outbox, _pool) = database("plan", SqliteConfig::default()).await;
+    let plan = outbox.explain_claim(1000).await.unwrap();
     println!("{plan}");
     assert!(plan.contains("outbox_messages_waiting"), "{plan}");
     assert!(plan.contains("outbox_messages_key"), "{plan}");
@@ -349,17 +354,19 @@ async fn rows_whose_id_or_attempts_cannot_be_read_are_dead_lettered() {
     .unwrap();
     let good = numbered_messages("orders", 2, 2);
     commit(&outbox, &pool, &good).await;
-    let (destination, delivered, dead) =
-        relay_good_beside_bad(outbox.source(pool.clone()), fast(), good.len(), || async {
-            outbox.count_dead_letters(&pool).await.unwrap() == 2
-        })
-        .await;
+    let (destination, delivered, dead) = relay_good_beside_bad(
+        outbox.source().await.unwrap(),
+        fast(),
+        good.len(),
+        || async { outbox.count_dead_letters().await.unwrap() == 2 },
+    )
+    .await;
     assert!(
         delivered,
         "the rows beside undecodable ones were not delivered"
     );
     assert!(dead, "the undecodable rows were not dead-lettered");
-    let letters = outbox.dead_letters(&pool, 10).await.unwrap();
+    let letters = outbox.dead_letters(10).await.unwrap();
     let errors: Vec<&str> = letters.iter().map(|d| d.error.as_str()).collect();
     assert!(errors.iter().any(|e| e.contains("column id")), "{errors:?}");
     assert!(
@@ -405,7 +412,7 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let message = Message::builder("orders", "v2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source(pool.clone()), destination.clone(), fast());
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");

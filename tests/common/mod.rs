@@ -30,13 +30,16 @@ pub async fn postgres_outbox(table: &str) -> (PostgresOutbox, PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let outbox = PostgresOutbox::new(PostgresConfig {
-        schema: "outbox_e2e".into(),
-        table: table.into(),
-        ..PostgresConfig::default()
-    })
+    let outbox = PostgresOutbox::new(
+        PostgresConfig {
+            schema: "outbox_e2e".into(),
+            table: table.into(),
+            ..PostgresConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
     (outbox, pool)
 }
 

@@ -20,12 +20,15 @@ pub async fn mysql_outbox(table: &str) -> (MysqlOutbox, MySqlPool) {
             .await
             .unwrap();
     }
-    let outbox = MysqlOutbox::new(MysqlConfig {
-        table: table.into(),
-        ..MysqlConfig::default()
-    })
+    let outbox = MysqlOutbox::new(
+        MysqlConfig {
+            table: table.into(),
+            ..MysqlConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
     (outbox, pool)
 }
 

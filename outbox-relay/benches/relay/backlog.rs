@@ -51,14 +51,17 @@ impl Backlog {
             .execute(&pool)
             .await
             .ok();
-        let outbox = PostgresOutbox::new(PostgresConfig {
-            schema: "outbox_bench".into(),
-            table: table.into(),
-            notify,
-            ..PostgresConfig::default()
-        })
+        let outbox = PostgresOutbox::new(
+            PostgresConfig {
+                schema: "outbox_bench".into(),
+                table: table.into(),
+                notify,
+                ..PostgresConfig::default()
+            },
+            pool.clone(),
+        )
         .expect("config");
-        outbox.migrate(&pool).await.expect("migrate");
+        outbox.migrate().await.expect("migrate");
         Backlog::Postgres { pool, outbox }
     }
 
@@ -69,12 +72,15 @@ impl Backlog {
             .connect(url)
             .await
             .expect("MySQL/MariaDB at OUTBOX_MYSQL_URL");
-        let outbox = MysqlOutbox::new(MysqlConfig {
-            table: format!("bench_{table}"),
-            ..MysqlConfig::default()
-        })
+        let outbox = MysqlOutbox::new(
+            MysqlConfig {
+                table: format!("bench_{table}"),
+                ..MysqlConfig::default()
+            },
+            pool.clone(),
+        )
         .expect("config");
-        outbox.migrate(&pool).await.expect("migrate");
+        outbox.migrate().await.expect("migrate");
         Backlog::Mysql { pool, outbox }
     }
 

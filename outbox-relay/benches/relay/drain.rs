@@ -22,11 +22,12 @@ pub fn config() -> RelayConfig {
 /// checks the table is empty.
 pub async fn drain(backlog: &Backlog, broker: &Broker, count: usize) {
     match backlog {
-        Backlog::Postgres { pool, outbox } => {
-            let source = outbox.source(pool.clone()).await.expect("source");
-            into(source, broker, count).await
+        Backlog::Postgres { outbox, .. } => {
+            into(outbox.source().await.expect("source"), broker, count).await
         }
-        Backlog::Mysql { pool, outbox } => into(outbox.source(pool.clone()), broker, count).await,
+        Backlog::Mysql { outbox, .. } => {
+            into(outbox.source().await.expect("source"), broker, count).await
+        }
     }
     assert_eq!(
         backlog.remaining().await,

@@ -75,13 +75,16 @@ pub async fn measure(
     };
     let shutdown = CancellationToken::new();
     let (relay, stats) = match backlog {
-        Backlog::Postgres { pool, outbox } => {
-            let source = outbox.source(pool.clone()).await.expect("source");
-            spawn_relay(source, destination, &shutdown)
-        }
-        Backlog::Mysql { pool, outbox } => {
-            spawn_relay(outbox.source(pool.clone()), destination, &shutdown)
-        }
+        Backlog::Postgres { outbox, .. } => spawn_relay(
+            outbox.source().await.expect("source"),
+            destination,
+            &shutdown,
+        ),
+        Backlog::Mysql { outbox, .. } => spawn_relay(
+            outbox.source().await.expect("source"),
+            destination,
+            &shutdown,
+        ),
     };
 
     // Writers share the pace: message i is due at i / rate seconds.

@@ -55,12 +55,15 @@ impl Postgres {
         let own = OwnPostgres::start().await;
         let url = own.url();
         let pool = sqlx::PgPool::connect(&url).await.expect("own PostgreSQL");
-        let outbox = PostgresOutbox::new(PostgresConfig {
-            table: name.into(),
-            ..PostgresConfig::default()
-        })
+        let outbox = PostgresOutbox::new(
+            PostgresConfig {
+                table: name.into(),
+                ..PostgresConfig::default()
+            },
+            pool.clone(),
+        )
         .unwrap();
-        outbox.migrate(&pool).await.unwrap();
+        outbox.migrate().await.unwrap();
         Postgres {
             outbox,
             pool,
@@ -87,7 +90,7 @@ impl Database for Postgres {
     }
 
     async fn backlog(&self) -> outbox_core::Backlog {
-        self.outbox.backlog(&self.pool).await.unwrap()
+        self.outbox.backlog().await.unwrap()
     }
 
     async fn end_relay_connections(&self) -> usize {
@@ -137,12 +140,15 @@ impl Mysql {
         .execute(&pool)
         .await
         .unwrap();
-        let outbox = MysqlOutbox::new(MysqlConfig {
-            table: name.into(),
-            ..MysqlConfig::default()
-        })
+        let outbox = MysqlOutbox::new(
+            MysqlConfig {
+                table: name.into(),
+                ..MysqlConfig::default()
+            },
+            pool.clone(),
+        )
         .unwrap();
-        outbox.migrate(&pool).await.unwrap();
+        outbox.migrate().await.unwrap();
         let url = mysql_url().replacen("://root@", &format!("://{MYSQL_USER}@"), 1);
         Self {
             outbox,
@@ -157,12 +163,15 @@ impl Mysql {
         let own = OwnMariadb::start().await;
         let url = own.url().await;
         let pool = sqlx::MySqlPool::connect(&url).await.expect("own MariaDB");
-        let outbox = MysqlOutbox::new(MysqlConfig {
-            table: name.into(),
-            ..MysqlConfig::default()
-        })
+        let outbox = MysqlOutbox::new(
+            MysqlConfig {
+                table: name.into(),
+                ..MysqlConfig::default()
+            },
+            pool.clone(),
+        )
         .unwrap();
-        outbox.migrate(&pool).await.unwrap();
+        outbox.migrate().await.unwrap();
         Self {
             outbox,
             pool,
@@ -188,7 +197,7 @@ impl Database for Mysql {
     }
 
     async fn backlog(&self) -> outbox_core::Backlog {
-        self.outbox.backlog(&self.pool).await.unwrap()
+        self.outbox.backlog().await.unwrap()
     }
 
     async fn end_relay_connections(&self) -> usize {
@@ -231,12 +240,15 @@ impl Sqlite {
             .to_string_lossy()
             .into_owned();
         let pool = outbox_sqlite::connect(&path).await.expect("SQLite file");
-        let outbox = SqliteOutbox::new(SqliteConfig {
-            table: name.into(),
-            ..SqliteConfig::default()
-        })
+        let outbox = SqliteOutbox::new(
+            SqliteConfig {
+                table: name.into(),
+                ..SqliteConfig::default()
+            },
+            pool.clone(),
+        )
         .unwrap();
-        outbox.migrate(&pool).await.unwrap();
+        outbox.migrate().await.unwrap();
         Self { outbox, pool, path }
     }
 }
@@ -257,7 +269,7 @@ impl Database for Sqlite {
     }
 
     async fn backlog(&self) -> outbox_core::Backlog {
-        self.outbox.backlog(&self.pool).await.unwrap()
+        self.outbox.backlog().await.unwrap()
     }
 
     async fn end_relay_connections(&self) -> usize {

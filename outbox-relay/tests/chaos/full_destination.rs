@@ -136,7 +136,7 @@ async fn a_full_producer_queue_is_waited_out_and_nothing_is_lost() {
     let child = relay(&config, &["run"]).spawn().unwrap();
     let all = eventually(DEADLINE, || async { received.has_all(&messages) }).await;
     let drained = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     let retried = metric(port, "outbox_retried_total").await;
@@ -161,7 +161,7 @@ async fn a_full_producer_queue_is_waited_out_and_nothing_is_lost() {
         "a full queue is waited out, not retried:\n{text}"
     );
     let duplicates = assert_order_per_key(&messages, &received.keyed(&messages));
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
     println!(
         "full producer queue kafka: {} messages through room for 50, none retried; \
          {duplicates} duplicates; in order per key",
@@ -203,7 +203,7 @@ async fn fill_then_drain(
     })
     .await;
     let held = held().await;
-    let backlog = outbox.backlog(&pool).await.unwrap();
+    let backlog = outbox.backlog().await.unwrap();
     assert!(
         refused,
         "{name}: the full destination never refused the relay"
@@ -222,11 +222,11 @@ async fn fill_then_drain(
     let received = drain().await;
     let all = eventually(DEADLINE, || async { received.has_all(&messages) }).await;
     let drained = eventually(DEADLINE, || async {
-        outbox.backlog(&pool).await.unwrap().waiting == 0
+        outbox.backlog().await.unwrap().waiting == 0
     })
     .await;
     let retried = metric(port, "outbox_retried_total").await.unwrap_or(0.0);
-    let left = outbox.backlog(&pool).await.unwrap();
+    let left = outbox.backlog().await.unwrap();
     let published = metric(port, "outbox_published_total").await;
     sigterm(&child);
     let (code, text) = finish(child, Duration::from_secs(30)).await;
@@ -243,7 +243,7 @@ async fn fill_then_drain(
         "{name}: the refusal's reason ({refusal}) is logged:\n{text}"
     );
     let duplicates = assert_order_per_key(&messages, &received.keyed(&messages));
-    assert_eq!(outbox.count_dead_letters(&pool).await.unwrap(), 0);
+    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
     println!(
         "full destination {name}: {} messages through room for {CAPACITY}; {retried} refusals \
          retried; {duplicates} duplicates; in order per key",

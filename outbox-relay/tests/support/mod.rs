@@ -53,13 +53,16 @@ pub async fn table(table: &str) -> (PostgresOutbox, PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let outbox = PostgresOutbox::new(PostgresConfig {
-        schema: "outbox_relay_test".into(),
-        table: table.into(),
-        ..PostgresConfig::default()
-    })
+    let outbox = PostgresOutbox::new(
+        PostgresConfig {
+            schema: "outbox_relay_test".into(),
+            table: table.into(),
+            ..PostgresConfig::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
     (outbox, pool)
 }
 
@@ -101,12 +104,15 @@ pub async fn mysql_table(table: &str) -> (outbox_mysql::MysqlOutbox, sqlx::MySql
             .await
             .unwrap();
     }
-    let outbox = outbox_mysql::MysqlOutbox::new(outbox_mysql::MysqlConfig {
-        table: table.into(),
-        ..Default::default()
-    })
+    let outbox = outbox_mysql::MysqlOutbox::new(
+        outbox_mysql::MysqlConfig {
+            table: table.into(),
+            ..Default::default()
+        },
+        pool.clone(),
+    )
     .unwrap();
-    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate().await.unwrap();
     (outbox, pool)
 }
 
