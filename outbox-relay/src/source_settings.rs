@@ -18,8 +18,9 @@ pub struct SourceSettings {
     pub database: Database,
 }
 
-/// The `[source]` settings every database takes.
-#[derive(Debug, Deserialize)]
+/// The `[source]` settings every database takes. Its `Debug` shows the URL
+/// with its credentials replaced by `***`.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedSourceSettings {
     /// Connection URL (`postgres://…`, `mysql://…`, `sqlite://path`).
@@ -113,6 +114,23 @@ pub struct MysqlSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteSettings {}
+
+impl std::fmt::Debug for SharedSourceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSourceSettings")
+            .field("url", &redact_url(&self.url))
+            .field("table", &self.table)
+            .field("lease_ms", &self.lease_ms)
+            .field("ack", &self.ack)
+            .field("retention_ms", &self.retention_ms)
+            .field("cleanup_interval_ms", &self.cleanup_interval_ms)
+            .field("on_dead_letter", &self.on_dead_letter)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
+}
 
 impl<'de> Deserialize<'de> for SourceSettings {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -243,6 +261,14 @@ mod tests {
         );
         let err = source("kind = \"oracle\"").unwrap_err();
         assert!(err.contains("oracle"), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_no_password() {
+        let settings = source("kind = \"mysql\"\nurl = \"mysql://app:hunter2@db/app\"").unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
     }
 
     #[test]
