@@ -271,7 +271,7 @@ impl OwnBroker {
     }
 
     fn restart(&mut self) {
-        let bin = std::env::var("OUTBOX_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let bin = outbox_testkit::tansu_bin();
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = std::process::Command::new(&bin)
             .args([
@@ -285,7 +285,11 @@ impl OwnBroker {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_TANSU_BIN): {err}"));
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot run {bin} (run scripts/services.sh up, or set OUTBOX_TANSU_BIN): {err}"
+                )
+            });
         self.child = Some(child);
     }
 

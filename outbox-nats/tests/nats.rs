@@ -315,8 +315,7 @@ impl OwnServer {
     }
 
     fn restart(&mut self) {
-        let bin =
-            std::env::var("OUTBOX_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string());
+        let bin = outbox_testkit::nats_server_bin();
         let mut command = Command::new(&bin);
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if self.jetstream {
@@ -326,7 +325,7 @@ impl OwnServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_NATS_SERVER_BIN): {err}"));
+            .unwrap_or_else(|err| panic!("cannot run {bin} (run scripts/services.sh up, or set OUTBOX_NATS_SERVER_BIN): {err}"));
         self.child = Some(child);
     }
 

@@ -12,6 +12,7 @@
 mod boxed;
 mod destination_suite;
 mod harness;
+mod servers;
 mod source_suite;
 mod verify;
 mod writer_suite;
@@ -19,6 +20,7 @@ mod writer_suite;
 pub use boxed::Boxed;
 pub use destination_suite::*;
 pub use harness::{DestinationHarness, OpenWrites, Received, SourceHarness};
+pub use servers::{nats_server_bin, tansu_bin};
 pub use source_suite::*;
 pub use verify::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, relay_good_beside_bad,

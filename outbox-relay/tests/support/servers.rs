@@ -101,8 +101,7 @@ impl OwnNats {
     }
 
     fn spawn(&mut self) {
-        let bin =
-            std::env::var("OUTBOX_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string());
+        let bin = outbox_testkit::nats_server_bin();
         let mut command = Command::new(&bin);
         command
             .args([
@@ -132,7 +131,7 @@ impl OwnNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_NATS_SERVER_BIN): {err}"));
+            .unwrap_or_else(|err| panic!("cannot run {bin} (run scripts/services.sh up, or set OUTBOX_NATS_SERVER_BIN): {err}"));
         self.child = Some(child);
     }
 
@@ -637,7 +636,7 @@ impl Drop for OwnRabbit {
 /// tansu (`OUTBOX_TANSU_BIN`) with memory storage, listening on `port` and
 /// telling clients to connect to `advertised`.
 fn spawn_tansu(port: u16, advertised: u16) -> Child {
-    let bin = std::env::var("OUTBOX_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+    let bin = outbox_testkit::tansu_bin();
     Command::new(&bin)
         .arg("broker")
         .arg("--listener-url")
@@ -648,7 +647,9 @@ fn spawn_tansu(port: u16, advertised: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {bin} (set OUTBOX_TANSU_BIN): {err}"))
+        .unwrap_or_else(|err| {
+            panic!("cannot run {bin} (run scripts/services.sh up, or set OUTBOX_TANSU_BIN): {err}")
+        })
 }
 
 /// A Kafka-protocol broker of the test's own (tansu, memory storage: a
