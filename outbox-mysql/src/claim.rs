@@ -35,7 +35,7 @@ pub(crate) async fn read_committed(conn: &mut MySqlConnection) -> Result<(), Err
 /// without closing its socket). The pool's own setting is put back at
 /// commit. A claim dropped while open closes its connection rather than
 /// return it to the pool inside a transaction.
-pub(crate) struct ClaimTx {
+pub struct ClaimTx {
     /// The connection, to run the claim's statements on.
     pub conn: PoolConnection<MySql>,
     /// The primary key (`seq`) of each claimed message: reports name their

@@ -32,4 +32,6 @@ pub use outbox_core::DeadLetter;
 pub use outbox_sql::Operator;
 pub use schema::MIGRATIONS;
 pub use source::MysqlSource;
+/// The sqlx this crate is built on, so your transactions and its match.
+pub use sqlx;
 pub use writer::{MysqlOutbox, MIGRATE_WAIT};

@@ -2,21 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use outbox_core::Message;
-use outbox_sql::headers_from_json;
+use outbox_sql::headers_from_text;
 use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-/// A row read back: the message, or why it is malformed (a row written by
-/// hand, say), to be dead-lettered with that reason.
-pub(crate) enum Decoded {
-    Message(Message),
-    Malformed {
-        id: Uuid,
-        attempts: i32,
-        reason: String,
-    },
-}
+/// A row read back, named by its id.
+pub(crate) type Decoded = outbox_sql::Decoded<Uuid, i32>;
 
 /// Reads a row. Only `id` and `attempts` must decode; any other column
 /// that cannot be read (a zero DATETIME, a NULL, bytes that are not UTF-8)
@@ -27,19 +19,7 @@ pub(crate) enum Decoded {
 pub(crate) fn decode(row: &MySqlRow, payload: Option<Vec<u8>>) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
-    let malformed = |reason: String| Decoded::Malformed {
-        id,
-        attempts,
-        reason,
-    };
-    let message = match read(row, id, attempts, payload) {
-        Ok(message) => message,
-        Err(reason) => return Ok(malformed(reason)),
-    };
-    Ok(match message.validate() {
-        Ok(()) => Decoded::Message(message),
-        Err(err) => malformed(format!("malformed row: {}", err.report())),
-    })
+    Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)))
 }
 
 fn read(
@@ -56,8 +36,6 @@ fn read(
             .map_err(|err| format!("malformed row: column {name}: {err}"))
     }
     let headers: String = column(row, "headers")?;
-    let headers = serde_json::from_str(&headers)
-        .map_err(|err| format!("malformed row: headers are not JSON: {err}"))?;
     Ok(Message {
         id,
         ordering_key: column(row, "ordering_key")?,
@@ -67,7 +45,7 @@ fn read(
             Some(payload) => payload,
             None => column(row, "payload")?,
         },
-        headers: headers_from_json(headers)?,
+        headers: headers_from_text(&headers)?,
         event_type: column(row, "event_type")?,
         created_at: column::<DateTime<Utc>>(row, "created_at")?,
         attempts: attempts.max(0) as u32,

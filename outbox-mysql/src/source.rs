@@ -6,13 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
-use outbox_sql::HeldBatches;
+use outbox_sql::{HeldBatches, Leadership, Report, TransactionReports};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
 use crate::claim::ClaimTx;
 use crate::error::classify;
-use crate::leader::Leadership;
+use crate::leader::MysqlLeaderLock;
 use crate::row::{decode, Decoded};
 use crate::sql::placeholders;
 use crate::MysqlOutbox;
@@ -38,7 +38,7 @@ pub struct MysqlSource {
     outbox: MysqlOutbox,
     pool: MySqlPool,
     relay_id: Uuid,
-    leadership: Option<Leadership>,
+    leadership: Option<Leadership<MysqlLeaderLock>>,
     held: HeldBatches<ClaimTx>,
 }
 
@@ -51,23 +51,16 @@ impl std::fmt::Debug for MysqlSource {
     }
 }
 
-/// A report on a batch's transaction.
-enum Report<'a> {
-    Ack,
-    Retry(&'a [Failure<Message>]),
-    DeadLetter(&'a [Failure<Message>]),
-    Release,
-}
-
 impl MysqlSource {
     pub(crate) fn new(outbox: MysqlOutbox) -> Self {
         let pool = outbox.pool.clone();
         let leadership = outbox.config.leader_only.then(|| {
-            Leadership::new(
-                pool.clone(),
-                outbox.config.table.clone(),
-                outbox.config.lease,
-            )
+            let lock = MysqlLeaderLock {
+                pool: pool.clone(),
+                table: outbox.config.table.clone(),
+                lease: outbox.config.lease,
+            };
+            Leadership::new(lock, outbox.config.lease)
         });
         Self {
             outbox,
@@ -81,69 +74,6 @@ impl MysqlSource {
     /// This relay's identity, shown in logs.
     pub fn relay_id(&self) -> Uuid {
         self.relay_id
-    }
-
-    /// Runs `report` for `ids` on `claim`'s transaction; commits it once
-    /// all its items are reported. A batch whose transaction fails is
-    /// dropped, which rolls it back: its rows will be claimed again, and the
-    /// error returned says so (the relay counts it as a source error). A
-    /// claim no longer held changes nothing and says so.
-    async fn report(&self, claim: ClaimId, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
-        let batch = self.held.get(claim)?;
-        let mine: HashSet<Uuid> = ids.iter().copied().collect();
-        let mut tx = batch.tx.lock().await;
-        let Some(open_tx) = tx.as_mut() else {
-            return Err(self.held.closed(claim));
-        };
-        let outcome = match self.run_report(open_tx, &mine, &report).await {
-            Ok(()) if !batch.reported(&mine) => return Ok(()),
-            Ok(()) => tx.take().expect("open").commit().await,
-            Err(err) => Err(err),
-        };
-        self.held.settle(&batch, &mut tx, outcome)
-    }
-
-    async fn run_report(
-        &self,
-        tx: &mut ClaimTx,
-        mine: &HashSet<Uuid>,
-        report: &Report<'_>,
-    ) -> Result<(), Error> {
-        let sql = &self.outbox.sql;
-        let (statement, failures) = match report {
-            Report::Release => return Ok(()),
-            Report::Ack => {
-                let seqs: Vec<u64> = mine
-                    .iter()
-                    .filter_map(|id| tx.seqs.get(id).copied())
-                    .collect();
-                let seqs = serde_json::to_string(&seqs).expect("numbers serialize");
-                sqlx::query(&sql.ack)
-                    .bind(seqs)
-                    .execute(&mut *tx.conn)
-                    .await
-                    .map_err(classify)?;
-                return Ok(());
-            }
-            Report::Retry(failures) => (&sql.retry, failures),
-            Report::DeadLetter(failures) => (&sql.dead_letter, failures),
-        };
-        // One statement per failure: failures are few.
-        let batch_failures = failures.iter().filter(|f| mine.contains(&f.item.id));
-        for (failure, seq) in batch_failures.filter_map(|f| Some((f, *tx.seqs.get(&f.item.id)?))) {
-            let mut query = sqlx::query(statement)
-                .bind(failure.attempts.min(i32::MAX as u32) as i32)
-                .bind(&failure.error);
-            if matches!(report, Report::Retry(_)) {
-                query = query.bind(failure.retry_after.as_micros().min(i64::MAX as u128) as i64);
-            }
-            query
-                .bind(seq)
-                .execute(&mut *tx.conn)
-                .await
-                .map_err(classify)?;
-        }
-        Ok(())
     }
 
     /// Claims up to `limit` rows on `tx`, in rounds. A round locks the next
@@ -229,7 +159,7 @@ impl MysqlSource {
                         claimed.push(message);
                     }
                     Decoded::Malformed {
-                        id,
+                        key: id,
                         attempts,
                         reason,
                     } => {
@@ -433,6 +363,61 @@ impl MysqlSource {
     }
 }
 
+impl TransactionReports for MysqlSource {
+    type Tx = ClaimTx;
+
+    fn held(&self) -> &HeldBatches<ClaimTx> {
+        &self.held
+    }
+
+    async fn run_report(
+        &self,
+        tx: &mut ClaimTx,
+        mine: &HashSet<Uuid>,
+        report: &Report<'_>,
+    ) -> Result<(), Error> {
+        let sql = &self.outbox.sql;
+        let (statement, failures) = match report {
+            Report::Release => return Ok(()),
+            Report::Ack => {
+                let seqs: Vec<u64> = mine
+                    .iter()
+                    .filter_map(|id| tx.seqs.get(id).copied())
+                    .collect();
+                let seqs = serde_json::to_string(&seqs).expect("numbers serialize");
+                sqlx::query(&sql.ack)
+                    .bind(seqs)
+                    .execute(&mut *tx.conn)
+                    .await
+                    .map_err(classify)?;
+                return Ok(());
+            }
+            Report::Retry(failures) => (&sql.retry, failures),
+            Report::DeadLetter(failures) => (&sql.dead_letter, failures),
+        };
+        // One statement per failure: failures are few.
+        let batch_failures = failures.iter().filter(|f| mine.contains(&f.item.id));
+        for (failure, seq) in batch_failures.filter_map(|f| Some((f, *tx.seqs.get(&f.item.id)?))) {
+            let mut query = sqlx::query(statement)
+                .bind(failure.attempts.min(i32::MAX as u32) as i32)
+                .bind(&failure.error);
+            if matches!(report, Report::Retry(_)) {
+                query = query.bind(failure.retry_after.as_micros().min(i64::MAX as u128) as i64);
+            }
+            query
+                .bind(seq)
+                .execute(&mut *tx.conn)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    async fn commit(tx: ClaimTx) -> Result<(), Error> {
+        tx.commit().await
+    }
+}
+
 impl Source for MysqlSource {
     type Item = Message;
 
@@ -455,12 +440,11 @@ impl Source for MysqlSource {
     }
 
     async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
-        self.report(claim, &ids(items), Report::Ack).await
+        self.ack_batch(claim, items).await
     }
 
     async fn retry(&self, claim: ClaimId, failures: &[Failure<Message>]) -> Result<(), Error> {
-        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
-        self.report(claim, &ids, Report::Retry(failures)).await
+        self.retry_batch(claim, failures).await
     }
 
     async fn dead_letter(
@@ -468,12 +452,11 @@ impl Source for MysqlSource {
         claim: ClaimId,
         failures: &[Failure<Message>],
     ) -> Result<(), Error> {
-        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
-        self.report(claim, &ids, Report::DeadLetter(failures)).await
+        self.dead_letter_batch(claim, failures).await
     }
 
     async fn release(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
-        self.report(claim, &ids(items), Report::Release).await
+        self.release_batch(claim, items).await
     }
 
     fn lease(&self) -> Duration {
@@ -487,8 +470,4 @@ impl Source for MysqlSource {
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
         self.outbox.backlog().await.map(Some)
     }
-}
-
-fn ids(items: &[Message]) -> Vec<Uuid> {
-    items.iter().map(|m| m.id).collect()
 }

@@ -141,8 +141,7 @@ impl MysqlOutbox {
             let insert_sql = format!("{}{values}", self.sql.enqueue_prefix);
             let mut insert = sqlx::query(&insert_sql);
             for message in messages {
-                let headers =
-                    serde_json::to_string(&message.headers).expect("a map of strings serializes");
+                let headers = outbox_sql::headers_json(message);
                 insert = insert
                     .bind(message.id)
                     .bind(&message.ordering_key)

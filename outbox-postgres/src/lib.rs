@@ -36,4 +36,6 @@ pub use outbox_core::DeadLetter;
 pub use outbox_sql::Operator;
 pub use schema::MIGRATIONS;
 pub use source::PostgresSource;
+/// The sqlx this crate is built on, so your transactions and its match.
+pub use sqlx;
 pub use writer::PostgresOutbox;

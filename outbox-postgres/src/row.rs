@@ -2,22 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use outbox_core::Message;
-use outbox_sql::headers_from_json;
+use outbox_sql::headers_from_text;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-/// A row read back: the message, or why it is malformed (a row written by
-/// hand, say). A malformed row is dead-lettered with the reason, never
-/// dropped and never allowed to stop the relay.
-pub(crate) enum Decoded {
-    Message(Message),
-    Malformed {
-        id: Uuid,
-        attempts: i32,
-        reason: String,
-    },
-}
+/// A row read back, named by its id.
+pub(crate) type Decoded = outbox_sql::Decoded<Uuid, i32>;
 
 /// Reads a row. Only `id` and `attempts` must decode (the statements that
 /// dead-letter a row name it by id); any other column that cannot be read
@@ -29,19 +20,7 @@ pub(crate) enum Decoded {
 pub(crate) fn decode(row: &PgRow, payload: Option<Vec<u8>>) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
-    let malformed = |reason: String| Decoded::Malformed {
-        id,
-        attempts,
-        reason,
-    };
-    let message = match read(row, id, attempts, payload) {
-        Ok(message) => message,
-        Err(reason) => return Ok(malformed(reason)),
-    };
-    Ok(match message.validate() {
-        Ok(()) => Decoded::Message(message),
-        Err(err) => malformed(format!("malformed row: {}", err.report())),
-    })
+    Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)))
 }
 
 fn read(row: &PgRow, id: Uuid, attempts: i32, payload: Option<Vec<u8>>) -> Result<Message, String> {
@@ -51,9 +30,7 @@ fn read(row: &PgRow, id: Uuid, attempts: i32, payload: Option<Vec<u8>>) -> Resul
             .try_get("payload")
             .map_err(|err| format!("malformed row: column payload: {err}"))?,
     };
-    let headers = serde_json::from_str(&required_text(row, "headers")?)
-        .map_err(|err| format!("malformed row: headers are not JSON: {err}"))?;
-    let headers = headers_from_json(headers)?;
+    let headers = headers_from_text(&required_text(row, "headers")?)?;
     let created_at: Option<DateTime<Utc>> = row
         .try_get("created_at")
         .map_err(|err| format!("malformed row: column created_at: {err}"))?;
@@ -89,9 +66,4 @@ pub(crate) fn text(row: &PgRow, name: &str) -> Result<Option<String>, String> {
 
 fn required_text(row: &PgRow, name: &str) -> Result<String, String> {
     text(row, name)?.ok_or_else(|| format!("malformed row: column {name} is NULL"))
-}
-
-/// Headers as stored: a JSON object of strings.
-pub(crate) fn headers_json(message: &Message) -> String {
-    serde_json::to_string(&message.headers).expect("a map of strings serializes")
 }

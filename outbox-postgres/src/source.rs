@@ -6,12 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
-use outbox_sql::HeldBatches;
+use outbox_sql::{HeldBatches, Leadership, Report, TransactionReports};
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::error::classify;
-use crate::leader::Leadership;
+use crate::leader::PostgresLeaderLock;
 use crate::row::{decode, text, Decoded};
 use crate::sql::claim_settings;
 use crate::wake::Wake;
@@ -41,7 +41,7 @@ pub struct PostgresSource {
     pool: PgPool,
     relay_id: Uuid,
     wake: Option<Wake>,
-    leadership: Option<Leadership>,
+    leadership: Option<Leadership<PostgresLeaderLock>>,
     /// Open batches by claim.
     held: HeldBatches<Transaction<'static, Postgres>>,
 }
@@ -55,14 +55,6 @@ impl std::fmt::Debug for PostgresSource {
     }
 }
 
-/// A report on a batch's transaction.
-enum Report<'a> {
-    Ack,
-    Retry(&'a [&'a Failure<Message>]),
-    DeadLetter(&'a [&'a Failure<Message>]),
-    Release,
-}
-
 impl PostgresSource {
     pub(crate) async fn connect(outbox: PostgresOutbox) -> Result<Self, Error> {
         let pool = outbox.pool.clone();
@@ -72,11 +64,12 @@ impl PostgresSource {
             None
         };
         let leadership = outbox.config.leader_only.then(|| {
-            Leadership::new(
-                pool.clone(),
-                outbox.sql.table_lock ^ 0x1ead,
-                outbox.config.lease,
-            )
+            let lock = PostgresLeaderLock {
+                pool: pool.clone(),
+                key: outbox.sql.table_lock ^ 0x1ead,
+                lease: outbox.config.lease,
+            };
+            Leadership::new(lock, outbox.config.lease)
         });
         Ok(Self {
             outbox,
@@ -164,25 +157,13 @@ impl PostgresSource {
     pub fn outbox(&self) -> &PostgresOutbox {
         &self.outbox
     }
+}
 
-    /// Runs `report` for `ids` on `claim`'s transaction; commits it once
-    /// all its items are reported. A batch whose transaction fails is
-    /// dropped, which rolls it back: its rows will be claimed again, and the
-    /// error returned says so (the relay counts it as a source error). A
-    /// claim no longer held changes nothing and says so.
-    async fn report(&self, claim: ClaimId, ids: &[Uuid], report: Report<'_>) -> Result<(), Error> {
-        let batch = self.held.get(claim)?;
-        let mine: HashSet<Uuid> = ids.iter().copied().collect();
-        let mut tx = batch.tx.lock().await;
-        let Some(open_tx) = tx.as_mut() else {
-            return Err(self.held.closed(claim));
-        };
-        let outcome = match self.run_report(open_tx, &mine, &report).await {
-            Ok(()) if !batch.reported(&mine) => return Ok(()),
-            Ok(()) => tx.take().expect("open").commit().await.map_err(classify),
-            Err(err) => Err(err),
-        };
-        self.held.settle(&batch, &mut tx, outcome)
+impl TransactionReports for PostgresSource {
+    type Tx = Transaction<'static, Postgres>;
+
+    fn held(&self) -> &HeldBatches<Self::Tx> {
+        &self.held
     }
 
     async fn run_report(
@@ -198,7 +179,6 @@ impl PostgresSource {
             Report::Retry(failures) => {
                 let mine: Vec<&Failure<Message>> = failures
                     .iter()
-                    .copied()
                     .filter(|f| mine.contains(&f.item.id))
                     .collect();
                 let (ids, attempts, errors) = failure_columns(&mine);
@@ -215,7 +195,6 @@ impl PostgresSource {
             Report::DeadLetter(failures) => {
                 let mine: Vec<&Failure<Message>> = failures
                     .iter()
-                    .copied()
                     .filter(|f| mine.contains(&f.item.id))
                     .collect();
                 let (ids, attempts, errors) = failure_columns(&mine);
@@ -227,6 +206,10 @@ impl PostgresSource {
         };
         query.execute(&mut **tx).await.map_err(classify)?;
         Ok(())
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<(), Error> {
+        tx.commit().await.map_err(classify)
     }
 }
 
@@ -334,7 +317,7 @@ impl Source for PostgresSource {
                         claimed.push((seq, message));
                     }
                     Decoded::Malformed {
-                        id,
+                        key: id,
                         attempts,
                         reason,
                     } => {
@@ -401,14 +384,11 @@ impl Source for PostgresSource {
     }
 
     async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
-        let ids = ids(items);
-        self.report(claim, &ids, Report::Ack).await
+        self.ack_batch(claim, items).await
     }
 
     async fn retry(&self, claim: ClaimId, failures: &[Failure<Message>]) -> Result<(), Error> {
-        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
-        let failures: Vec<&Failure<Message>> = failures.iter().collect();
-        self.report(claim, &ids, Report::Retry(&failures)).await
+        self.retry_batch(claim, failures).await
     }
 
     async fn dead_letter(
@@ -416,15 +396,11 @@ impl Source for PostgresSource {
         claim: ClaimId,
         failures: &[Failure<Message>],
     ) -> Result<(), Error> {
-        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
-        let failures: Vec<&Failure<Message>> = failures.iter().collect();
-        self.report(claim, &ids, Report::DeadLetter(&failures))
-            .await
+        self.dead_letter_batch(claim, failures).await
     }
 
     async fn release(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
-        let ids = ids(items);
-        self.report(claim, &ids, Report::Release).await
+        self.release_batch(claim, items).await
     }
 
     fn lease(&self) -> Duration {
@@ -441,8 +417,4 @@ impl Source for PostgresSource {
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
         self.outbox.backlog().await.map(Some)
     }
-}
-
-fn ids(items: &[Message]) -> Vec<Uuid> {
-    items.iter().map(|m| m.id).collect()
 }

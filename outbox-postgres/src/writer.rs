@@ -7,10 +7,10 @@ use outbox_core::{ConfigError, Error, Event, Message};
 use sqlx::{Executor, PgConnection, PgPool};
 
 use crate::error::classify;
-use crate::row::headers_json;
 use crate::schema::render;
 use crate::sql::Statements;
 use crate::{PostgresConfig, PostgresSource};
+use outbox_sql::headers_json;
 
 /// One outbox table on one pool: writes messages in your transactions, runs
 /// migrations, makes relay sources and answers operators. Cheap to clone.

@@ -1,10 +1,11 @@
 //! Batches a database source holds in open transactions: the claim's
 //! transaction is the lease, reports run on it, and the last report of a
-//! batch commits it. This is the bookkeeping such sources share; running the
-//! statements and committing stay with each adapter. (The report loop too:
-//! taking it here as an async closure over `&mut T` does not compile inside
-//! the `Send` futures `Source` returns, with rustc 1.95's "implementation of
-//! `AsyncFnMut` is not general enough".)
+//! batch commits it. This is the bookkeeping such sources share; the report
+//! loop on it is `TransactionReports` (a trait, since an async closure over
+//! `&mut T` does not compile inside the `Send` futures `Source` returns,
+//! with rustc 1.95's "implementation of `AsyncFnMut` is not general
+//! enough"), and running the statements and committing stay with each
+//! adapter.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -4,12 +4,16 @@
 
 mod ack_mode;
 mod checks;
-mod headers;
 mod held;
+mod leader;
 mod operator;
+mod reports;
+mod row;
 
 pub use ack_mode::AckMode;
 pub use checks::{check_batch_bytes, check_identifier, check_lease};
-pub use headers::headers_from_json;
 pub use held::{HeldBatch, HeldBatches};
+pub use leader::{LeaderLock, Leadership};
 pub use operator::Operator;
+pub use reports::{Report, TransactionReports};
+pub use row::{headers_from_json, headers_from_text, headers_json, Decoded};

@@ -131,7 +131,7 @@ impl Source for SqliteSource {
                 }
                 Decoded::Message(message) => claimed.push(message),
                 Decoded::Malformed {
-                    seq,
+                    key: seq,
                     attempts,
                     reason,
                 } => {

@@ -89,8 +89,7 @@ impl SqliteOutbox {
             let sql = format!("{}{values}", self.sql.enqueue_prefix);
             let mut insert = sqlx::query(&sql);
             for message in chunk {
-                let headers =
-                    serde_json::to_string(&message.headers).expect("a map of strings serializes");
+                let headers = outbox_sql::headers_json(message);
                 insert = insert
                     .bind(message.id)
                     .bind(&message.ordering_key)
