@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, OnDeadLetter, RelayConfig, Source, Stats};
-use outbox_mysql::{MysqlConfig, MysqlOutbox, MysqlSource};
+use outbox_core::{Message, OnDeadLetter, Source, Stats};
+use outbox_mysql::{MysqlConfig, MysqlOutbox, MysqlSource, Operator};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, relay_good_beside_bad, run_relay,
-    OpenWrites, SourceHarness,
+    arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
+    relay_good_beside_bad, run_relay, table_name, OpenWrites, SourceHarness, TableHarness,
+    TableSetup,
 };
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlPool};
@@ -199,89 +200,46 @@ mod conformance {
     outbox_testkit::source_conformance!(conformance_table);
 }
 
-fn fast() -> RelayConfig {
-    RelayConfig {
-        send_timeout: Duration::from_secs(2),
-        poll_interval_max: Duration::from_millis(100),
-        ..RelayConfig::default()
-    }
-}
-
-fn arrivals(destination: &MemoryDestination) -> Vec<(String, Uuid)> {
-    destination
-        .sent()
-        .into_iter()
-        .map(|s| (s.message.ordering_key, s.message.id))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
-    let (outbox, pool) = table("atomicity").await;
-    let lost = Message::builder("orders", "order-1").build().unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &lost).await.unwrap();
-    tx.rollback().await.unwrap();
-    let kept = Message::builder("orders", "order-2").build().unwrap();
-    commit(&outbox, &pool, std::slice::from_ref(&kept)).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
-    assert!(destination.wait_for(1, DEADLINE).await);
-    assert!(
-        eventually(DEADLINE, || async {
-            outbox.backlog().await.unwrap().waiting == 0
-        })
-        .await
-    );
-    relay.stop().await;
-    let sent: Vec<Uuid> = destination.sent().iter().map(|s| s.message.id).collect();
-    assert_eq!(sent, vec![kept.id]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
-    let (outbox, pool) = table("four_relays").await;
-    let messages = numbered_messages("orders", 500, 40);
-    for chunk in messages.chunks(1000) {
-        commit(&outbox, &pool, chunk).await;
-    }
-    let destination = MemoryDestination::new();
-    let config = RelayConfig {
-        batch_size: 200,
-        ..fast()
+/// A fresh outbox table set up as the scenario asks.
+async fn table_with(scenario: &'static str, setup: TableSetup) -> MyTable {
+    let (outbox, pool) = table(&table_name(scenario)).await;
+    let config = MysqlConfig {
+        ack_mode: setup.ack_mode,
+        on_dead_letter: setup.on_dead_letter,
+        ..outbox.config().clone()
     };
-    let mut relays = Vec::new();
-    for _ in 0..4 {
-        let source = outbox.source().await.unwrap();
-        relays.push(run_relay(source, destination.clone(), config.clone()));
+    let outbox = MysqlOutbox::new(config, pool.clone()).unwrap();
+    MyTable { outbox, pool }
+}
+
+impl TableHarness for MyTable {
+    fn operator(&self) -> &dyn Operator {
+        &self.outbox
     }
-    let started = Instant::now();
-    // Every key has a message in flight most of the time, so most of each
-    // claim's candidates stay behind. The figure is printed below.
-    assert!(
-        destination
-            .wait_for_distinct(messages.len(), Duration::from_secs(240))
-            .await,
-        "{} of {} arrived",
-        destination.distinct_count(),
-        messages.len()
-    );
-    let elapsed = started.elapsed();
-    let per_relay: Vec<u64> = relays
-        .iter()
-        .map(|r| Stats::get(&r.stats.published))
-        .collect();
-    for relay in relays {
-        relay.stop().await;
+
+    async fn write(&self, messages: Vec<Message>, commit: bool) {
+        let open = self.begin_and_enqueue(messages).await;
+        if commit {
+            open.commit().await.unwrap();
+            self.outbox.notify_committed();
+        } else {
+            open.rollback().await.unwrap();
+        }
     }
-    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
-    println!("4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates", messages.len());
-    assert!(
-        eventually(DEADLINE, || async {
-            outbox.backlog().await.unwrap().waiting == 0
-        })
-        .await
-    );
+
+    async fn rows(&self) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM `{}`", self.outbox.config().table);
+        let rows: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        rows as u64
+    }
+}
+
+mod tables {
+    use super::*;
+    outbox_testkit::table_conformance!(table_with);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +257,11 @@ async fn malformed_rows_are_dead_lettered_with_the_reason() {
     .await
     .unwrap();
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     assert!(destination.wait_for(good.len(), DEADLINE).await);
     assert!(
         eventually(DEADLINE, || async {
@@ -459,7 +421,11 @@ async fn migrate_upgrades_a_table_of_the_first_schema_in_place() {
     );
     assert_eq!(key_type().await.unwrap(), "varbinary");
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     assert!(destination.wait_for(messages.len(), DEADLINE).await);
     relay.stop().await;
     assert_order_per_key(&messages, &arrivals(&destination));
@@ -479,12 +445,20 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let first = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &first).await;
     let destination = MemoryDestination::new();
-    let leader = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let leader = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     assert!(
         destination.wait_for(first.len(), DEADLINE).await,
         "the leader did not relay"
     );
-    let standby = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let standby = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     let second = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &second).await;
     assert!(
@@ -608,12 +582,12 @@ async fn leaders_of_tables_of_one_name_in_two_databases_both_claim() {
         run_relay(
             here.source().await.unwrap(),
             here_destination.clone(),
-            fast(),
+            fast_relay_config(),
         ),
         run_relay(
             there.source().await.unwrap(),
             there_destination.clone(),
-            fast(),
+            fast_relay_config(),
         ),
     ];
     let messages = numbered_messages("orders", 5, 4);
@@ -650,7 +624,7 @@ async fn writers_committing_during_claims_never_fail() {
         relays.push(run_relay(
             outbox.source().await.unwrap(),
             destination.clone(),
-            fast(),
+            fast_relay_config(),
         ));
     }
     let messages = numbered_messages("orders", 50, 12);
@@ -772,7 +746,11 @@ async fn a_key_that_is_not_utf8_is_refused_or_converted_by_the_database() {
         Err(err) => assert!(err.to_string().contains("Incorrect string value"), "{err}"),
         Ok(_) => {
             let destination = MemoryDestination::new();
-            let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+            let relay = run_relay(
+                outbox.source().await.unwrap(),
+                destination.clone(),
+                fast_relay_config(),
+            );
             let delivered = destination.wait_for(1, DEADLINE).await;
             relay.stop().await;
             assert!(delivered, "the converted row was not delivered");
@@ -818,7 +796,11 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     let messages = numbered_messages("orders", 4, 5);
     commit(&outbox, &pool, &messages).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     // Published, acknowledgement refused, published again after the lease.
     let again = destination.wait_for(messages.len() * 2, DEADLINE).await;
     let waiting = outbox.backlog().await.unwrap().waiting;
@@ -932,7 +914,11 @@ async fn new_messages_are_due_by_the_database_clock() {
     let message = Message::builder("orders", "clock").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     let arrived = destination.wait_for(1, Duration::from_secs(10)).await;
     relay.stop().await;
     assert!(
@@ -966,7 +952,7 @@ async fn a_row_that_cannot_be_decoded_is_dead_lettered_and_others_flow() {
     commit(&outbox, &pool, &good).await;
     let (_, delivered, dead) = relay_good_beside_bad(
         outbox.source().await.unwrap(),
-        fast(),
+        fast_relay_config(),
         good.len(),
         || async { outbox.count_dead_letters().await.unwrap() == 1 },
     )
@@ -1183,7 +1169,11 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let message = Message::builder("orders", "v2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
 use outbox_core::{Message, OnDeadLetter, RelayConfig, Source};
-use outbox_postgres::{AckMode, PostgresConfig, PostgresOutbox, PostgresSource};
+use outbox_postgres::{AckMode, Operator, PostgresConfig, PostgresOutbox, PostgresSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, relay_good_beside_bad, run_relay,
-    OpenWrites, SourceHarness,
+    arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
+    relay_good_beside_bad, run_relay, table_name, OpenWrites, SourceHarness, TableHarness,
+    TableSetup,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -197,128 +198,46 @@ mod conformance {
     outbox_testkit::source_conformance!(conformance_table);
 }
 
-fn fast() -> RelayConfig {
-    RelayConfig {
-        send_timeout: Duration::from_secs(2),
-        poll_interval_max: Duration::from_millis(100),
-        backoff: outbox_core::Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            ..Default::default()
-        },
-        ..RelayConfig::default()
+/// A fresh outbox table set up as the scenario asks.
+async fn table_with(scenario: &'static str, setup: TableSetup) -> PgTable {
+    let (outbox, pool) = table(&table_name(scenario), |c| {
+        c.ack_mode = setup.ack_mode;
+        c.on_dead_letter = setup.on_dead_letter;
+    })
+    .await;
+    PgTable { outbox, pool }
+}
+
+impl TableHarness for PgTable {
+    fn operator(&self) -> &dyn Operator {
+        &self.outbox
+    }
+
+    async fn write(&self, messages: Vec<Message>, commit: bool) {
+        let open = self.begin_and_enqueue(messages).await;
+        if commit {
+            open.commit().await.unwrap();
+        } else {
+            open.rollback().await.unwrap();
+        }
+    }
+
+    async fn rows(&self) -> u64 {
+        let sql = format!(
+            "SELECT count(*) FROM outbox_test.{}",
+            self.outbox.config().table
+        );
+        let rows: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        rows as u64
     }
 }
 
-fn arrivals(destination: &MemoryDestination) -> Vec<(String, Uuid)> {
-    destination
-        .sent()
-        .into_iter()
-        .map(|s| (s.message.ordering_key, s.message.id))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
-    let (outbox, pool) = table("atomicity", |_| {}).await;
-    sqlx::query("CREATE TABLE IF NOT EXISTS outbox_test.atomicity_orders (id bigint primary key)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("TRUNCATE outbox_test.atomicity_orders")
-        .execute(&pool)
-        .await
-        .unwrap();
-
-    let rolled_back = Message::builder("orders", "order-1")
-        .payload("lost")
-        .build()
-        .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO outbox_test.atomicity_orders VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    outbox.enqueue(&mut tx, &rolled_back).await.unwrap();
-    tx.rollback().await.unwrap();
-
-    let committed = Message::builder("orders", "order-2")
-        .payload("kept")
-        .build()
-        .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO outbox_test.atomicity_orders VALUES (2)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    outbox.enqueue(&mut tx, &committed).await.unwrap();
-    tx.commit().await.unwrap();
-
-    let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
-    assert!(
-        destination.wait_for(1, DEADLINE).await,
-        "the committed message was not delivered"
-    );
-    assert!(
-        eventually(DEADLINE, || async {
-            outbox.backlog().await.unwrap().waiting == 0
-        })
-        .await
-    );
-    relay.stop().await;
-    let sent: Vec<Uuid> = destination.sent().iter().map(|s| s.message.id).collect();
-    assert_eq!(
-        sent,
-        vec![committed.id],
-        "only the committed message may be published"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
-    let (outbox, pool) = table("four_relays", |_| {}).await;
-    let messages = numbered_messages("orders", 500, 40);
-    for chunk in messages.chunks(1000) {
-        commit(&outbox, &pool, chunk).await;
-    }
-    let destination = MemoryDestination::new();
-    let config = RelayConfig {
-        batch_size: 200,
-        ..fast()
-    };
-    let mut relays = Vec::new();
-    for _ in 0..4 {
-        let source = outbox.source().await.unwrap();
-        relays.push(run_relay(source, destination.clone(), config.clone()));
-    }
-    let started = Instant::now();
-    assert!(
-        destination
-            .wait_for_distinct(messages.len(), DEADLINE)
-            .await,
-        "{} of {} arrived",
-        destination.distinct_count(),
-        messages.len()
-    );
-    let elapsed = started.elapsed();
-    let per_relay: Vec<u64> = relays
-        .iter()
-        .map(|r| outbox_core::Stats::get(&r.stats.published))
-        .collect();
-    for relay in relays {
-        relay.stop().await;
-    }
-    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
-    println!(
-        "4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates",
-        messages.len()
-    );
-    assert!(
-        per_relay.iter().filter(|&&n| n > 0).count() >= 2,
-        "the relays did not share the work: {per_relay:?}"
-    );
-    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
+mod tables {
+    use super::*;
+    outbox_testkit::table_conformance!(table_with);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +247,7 @@ async fn notify_wakes_an_idle_relay_without_waiting_for_a_poll() {
     let config = RelayConfig {
         poll_interval_min: Duration::from_secs(10),
         poll_interval_max: Duration::from_secs(10),
-        ..fast()
+        ..fast_relay_config()
     };
     let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), config);
     let mut latencies = Vec::new();
@@ -463,7 +382,11 @@ async fn malformed_rows_are_dead_lettered_with_the_reason_and_others_flow() {
     .await
     .unwrap();
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     assert!(destination.wait_for(good.len(), DEADLINE).await);
     let dead = eventually(DEADLINE, || async {
         outbox.count_dead_letters().await.unwrap() == 2
@@ -484,69 +407,6 @@ async fn malformed_rows_are_dead_lettered_with_the_reason_and_others_flow() {
         reason(no_destination)
     );
     assert_order_per_key(&good, &arrivals(&destination));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mark_done_keeps_rows_until_cleanup_removes_them_in_batches() {
-    let (outbox, pool) = table("mark_done", |c| c.ack_mode = AckMode::MarkDone).await;
-    let messages = numbered_messages("orders", 10, 25);
-    commit(&outbox, &pool, &messages).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
-    assert!(destination.wait_for(messages.len(), DEADLINE).await);
-    relay.stop().await;
-    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.mark_done")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        rows,
-        messages.len() as i64,
-        "mark-done keeps delivered rows"
-    );
-    assert_eq!(
-        outbox.cleanup(Duration::from_secs(3600), 40).await.unwrap(),
-        0,
-        "nothing is old enough yet"
-    );
-    let removed = outbox.cleanup(Duration::ZERO, 40).await.unwrap();
-    assert_eq!(removed, messages.len() as u64);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_requeued_dead_letter_is_delivered_and_a_parked_key_resumes_in_order() {
-    let (outbox, pool) = table("requeue", |c| c.on_dead_letter = OnDeadLetter::Park).await;
-    let messages = numbered_messages("orders", 2, 3);
-    let destination = MemoryDestination::new();
-    destination.fail_permanently(messages[0].id);
-    commit(&outbox, &pool, &messages).await;
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
-    assert!(
-        destination.wait_for(3, DEADLINE).await,
-        "key-1 did not flow"
-    );
-    assert!(
-        eventually(DEADLINE, || async {
-            outbox.count_dead_letters().await.unwrap() == 1
-        })
-        .await
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        destination.sent_count(),
-        3,
-        "a parked key's later messages went out"
-    );
-    destination.heal();
-    assert_eq!(outbox.requeue(&[messages[0].id]).await.unwrap(), 1);
-    assert!(
-        destination.wait_for(6, DEADLINE).await,
-        "the parked key did not resume"
-    );
-    relay.stop().await;
-    assert_order_per_key(&messages, &arrivals(&destination));
-    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -571,12 +431,20 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     let first = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &first).await;
     let destination = MemoryDestination::new();
-    let leader = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let leader = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     assert!(
         destination.wait_for(first.len(), DEADLINE).await,
         "the leader did not relay"
     );
-    let standby = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let standby = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
 
     let second = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &second).await;
@@ -661,7 +529,11 @@ async fn an_error_on_acknowledge_redelivers_and_loses_nothing() {
     let messages = numbered_messages("orders", 4, 5);
     commit(&outbox, &pool, &messages).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     // Published, acknowledgement refused, published again.
     let again = destination.wait_for(messages.len() * 2, DEADLINE).await;
     let waiting = outbox.backlog().await.unwrap().waiting;
@@ -777,7 +649,11 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let message = Message::builder("orders", "v2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");
@@ -805,7 +681,7 @@ async fn rows_that_cannot_be_decoded_are_dead_lettered_and_never_stop_the_relay(
     commit(&outbox, &pool, &good).await;
     let (destination, delivered, dead) = relay_good_beside_bad(
         outbox.source().await.unwrap(),
-        fast(),
+        fast_relay_config(),
         good.len(),
         || async { outbox.count_dead_letters().await.unwrap() == 2 },
     )
@@ -857,7 +733,7 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
     commit(&outbox, &pool, &good).await;
     let (_, delivered, dead) = relay_good_beside_bad(
         outbox.source().await.unwrap(),
-        fast(),
+        fast_relay_config(),
         good.len(),
         || async { outbox.count_dead_letters().await.unwrap() == 1 },
     )

@@ -1,13 +1,13 @@
 //! outbox-sqlite against real SQLite files. Every test owns its file.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, OnDeadLetter, RelayConfig, Source, Stats};
-use outbox_sqlite::{connect, AckMode, SqliteConfig, SqliteOutbox, SqliteSource};
+use outbox_core::{Message, OnDeadLetter};
+use outbox_sqlite::{connect, Operator, SqliteConfig, SqliteOutbox, SqliteSource};
 use outbox_testkit::{
-    assert_order_per_key, eventually, numbered_messages, relay_good_beside_bad, run_relay,
-    SourceHarness,
+    arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
+    relay_good_beside_bad, run_relay, SourceHarness, TableHarness, TableSetup,
 };
 use sqlx::SqlitePool;
 use uuid::Uuid;
@@ -122,85 +122,44 @@ mod conformance {
     outbox_testkit::source_conformance!(conformance_table);
 }
 
-fn fast() -> RelayConfig {
-    RelayConfig {
-        send_timeout: Duration::from_secs(2),
-        poll_interval_max: Duration::from_millis(100),
-        ..RelayConfig::default()
-    }
-}
-
-fn arrivals(destination: &MemoryDestination) -> Vec<(String, Uuid)> {
-    destination
-        .sent()
-        .into_iter()
-        .map(|s| (s.message.ordering_key, s.message.id))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered() {
-    let (outbox, pool) = database("atomicity", SqliteConfig::default()).await;
-    let lost = Message::builder("orders", "order-1").build().unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &lost).await.unwrap();
-    tx.rollback().await.unwrap();
-    let kept = Message::builder("orders", "order-2").build().unwrap();
-    commit(&outbox, &pool, std::slice::from_ref(&kept)).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
-    assert!(destination.wait_for(1, DEADLINE).await);
-    assert!(
-        eventually(DEADLINE, || async {
-            outbox.backlog().await.unwrap().waiting == 0
-        })
-        .await
-    );
-    relay.stop().await;
-    let sent: Vec<Uuid> = destination.sent().iter().map(|s| s.message.id).collect();
-    assert_eq!(sent, vec![kept.id]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_relays_keep_each_key_in_order_and_lose_nothing() {
-    let (outbox, pool) = database("four_relays", SqliteConfig::default()).await;
-    let messages = numbered_messages("orders", 500, 40);
-    for chunk in messages.chunks(1000) {
-        commit(&outbox, &pool, chunk).await;
-    }
-    let destination = MemoryDestination::new();
-    let config = RelayConfig {
-        batch_size: 200,
-        ..fast()
+/// A fresh database file with an outbox table set up as the scenario asks.
+async fn table_with(scenario: &'static str, setup: TableSetup) -> LiteTable {
+    let config = SqliteConfig {
+        ack_mode: setup.ack_mode,
+        on_dead_letter: setup.on_dead_letter,
+        ..SqliteConfig::default()
     };
-    let mut relays = Vec::new();
-    for _ in 0..4 {
-        let source = outbox.source().await.unwrap();
-        relays.push(run_relay(source, destination.clone(), config.clone()));
+    let (outbox, pool) = database(scenario, config).await;
+    LiteTable { outbox, pool }
+}
+
+impl TableHarness for LiteTable {
+    fn operator(&self) -> &dyn Operator {
+        &self.outbox
     }
-    let started = Instant::now();
-    assert!(
-        destination
-            .wait_for_distinct(messages.len(), Duration::from_secs(120))
-            .await,
-        "{} of {} arrived",
-        destination.distinct_count(),
-        messages.len()
-    );
-    let elapsed = started.elapsed();
-    let per_relay: Vec<u64> = relays
-        .iter()
-        .map(|r| Stats::get(&r.stats.published))
-        .collect();
-    for relay in relays {
-        relay.stop().await;
+
+    async fn write(&self, messages: Vec<Message>, commit: bool) {
+        if commit {
+            return self.enqueue(messages).await;
+        }
+        let mut tx = self.pool.begin().await.unwrap();
+        self.outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+        tx.rollback().await.unwrap();
     }
-    let duplicates = assert_order_per_key(&messages, &arrivals(&destination));
-    println!(
-        "4 relays: {} messages over 500 keys in {elapsed:?}, per relay {per_relay:?}, {duplicates} duplicates",
-        messages.len()
-    );
-    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
+
+    async fn rows(&self) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.outbox.config().table);
+        let rows: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        rows as u64
+    }
+}
+
+mod tables {
+    use super::*;
+    outbox_testkit::table_conformance!(table_with);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +191,11 @@ async fn malformed_rows_are_dead_lettered_with_the_reason() {
         .unwrap();
     }
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     assert!(destination.wait_for(good.len(), DEADLINE).await);
     assert!(
         eventually(DEADLINE, || async {
@@ -270,62 +233,6 @@ async fn malformed_rows_are_dead_lettered_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_requeue_dead_letters_and_clean_up_delivered_rows() {
-    let config = SqliteConfig {
-        ack_mode: AckMode::MarkDone,
-        ..SqliteConfig::default()
-    };
-    let (outbox, pool) = database("operator", config).await;
-    let messages = numbered_messages("orders", 3, 2);
-    commit(&outbox, &pool, &messages).await;
-    let source = outbox.source().await.unwrap();
-    let claimed = source.claim(100).await.unwrap();
-    assert_eq!(claimed.len(), 6);
-    let (dead, delivered) = claimed.split_at(1);
-    source
-        .dead_letter(
-            claimed.id(),
-            &[outbox_core::Failure {
-                item: dead[0].clone(),
-                error: "refused by the broker".into(),
-                attempts: 1,
-                retry_after: Duration::ZERO,
-            }],
-        )
-        .await
-        .unwrap();
-    source.ack(claimed.id(), delivered).await.unwrap();
-    let backlog = outbox.backlog().await.unwrap();
-    assert_eq!((backlog.waiting, backlog.dead_letters), (0, 1));
-    let letters = outbox.dead_letters(10).await.unwrap();
-    assert_eq!(letters[0].error, "refused by the broker");
-    assert_eq!(letters[0].message.as_ref().map(|m| m.id), Some(dead[0].id));
-    assert_eq!(letters[0].attempts, 1);
-
-    assert_eq!(outbox.requeue(&[dead[0].id]).await.unwrap(), 1);
-    assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
-    let again = source.claim(100).await.unwrap();
-    assert_eq!(
-        again.iter().map(|m| m.id).collect::<Vec<_>>(),
-        vec![dead[0].id]
-    );
-    assert_eq!(again[0].attempts, 0, "attempts are reset");
-    source.ack(again.id(), &again).await.unwrap();
-    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
-
-    assert_eq!(
-        outbox.cleanup(Duration::from_secs(3600), 2).await.unwrap(),
-        0
-    );
-    assert_eq!(outbox.cleanup(Duration::ZERO, 2).await.unwrap(), 6);
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_walks_the_partial_indexes() {
     let (outbox, _pool) = database("plan", SqliteConfig::default()).await;
     let plan = outbox.explain_claim(1000).await.unwrap();
@@ -356,7 +263,7 @@ async fn rows_whose_id_or_attempts_cannot_be_read_are_dead_lettered() {
     commit(&outbox, &pool, &good).await;
     let (destination, delivered, dead) = relay_good_beside_bad(
         outbox.source().await.unwrap(),
-        fast(),
+        fast_relay_config(),
         good.len(),
         || async { outbox.count_dead_letters().await.unwrap() == 2 },
     )
@@ -412,7 +319,11 @@ async fn a_table_named_after_the_default_one_is_migrated_as_named() {
     let message = Message::builder("orders", "v2").build().unwrap();
     commit(&outbox, &pool, std::slice::from_ref(&message)).await;
     let destination = MemoryDestination::new();
-    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), fast());
+    let relay = run_relay(
+        outbox.source().await.unwrap(),
+        destination.clone(),
+        fast_relay_config(),
+    );
     let arrived = destination.wait_for(1, DEADLINE).await;
     relay.stop().await;
     assert!(arrived, "the message was not delivered");

@@ -8,12 +8,16 @@
 //! [`destination_conformance!`], which generate one `#[tokio::test]` per
 //! scenario. Each scenario asks the harness factory for a fresh harness by
 //! scenario name, so each can use its own table, topic, queue or subject.
+//! A SQL database's test file also implements [`TableHarness`] and expands
+//! [`table_conformance!`]: the writer's atomicity, relays sharing a table and
+//! the operator's calls, the same on every database.
 
 mod boxed;
 mod destination_suite;
 mod harness;
 mod servers;
 mod source_suite;
+mod table_suite;
 mod verify;
 mod writer_suite;
 
@@ -22,9 +26,10 @@ pub use destination_suite::*;
 pub use harness::{DestinationHarness, OpenWrites, Received, SourceHarness};
 pub use servers::{nats_server_bin, tansu_bin};
 pub use source_suite::*;
+pub use table_suite::*;
 pub use verify::{
-    assert_order_per_key, assert_recovered, eventually, numbered_messages, relay_good_beside_bad,
-    run_relay, RunningRelay,
+    arrivals, assert_order_per_key, assert_recovered, eventually, fast_relay_config,
+    numbered_messages, relay_good_beside_bad, run_relay, RunningRelay,
 };
 pub use writer_suite::second_writer_of_a_key_waits;
 
@@ -61,6 +66,34 @@ macro_rules! source_conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() {
                 let harness = $make(stringify!($scenario)).await;
+                $crate::$scenario(&harness).await;
+            }
+        )*
+    };
+}
+
+/// Generates one test per SQL table scenario ([`TableHarness`]). `$make` is
+/// an async fn taking the scenario name (`&'static str`) and the
+/// [`TableSetup`] the scenario needs, and returning a fresh table's harness.
+#[macro_export]
+macro_rules! table_conformance {
+    ($make:path) => {
+        $crate::table_conformance!(@tests $make;
+            a_rolled_back_message_never_exists_and_a_committed_one_is_delivered:
+                $crate::TableSetup::default(),
+            four_relays_keep_each_key_in_order_and_lose_nothing:
+                $crate::TableSetup::default(),
+            operators_requeue_dead_letters_and_clean_up_delivered_rows:
+                $crate::TableSetup::MARK_DONE,
+            a_requeued_dead_letter_is_delivered_and_a_parked_key_resumes_in_order:
+                $crate::TableSetup::PARKING,
+        );
+    };
+    (@tests $make:path; $($scenario:ident: $setup:expr),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let harness = $make(stringify!($scenario), $setup).await;
                 $crate::$scenario(&harness).await;
             }
         )*

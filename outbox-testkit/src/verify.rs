@@ -5,8 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_core::memory::MemorySource;
-use outbox_core::{CancellationToken, Destination, Message, Relay, RelayConfig, Source, Stats};
+use outbox_core::memory::{MemoryDestination, MemorySource};
+use outbox_core::{
+    Backoff, CancellationToken, Destination, Message, Relay, RelayConfig, Source, Stats,
+};
 use uuid::Uuid;
 
 /// `keys * per_key` messages to `address`, interleaved across keys
@@ -25,6 +27,32 @@ pub fn numbered_messages(address: &str, keys: usize, per_key: usize) -> Vec<Mess
         }
     }
     messages
+}
+
+/// What a memory destination received, as `(ordering key, id)` in arrival
+/// order: the input of [`assert_order_per_key`].
+pub fn arrivals(destination: &MemoryDestination) -> Vec<(String, Uuid)> {
+    destination
+        .sent()
+        .into_iter()
+        .map(|s| (s.message.ordering_key, s.message.id))
+        .collect()
+}
+
+/// A relay configuration for tests against real servers: short polls, send
+/// timeout and backoff, so a scenario's retries and idle relays take
+/// milliseconds.
+pub fn fast_relay_config() -> RelayConfig {
+    RelayConfig {
+        send_timeout: Duration::from_secs(2),
+        poll_interval_max: Duration::from_millis(100),
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            ..Backoff::default()
+        },
+        ..RelayConfig::default()
+    }
 }
 
 /// Checks that every message of `enqueued` arrived, and that for each key the

@@ -7,7 +7,8 @@ use std::time::Duration;
 use outbox_core::memory::MemoryDestination;
 use outbox_core::{Backoff, Message, RelayConfig, Source};
 
-use super::{arrivals, config, ids, other_keys, DEADLINE, LEASE};
+use super::{config, ids, other_keys, DEADLINE, LEASE};
+use crate::arrivals;
 use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
 use crate::SourceHarness;
 

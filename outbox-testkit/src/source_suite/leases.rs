@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use outbox_core::memory::MemoryDestination;
 use outbox_core::{RelayConfig, Source};
 
-use super::{arrivals, config, DEADLINE, LEASE};
+use super::{config, DEADLINE, LEASE};
+use crate::arrivals;
 use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
 use crate::SourceHarness;
 

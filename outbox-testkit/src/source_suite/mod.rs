@@ -10,7 +10,6 @@ pub use leases::*;
 
 use std::time::Duration;
 
-use outbox_core::memory::MemoryDestination;
 use outbox_core::{Backoff, Message, RelayConfig};
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -44,14 +43,6 @@ fn other_keys() -> Vec<Message> {
                 .build()
                 .unwrap()
         })
-        .collect()
-}
-
-fn arrivals(destination: &MemoryDestination) -> Vec<(String, uuid::Uuid)> {
-    destination
-        .sent()
-        .into_iter()
-        .map(|sent| (sent.message.ordering_key, sent.message.id))
         .collect()
 }
 
