@@ -1,7 +1,7 @@
 //! Throughput of the relay's scheduler on the in-memory pair, so the core is
 //! never what caps an adapter pair. Prints messages per second.
 //!
-//! `cargo bench -p outbox-core --bench scheduler [-- MESSAGES KEYS]`
+//! `cargo bench -p txoutbox-core --bench scheduler [-- MESSAGES KEYS]`
 //! (defaults: 200,000 messages over 10,000 keys). Runs on a single-threaded
 //! runtime: the figure is what one core does.
 

@@ -5,7 +5,7 @@
 //! memory flat, latency bounded; the windows are printed.
 //!
 //! `OUTBOX_SOAK_SECONDS` sets the length (default 20; the long run is
-//! `OUTBOX_SOAK_SECONDS=600 cargo test --release -p outbox-relay --test soak -- --nocapture`).
+//! `OUTBOX_SOAK_SECONDS=600 cargo test --release -p txoutbox-relay --test soak -- --nocapture`).
 
 mod support;
 

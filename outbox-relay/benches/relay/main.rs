@@ -5,7 +5,7 @@
 //! processes scaled out, with their peak memory.
 //!
 //! ```text
-//! cargo bench -p outbox-relay --bench relay -- [--messages N] [--runs N]
+//! cargo bench -p txoutbox-relay --bench relay -- [--messages N] [--runs N]
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
 //!     [--latency-seconds S] [--enqueue-seconds S] [--processes 1,2,4]
 //!     [--process-messages N] [--small N] [--write]

@@ -74,7 +74,7 @@ impl Report {
         let args: Vec<String> = args.into_iter().filter(|a| a != "--bench").collect();
         Report {
             command: format!(
-                "cargo bench -p outbox-relay --bench relay -- {}",
+                "cargo bench -p txoutbox-relay --bench relay -- {}",
                 args.join(" ")
             )
             .trim_end()
