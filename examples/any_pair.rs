@@ -11,7 +11,7 @@
 mod shop;
 
 use outbox::{BoxDestination, BoxSource, Destination, Message, Source};
-use shop::{Broker, OrderEvent, Result, Shop};
+use shop::{Arrival, Broker, OrderEvent, Result, Shop};
 
 /// The shop on whichever database was named.
 enum AnyShop {
@@ -26,6 +26,20 @@ impl Shop for AnyShop {
         match self {
             AnyShop::Postgres(shop) => shop.record(event, message).await,
             AnyShop::Mysql(shop) => shop.record(event, message).await,
+        }
+    }
+
+    async fn apply(&self, arrival: &Arrival) -> Result<bool> {
+        match self {
+            AnyShop::Postgres(shop) => shop.apply(arrival).await,
+            AnyShop::Mysql(shop) => shop.apply(arrival).await,
+        }
+    }
+
+    async fn history(&self, prefix: &str) -> Result<u64> {
+        match self {
+            AnyShop::Postgres(shop) => shop.history(prefix).await,
+            AnyShop::Mysql(shop) => shop.history(prefix).await,
         }
     }
 

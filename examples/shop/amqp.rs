@@ -53,14 +53,12 @@ pub async fn connect(name: &str) -> Result<Broker<AmqpDestination>> {
     tokio::spawn(async move {
         let _channel = channel;
         while let Some(Ok(delivery)) = deliveries.next().await {
-            let id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .and_then(|id| id.as_str().parse().ok());
-            let Some(id) = id else {
-                eprintln!("consumer: a delivery without message_id");
-                continue;
+            let id = match outbox::amqp::incoming(&delivery) {
+                Ok(incoming) => incoming.id,
+                Err(err) => {
+                    eprintln!("consumer: {err}");
+                    continue;
+                }
             };
             let arrival = decode(id, &delivery.data);
             if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {

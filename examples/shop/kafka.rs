@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use outbox::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use outbox::kafka::rdkafka::message::{Headers, Message as _};
+use outbox::kafka::rdkafka::message::Message as _;
 use outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use outbox::kafka::{KafkaConfig, KafkaDestination};
-use outbox::HEADER_MESSAGE_ID;
 
 use super::{decode, Broker, Result};
 
@@ -56,15 +55,12 @@ pub async fn connect(name: &str) -> Result<Broker<KafkaDestination>> {
                     continue;
                 }
             };
-            let id = record.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == HEADER_MESSAGE_ID)
-                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-            });
-            let Some(id) = id else {
-                eprintln!("consumer: a record without {HEADER_MESSAGE_ID}");
-                continue;
+            let id = match outbox::kafka::incoming(&record) {
+                Ok(incoming) => incoming.id,
+                Err(err) => {
+                    eprintln!("consumer: {err}");
+                    continue;
+                }
             };
             let arrival = decode(id, record.payload().unwrap_or_default());
             if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {

@@ -1,17 +1,20 @@
 //! The shop on MySQL or MariaDB: `<name>_orders` and its outbox table
-//! `<name>_outbox`.
+//! `<name>_outbox`; the consumer's `<name>_history` and its inbox
+//! `<name>_inbox`.
 
-use outbox::mysql::{MysqlConfig, MysqlOutbox, MysqlSource};
+use outbox::mysql::{MysqlConfig, MysqlInbox, MysqlOutbox, MysqlSource};
 use outbox::Message;
 use sqlx::MySqlPool;
 
-use super::{OrderEvent, Result, Shop};
+use super::{Arrival, OrderEvent, Result, Shop, CONSUMER};
 
 /// The orders table and outbox of one example.
 pub struct MysqlShop {
     pool: MySqlPool,
     outbox: MysqlOutbox,
     orders: String,
+    inbox: MysqlInbox,
+    history: String,
 }
 
 impl MysqlShop {
@@ -28,6 +31,12 @@ impl MysqlShop {
         ))
         .execute(&pool)
         .await?;
+        let history = format!("{name}_history");
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {history} (message_id BINARY(16) NOT NULL, order_id VARCHAR(64) NOT NULL, status VARCHAR(16) NOT NULL)"
+        ))
+        .execute(&pool)
+        .await?;
         let outbox = MysqlOutbox::new(
             MysqlConfig {
                 table: format!("{name}_outbox"),
@@ -36,10 +45,14 @@ impl MysqlShop {
             pool.clone(),
         )?;
         outbox.migrate().await?;
+        let inbox = MysqlInbox::named(&format!("{name}_inbox"), pool.clone())?;
+        inbox.migrate().await?;
         Ok(Self {
             pool,
             outbox,
             orders,
+            inbox,
+            history,
         })
     }
 }
@@ -64,6 +77,35 @@ impl Shop for MysqlShop {
         // Wakes this process's relay now; others find it at their next poll.
         self.outbox.notify_committed();
         Ok(())
+    }
+
+    async fn apply(&self, arrival: &Arrival) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let receipt = self.inbox.apply(&mut tx, CONSUMER, arrival.id).await?;
+        if receipt.is_new() {
+            sqlx::query(&format!(
+                "INSERT INTO {} (message_id, order_id, status) VALUES (?, ?, ?)",
+                self.history
+            ))
+            .bind(arrival.id)
+            .bind(arrival.event.order_id())
+            .bind(arrival.event.status())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(receipt.is_new())
+    }
+
+    async fn history(&self, prefix: &str) -> Result<u64> {
+        let rows: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {} WHERE order_id LIKE ?",
+            self.history
+        ))
+        .bind(format!("{prefix}%"))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(rows as u64)
     }
 
     async fn source(&self) -> Result<MysqlSource> {

@@ -4,7 +4,7 @@
 use futures_util::StreamExt;
 use outbox::nats::async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use outbox::nats::async_nats::jetstream::stream;
-use outbox::nats::{NatsConfig, NatsDestination, NATS_MSG_ID};
+use outbox::nats::{NatsConfig, NatsDestination};
 
 use super::{decode, Broker, Result};
 
@@ -37,17 +37,12 @@ pub async fn connect(name: &str) -> Result<Broker<NatsDestination>> {
     let (sender, arrivals) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(message)) = messages.next().await {
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(NATS_MSG_ID))
-                .and_then(|id| id.as_str().parse().ok());
-            let Some(id) = id else {
-                eprintln!(
-                    "consumer: a message on {} without {NATS_MSG_ID}",
-                    message.subject
-                );
-                continue;
+            let id = match outbox::nats::incoming(&message) {
+                Ok(incoming) => incoming.id,
+                Err(err) => {
+                    eprintln!("consumer: a message on {}: {err}", message.subject);
+                    continue;
+                }
             };
             let arrival = decode(id, &message.payload);
             if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {

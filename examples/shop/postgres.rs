@@ -1,17 +1,20 @@
 //! The shop on PostgreSQL: `shop.<name>_orders` and its outbox table
-//! `shop.<name>_outbox`.
+//! `shop.<name>_outbox`; the consumer's `shop.<name>_history` and its inbox
+//! `shop.<name>_inbox`.
 
-use outbox::postgres::{PostgresConfig, PostgresOutbox, PostgresSource};
+use outbox::postgres::{PostgresConfig, PostgresInbox, PostgresOutbox, PostgresSource};
 use outbox::Message;
 use sqlx::PgPool;
 
-use super::{OrderEvent, Result, Shop};
+use super::{Arrival, OrderEvent, Result, Shop, CONSUMER};
 
 /// The orders table and outbox of one example.
 pub struct PostgresShop {
     pool: PgPool,
     outbox: PostgresOutbox,
     orders: String,
+    inbox: PostgresInbox,
+    history: String,
 }
 
 impl PostgresShop {
@@ -23,9 +26,11 @@ impl PostgresShop {
             format!("PostgreSQL at OUTBOX_POSTGRES_URL: {err} (run scripts/services.sh up)")
         })?;
         let orders = format!("shop.{name}_orders");
+        let history = format!("shop.{name}_history");
         sqlx::raw_sql(&format!(
             "CREATE SCHEMA IF NOT EXISTS shop; \
-             CREATE TABLE IF NOT EXISTS {orders} (id text PRIMARY KEY, status text NOT NULL, total_cents bigint NOT NULL)"
+             CREATE TABLE IF NOT EXISTS {orders} (id text PRIMARY KEY, status text NOT NULL, total_cents bigint NOT NULL); \
+             CREATE TABLE IF NOT EXISTS {history} (message_id uuid NOT NULL, order_id text NOT NULL, status text NOT NULL)"
         ))
         .execute(&pool)
         .await?;
@@ -38,10 +43,14 @@ impl PostgresShop {
             pool.clone(),
         )?;
         outbox.migrate().await?;
+        let inbox = PostgresInbox::named("shop", &format!("{name}_inbox"), pool.clone())?;
+        inbox.migrate().await?;
         Ok(Self {
             pool,
             outbox,
             orders,
+            inbox,
+            history,
         })
     }
 }
@@ -68,5 +77,34 @@ impl Shop for PostgresShop {
 
     async fn source(&self) -> Result<PostgresSource> {
         Ok(self.outbox.source().await?)
+    }
+
+    async fn apply(&self, arrival: &Arrival) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let receipt = self.inbox.apply(&mut tx, CONSUMER, arrival.id).await?;
+        if receipt.is_new() {
+            sqlx::query(&format!(
+                "INSERT INTO {} (message_id, order_id, status) VALUES ($1, $2, $3)",
+                self.history
+            ))
+            .bind(arrival.id)
+            .bind(arrival.event.order_id())
+            .bind(arrival.event.status())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(receipt.is_new())
+    }
+
+    async fn history(&self, prefix: &str) -> Result<u64> {
+        let rows: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE order_id LIKE $1",
+            self.history
+        ))
+        .bind(format!("{prefix}%"))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(rows as u64)
     }
 }

@@ -16,7 +16,9 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     DefaultConnectionBuilder, PublisherConfirm,
 };
-use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
+use outbox_core::{
+    Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
+};
 use tokio::sync::RwLock;
 
 use crate::config::CONNECT_TIMEOUT;
@@ -227,6 +229,10 @@ fn properties(message: &Message) -> BasicProperties {
     headers.insert(
         HEADER_MESSAGE_ID.into(),
         AMQPValue::LongString(LongString::from(id.as_str())),
+    );
+    headers.insert(
+        HEADER_ORDERING_KEY.into(),
+        AMQPValue::LongString(LongString::from(message.ordering_key.as_str())),
     );
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)

@@ -24,10 +24,12 @@ mod config;
 mod confirms;
 mod destination;
 mod error;
+mod incoming;
 
 pub use config::{AmqpConfig, Route};
 pub use destination::AmqpDestination;
 pub use error::classify;
+pub use incoming::incoming;
 /// The lapin crate this destination is built on, so users and tests reach
 /// its types without a dependency of their own (and at the same version).
 pub use lapin;

@@ -2,12 +2,11 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`). Every test owns its queue; the
 //! test that cuts connections cuts only its own.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::Channel;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_core::memory::{MemoryDeadLetter, MemorySource};
@@ -52,14 +51,6 @@ async fn fresh_queue(channel: &Channel, queue: &str) {
         .expect("purge queue");
 }
 
-fn text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
 /// Reads the queue until `count` distinct messages arrived (duplicates
 /// included in the result) and the queue is empty, or `timeout` passed.
 async fn drain(channel: &Channel, queue: &str, count: usize, timeout: Duration) -> Vec<Received> {
@@ -79,14 +70,7 @@ async fn drain(channel: &Channel, queue: &str, count: usize, timeout: Duration) 
             continue;
         };
         let properties = &message.delivery.properties;
-        let mut headers = BTreeMap::new();
-        if let Some(table) = properties.headers() {
-            for (name, value) in table.inner() {
-                if let Some(value) = text(value) {
-                    headers.insert(name.as_str().to_string(), value);
-                }
-            }
-        }
+        let incoming = outbox_amqp::incoming(&message.delivery).expect("an outbox message");
         let id = properties
             .message_id()
             .as_ref()
@@ -94,13 +78,15 @@ async fn drain(channel: &Channel, queue: &str, count: usize, timeout: Duration) 
             .as_str()
             .parse()
             .expect("uuid");
+        assert_eq!(id, incoming.id, "message_id and the outbox header differ");
         assert_eq!(properties.delivery_mode(), &Some(2), "not persistent");
         distinct.insert(id);
         received.push(Received {
             id,
             payload: message.delivery.data.clone(),
             event_type: properties.kind().as_ref().map(|k| k.as_str().to_string()),
-            headers,
+            ordering_key: incoming.ordering_key,
+            headers: incoming.headers,
         });
     }
     received

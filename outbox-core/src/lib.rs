@@ -16,6 +16,7 @@ mod deliver_batch;
 mod destination;
 mod error;
 mod histogram;
+mod incoming;
 mod item;
 pub mod memory;
 mod message;
@@ -33,9 +34,11 @@ pub use dead_letter::DeadLetter;
 pub use destination::Destination;
 pub use error::{BoxError, ConfigError, Error, ErrorKind, MAX_ERROR_BYTES};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
+pub use incoming::{Incoming, HEADER_TRACEPARENT, HEADER_TRACESTATE};
 pub use item::Item;
 pub use message::{
     Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_MESSAGE_ID,
+    HEADER_ORDERING_KEY,
 };
 pub use redact::redact_url;
 pub use relay::Relay;

@@ -15,6 +15,9 @@ pub const HEADER_EVENT_TYPE: &str = "outbox-event-type";
 pub const HEADER_EVENT_VERSION: &str = "outbox-event-version";
 /// Header carrying the message id when a destination has no native field.
 pub const HEADER_MESSAGE_ID: &str = "outbox-message-id";
+/// Header carrying the ordering key, so a consumer knows a message's key
+/// whatever the broker's partitioning or routing.
+pub const HEADER_ORDERING_KEY: &str = "outbox-ordering-key";
 
 /// One outbox message: what the writers store and the relay publishes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,7 @@ impl DestinationHarness for MemoryBroker {
                 payload: sent.message.payload,
                 headers: sent.message.headers,
                 event_type: sent.message.event_type,
+                ordering_key: Some(sent.message.ordering_key),
             })
             .collect()
     }

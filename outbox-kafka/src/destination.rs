@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use outbox_core::{Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
+use outbox_core::{
+    Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -175,7 +177,7 @@ fn producer_stuck(err: &KafkaError) -> bool {
 }
 
 fn headers(message: &Message, id: &str) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2);
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 3);
     for (name, value) in &message.headers {
         headers = headers.insert(Header {
             key: name,
@@ -185,6 +187,10 @@ fn headers(message: &Message, id: &str) -> OwnedHeaders {
     headers = headers.insert(Header {
         key: HEADER_MESSAGE_ID,
         value: Some(id.as_bytes()),
+    });
+    headers = headers.insert(Header {
+        key: HEADER_ORDERING_KEY,
+        value: Some(message.ordering_key.as_bytes()),
     });
     if let Some(event_type) = &message.event_type {
         headers = headers.insert(Header {

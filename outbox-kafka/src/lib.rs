@@ -20,11 +20,13 @@
 mod config;
 mod destination;
 mod error;
+mod incoming;
 mod retiring;
 
 pub use config::KafkaConfig;
 pub use destination::KafkaDestination;
 pub use error::classify;
+pub use incoming::incoming;
 /// The rdkafka crate this destination is built on, so users and tests reach
 /// its types without a dependency of their own (and at the same version).
 pub use rdkafka;

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use outbox_core::{Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
+use outbox_core::Message;
 use outbox_kafka::{KafkaConfig, KafkaDestination};
 use outbox_testkit::{DestinationHarness, Received};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -46,23 +46,13 @@ fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Ve
             continue;
         };
         let Ok(record) = polled else { continue };
-        let mut headers = BTreeMap::new();
-        if let Some(list) = record.headers() {
-            for header in list.iter() {
-                let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
-                headers.insert(header.key.to_string(), value);
-            }
-        }
-        let id = headers
-            .get(HEADER_MESSAGE_ID)
-            .expect("message id header")
-            .parse()
-            .expect("uuid");
+        let incoming = outbox_kafka::incoming(&record).expect("an outbox message");
         received.push(Received {
-            id,
+            id: incoming.id,
             payload: record.payload().unwrap_or_default().to_vec(),
-            event_type: headers.get(HEADER_EVENT_TYPE).cloned(),
-            headers,
+            event_type: incoming.event_type,
+            ordering_key: incoming.ordering_key,
+            headers: incoming.headers,
         });
     }
     received

@@ -18,6 +18,7 @@
 mod claim;
 mod config;
 mod error;
+mod inbox;
 mod leader;
 mod operator;
 mod row;
@@ -28,8 +29,9 @@ mod writer;
 
 pub use config::{AckMode, MysqlConfig};
 pub use error::classify;
+pub use inbox::MysqlInbox;
 pub use outbox_core::DeadLetter;
-pub use outbox_sql::Operator;
+pub use outbox_sql::{Operator, Receipt};
 pub use schema::MIGRATIONS;
 pub use source::MysqlSource;
 /// The sqlx this crate is built on, so your transactions and its match.

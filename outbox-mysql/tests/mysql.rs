@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, OnDeadLetter, Source, Stats};
-use outbox_mysql::{MysqlConfig, MysqlOutbox, MysqlSource, Operator};
+use outbox_core::{Error, Message, OnDeadLetter, Source, Stats};
+use outbox_mysql::{MysqlConfig, MysqlInbox, MysqlOutbox, MysqlSource, Operator, Receipt};
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
-    relay_good_beside_bad, run_relay, table_name, OpenWrites, SourceHarness, TableHarness,
-    TableSetup,
+    relay_good_beside_bad, run_relay, table_name, InboxHarness, OpenWrites, SourceHarness,
+    TableHarness, TableSetup,
 };
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlPool};
@@ -240,6 +240,79 @@ impl TableHarness for MyTable {
 mod tables {
     use super::*;
     outbox_testkit::table_conformance!(table_with);
+}
+
+#[derive(Clone)]
+struct MyInbox {
+    inbox: MysqlInbox,
+    pool: MySqlPool,
+    effects: String,
+}
+
+/// A fresh inbox table, and an empty business table beside it.
+async fn inbox_table(scenario: &'static str) -> MyInbox {
+    let (_, pool) = table(&table_name(scenario)).await;
+    let name = format!("{}_inbox", table_name(scenario));
+    let effects = format!("`{name}_effects`");
+    for statement in [
+        format!("DROP TABLE IF EXISTS `{name}`, {effects}"),
+        format!(
+            "CREATE TABLE {effects} (consumer VARCHAR(255) NOT NULL, message_id BINARY(16) NOT NULL) \
+             ENGINE = InnoDB"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    let inbox = MysqlInbox::named(&name, pool.clone()).unwrap();
+    inbox.migrate().await.unwrap();
+    inbox.migrate().await.expect("migrate twice");
+    MyInbox {
+        inbox,
+        pool,
+        effects,
+    }
+}
+
+impl InboxHarness for MyInbox {
+    async fn apply(&self, consumer: &str, id: Uuid, commit: bool) -> Result<Receipt, Error> {
+        let mut tx = self.pool.begin().await.unwrap();
+        let receipt = self.inbox.apply(&mut tx, consumer, id).await?;
+        if receipt.is_new() {
+            sqlx::query(&format!("INSERT INTO {} VALUES (?, ?)", self.effects))
+                .bind(consumer)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        Ok(receipt)
+    }
+
+    async fn effects(&self, consumer: &str) -> Vec<Uuid> {
+        let sql = format!(
+            "SELECT message_id FROM {} WHERE consumer = ? ORDER BY message_id",
+            self.effects
+        );
+        sqlx::query_scalar(&sql)
+            .bind(consumer)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
+        self.inbox.prune(older_than, batch).await
+    }
+}
+
+mod inbox {
+    use super::*;
+    outbox_testkit::inbox_conformance!(inbox_table);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

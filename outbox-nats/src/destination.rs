@@ -4,7 +4,10 @@ use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
-use outbox_core::{ConfigError, Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID};
+use outbox_core::{
+    ConfigError, Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID,
+    HEADER_ORDERING_KEY,
+};
 
 use outbox_core::redact_url;
 
@@ -108,8 +111,8 @@ impl NatsDestination {
 }
 
 /// The headers a message is published with: the user's, then the message id
-/// (as `Nats-Msg-Id` for deduplication and as `outbox-message-id`) and the
-/// event type.
+/// (as `Nats-Msg-Id` for deduplication and as `outbox-message-id`), the
+/// ordering key and the event type.
 ///
 /// NATS takes header names of printable ASCII without `:`, and values
 /// without a line break; async-nats panics on anything else. A message
@@ -136,6 +139,11 @@ fn headers(message: &Message) -> Result<HeaderMap, Error> {
     let id: &str = message.id.hyphenated().encode_lower(&mut buffer);
     headers.insert(NATS_MSG_ID, id);
     headers.insert(HEADER_MESSAGE_ID, id);
+    // A key with a line break cannot be a NATS header value; such a message
+    // still goes out, and its consumer reads no ordering key.
+    if let Ok(key) = message.ordering_key.parse::<HeaderValue>() {
+        headers.insert(HEADER_ORDERING_KEY, key);
+    }
     if let Some(event_type) = &message.event_type {
         let value: HeaderValue = event_type
             .parse()

@@ -21,6 +21,7 @@ mod config;
 mod credentials;
 mod destination;
 mod error;
+mod incoming;
 
 /// The async-nats crate this destination is built on, so users and tests reach
 /// its types without a dependency of their own (and at the same version).
@@ -28,6 +29,7 @@ pub use async_nats;
 pub use config::{NatsAuth, NatsConfig, NatsMode};
 pub use destination::NatsDestination;
 pub use error::{classify_core, classify_jetstream, classify_no_responders};
+pub use incoming::{incoming, incoming_from_headers};
 
 /// Header carrying the message id, which JetStream uses to drop duplicates.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";

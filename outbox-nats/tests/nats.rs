@@ -2,7 +2,6 @@
 //! default `nats://127.0.0.1:4222`). Every test owns its stream and subjects;
 //! the restart test runs a server of its own on a spare port.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
 use outbox_core::memory::MemorySource;
-use outbox_core::{Backoff, Destination, Message, RelayConfig, Stats, HEADER_EVENT_TYPE};
+use outbox_core::{Backoff, Destination, Message, RelayConfig, Stats};
 use outbox_nats::{NatsConfig, NatsDestination, NatsMode, NATS_MSG_ID};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
@@ -72,22 +71,16 @@ async fn stored(stream: &stream::Stream, count: usize, timeout: Duration) -> Vec
         let Ok(message) = stream.get_raw_message(seq).await else {
             continue;
         };
-        let mut headers = BTreeMap::new();
-        for (name, values) in message.headers.iter() {
-            if let Some(value) = values.first() {
-                headers.insert(name.to_string(), value.to_string());
-            }
-        }
-        let id = headers
-            .get(NATS_MSG_ID)
-            .expect("Nats-Msg-Id header")
-            .parse::<Uuid>()
-            .expect("uuid");
+        let incoming =
+            outbox_nats::incoming_from_headers(&message.headers).expect("an outbox message");
+        let id = incoming.headers[NATS_MSG_ID].parse::<Uuid>().expect("uuid");
+        assert_eq!(id, incoming.id, "Nats-Msg-Id and the outbox header differ");
         received.push(Received {
             id,
             payload: message.payload.to_vec(),
-            event_type: headers.get(HEADER_EVENT_TYPE).cloned(),
-            headers,
+            event_type: incoming.event_type,
+            ordering_key: incoming.ordering_key,
+            headers: incoming.headers,
         });
     }
     received

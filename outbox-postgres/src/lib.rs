@@ -21,6 +21,7 @@
 
 mod config;
 mod error;
+mod inbox;
 mod leader;
 mod operator;
 mod row;
@@ -32,8 +33,9 @@ mod writer;
 
 pub use config::{AckMode, PostgresConfig};
 pub use error::classify;
+pub use inbox::PostgresInbox;
 pub use outbox_core::DeadLetter;
-pub use outbox_sql::Operator;
+pub use outbox_sql::{Operator, Receipt};
 pub use schema::MIGRATIONS;
 pub use source::PostgresSource;
 /// The sqlx this crate is built on, so your transactions and its match.

@@ -1,6 +1,9 @@
 //! The schema, shipped as plain SQL and rendered for the configured names.
 
-use crate::PostgresConfig;
+use outbox_core::Error;
+use sqlx::PgPool;
+
+use crate::{classify, PostgresConfig};
 
 /// The migrations, in order: `(name, SQL)`. Written for the default names
 /// (`public.outbox_messages`); teams running their own migration tool can
@@ -16,6 +19,29 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0002_failing.sql"),
     ),
 ];
+
+/// Advisory lock class of the inbox's migrations (the bytes of "oinb"):
+/// they take `(INBOX_LOCK_CLASS, hashtext(table))` for their transaction.
+pub(crate) const INBOX_LOCK_CLASS: i32 = 0x6f69_6e62;
+
+/// Creates `schema` (a validated name) if it does not exist, in a
+/// transaction of its own. Two `CREATE SCHEMA IF NOT EXISTS` at once are
+/// not safe in PostgreSQL: the loser waits for the winner and then fails
+/// with a unique violation on `pg_namespace`. That failure means the schema
+/// now exists, which the statement run again confirms. (Serializing the
+/// creators with an advisory lock inside the migration's transaction is
+/// not enough: the catalog cache of the waiting transaction may not see the
+/// new schema, and it fails the same way.)
+pub(crate) async fn create_schema(pool: &PgPool, schema: &str) -> Result<(), Error> {
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    match sqlx::query(&sql).execute(pool).await {
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("23505") => {
+            sqlx::query(&sql).execute(pool).await.map_err(classify)?;
+            Ok(())
+        }
+        done => done.map(drop).map_err(classify),
+    }
+}
 
 const DEFAULT_TABLE: &str = "public.outbox_messages";
 const DEFAULT_INDEX_PREFIX: &str = "outbox_messages_";

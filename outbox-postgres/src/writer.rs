@@ -7,7 +7,7 @@ use outbox_core::{ConfigError, Error, Event, Message};
 use sqlx::{Executor, PgConnection, PgPool};
 
 use crate::error::classify;
-use crate::schema::render;
+use crate::schema::{create_schema, render};
 use crate::sql::Statements;
 use crate::{PostgresConfig, PostgresSource};
 use outbox_sql::headers_json;
@@ -53,19 +53,13 @@ impl PostgresOutbox {
     /// Creates the schema if needed (idempotent; concurrent callers wait for
     /// each other).
     pub async fn migrate(&self) -> Result<(), Error> {
+        create_schema(&self.pool, &self.config.schema).await?;
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(self.sql.table_lock ^ 0x5f5f)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        sqlx::query(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
-            self.config.schema
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
         // `Executor::execute`, not `RawSql::execute`: with the latter this
         // future is not `Send`, and `migrate` could not be spawned.
         (*tx)

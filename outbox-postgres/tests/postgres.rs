@@ -5,12 +5,14 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, OnDeadLetter, RelayConfig, Source};
-use outbox_postgres::{AckMode, Operator, PostgresConfig, PostgresOutbox, PostgresSource};
+use outbox_core::{Error, Message, OnDeadLetter, RelayConfig, Source};
+use outbox_postgres::{
+    AckMode, Operator, PostgresConfig, PostgresInbox, PostgresOutbox, PostgresSource, Receipt,
+};
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
-    relay_good_beside_bad, run_relay, table_name, OpenWrites, SourceHarness, TableHarness,
-    TableSetup,
+    relay_good_beside_bad, run_relay, table_name, InboxHarness, OpenWrites, SourceHarness,
+    TableHarness, TableSetup,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -238,6 +240,75 @@ impl TableHarness for PgTable {
 mod tables {
     use super::*;
     outbox_testkit::table_conformance!(table_with);
+}
+
+#[derive(Clone)]
+struct PgInbox {
+    inbox: PostgresInbox,
+    pool: PgPool,
+    effects: String,
+}
+
+/// A fresh inbox table, and an empty business table beside it.
+async fn inbox_table(scenario: &'static str) -> PgInbox {
+    let pool = pool(6).await;
+    let name = format!("{}_inbox", table_name(scenario));
+    let effects = format!("outbox_test.{name}_effects");
+    let drop = format!("DROP TABLE IF EXISTS outbox_test.{name}, {effects}");
+    sqlx::query(&drop).execute(&pool).await.unwrap();
+    let inbox = PostgresInbox::named("outbox_test", &name, pool.clone()).unwrap();
+    inbox.migrate().await.unwrap();
+    inbox.migrate().await.expect("migrate twice");
+    let create =
+        format!("CREATE TABLE {effects} (consumer text NOT NULL, message_id uuid NOT NULL)");
+    sqlx::query(&create).execute(&pool).await.unwrap();
+    PgInbox {
+        inbox,
+        pool,
+        effects,
+    }
+}
+
+impl InboxHarness for PgInbox {
+    async fn apply(&self, consumer: &str, id: Uuid, commit: bool) -> Result<Receipt, Error> {
+        let mut tx = self.pool.begin().await.unwrap();
+        let receipt = self.inbox.apply(&mut tx, consumer, id).await?;
+        if receipt.is_new() {
+            sqlx::query(&format!("INSERT INTO {} VALUES ($1, $2)", self.effects))
+                .bind(consumer)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        Ok(receipt)
+    }
+
+    async fn effects(&self, consumer: &str) -> Vec<Uuid> {
+        let sql = format!(
+            "SELECT message_id FROM {} WHERE consumer = $1 ORDER BY message_id",
+            self.effects
+        );
+        sqlx::query_scalar(&sql)
+            .bind(consumer)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
+        self.inbox.prune(older_than, batch).await
+    }
+}
+
+mod inbox {
+    use super::*;
+    outbox_testkit::inbox_conformance!(inbox_table);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -806,4 +877,40 @@ async fn notifications_are_drained_while_the_relay_is_busy_and_wake_it_once() {
         wakes <= 3,
         "5,000 notifications woke the relay {wakes} times, not once"
     );
+}
+
+/// Services starting together, each migrating its own outbox table and the
+/// same inbox into a schema that does not exist yet: every migration
+/// succeeds. (`CREATE SCHEMA IF NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`
+/// race in PostgreSQL: the loser fails with a unique violation.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_racing_into_a_new_schema_all_succeed() {
+    let pool = pool(16).await;
+    for round in 0..5 {
+        let schema = format!("outbox_race_{round}");
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut migrations = Vec::new();
+        for n in 0..6 {
+            let config = PostgresConfig {
+                schema: schema.clone(),
+                table: format!("outbox_{n}"),
+                ..PostgresConfig::default()
+            };
+            let outbox = PostgresOutbox::new(config, pool.clone()).unwrap();
+            migrations.push(tokio::spawn(async move { outbox.migrate().await }));
+            let inbox = PostgresInbox::named(&schema, "inbox", pool.clone()).unwrap();
+            migrations.push(tokio::spawn(async move { inbox.migrate().await }));
+        }
+        for migration in migrations {
+            let result = migration.await.unwrap();
+            assert!(
+                result.is_ok(),
+                "round {round}: {:?}",
+                result.unwrap_err().report()
+            );
+        }
+    }
 }

@@ -35,6 +35,7 @@
 mod config;
 mod connect;
 mod error;
+mod inbox;
 mod operator;
 mod row;
 mod schema;
@@ -45,8 +46,9 @@ mod writer;
 pub use config::{AckMode, SqliteConfig};
 pub use connect::{connect, connect_options};
 pub use error::classify;
+pub use inbox::SqliteInbox;
 pub use outbox_core::DeadLetter;
-pub use outbox_sql::Operator;
+pub use outbox_sql::{Operator, Receipt};
 pub use schema::MIGRATIONS;
 pub use source::SqliteSource;
 /// The sqlx this crate is built on, so your transactions and its match.

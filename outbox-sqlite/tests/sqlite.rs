@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Message, OnDeadLetter};
-use outbox_sqlite::{connect, Operator, SqliteConfig, SqliteOutbox, SqliteSource};
+use outbox_core::{Error, Message, OnDeadLetter};
+use outbox_sqlite::{
+    connect, Operator, Receipt, SqliteConfig, SqliteInbox, SqliteOutbox, SqliteSource,
+};
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
-    relay_good_beside_bad, run_relay, SourceHarness, TableHarness, TableSetup,
+    relay_good_beside_bad, run_relay, InboxHarness, SourceHarness, TableHarness, TableSetup,
 };
 use sqlx::SqlitePool;
 use uuid::Uuid;
@@ -160,6 +162,73 @@ impl TableHarness for LiteTable {
 mod tables {
     use super::*;
     outbox_testkit::table_conformance!(table_with);
+}
+
+#[derive(Clone)]
+struct LiteInbox {
+    inbox: SqliteInbox,
+    pool: SqlitePool,
+    effects: String,
+}
+
+/// A fresh database file with an inbox table and a business table.
+async fn inbox_table(scenario: &'static str) -> LiteInbox {
+    let (_, pool) = database(scenario, SqliteConfig::default()).await;
+    let effects = "effects".to_string();
+    sqlx::query("CREATE TABLE effects (consumer TEXT NOT NULL, message_id BLOB NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inbox = SqliteInbox::new(pool.clone());
+    inbox.migrate().await.unwrap();
+    inbox.migrate().await.expect("migrate twice");
+    LiteInbox {
+        inbox,
+        pool,
+        effects,
+    }
+}
+
+impl InboxHarness for LiteInbox {
+    async fn apply(&self, consumer: &str, id: Uuid, commit: bool) -> Result<Receipt, Error> {
+        let mut tx = self.pool.begin().await.unwrap();
+        let receipt = self.inbox.apply(&mut tx, consumer, id).await?;
+        if receipt.is_new() {
+            sqlx::query(&format!("INSERT INTO {} VALUES (?1, ?2)", self.effects))
+                .bind(consumer)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        Ok(receipt)
+    }
+
+    async fn effects(&self, consumer: &str) -> Vec<Uuid> {
+        let sql = format!(
+            "SELECT message_id FROM {} WHERE consumer = ?1 ORDER BY message_id",
+            self.effects
+        );
+        sqlx::query_scalar(&sql)
+            .bind(consumer)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
+        self.inbox.prune(older_than, batch).await
+    }
+}
+
+mod inbox {
+    use super::*;
+    outbox_testkit::inbox_conformance!(inbox_table);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use outbox_core::memory::MemorySource;
-use outbox_core::{RelayConfig, HEADER_EVENT_VERSION};
+use outbox_core::{RelayConfig, HEADER_EVENT_VERSION, HEADER_TRACEPARENT};
 
 use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
 use crate::DestinationHarness;
@@ -19,6 +19,9 @@ fn config() -> RelayConfig {
     }
 }
 
+/// A W3C trace context, as a writer's span would leave it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 /// 200 messages over 10 keys reach the broker, each key in order, with id,
 /// payload, user headers and event type intact.
 pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H) {
@@ -27,6 +30,9 @@ pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H)
         message
             .headers
             .insert(HEADER_EVENT_VERSION.to_string(), "3".to_string());
+        message
+            .headers
+            .insert(HEADER_TRACEPARENT.to_string(), TRACEPARENT.to_string());
     }
     let source = MemorySource::new(Duration::from_secs(30));
     source.enqueue(messages.clone());
@@ -52,6 +58,18 @@ pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H)
             Some("3")
         );
         assert_eq!(got.event_type.as_deref(), Some("TestEvent"));
+        assert_eq!(
+            got.ordering_key.as_deref(),
+            Some(sent.ordering_key.as_str()),
+            "ordering key of {}",
+            got.id
+        );
+        assert_eq!(
+            got.headers.get(HEADER_TRACEPARENT).map(String::as_str),
+            Some(TRACEPARENT),
+            "trace context of {}",
+            got.id
+        );
         arrivals.push((sent.ordering_key.clone(), got.id));
     }
     assert_order_per_key(&messages, &arrivals);

@@ -85,6 +85,8 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     /// The event type, from the broker's native field or header.
     pub event_type: Option<String>,
+    /// The ordering key, as the consumer reads it.
+    pub ordering_key: Option<String>,
 }
 
 /// Access to one topic, queue or subject of a real broker.

@@ -10,11 +10,13 @@
 //! scenario name, so each can use its own table, topic, queue or subject.
 //! A SQL database's test file also implements [`TableHarness`] and expands
 //! [`table_conformance!`]: the writer's atomicity, relays sharing a table and
-//! the operator's calls, the same on every database.
+//! the operator's calls, the same on every database; and [`InboxHarness`]
+//! with [`inbox_conformance!`] for the consumer's inbox.
 
 mod boxed;
 mod destination_suite;
 mod harness;
+mod inbox_suite;
 mod servers;
 mod source_suite;
 mod table_suite;
@@ -24,6 +26,7 @@ mod writer_suite;
 pub use boxed::Boxed;
 pub use destination_suite::*;
 pub use harness::{DestinationHarness, OpenWrites, Received, SourceHarness};
+pub use inbox_suite::*;
 pub use servers::{nats_server_bin, tansu_bin};
 pub use source_suite::*;
 pub use table_suite::*;
@@ -97,6 +100,20 @@ macro_rules! table_conformance {
                 $crate::$scenario(&harness).await;
             }
         )*
+    };
+}
+
+/// Generates one test per inbox scenario ([`InboxHarness`]). `$make` is an
+/// async fn taking the scenario name and returning a fresh inbox's harness.
+#[macro_export]
+macro_rules! inbox_conformance {
+    ($make:path) => {
+        $crate::source_conformance!(@tests $make;
+            each_message_is_applied_once_per_consumer,
+            two_consumers_racing_on_one_id_apply_it_once,
+            ids_older_than_the_window_are_pruned_in_batches,
+            a_consumer_name_out_of_bounds_is_refused,
+        );
     };
 }
 

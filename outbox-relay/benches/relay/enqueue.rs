@@ -1,6 +1,7 @@
 //! What an outbox message adds to a business transaction: 8 writers commit
 //! one-row transactions for a while, with and without a message in each.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use outbox_core::Message;
 use crate::backlog::Backlog;
 use crate::KEYS;
 
-const WRITERS: usize = 8;
+/// How many writers (or consumers) commit at once.
+pub const WRITERS: usize = 8;
 
 /// Transactions per second and the median transaction time of one mode.
 pub struct Cost {
@@ -22,23 +24,41 @@ pub struct Cost {
 pub async fn measure(backlog: &Backlog, with_message: bool, seconds: u64) -> Cost {
     backlog.orders_table().await;
     backlog.truncate().await;
+    let backlog = backlog.clone();
+    timed(seconds, move |i| {
+        let backlog = backlog.clone();
+        async move {
+            let message = with_message.then(|| {
+                Message::builder("outbox-bench.orders", format!("key-{}", i % KEYS))
+                    .payload(vec![b'x'; 200])
+                    .build()
+                    .expect("message")
+            });
+            backlog.business_transaction(message.as_ref()).await;
+        }
+    })
+    .await
+}
+
+/// Runs [`WRITERS`] tasks for `seconds`, each calling `transaction(i)`
+/// (`i` counts that task's calls across all tasks) one after the other,
+/// and times every call.
+pub async fn timed<F, Fut>(seconds: u64, transaction: F) -> Cost
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let times: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
-            let (backlog, times) = (backlog.clone(), times.clone());
+            let (transaction, times) = (transaction.clone(), times.clone());
             tokio::spawn(async move {
                 let mut i = writer;
                 while Instant::now() < end {
-                    let message = with_message.then(|| {
-                        Message::builder("outbox-bench.orders", format!("key-{}", i % KEYS))
-                            .payload(vec![b'x'; 200])
-                            .build()
-                            .expect("message")
-                    });
                     let began = Instant::now();
-                    backlog.business_transaction(message.as_ref()).await;
+                    transaction(i).await;
                     times.lock().unwrap().push(began.elapsed());
                     i += WRITERS;
                 }

@@ -1,19 +1,21 @@
 //! The relay benchmark of issue 10, on real servers: for every pair of
 //! database and broker, the outbox's relay against two hand-written
 //! references on the same backlog; latency under steady load; what an
-//! outbox message adds to a business transaction; and `outbox-relay`
-//! processes scaled out, with their peak memory.
+//! outbox message adds to a business transaction; what the inbox adds to a
+//! consumer's transaction; and `outbox-relay` processes scaled out, with
+//! their peak memory.
 //!
 //! ```text
 //! cargo bench -p txoutbox-relay --bench relay -- [--messages N] [--runs N]
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
-//!     [--latency-seconds S] [--enqueue-seconds S] [--processes 1,2,4]
+//!     [--latency-seconds S] [--enqueue-seconds S] [--inbox-seconds S]
+//!     [--processes 1,2,4]
 //!     [--process-messages N] [--small N] [--write]
 //! ```
 //!
 //! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
 //! median, with min and max), every pair, 30 s per latency run, 10 s per
-//! enqueue mode, 1, 2 and 4 processes (on `--process-messages`, default
+//! enqueue mode and per inbox mode, 1, 2 and 4 processes (on `--process-messages`, default
 //! `--messages`), a small backlog of 10,000. A value
 //! of 0 (or an empty list) skips that part. `--write` puts the tables into
 //! `BENCHMARKS.md` (between its `bench:begin` and `bench:end` marks) and
@@ -28,6 +30,7 @@ mod chart;
 mod cpu;
 mod drain;
 mod enqueue;
+mod inbox;
 mod latency;
 mod processes;
 mod references;
@@ -59,6 +62,7 @@ struct Options {
     pairs: Vec<String>,
     latency_seconds: u64,
     enqueue_seconds: u64,
+    inbox_seconds: u64,
     processes: Vec<usize>,
     process_messages: usize,
     small: usize,
@@ -73,6 +77,7 @@ impl Options {
             pairs: PAIRS.iter().map(|p| p.to_string()).collect(),
             latency_seconds: 30,
             enqueue_seconds: 10,
+            inbox_seconds: 10,
             processes: vec![1, 2, 4],
             process_messages: 0,
             small: 10_000,
@@ -88,6 +93,7 @@ impl Options {
                 "--runs" => options.runs = number(&arg, &value()).max(1),
                 "--latency-seconds" => options.latency_seconds = number(&arg, &value()) as u64,
                 "--enqueue-seconds" => options.enqueue_seconds = number(&arg, &value()) as u64,
+                "--inbox-seconds" => options.inbox_seconds = number(&arg, &value()) as u64,
                 "--small" => options.small = number(&arg, &value()),
                 "--process-messages" => options.process_messages = number(&arg, &value()),
                 "--pairs" => options.pairs = list(&value()),
@@ -339,6 +345,28 @@ async fn main() {
                 with.per_second
             );
             report.enqueue(pair, without, with);
+        }
+    }
+
+    if options.inbox_seconds > 0 {
+        for pair in ["pg-nats", "mysql-nats"] {
+            let backlog = servers.backlog(pair, false).await;
+            let mut without = Vec::new();
+            let mut with = Vec::new();
+            for _ in 0..options.runs {
+                without.push(inbox::measure(&backlog, false, options.inbox_seconds).await);
+                with.push(inbox::measure(&backlog, true, options.inbox_seconds).await);
+            }
+            let (without, with) = (report::Costs::of(without), report::Costs::of(with));
+            println!(
+                "{} one-row consumer transaction, 8 consumers: without inbox p50 {:.2} ms {:.0}/s, with inbox p50 {:.2} ms {:.0}/s",
+                label(pair).split(' ').next().unwrap_or_default(),
+                report::ms(without.p50),
+                without.per_second,
+                report::ms(with.p50),
+                with.per_second
+            );
+            report.inbox(pair, without, with);
         }
     }
 

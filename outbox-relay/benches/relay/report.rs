@@ -65,6 +65,7 @@ pub struct Report {
     small: Option<(usize, Spread)>,
     latency: Vec<(String, u64, Latency)>,
     enqueue: Vec<(String, Costs, Costs)>,
+    inbox: Vec<(String, Costs, Costs)>,
     processes: Vec<(usize, Spread, f64)>,
     process_messages: usize,
 }
@@ -85,6 +86,7 @@ impl Report {
             small: None,
             latency: Vec::new(),
             enqueue: Vec::new(),
+            inbox: Vec::new(),
             processes: Vec::new(),
             process_messages: 0,
         }
@@ -107,6 +109,10 @@ impl Report {
 
     pub fn enqueue(&mut self, pair: &str, without: Costs, with: Costs) {
         self.enqueue.push((pair.to_string(), without, with));
+    }
+
+    pub fn inbox(&mut self, pair: &str, without: Costs, with: Costs) {
+        self.inbox.push((pair.to_string(), without, with));
     }
 
     pub fn processes(&mut self, processes: usize, messages: usize, rate: Spread, peak_mib: f64) {
@@ -185,22 +191,16 @@ impl Report {
             }
             md += "\n![Latency distribution](benchmarks/latency.svg)\n";
         }
-        if !self.enqueue.is_empty() {
-            md += "\n### Enqueue cost: a one-row business transaction, 8 writers\n\n\
-                   | database | without a message: p50, tx/s | with a message: p50, tx/s | added p50 |\n\
-                   |---|---|---|---|\n";
-            for (pair, without, with) in &self.enqueue {
-                md += &format!(
-                    "| {} | {:.2} ms, {} | {:.2} ms, {} | {:+.1} % |\n",
-                    label(pair).split(' ').next().unwrap_or_default(),
-                    ms(without.p50),
-                    thousands(without.per_second),
-                    ms(with.p50),
-                    thousands(with.per_second),
-                    (ms(with.p50) / ms(without.p50) - 1.0) * 100.0
-                );
-            }
-        }
+        md += &cost_table(
+            "Enqueue cost: a one-row business transaction, 8 writers",
+            "a message",
+            &self.enqueue,
+        );
+        md += &cost_table(
+            "Inbox cost: a one-row consumer transaction, 8 consumers",
+            "the inbox",
+            &self.inbox,
+        );
         if !self.processes.is_empty() {
             md += &format!(
                 "\n### `outbox-relay` processes, PostgreSQL -> NATS JetStream, {} waiting\n\n\
@@ -313,4 +313,29 @@ pub fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// A table of what `extra` adds to a transaction, per database; empty
+/// without rows.
+fn cost_table(title: &str, extra: &str, rows: &[(String, Costs, Costs)]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n### {title}\n\n\
+         | database | without {extra}: p50, tx/s | with {extra}: p50, tx/s | added p50 |\n\
+         |---|---|---|---|\n"
+    );
+    for (pair, without, with) in rows {
+        md += &format!(
+            "| {} | {:.2} ms, {} | {:.2} ms, {} | {:+.1} % |\n",
+            label(pair).split(' ').next().unwrap_or_default(),
+            ms(without.p50),
+            thousands(without.per_second),
+            ms(with.p50),
+            thousands(with.per_second),
+            (ms(with.p50) / ms(without.p50) - 1.0) * 100.0
+        );
+    }
+    md
 }

@@ -3,9 +3,10 @@
 //! SQLite file the relay processes share.
 
 use outbox_core::Message;
-use outbox_mysql::{MysqlConfig, MysqlOutbox};
-use outbox_postgres::{PostgresConfig, PostgresOutbox};
-use outbox_sqlite::{SqliteConfig, SqliteOutbox};
+use outbox_mysql::{MysqlConfig, MysqlInbox, MysqlOutbox};
+use outbox_postgres::{PostgresConfig, PostgresInbox, PostgresOutbox};
+use outbox_sqlite::{SqliteConfig, SqliteInbox, SqliteOutbox};
+use uuid::Uuid;
 
 use crate::support::servers::{OwnMariadb, OwnPostgres};
 use crate::support::{commit, postgres_url, table};
@@ -16,6 +17,8 @@ use crate::support::{commit, postgres_url, table};
 const APPLICATION: &str = "outbox-relay-chaos";
 /// The MariaDB user the relays connect as, for the same reason.
 const MYSQL_USER: &str = "outbox_chaos";
+/// The verifying consumer's name in the inbox.
+const CONSUMER: &str = "chaos-verifier";
 
 /// The outbox database under test, as the harness needs it.
 pub trait Database {
@@ -29,6 +32,14 @@ pub trait Database {
     async fn end_relay_connections(&self) -> usize;
     /// Restarts the database server; only one of the harness's own.
     async fn restart(&self);
+    /// Creates the consumer's inbox and business table, empty.
+    async fn prepare_consumer(&self);
+    /// The consumer: in one transaction, records `id` in the inbox and, if
+    /// it is new, adds a row of `amount` to the business table (which has
+    /// no unique key, so an effect applied twice shows). Whether it was new.
+    async fn apply(&self, id: Uuid, amount: i64) -> bool;
+    /// Rows of the business table, and the sum of their amounts.
+    async fn effects(&self) -> (i64, i64);
 }
 
 pub struct Postgres {
@@ -110,6 +121,75 @@ impl Database for Postgres {
             .as_ref()
             .expect("only a cluster of the harness's own restarts");
         own.restart().await;
+    }
+
+    async fn prepare_consumer(&self) {
+        let config = self.outbox.config();
+        sqlx::query(&format!(
+            "DROP TABLE IF EXISTS \"{}\".\"{}_inbox\"",
+            config.schema, config.table
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        self.inbox().migrate().await.unwrap();
+        sqlx::raw_sql(&format!(
+            "DROP TABLE IF EXISTS {effects}; CREATE TABLE {effects} (id uuid NOT NULL, amount bigint NOT NULL)",
+            effects = self.effects_table()
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn apply(&self, id: Uuid, amount: i64) -> bool {
+        let mut tx = self.pool.begin().await.unwrap();
+        let new = self
+            .inbox()
+            .apply(&mut tx, CONSUMER, id)
+            .await
+            .unwrap()
+            .is_new();
+        if new {
+            sqlx::query(&format!(
+                "INSERT INTO {} VALUES ($1, $2)",
+                self.effects_table()
+            ))
+            .bind(id)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        new
+    }
+
+    async fn effects(&self) -> (i64, i64) {
+        sqlx::query_as(&format!(
+            "SELECT count(*), coalesce(sum(amount), 0)::bigint FROM {}",
+            self.effects_table()
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+impl Postgres {
+    fn inbox(&self) -> PostgresInbox {
+        let config = self.outbox.config();
+        PostgresInbox::named(
+            &config.schema,
+            &format!("{}_inbox", config.table),
+            self.pool.clone(),
+        )
+        .unwrap()
+    }
+
+    fn effects_table(&self) -> String {
+        let config = self.outbox.config();
+        format!("\"{}\".\"{}_effects\"", config.schema, config.table)
     }
 }
 
@@ -221,6 +301,56 @@ impl Database for Mysql {
             .expect("only a server of the harness's own restarts");
         own.lock().await.restart().await;
     }
+
+    async fn prepare_consumer(&self) {
+        let table = &self.outbox.config().table;
+        sqlx::raw_sql(&format!(
+            "DROP TABLE IF EXISTS {table}_inbox, {table}_effects; \
+             CREATE TABLE {table}_effects (id BINARY(16) NOT NULL, amount BIGINT NOT NULL) ENGINE = InnoDB"
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        self.inbox().migrate().await.unwrap();
+    }
+
+    async fn apply(&self, id: Uuid, amount: i64) -> bool {
+        let mut tx = self.pool.begin().await.unwrap();
+        let new = self
+            .inbox()
+            .apply(&mut tx, CONSUMER, id)
+            .await
+            .unwrap()
+            .is_new();
+        if new {
+            let table = &self.outbox.config().table;
+            sqlx::query(&format!("INSERT INTO {table}_effects VALUES (?, ?)"))
+                .bind(id)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        new
+    }
+
+    async fn effects(&self) -> (i64, i64) {
+        let table = &self.outbox.config().table;
+        sqlx::query_as(&format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(amount), 0) AS SIGNED) FROM {table}_effects"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+impl Mysql {
+    fn inbox(&self) -> MysqlInbox {
+        let table = format!("{}_inbox", self.outbox.config().table);
+        MysqlInbox::named(&table, self.pool.clone()).unwrap()
+    }
 }
 
 /// A SQLite file of the run's own, which the relay processes open
@@ -278,5 +408,55 @@ impl Database for Sqlite {
 
     async fn restart(&self) {
         unreachable!("a SQLite file has no server to restart")
+    }
+
+    async fn prepare_consumer(&self) {
+        let table = &self.outbox.config().table;
+        sqlx::raw_sql(&format!(
+            "DROP TABLE IF EXISTS {table}_inbox; DROP TABLE IF EXISTS {table}_effects; \
+             CREATE TABLE {table}_effects (id BLOB NOT NULL, amount INTEGER NOT NULL)"
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        self.inbox().migrate().await.unwrap();
+    }
+
+    async fn apply(&self, id: Uuid, amount: i64) -> bool {
+        let mut tx = self.pool.begin().await.unwrap();
+        let new = self
+            .inbox()
+            .apply(&mut tx, CONSUMER, id)
+            .await
+            .unwrap()
+            .is_new();
+        if new {
+            let table = &self.outbox.config().table;
+            sqlx::query(&format!("INSERT INTO {table}_effects VALUES (?1, ?2)"))
+                .bind(id)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        new
+    }
+
+    async fn effects(&self) -> (i64, i64) {
+        let table = &self.outbox.config().table;
+        sqlx::query_as(&format!(
+            "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM {table}_effects"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+impl Sqlite {
+    fn inbox(&self) -> SqliteInbox {
+        let table = format!("{}_inbox", self.outbox.config().table);
+        SqliteInbox::named(&table, self.pool.clone()).unwrap()
     }
 }

@@ -25,7 +25,9 @@
 //! Afterwards every committed message must have arrived, each key in order
 //! once duplicates are dropped, and the outbox must be empty. The verifying
 //! consumer (a core NATS subscriber, a Kafka consumer from the topic's
-//! start, an AMQP consumer) counts duplicates.
+//! start, an AMQP consumer) counts duplicates. Then every copy it saw is
+//! applied through the database's inbox by four consumers at once into a
+//! business table, which must hold each message once.
 //!
 //! A full destination is in `full_destination.rs`.
 //!
@@ -307,6 +309,7 @@ async fn chaos(
         _ => target.publishes.keyed(&committed),
     };
     let duplicates = assert_order_per_key(&committed, &arrivals);
+    let skipped = apply_through_the_inbox(database, &committed, &arrivals).await;
     if let Some(stream) = &target.stream {
         let stored = stream.clone().info().await.unwrap().state.messages;
         assert_eq!(
@@ -327,10 +330,53 @@ async fn chaos(
     println!(
         "chaos {name}: {} messages over {KEYS} keys in {:?}; faults {struck:?}; {} relay starts; \
          {duplicates} duplicates in the verified record, {copies} copies seen by the consumer \
-         ({:.2}% over one each); all in order per key after dropping duplicates",
+         ({:.2}% over one each); all in order per key after dropping duplicates; the inbox \
+         skipped {skipped} copies and applied each message once",
         committed.len(),
         started.elapsed(),
         relays.started,
         100.0 * (copies as f64 / committed.len() as f64 - 1.0)
     );
+}
+
+/// The consumer's half: every copy in the verified record (duplicates
+/// included, in arrival order) applied through the database's inbox by
+/// four consumers at once, so copies of one message race, each adding the
+/// message's number to a business table. Each message must be applied
+/// once: the table's count and sum match the writer's. Returns how many
+/// copies the inbox skipped.
+async fn apply_through_the_inbox(
+    database: &impl Database,
+    committed: &[Message],
+    arrivals: &[(String, uuid::Uuid)],
+) -> usize {
+    const CONSUMERS: usize = 4;
+    database.prepare_consumer().await;
+    let number: HashMap<uuid::Uuid, i64> = committed
+        .iter()
+        .enumerate()
+        .map(|(n, message)| (message.id, n as i64))
+        .collect();
+    let applied = futures_util::future::join_all((0..CONSUMERS).map(|lane| {
+        let number = &number;
+        async move {
+            let mut applied = 0;
+            for (_, id) in arrivals.iter().skip(lane).step_by(CONSUMERS) {
+                if database.apply(*id, number[id]).await {
+                    applied += 1;
+                }
+            }
+            applied
+        }
+    }))
+    .await;
+    let applied: usize = applied.iter().sum();
+    let (rows, sum) = database.effects().await;
+    let total = committed.len() as i64;
+    assert_eq!(
+        (applied, rows, sum),
+        (committed.len(), total, total * (total - 1) / 2),
+        "the inbox must apply each of {total} messages once: (applied, rows, sum of numbers)"
+    );
+    arrivals.len() - applied
 }

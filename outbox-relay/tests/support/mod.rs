@@ -47,12 +47,12 @@ pub async fn table(table: &str) -> (PostgresOutbox, PgPool) {
     let pool = PgPool::connect(&postgres_url())
         .await
         .expect("PostgreSQL reachable");
-    sqlx::raw_sql(&format!(
-        "CREATE SCHEMA IF NOT EXISTS outbox_relay_test; DROP TABLE IF EXISTS outbox_relay_test.{table}"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    // The migration below creates the schema: a `CREATE SCHEMA IF NOT
+    // EXISTS` here raced the other tests' on a fresh server and failed one.
+    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS outbox_relay_test.{table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
     let outbox = PostgresOutbox::new(
         PostgresConfig {
             schema: "outbox_relay_test".into(),

@@ -1,0 +1,90 @@
+//! What the inboxes of the SQL databases share: the answer of `apply` and
+//! the check of a consumer's name.
+//!
+//! An inbox is the consumer's half of the outbox: a table of the message
+//! ids a consumer applied, written in the consumer's own transaction with
+//! the message's effect, so a copy the broker redelivers is recognised and
+//! skipped. Each database crate has its own (`PostgresInbox`, `MysqlInbox`,
+//! `SqliteInbox`) with the same calls:
+//!
+//! - `migrate()` creates the table (idempotent);
+//! - `apply(&mut tx, consumer, message_id)` records the id on the caller's
+//!   transaction and returns a [`Receipt`]: [`New`](Receipt::New), apply
+//!   the effect in that transaction; [`Duplicate`](Receipt::Duplicate),
+//!   skip it. When another transaction is recording the same id, `apply`
+//!   waits for it and returns `Duplicate` if it commits, `New` if it rolls
+//!   back. A consumer name out of bounds ([`check_consumer`]) is a
+//!   permanent error before any statement;
+//! - `prune(older_than, batch)` deletes ids applied more than `older_than`
+//!   ago, `batch` rows per statement, and returns how many. A copy that
+//!   arrives after its id was pruned is applied again: keep ids longer than
+//!   the broker may redeliver and the relay may retry.
+
+use outbox_core::Error;
+
+/// Default name of the inbox table.
+pub const DEFAULT_INBOX_TABLE: &str = "outbox_inbox";
+
+/// Longest consumer name, in bytes. MySQL keys a `VARCHAR(190)` of
+/// four-byte characters within its 767-byte index limit; the other
+/// databases keep the same bound so a name works everywhere.
+pub const MAX_CONSUMER_LEN: usize = 190;
+
+/// What `apply` found for one message id and consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a duplicate's effect must be skipped"]
+pub enum Receipt {
+    /// First time: the id is now recorded in the caller's transaction;
+    /// apply the message's effect in that same transaction.
+    New,
+    /// Already applied (by this consumer, in a committed transaction):
+    /// skip the effect and acknowledge the message.
+    Duplicate,
+}
+
+impl Receipt {
+    /// Whether the message is new and its effect must be applied.
+    pub fn is_new(self) -> bool {
+        self == Receipt::New
+    }
+
+    /// The receipt of an insert that skips an id already there: one row
+    /// inserted means new.
+    pub fn of_inserted_rows(rows: u64) -> Self {
+        if rows == 1 {
+            Receipt::New
+        } else {
+            Receipt::Duplicate
+        }
+    }
+}
+
+/// Accepts a consumer name of 1 to [`MAX_CONSUMER_LEN`] bytes; anything
+/// else is a permanent error that names the consumer, before a statement
+/// runs (MySQL would cut a longer name short and mix two consumers).
+pub fn check_consumer(consumer: &str) -> Result<(), Error> {
+    if consumer.is_empty() || consumer.len() > MAX_CONSUMER_LEN {
+        return Err(Error::permanent(format!(
+            "inbox consumer name must be 1 to {MAX_CONSUMER_LEN} bytes, got {} bytes ({:?})",
+            consumer.len(),
+            consumer.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_names_out_of_bounds_are_refused_and_named() {
+        assert!(check_consumer("billing").is_ok());
+        assert!(check_consumer(&"a".repeat(MAX_CONSUMER_LEN)).is_ok());
+        for bad in [String::new(), "é".repeat(MAX_CONSUMER_LEN / 2 + 1)] {
+            let err = check_consumer(&bad).unwrap_err();
+            assert!(!err.is_temporary());
+            assert!(err.message().contains("consumer name"), "{}", err.message());
+        }
+    }
+}

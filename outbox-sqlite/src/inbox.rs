@@ -1,0 +1,125 @@
+//! The inbox on SQLite: the ids each consumer applied, recorded in the
+//! consumer's own transaction.
+
+use std::time::Duration;
+
+use outbox_core::{ConfigError, Error};
+use outbox_sql::{check_consumer, Receipt, DEFAULT_INBOX_TABLE};
+use sqlx::{SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use crate::classify;
+use crate::sql::{micros, now_us};
+
+/// Longest inbox table name, as for the outbox's.
+const MAX_TABLE_LEN: usize = 53;
+
+/// A consumer's inbox table (default `outbox_inbox`).
+///
+/// ```no_run
+/// # async fn consume(pool: sqlx::SqlitePool, id: uuid::Uuid) -> Result<(), outbox_core::Error> {
+/// use outbox_sqlite::SqliteInbox;
+/// let inbox = SqliteInbox::new(pool.clone());
+/// inbox.migrate().await?;
+/// let mut tx = pool.begin().await.map_err(outbox_sqlite::classify)?;
+/// if inbox.apply(&mut tx, "billing", id).await?.is_new() {
+///     // the message's effect, in the same transaction
+/// }
+/// tx.commit().await.map_err(outbox_sqlite::classify)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteInbox {
+    pool: SqlitePool,
+    table: String,
+    apply: String,
+    prune: String,
+}
+
+impl SqliteInbox {
+    /// The inbox `outbox_inbox` on `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self::named(DEFAULT_INBOX_TABLE, pool).expect("the default name is valid")
+    }
+
+    /// The inbox `table` on `pool`; the name is checked like the outbox's
+    /// (the error names `table`).
+    pub fn named(table: &str, pool: SqlitePool) -> Result<Self, ConfigError> {
+        outbox_sql::check_identifier("table", table, MAX_TABLE_LEN)?;
+        Ok(Self {
+            pool,
+            apply: format!(
+                "INSERT INTO {table} (consumer, message_id, applied_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING"
+            ),
+            prune: format!(
+                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
+                 WHERE applied_at < ?1 LIMIT ?2)"
+            ),
+            table: table.to_string(),
+        })
+    }
+
+    /// Creates the table and its index if missing (idempotent). Times are
+    /// Unix microseconds, as in the outbox table.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let statements = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\
+                     consumer TEXT NOT NULL, \
+                     message_id BLOB NOT NULL, \
+                     applied_at INTEGER NOT NULL, \
+                     PRIMARY KEY (consumer, message_id))",
+                table = self.table
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {table}_applied_at ON {table} (applied_at)",
+                table = self.table
+            ),
+        ];
+        for statement in statements {
+            sqlx::query(&statement)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// Records `message_id` as applied by `consumer` on `conn`, the transaction
+    /// that applies the message's effect: [`Receipt::New`], apply it;
+    /// [`Receipt::Duplicate`], skip it (see [`outbox_sql::inbox`]). SQLite runs
+    /// one write transaction at a time, so two consumers never race on an id.
+    pub async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        consumer: &str,
+        message_id: Uuid,
+    ) -> Result<Receipt, Error> {
+        check_consumer(consumer)?;
+        let done = sqlx::query(&self.apply)
+            .bind(consumer)
+            .bind(message_id)
+            .bind(now_us())
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(Receipt::of_inserted_rows(done.rows_affected()))
+    }
+
+    /// Deletes ids applied more than `older_than` ago, `batch` rows per
+    /// statement; returns how many (see [`outbox_sql::inbox`] on the window).
+    pub async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
+        let before = now_us().saturating_sub(micros(older_than));
+        outbox_sql::delete_in_batches(batch, |batch| async move {
+            let done = sqlx::query(&self.prune)
+                .bind(before)
+                .bind(batch)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+}
