@@ -53,14 +53,14 @@ pub async fn connect(name: &str) -> Result<Broker<AmqpDestination>> {
     tokio::spawn(async move {
         let _channel = channel;
         while let Some(Ok(delivery)) = deliveries.next().await {
-            let id = match outbox::amqp::incoming(&delivery) {
-                Ok(incoming) => incoming.id,
+            let incoming = match outbox::amqp::incoming(&delivery) {
+                Ok(incoming) => incoming,
                 Err(err) => {
                     eprintln!("consumer: {err}");
                     continue;
                 }
             };
-            let arrival = decode(id, &delivery.data);
+            let arrival = decode(incoming, &delivery.data);
             if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {
                 return;
             }

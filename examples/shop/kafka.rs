@@ -55,14 +55,14 @@ pub async fn connect(name: &str) -> Result<Broker<KafkaDestination>> {
                     continue;
                 }
             };
-            let id = match outbox::kafka::incoming(&record) {
-                Ok(incoming) => incoming.id,
+            let incoming = match outbox::kafka::incoming(&record) {
+                Ok(incoming) => incoming,
                 Err(err) => {
                     eprintln!("consumer: {err}");
                     continue;
                 }
             };
-            let arrival = decode(id, record.payload().unwrap_or_default());
+            let arrival = decode(incoming, record.payload().unwrap_or_default());
             if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {
                 return;
             }

@@ -25,7 +25,9 @@ pub mod postgres;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use outbox::{CancellationToken, Destination, Event, Message, Relay, RelayConfig, Source, Stats};
+use outbox::{
+    CancellationToken, Destination, Event, Incoming, Message, Relay, RelayConfig, Source, Stats,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 use uuid::Uuid;
@@ -102,9 +104,10 @@ pub trait Shop {
     /// A relay's source.
     async fn source(&self) -> Result<Self::Source>;
 
-    /// The consumer's side: in one transaction, records the arrival's id in
-    /// the inbox and, if it is new, appends the event to the order history.
-    /// Returns whether it was new (false: a copy, skipped).
+    /// The consumer's side: in one transaction, records the arrival in the
+    /// inbox, in order, and, if it is new, appends the event to the order
+    /// history. Returns whether it was new (false: a copy, skipped); an
+    /// event older than one of its order already applied is an error.
     async fn apply(&self, arrival: &Arrival) -> Result<bool>;
 
     /// How many history rows the orders named `prefix…` have.
@@ -117,8 +120,8 @@ pub const CONSUMER: &str = "order-history";
 /// One event as the consumer read it from the broker.
 #[derive(Debug)]
 pub struct Arrival {
-    /// The outbox message id, carried by the broker's id field or header.
-    pub id: Uuid,
+    /// What the relay published with it: id, ordering key, sequence.
+    pub incoming: Incoming,
     /// The event, decoded from the payload.
     pub event: OrderEvent,
 }
@@ -136,11 +139,14 @@ pub struct Broker<D> {
 }
 
 /// Decodes a payload, reporting bad ones on stderr.
-pub fn decode(id: Uuid, payload: &[u8]) -> Option<Arrival> {
+pub fn decode(incoming: Incoming, payload: &[u8]) -> Option<Arrival> {
     match serde_json::from_slice(payload) {
-        Ok(event) => Some(Arrival { id, event }),
+        Ok(event) => Some(Arrival { incoming, event }),
         Err(err) => {
-            eprintln!("consumer: message {id} is not an order event: {err}");
+            eprintln!(
+                "consumer: message {} is not an order event: {err}",
+                incoming.id
+            );
             None
         }
     }

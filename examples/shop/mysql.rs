@@ -2,7 +2,7 @@
 //! `<name>_outbox`; the consumer's `<name>_history` and its inbox
 //! `<name>_inbox`.
 
-use outbox::mysql::{MysqlConfig, MysqlInbox, MysqlOutbox, MysqlSource};
+use outbox::mysql::{MysqlConfig, MysqlInbox, MysqlOutbox, MysqlSource, Receipt};
 use outbox::Message;
 use sqlx::MySqlPool;
 
@@ -81,13 +81,23 @@ impl Shop for MysqlShop {
 
     async fn apply(&self, arrival: &Arrival) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let receipt = self.inbox.apply(&mut tx, CONSUMER, arrival.id).await?;
+        let receipt = self
+            .inbox
+            .apply_in_order(&mut tx, CONSUMER, &arrival.incoming)
+            .await?;
+        if receipt == Receipt::Stale {
+            return Err(format!(
+                "{} arrived after a later event of its order",
+                arrival.incoming.id
+            )
+            .into());
+        }
         if receipt.is_new() {
             sqlx::query(&format!(
                 "INSERT INTO {} (message_id, order_id, status) VALUES (?, ?, ?)",
                 self.history
             ))
-            .bind(arrival.id)
+            .bind(arrival.incoming.id)
             .bind(arrival.event.order_id())
             .bind(arrival.event.status())
             .execute(&mut *tx)

@@ -37,14 +37,14 @@ pub async fn connect(name: &str) -> Result<Broker<NatsDestination>> {
     let (sender, arrivals) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(message)) = messages.next().await {
-            let id = match outbox::nats::incoming(&message) {
-                Ok(incoming) => incoming.id,
+            let incoming = match outbox::nats::incoming(&message) {
+                Ok(incoming) => incoming,
                 Err(err) => {
                     eprintln!("consumer: a message on {}: {err}", message.subject);
                     continue;
                 }
             };
-            let arrival = decode(id, &message.payload);
+            let arrival = decode(incoming, &message.payload);
             if arrival.is_some_and(|arrival| sender.send(arrival).is_err()) {
                 return;
             }

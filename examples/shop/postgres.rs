@@ -2,7 +2,7 @@
 //! `shop.<name>_outbox`; the consumer's `shop.<name>_history` and its inbox
 //! `shop.<name>_inbox`.
 
-use outbox::postgres::{PostgresConfig, PostgresInbox, PostgresOutbox, PostgresSource};
+use outbox::postgres::{PostgresConfig, PostgresInbox, PostgresOutbox, PostgresSource, Receipt};
 use outbox::Message;
 use sqlx::PgPool;
 
@@ -81,13 +81,23 @@ impl Shop for PostgresShop {
 
     async fn apply(&self, arrival: &Arrival) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let receipt = self.inbox.apply(&mut tx, CONSUMER, arrival.id).await?;
+        let receipt = self
+            .inbox
+            .apply_in_order(&mut tx, CONSUMER, &arrival.incoming)
+            .await?;
+        if receipt == Receipt::Stale {
+            return Err(format!(
+                "{} arrived after a later event of its order",
+                arrival.incoming.id
+            )
+            .into());
+        }
         if receipt.is_new() {
             sqlx::query(&format!(
                 "INSERT INTO {} (message_id, order_id, status) VALUES ($1, $2, $3)",
                 self.history
             ))
-            .bind(arrival.id)
+            .bind(arrival.incoming.id)
             .bind(arrival.event.order_id())
             .bind(arrival.event.status())
             .execute(&mut *tx)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use crate::{Error, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY};
+use crate::{Error, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY, HEADER_SEQUENCE};
 
 /// The W3C trace context header a writer's span travels in, when it had one.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
@@ -26,6 +26,9 @@ pub struct Incoming {
     pub ordering_key: Option<String>,
     /// The event type, if the message had one.
     pub event_type: Option<String>,
+    /// The message's place among those of its ordering key in its outbox
+    /// table ([`HEADER_SEQUENCE`]); `None` from a source that has none.
+    pub sequence: Option<i64>,
     /// Every header as text, the relay's included.
     pub headers: BTreeMap<String, String>,
 }
@@ -47,8 +50,17 @@ impl Incoming {
                 )))
             }
         };
+        let sequence = match headers.get(HEADER_SEQUENCE) {
+            Some(text) => Some(text.parse().map_err(|_| {
+                Error::permanent(format!(
+                    "header {HEADER_SEQUENCE} is {text:?}, not a whole number"
+                ))
+            })?),
+            None => None,
+        };
         Ok(Self {
             id,
+            sequence,
             ordering_key: headers.get(HEADER_ORDERING_KEY).cloned(),
             event_type: headers.get(HEADER_EVENT_TYPE).cloned(),
             headers,
@@ -84,6 +96,7 @@ mod tests {
             (HEADER_MESSAGE_ID, &id.to_string()),
             (HEADER_ORDERING_KEY, "order-7"),
             (HEADER_EVENT_TYPE, "OrderPlaced"),
+            (HEADER_SEQUENCE, "42"),
             (
                 HEADER_TRACEPARENT,
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -94,6 +107,7 @@ mod tests {
         assert_eq!(incoming.id, id);
         assert_eq!(incoming.ordering_key.as_deref(), Some("order-7"));
         assert_eq!(incoming.event_type.as_deref(), Some("OrderPlaced"));
+        assert_eq!(incoming.sequence, Some(42));
         assert!(incoming.traceparent().unwrap().starts_with("00-4bf9"));
         assert_eq!(incoming.tracestate(), None);
         assert_eq!(incoming.headers["tenant"], "acme");

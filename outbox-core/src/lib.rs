@@ -38,7 +38,7 @@ pub use incoming::{Incoming, HEADER_TRACEPARENT, HEADER_TRACESTATE};
 pub use item::Item;
 pub use message::{
     Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_MESSAGE_ID,
-    HEADER_ORDERING_KEY,
+    HEADER_ORDERING_KEY, HEADER_SEQUENCE,
 };
 pub use redact::redact_url;
 pub use relay::Relay;

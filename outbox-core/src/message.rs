@@ -18,6 +18,11 @@ pub const HEADER_MESSAGE_ID: &str = "outbox-message-id";
 /// Header carrying the ordering key, so a consumer knows a message's key
 /// whatever the broker's partitioning or routing.
 pub const HEADER_ORDERING_KEY: &str = "outbox-ordering-key";
+/// Header the SQL sources add to each message they read: the row's `seq`
+/// in its outbox table, which grows with commit order among the messages of
+/// one ordering key (same-key writers commit one after the other). An
+/// inbox uses it to refuse a message older than one already applied.
+pub const HEADER_SEQUENCE: &str = "outbox-sequence";
 
 /// One outbox message: what the writers store and the relay publishes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

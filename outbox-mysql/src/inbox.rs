@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{ConfigError, Error};
+use outbox_core::{ConfigError, Error, Incoming};
 use outbox_sql::{check_consumer, Receipt, DEFAULT_INBOX_TABLE};
 use sqlx::{MySqlConnection, MySqlPool};
 use uuid::Uuid;
@@ -34,6 +34,8 @@ pub struct MysqlInbox {
     pool: MySqlPool,
     table: String,
     apply: String,
+    known_key: String,
+    advance: String,
     prune: String,
 }
 
@@ -56,6 +58,16 @@ impl MysqlInbox {
                 "INSERT IGNORE INTO `{table}` (consumer, message_id, applied_at) \
                  VALUES (?, ?, UTC_TIMESTAMP(6))"
             ),
+            // With sqlx's FOUND_ROWS, an UPDATE counts the rows its WHERE
+            // matched: the condition on the sequence is in the WHERE.
+            known_key: format!(
+                "INSERT IGNORE INTO `{table}_keys` (consumer, key_id, last_sequence) \
+                 VALUES (?, ?, -1)"
+            ),
+            advance: format!(
+                "UPDATE `{table}_keys` SET last_sequence = ? \
+                 WHERE consumer = ? AND key_id = ? AND last_sequence < ?"
+            ),
             prune: format!(
                 "DELETE FROM `{table}` WHERE applied_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
                  ORDER BY applied_at LIMIT ?"
@@ -64,8 +76,21 @@ impl MysqlInbox {
         })
     }
 
-    /// Creates the table if missing (idempotent).
+    /// Creates the tables if missing (idempotent).
     pub async fn migrate(&self) -> Result<(), Error> {
+        let keys = format!(
+            "CREATE TABLE IF NOT EXISTS `{table}_keys` (\
+                 consumer VARCHAR(190) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 key_id BINARY(16) NOT NULL, \
+                 last_sequence BIGINT NOT NULL, \
+                 PRIMARY KEY (consumer, key_id)\
+             ) ENGINE = InnoDB",
+            table = self.table
+        );
+        sqlx::query(&keys)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS `{table}` (\
                  consumer VARCHAR(190) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
@@ -100,6 +125,38 @@ impl MysqlInbox {
             .await
             .map_err(classify)?;
         Ok(Receipt::of_inserted_rows(done.rows_affected()))
+    }
+
+    /// [`apply`](Self::apply) for a consumer that needs each key's order:
+    /// a new message older than one of its key this consumer applied is
+    /// [`Receipt::Stale`] (see [`outbox_sql::inbox`]). A permanent error
+    /// for a message without ordering key or sequence headers.
+    pub async fn apply_in_order(
+        &self,
+        conn: &mut MySqlConnection,
+        consumer: &str,
+        incoming: &Incoming,
+    ) -> Result<Receipt, Error> {
+        let (key, sequence) = outbox_sql::ordering_of(incoming)?;
+        let receipt = self.apply(&mut *conn, consumer, incoming.id).await?;
+        if receipt != Receipt::New {
+            return Ok(receipt);
+        }
+        sqlx::query(&self.known_key)
+            .bind(consumer)
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let advanced = sqlx::query(&self.advance)
+            .bind(sequence)
+            .bind(consumer)
+            .bind(key)
+            .bind(sequence)
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(Receipt::of_advanced_keys(advanced.rows_affected()))
     }
 
     /// Deletes ids applied more than `older_than` ago, `batch` rows per

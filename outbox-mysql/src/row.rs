@@ -19,7 +19,8 @@ pub(crate) type Decoded = outbox_sql::Decoded<Uuid, i32>;
 pub(crate) fn decode(row: &MySqlRow, payload: Option<Vec<u8>>) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
-    Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)))
+    let seq: u64 = row.try_get("seq")?;
+    Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)).sequenced(seq as i64))
 }
 
 fn read(

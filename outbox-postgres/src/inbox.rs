@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{ConfigError, Error};
+use outbox_core::{ConfigError, Error, Incoming};
 use outbox_sql::{check_consumer, Receipt, DEFAULT_INBOX_TABLE};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -34,8 +34,10 @@ pub struct PostgresInbox {
     pool: PgPool,
     schema: String,
     table: String,
+    keys: String,
     index: String,
     apply: String,
+    advance: String,
     prune: String,
 }
 
@@ -51,6 +53,7 @@ impl PostgresInbox {
         outbox_sql::check_identifier("schema", schema, 63)?;
         outbox_sql::check_identifier("table", table, MAX_TABLE_LEN)?;
         let qualified = format!("\"{schema}\".\"{table}\"");
+        let keys = format!("\"{schema}\".\"{table}_keys\"");
         Ok(Self {
             pool,
             schema: schema.to_string(),
@@ -59,6 +62,12 @@ impl PostgresInbox {
                 "INSERT INTO {qualified} (consumer, message_id) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING"
             ),
+            advance: format!(
+                "INSERT INTO {keys} AS k (consumer, key_id, last_sequence) VALUES ($1, $2, $3) \
+                 ON CONFLICT (consumer, key_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence \
+                 WHERE k.last_sequence < EXCLUDED.last_sequence"
+            ),
+            keys,
             prune: format!(
                 "DELETE FROM {qualified} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {qualified} \
                  WHERE applied_at < now() - $1 * interval '1 millisecond' LIMIT $2))"
@@ -93,6 +102,14 @@ impl PostgresInbox {
                 "CREATE INDEX IF NOT EXISTS {} ON {} (applied_at)",
                 self.index, self.table
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                     consumer text NOT NULL, \
+                     key_id uuid NOT NULL, \
+                     last_sequence bigint NOT NULL, \
+                     PRIMARY KEY (consumer, key_id))",
+                self.keys
+            ),
         ];
         for statement in statements {
             sqlx::query(&statement)
@@ -123,6 +140,31 @@ impl PostgresInbox {
             .await
             .map_err(classify)?;
         Ok(Receipt::of_inserted_rows(done.rows_affected()))
+    }
+
+    /// [`apply`](Self::apply) for a consumer that needs each key's order:
+    /// a new message older than one of its key this consumer applied is
+    /// [`Receipt::Stale`] (see [`outbox_sql::inbox`]). A permanent error
+    /// for a message without ordering key or sequence headers.
+    pub async fn apply_in_order(
+        &self,
+        conn: &mut PgConnection,
+        consumer: &str,
+        incoming: &Incoming,
+    ) -> Result<Receipt, Error> {
+        let (key, sequence) = outbox_sql::ordering_of(incoming)?;
+        let receipt = self.apply(&mut *conn, consumer, incoming.id).await?;
+        if receipt != Receipt::New {
+            return Ok(receipt);
+        }
+        let advanced = sqlx::query(&self.advance)
+            .bind(consumer)
+            .bind(key)
+            .bind(sequence)
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(Receipt::of_advanced_keys(advanced.rows_affected()))
     }
 
     /// Deletes ids applied more than `older_than` ago, `batch` rows per

@@ -20,7 +20,8 @@ pub(crate) type Decoded = outbox_sql::Decoded<Uuid, i32>;
 pub(crate) fn decode(row: &PgRow, payload: Option<Vec<u8>>) -> Result<Decoded, sqlx::Error> {
     let id: Uuid = row.try_get("id")?;
     let attempts: i32 = row.try_get("attempts")?;
-    Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)))
+    let seq: i64 = row.try_get("seq")?;
+    Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)).sequenced(seq))
 }
 
 fn read(row: &PgRow, id: Uuid, attempts: i32, payload: Option<Vec<u8>>) -> Result<Message, String> {

@@ -18,9 +18,17 @@
 //! - `prune(older_than, batch)` deletes ids applied more than `older_than`
 //!   ago, `batch` rows per statement, and returns how many. A copy that
 //!   arrives after its id was pruned is applied again: keep ids longer than
-//!   the broker may redeliver and the relay may retry.
+//!   the broker may redeliver and the relay may retry;
+//! - `apply_in_order(&mut tx, consumer, &incoming)` does what `apply` does
+//!   and, for a new message, also refuses it as [`Stale`](Receipt::Stale)
+//!   when a message of the same ordering key with a later sequence
+//!   ([`HEADER_SEQUENCE`], which the SQL sources add) was applied already.
+//!   The inbox keeps the last sequence per consumer and key in a second
+//!   table, `<table>_keys`. Sequences order the messages of one outbox
+//!   table: a consumer of several outboxes names one consumer per outbox.
 
-use outbox_core::Error;
+use outbox_core::{Error, Incoming, HEADER_ORDERING_KEY, HEADER_SEQUENCE};
+use uuid::Uuid;
 
 /// Default name of the inbox table.
 pub const DEFAULT_INBOX_TABLE: &str = "outbox_inbox";
@@ -40,12 +48,27 @@ pub enum Receipt {
     /// Already applied (by this consumer, in a committed transaction):
     /// skip the effect and acknowledge the message.
     Duplicate,
+    /// New, but older than a message of its ordering key this consumer
+    /// already applied (`apply_in_order` only): skip the effect and
+    /// acknowledge the message. Its id is recorded, so its copies are
+    /// duplicates.
+    Stale,
 }
 
 impl Receipt {
     /// Whether the message is new and its effect must be applied.
     pub fn is_new(self) -> bool {
         self == Receipt::New
+    }
+
+    /// The receipt of the statement that records a new message's sequence
+    /// as its key's last: one row written means in order, none means stale.
+    pub fn of_advanced_keys(rows: u64) -> Self {
+        if rows == 0 {
+            Receipt::Stale
+        } else {
+            Receipt::New
+        }
     }
 
     /// The receipt of an insert that skips an id already there: one row
@@ -57,6 +80,25 @@ impl Receipt {
             Receipt::Duplicate
         }
     }
+}
+
+/// What `apply_in_order` compares: the key's id (a name-based UUID of the
+/// ordering key, so any key fits a fixed-size column) and the sequence.
+/// A permanent error when the message lacks either header.
+pub fn ordering_of(incoming: &Incoming) -> Result<(Uuid, i64), Error> {
+    let missing = |header: &str| {
+        Error::permanent(format!(
+            "message {}: no {header} header, so its order cannot be checked \
+             (it was not read from a SQL outbox by a relay of this version)",
+            incoming.id
+        ))
+    };
+    let key = incoming
+        .ordering_key
+        .as_deref()
+        .ok_or_else(|| missing(HEADER_ORDERING_KEY))?;
+    let sequence = incoming.sequence.ok_or_else(|| missing(HEADER_SEQUENCE))?;
+    Ok((Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()), sequence))
 }
 
 /// Accepts a consumer name of 1 to [`MAX_CONSUMER_LEN`] bytes; anything

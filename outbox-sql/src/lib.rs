@@ -16,7 +16,7 @@ pub use ack_mode::AckMode;
 pub use batches::delete_in_batches;
 pub use checks::{check_batch_bytes, check_identifier, check_lease};
 pub use held::{HeldBatch, HeldBatches};
-pub use inbox::{check_consumer, Receipt, DEFAULT_INBOX_TABLE, MAX_CONSUMER_LEN};
+pub use inbox::{check_consumer, ordering_of, Receipt, DEFAULT_INBOX_TABLE, MAX_CONSUMER_LEN};
 pub use leader::{LeaderLock, Leadership};
 pub use operator::Operator;
 pub use reports::{Report, TransactionReports};

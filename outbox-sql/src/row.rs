@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use outbox_core::Message;
+use outbox_core::{Message, HEADER_SEQUENCE};
 
 /// A row read back: the message, or why it is malformed (a row written by
 /// hand, say). A malformed row is dead-lettered with the reason, never
@@ -40,6 +40,19 @@ impl<K, A> Decoded<K, A> {
                 reason,
             },
         }
+    }
+}
+
+impl<K, A> Decoded<K, A> {
+    /// Stamps a message with its row's `seq` ([`HEADER_SEQUENCE`]), which a
+    /// consumer's inbox compares within an ordering key.
+    pub fn sequenced(mut self, seq: i64) -> Self {
+        if let Decoded::Message(message) = &mut self {
+            message
+                .headers
+                .insert(HEADER_SEQUENCE.to_string(), seq.to_string());
+        }
+        self
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{ConfigError, Error};
+use outbox_core::{ConfigError, Error, Incoming};
 use outbox_sql::{check_consumer, Receipt, DEFAULT_INBOX_TABLE};
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
@@ -33,6 +33,7 @@ pub struct SqliteInbox {
     pool: SqlitePool,
     table: String,
     apply: String,
+    advance: String,
     prune: String,
 }
 
@@ -51,6 +52,11 @@ impl SqliteInbox {
             apply: format!(
                 "INSERT INTO {table} (consumer, message_id, applied_at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT DO NOTHING"
+            ),
+            advance: format!(
+                "INSERT INTO {table}_keys (consumer, key_id, last_sequence) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (consumer, key_id) DO UPDATE SET last_sequence = excluded.last_sequence \
+                 WHERE last_sequence < excluded.last_sequence"
             ),
             prune: format!(
                 "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
@@ -74,6 +80,14 @@ impl SqliteInbox {
             ),
             format!(
                 "CREATE INDEX IF NOT EXISTS {table}_applied_at ON {table} (applied_at)",
+                table = self.table
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table}_keys (\
+                     consumer TEXT NOT NULL, \
+                     key_id BLOB NOT NULL, \
+                     last_sequence INTEGER NOT NULL, \
+                     PRIMARY KEY (consumer, key_id))",
                 table = self.table
             ),
         ];
@@ -105,6 +119,31 @@ impl SqliteInbox {
             .await
             .map_err(classify)?;
         Ok(Receipt::of_inserted_rows(done.rows_affected()))
+    }
+
+    /// [`apply`](Self::apply) for a consumer that needs each key's order:
+    /// a new message older than one of its key this consumer applied is
+    /// [`Receipt::Stale`] (see [`outbox_sql::inbox`]). A permanent error
+    /// for a message without ordering key or sequence headers.
+    pub async fn apply_in_order(
+        &self,
+        conn: &mut SqliteConnection,
+        consumer: &str,
+        incoming: &Incoming,
+    ) -> Result<Receipt, Error> {
+        let (key, sequence) = outbox_sql::ordering_of(incoming)?;
+        let receipt = self.apply(&mut *conn, consumer, incoming.id).await?;
+        if receipt != Receipt::New {
+            return Ok(receipt);
+        }
+        let advanced = sqlx::query(&self.advance)
+            .bind(consumer)
+            .bind(key)
+            .bind(sequence)
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(Receipt::of_advanced_keys(advanced.rows_affected()))
     }
 
     /// Deletes ids applied more than `older_than` ago, `batch` rows per

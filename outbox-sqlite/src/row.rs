@@ -34,7 +34,7 @@ pub(crate) fn decode(row: &SqliteRow) -> Result<Decoded, sqlx::Error> {
             return Ok(Decoded::new(seq, attempts, Err(reason)));
         }
     };
-    Ok(Decoded::new(seq, attempts, read(row, id, attempts)))
+    Ok(Decoded::new(seq, attempts, read(row, id, attempts)).sequenced(seq))
 }
 
 /// Typed reads of rows written by hand may fail (a blob key, say): such a

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Error, Message, OnDeadLetter};
+use outbox_core::{Error, Incoming, Message, OnDeadLetter};
 use outbox_sqlite::{
     connect, Operator, Receipt, SqliteConfig, SqliteInbox, SqliteOutbox, SqliteSource,
 };
@@ -190,9 +190,22 @@ async fn inbox_table(scenario: &'static str) -> LiteInbox {
 }
 
 impl InboxHarness for LiteInbox {
-    async fn apply(&self, consumer: &str, id: Uuid, commit: bool) -> Result<Receipt, Error> {
+    async fn apply_message(
+        &self,
+        consumer: &str,
+        message: Incoming,
+        in_order: bool,
+        commit: bool,
+    ) -> Result<Receipt, Error> {
+        let id = message.id;
         let mut tx = self.pool.begin().await.unwrap();
-        let receipt = self.inbox.apply(&mut tx, consumer, id).await?;
+        let receipt = if in_order {
+            self.inbox
+                .apply_in_order(&mut tx, consumer, &message)
+                .await?
+        } else {
+            self.inbox.apply(&mut tx, consumer, id).await?
+        };
         if receipt.is_new() {
             sqlx::query(&format!("INSERT INTO {} VALUES (?1, ?2)", self.effects))
                 .bind(consumer)

@@ -6,22 +6,37 @@
 use std::future::Future;
 use std::time::Duration;
 
-use outbox_core::Error;
+use std::collections::BTreeMap;
+
+use outbox_core::{Error, Incoming};
 use outbox_sql::{Receipt, MAX_CONSUMER_LEN};
 use uuid::Uuid;
 
 /// One inbox table of a real database, and a business table beside it.
 pub trait InboxHarness: Clone + Send + Sync + 'static {
-    /// In one transaction: the inbox's `apply(consumer, id)` and, when the
+    /// In one transaction: the inbox's `apply(consumer, message.id)`, or
+    /// `apply_in_order(consumer, message)` when `in_order`, and, when the
     /// message is new, its effect: a row `(consumer, id)` in a business
     /// table that has no unique key, so an effect applied twice shows.
     /// Commits when `commit`, rolls back otherwise.
+    fn apply_message(
+        &self,
+        consumer: &str,
+        message: Incoming,
+        in_order: bool,
+        commit: bool,
+    ) -> impl Future<Output = Result<Receipt, Error>> + Send;
+
+    /// [`apply_message`](Self::apply_message) of a message known by its id
+    /// only, not in order.
     fn apply(
         &self,
         consumer: &str,
         id: Uuid,
         commit: bool,
-    ) -> impl Future<Output = Result<Receipt, Error>> + Send;
+    ) -> impl Future<Output = Result<Receipt, Error>> + Send {
+        self.apply_message(consumer, incoming(id, None), false, commit)
+    }
 
     /// The ids of `consumer`'s effects, one per effect applied.
     fn effects(&self, consumer: &str) -> impl Future<Output = Vec<Uuid>> + Send;
@@ -32,6 +47,17 @@ pub trait InboxHarness: Clone + Send + Sync + 'static {
         older_than: Duration,
         batch: u32,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
+}
+
+/// A consumed message: `id`, of the key `order-1` at `sequence` when given.
+fn incoming(id: Uuid, sequence: Option<i64>) -> Incoming {
+    Incoming {
+        id,
+        ordering_key: sequence.map(|_| "order-1".to_string()),
+        event_type: None,
+        sequence,
+        headers: BTreeMap::new(),
+    }
 }
 
 fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
@@ -126,4 +152,59 @@ pub async fn a_consumer_name_out_of_bounds_is_refused(inbox: &impl InboxHarness)
     let longest = "c".repeat(MAX_CONSUMER_LEN);
     assert!(inbox.apply(&longest, id, true).await.unwrap().is_new());
     assert!(!inbox.apply(&longest, id, true).await.unwrap().is_new());
+}
+
+/// In order: a new message older than one of its key already applied is
+/// stale (skipped, its copies duplicates), a newer one is applied, keys
+/// and consumers are independent, and a message without a sequence is
+/// refused with an error that names the header.
+pub async fn a_message_older_than_its_keys_last_is_stale_in_order(inbox: &impl InboxHarness) {
+    let apply = |consumer: &'static str, id: Uuid, sequence: i64| {
+        inbox.apply_message(consumer, incoming(id, Some(sequence)), true, true)
+    };
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    assert_eq!(apply("ledger", ids[0], 5).await.unwrap(), Receipt::New);
+    assert_eq!(
+        apply("ledger", ids[1], 3).await.unwrap(),
+        Receipt::Stale,
+        "sequence 3 after 5"
+    );
+    assert_eq!(
+        apply("ledger", ids[1], 3).await.unwrap(),
+        Receipt::Duplicate,
+        "a stale message's copy"
+    );
+    assert_eq!(apply("ledger", ids[2], 7).await.unwrap(), Receipt::New);
+    assert_eq!(
+        apply("ledger", ids[2], 7).await.unwrap(),
+        Receipt::Duplicate
+    );
+    assert_eq!(
+        apply("audit", ids[1], 3).await.unwrap(),
+        Receipt::New,
+        "another consumer keeps its own order"
+    );
+    let other_key = Incoming {
+        ordering_key: Some("order-2".to_string()),
+        ..incoming(ids[3], Some(1))
+    };
+    assert_eq!(
+        inbox
+            .apply_message("ledger", other_key, true, true)
+            .await
+            .unwrap(),
+        Receipt::New,
+        "another key keeps its own order"
+    );
+    assert_eq!(
+        inbox.effects("ledger").await,
+        sorted(vec![ids[0], ids[2], ids[3]])
+    );
+    let unordered = incoming(Uuid::now_v7(), None);
+    let err = inbox
+        .apply_message("ledger", unordered, true, true)
+        .await
+        .unwrap_err();
+    assert!(!err.is_temporary(), "{err}");
+    assert!(err.message().contains("outbox-ordering-key"), "{err}");
 }

@@ -113,6 +113,7 @@ macro_rules! inbox_conformance {
             two_consumers_racing_on_one_id_apply_it_once,
             ids_older_than_the_window_are_pruned_in_batches,
             a_consumer_name_out_of_bounds_is_refused,
+            a_message_older_than_its_keys_last_is_stale_in_order,
         );
     };
 }
