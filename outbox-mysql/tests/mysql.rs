@@ -255,7 +255,7 @@ async fn inbox_table(scenario: &'static str) -> MyInbox {
     let name = format!("{}_inbox", table_name(scenario));
     let effects = format!("`{name}_effects`");
     for statement in [
-        format!("DROP TABLE IF EXISTS `{name}`, {effects}"),
+        format!("DROP TABLE IF EXISTS `{name}`, `{name}_keys`, {effects}"),
         format!(
             "CREATE TABLE {effects} (consumer VARCHAR(255) NOT NULL, message_id BINARY(16) NOT NULL) \
              ENGINE = InnoDB"

@@ -254,7 +254,8 @@ async fn inbox_table(scenario: &'static str) -> PgInbox {
     let pool = pool(6).await;
     let name = format!("{}_inbox", table_name(scenario));
     let effects = format!("outbox_test.{name}_effects");
-    let drop = format!("DROP TABLE IF EXISTS outbox_test.{name}, {effects}");
+    let drop =
+        format!("DROP TABLE IF EXISTS outbox_test.{name}, outbox_test.{name}_keys, {effects}");
     sqlx::query(&drop).execute(&pool).await.unwrap();
     let inbox = PostgresInbox::named("outbox_test", &name, pool.clone()).unwrap();
     inbox.migrate().await.unwrap();
