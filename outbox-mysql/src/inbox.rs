@@ -37,6 +37,7 @@ pub struct MysqlInbox {
     known_key: String,
     advance: String,
     prune: String,
+    prune_keys: String,
 }
 
 impl MysqlInbox {
@@ -61,12 +62,17 @@ impl MysqlInbox {
             // With sqlx's FOUND_ROWS, an UPDATE counts the rows its WHERE
             // matched: the condition on the sequence is in the WHERE.
             known_key: format!(
-                "INSERT IGNORE INTO `{table}_keys` (consumer, key_id, last_sequence) \
-                 VALUES (?, ?, -1)"
+                "INSERT IGNORE INTO `{table}_keys` (consumer, key_id, last_sequence, applied_at) \
+                 VALUES (?, ?, -1, UTC_TIMESTAMP(6))"
             ),
             advance: format!(
-                "UPDATE `{table}_keys` SET last_sequence = ? \
+                "UPDATE `{table}_keys` SET last_sequence = ?, applied_at = UTC_TIMESTAMP(6) \
                  WHERE consumer = ? AND key_id = ? AND last_sequence < ?"
+            ),
+            prune_keys: format!(
+                "DELETE FROM `{table}_keys` \
+                 WHERE applied_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+                 ORDER BY applied_at LIMIT ?"
             ),
             prune: format!(
                 "DELETE FROM `{table}` WHERE applied_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
@@ -83,7 +89,9 @@ impl MysqlInbox {
                  consumer VARCHAR(190) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
                  key_id BINARY(16) NOT NULL, \
                  last_sequence BIGINT NOT NULL, \
-                 PRIMARY KEY (consumer, key_id)\
+                 applied_at DATETIME(6) NOT NULL, \
+                 PRIMARY KEY (consumer, key_id), \
+                 KEY `{table}_keys_at` (applied_at)\
              ) ENGINE = InnoDB",
             table = self.table
         );
@@ -159,19 +167,24 @@ impl MysqlInbox {
         Ok(Receipt::of_advanced_keys(advanced.rows_affected()))
     }
 
-    /// Deletes ids applied more than `older_than` ago, `batch` rows per
-    /// statement; returns how many (see [`outbox_sql::inbox`] on the window).
+    /// Deletes ids applied, and key positions last advanced, more than
+    /// `older_than` ago, `batch` rows per statement; returns how many rows
+    /// (see [`outbox_sql::inbox`] on the window).
     pub async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
         let micros = older_than.as_micros().min(i64::MAX as u128) as i64;
-        outbox_sql::delete_in_batches(batch, |batch| async move {
-            let done = sqlx::query(&self.prune)
-                .bind(micros)
-                .bind(batch)
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?;
-            Ok(done.rows_affected())
-        })
-        .await
+        let mut pruned = 0;
+        for statement in [&self.prune, &self.prune_keys] {
+            pruned += outbox_sql::delete_in_batches(batch, |batch| async move {
+                let done = sqlx::query(statement)
+                    .bind(micros)
+                    .bind(batch)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        }
+        Ok(pruned)
     }
 }

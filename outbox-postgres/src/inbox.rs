@@ -36,9 +36,11 @@ pub struct PostgresInbox {
     table: String,
     keys: String,
     index: String,
+    keys_index: String,
     apply: String,
     advance: String,
     prune: String,
+    prune_keys: String,
 }
 
 impl PostgresInbox {
@@ -58,14 +60,20 @@ impl PostgresInbox {
             pool,
             schema: schema.to_string(),
             index: format!("\"{table}_applied_at\""),
+            keys_index: format!("\"{table}_keys_at\""),
             apply: format!(
                 "INSERT INTO {qualified} (consumer, message_id) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING"
             ),
             advance: format!(
                 "INSERT INTO {keys} AS k (consumer, key_id, last_sequence) VALUES ($1, $2, $3) \
-                 ON CONFLICT (consumer, key_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence \
+                 ON CONFLICT (consumer, key_id) DO UPDATE \
+                 SET last_sequence = EXCLUDED.last_sequence, applied_at = now() \
                  WHERE k.last_sequence < EXCLUDED.last_sequence"
+            ),
+            prune_keys: format!(
+                "DELETE FROM {keys} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {keys} \
+                 WHERE applied_at < now() - $1 * interval '1 millisecond' LIMIT $2))"
             ),
             keys,
             prune: format!(
@@ -107,8 +115,13 @@ impl PostgresInbox {
                      consumer text NOT NULL, \
                      key_id uuid NOT NULL, \
                      last_sequence bigint NOT NULL, \
+                     applied_at timestamptz NOT NULL DEFAULT now(), \
                      PRIMARY KEY (consumer, key_id))",
                 self.keys
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} (applied_at)",
+                self.keys_index, self.keys
             ),
         ];
         for statement in statements {
@@ -167,20 +180,25 @@ impl PostgresInbox {
         Ok(Receipt::of_advanced_keys(advanced.rows_affected()))
     }
 
-    /// Deletes ids applied more than `older_than` ago, `batch` rows per
-    /// statement; returns how many (see [`outbox_sql::inbox`] on the window).
+    /// Deletes ids applied, and key positions last advanced, more than
+    /// `older_than` ago, `batch` rows per statement; returns how many rows
+    /// (see [`outbox_sql::inbox`] on the window).
     pub async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
         let millis = older_than.as_millis().min(i64::MAX as u128) as i64;
-        outbox_sql::delete_in_batches(batch, |batch| async move {
-            let done = sqlx::query(&self.prune)
-                .persistent(false)
-                .bind(millis)
-                .bind(batch)
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?;
-            Ok(done.rows_affected())
-        })
-        .await
+        let mut pruned = 0;
+        for statement in [&self.prune, &self.prune_keys] {
+            pruned += outbox_sql::delete_in_batches(batch, |batch| async move {
+                let done = sqlx::query(statement)
+                    .persistent(false)
+                    .bind(millis)
+                    .bind(batch)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        }
+        Ok(pruned)
     }
 }

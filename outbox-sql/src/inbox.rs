@@ -15,8 +15,9 @@
 //!   waits for it and returns `Duplicate` if it commits, `New` if it rolls
 //!   back. A consumer name out of bounds ([`check_consumer`]) is a
 //!   permanent error before any statement;
-//! - `prune(older_than, batch)` deletes ids applied more than `older_than`
-//!   ago, `batch` rows per statement, and returns how many. A copy that
+//! - `prune(older_than, batch)` deletes ids applied (and key positions
+//!   last advanced) more than `older_than` ago, `batch` rows per
+//!   statement, and returns how many rows. A copy that
 //!   arrives after its id was pruned is applied again: keep ids longer than
 //!   the broker may redeliver and the relay may retry;
 //! - `apply_in_order(&mut tx, consumer, &incoming)` does what `apply` does
@@ -24,8 +25,11 @@
 //!   when a message of the same ordering key with a later sequence
 //!   ([`HEADER_SEQUENCE`], which the SQL sources add) was applied already.
 //!   The inbox keeps the last sequence per consumer and key in a second
-//!   table, `<table>_keys`. Sequences order the messages of one outbox
-//!   table: a consumer of several outboxes names one consumer per outbox.
+//!   table, `<table>_keys`, and `prune` deletes a key's position once no
+//!   message of the key was applied for `older_than` (after that, an older
+//!   copy of the key is applied again, as a copy of a pruned id is).
+//!   Sequences order the messages of one outbox table: a consumer of
+//!   several outboxes names one consumer per outbox.
 
 use outbox_core::{Error, Incoming, HEADER_ORDERING_KEY, HEADER_SEQUENCE};
 use uuid::Uuid;

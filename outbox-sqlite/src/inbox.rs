@@ -35,6 +35,7 @@ pub struct SqliteInbox {
     apply: String,
     advance: String,
     prune: String,
+    prune_keys: String,
 }
 
 impl SqliteInbox {
@@ -54,9 +55,15 @@ impl SqliteInbox {
                  ON CONFLICT DO NOTHING"
             ),
             advance: format!(
-                "INSERT INTO {table}_keys (consumer, key_id, last_sequence) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (consumer, key_id) DO UPDATE SET last_sequence = excluded.last_sequence \
+                "INSERT INTO {table}_keys (consumer, key_id, last_sequence, applied_at) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (consumer, key_id) DO UPDATE \
+                 SET last_sequence = excluded.last_sequence, applied_at = excluded.applied_at \
                  WHERE last_sequence < excluded.last_sequence"
+            ),
+            prune_keys: format!(
+                "DELETE FROM {table}_keys WHERE rowid IN (SELECT rowid FROM {table}_keys \
+                 WHERE applied_at < ?1 LIMIT ?2)"
             ),
             prune: format!(
                 "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
@@ -87,7 +94,12 @@ impl SqliteInbox {
                      consumer TEXT NOT NULL, \
                      key_id BLOB NOT NULL, \
                      last_sequence INTEGER NOT NULL, \
+                     applied_at INTEGER NOT NULL, \
                      PRIMARY KEY (consumer, key_id))",
+                table = self.table
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {table}_keys_at ON {table}_keys (applied_at)",
                 table = self.table
             ),
         ];
@@ -140,25 +152,31 @@ impl SqliteInbox {
             .bind(consumer)
             .bind(key)
             .bind(sequence)
+            .bind(now_us())
             .execute(conn)
             .await
             .map_err(classify)?;
         Ok(Receipt::of_advanced_keys(advanced.rows_affected()))
     }
 
-    /// Deletes ids applied more than `older_than` ago, `batch` rows per
-    /// statement; returns how many (see [`outbox_sql::inbox`] on the window).
+    /// Deletes ids applied, and key positions last advanced, more than
+    /// `older_than` ago, `batch` rows per statement; returns how many rows
+    /// (see [`outbox_sql::inbox`] on the window).
     pub async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64, Error> {
         let before = now_us().saturating_sub(micros(older_than));
-        outbox_sql::delete_in_batches(batch, |batch| async move {
-            let done = sqlx::query(&self.prune)
-                .bind(before)
-                .bind(batch)
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?;
-            Ok(done.rows_affected())
-        })
-        .await
+        let mut pruned = 0;
+        for statement in [&self.prune, &self.prune_keys] {
+            pruned += outbox_sql::delete_in_batches(batch, |batch| async move {
+                let done = sqlx::query(statement)
+                    .bind(before)
+                    .bind(batch)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        }
+        Ok(pruned)
     }
 }

@@ -139,6 +139,32 @@ pub async fn ids_older_than_the_window_are_pruned_in_batches(inbox: &impl InboxH
     assert!(inbox.apply("pruned", ids[0], true).await.unwrap().is_new());
 }
 
+/// `prune` also forgets the last sequence of a key idle past the window
+/// (the keys table stays bounded however many keys pass): afterwards an
+/// older message of that key is new again, as a copy of a pruned id is.
+pub async fn key_positions_idle_past_the_window_are_pruned(inbox: &impl InboxHarness) {
+    let apply = |id: Uuid, sequence: i64| {
+        inbox.apply_message("positions", incoming(id, Some(sequence)), true, true)
+    };
+    assert_eq!(apply(Uuid::now_v7(), 5).await.unwrap(), Receipt::New);
+    assert_eq!(apply(Uuid::now_v7(), 3).await.unwrap(), Receipt::Stale);
+    assert_eq!(
+        inbox.prune(Duration::from_secs(3600), 10).await.unwrap(),
+        0,
+        "nothing is old enough yet"
+    );
+    assert_eq!(
+        inbox.prune(Duration::ZERO, 10).await.unwrap(),
+        3,
+        "two ids and one key position"
+    );
+    assert_eq!(
+        apply(Uuid::now_v7(), 3).await.unwrap(),
+        Receipt::New,
+        "the key's position was pruned with its ids"
+    );
+}
+
 /// A consumer name that is empty or too long is refused before anything is
 /// written, with an error that says so.
 pub async fn a_consumer_name_out_of_bounds_is_refused(inbox: &impl InboxHarness) {

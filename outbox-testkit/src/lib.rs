@@ -112,6 +112,7 @@ macro_rules! inbox_conformance {
             each_message_is_applied_once_per_consumer,
             two_consumers_racing_on_one_id_apply_it_once,
             ids_older_than_the_window_are_pruned_in_batches,
+            key_positions_idle_past_the_window_are_pruned,
             a_consumer_name_out_of_bounds_is_refused,
             a_message_older_than_its_keys_last_is_stale_in_order,
         );
