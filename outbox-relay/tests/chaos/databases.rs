@@ -36,8 +36,10 @@ pub trait Database {
     async fn prepare_consumer(&self);
     /// The consumer: in one transaction, records `id` in the inbox and, if
     /// it is new, adds a row of `amount` to the business table (which has
-    /// no unique key, so an effect applied twice shows). Whether it was new.
-    async fn apply(&self, id: Uuid, amount: i64) -> bool;
+    /// no unique key, so an effect applied twice shows). Whether it was new,
+    /// or the error that ended the transaction (the caller retries, as a
+    /// consumer would: the database may be restarting).
+    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String>;
     /// Rows of the business table, and the sum of their amounts.
     async fn effects(&self) -> (i64, i64);
 }
@@ -142,13 +144,13 @@ impl Database for Postgres {
         .unwrap();
     }
 
-    async fn apply(&self, id: Uuid, amount: i64) -> bool {
-        let mut tx = self.pool.begin().await.unwrap();
+    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
         let new = self
             .inbox()
             .apply(&mut tx, CONSUMER, id)
             .await
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .is_new();
         if new {
             sqlx::query(&format!(
@@ -159,10 +161,10 @@ impl Database for Postgres {
             .bind(amount)
             .execute(&mut *tx)
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
         }
-        tx.commit().await.unwrap();
-        new
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(new)
     }
 
     async fn effects(&self) -> (i64, i64) {
@@ -314,13 +316,13 @@ impl Database for Mysql {
         self.inbox().migrate().await.unwrap();
     }
 
-    async fn apply(&self, id: Uuid, amount: i64) -> bool {
-        let mut tx = self.pool.begin().await.unwrap();
+    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
         let new = self
             .inbox()
             .apply(&mut tx, CONSUMER, id)
             .await
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .is_new();
         if new {
             let table = &self.outbox.config().table;
@@ -329,10 +331,10 @@ impl Database for Mysql {
                 .bind(amount)
                 .execute(&mut *tx)
                 .await
-                .unwrap();
+                .map_err(|e| e.to_string())?;
         }
-        tx.commit().await.unwrap();
-        new
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(new)
     }
 
     async fn effects(&self) -> (i64, i64) {
@@ -422,13 +424,13 @@ impl Database for Sqlite {
         self.inbox().migrate().await.unwrap();
     }
 
-    async fn apply(&self, id: Uuid, amount: i64) -> bool {
-        let mut tx = self.pool.begin().await.unwrap();
+    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
         let new = self
             .inbox()
             .apply(&mut tx, CONSUMER, id)
             .await
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .is_new();
         if new {
             let table = &self.outbox.config().table;
@@ -437,10 +439,10 @@ impl Database for Sqlite {
                 .bind(amount)
                 .execute(&mut *tx)
                 .await
-                .unwrap();
+                .map_err(|e| e.to_string())?;
         }
-        tx.commit().await.unwrap();
-        new
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(new)
     }
 
     async fn effects(&self) -> (i64, i64) {

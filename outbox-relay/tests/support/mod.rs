@@ -648,6 +648,12 @@ impl Publishes {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The record itself, growing as publishes arrive, for a consumer that
+    /// follows it.
+    pub fn record_handle(&self) -> Arc<Mutex<Vec<(Uuid, Instant)>>> {
+        self.seen.clone()
+    }
+
     /// How many publishes arrived so far, duplicates included.
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
