@@ -178,6 +178,15 @@ impl Servers {
     }
 }
 
+/// The database of a pair, as the reports name it.
+pub fn database_of(pair: &str) -> &'static str {
+    if pair.starts_with("pg-") {
+        "PostgreSQL"
+    } else {
+        "MariaDB"
+    }
+}
+
 /// A pair's name as people say it.
 pub fn label(pair: &str) -> String {
     let (source, destination) = pair.split_once('-').expect("pair");
@@ -338,35 +347,43 @@ async fn main() {
             let (without, with) = (report::Costs::of(without), report::Costs::of(with));
             println!(
                 "{} one-row transaction, 8 writers: without message p50 {:.2} ms {:.0}/s, with message p50 {:.2} ms {:.0}/s",
-                label(pair).split(' ').next().unwrap_or_default(),
+                database_of(pair),
                 report::ms(without.p50),
                 without.per_second,
                 report::ms(with.p50),
                 with.per_second
             );
-            report.enqueue(pair, without, with);
+            report.enqueue(database_of(pair), without, with);
         }
     }
 
     if options.inbox_seconds > 0 {
-        for pair in ["pg-nats", "mysql-nats"] {
-            let backlog = servers.backlog(pair, false).await;
-            let mut without = Vec::new();
-            let mut with = Vec::new();
+        for database in ["PostgreSQL", "MariaDB", "SQLite"] {
+            let consumer = match database {
+                "PostgreSQL" => inbox::Consumer::on(&servers.backlog("pg-nats", false).await).await,
+                "MariaDB" => inbox::Consumer::on(&servers.backlog("mysql-nats", false).await).await,
+                _ => inbox::Consumer::sqlite().await,
+            };
+            let (mut without, mut apply, mut in_order) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..options.runs {
-                without.push(inbox::measure(&backlog, false, options.inbox_seconds).await);
-                with.push(inbox::measure(&backlog, true, options.inbox_seconds).await);
+                let seconds = options.inbox_seconds;
+                without.push(inbox::measure(&consumer, inbox::Mode::Without, seconds).await);
+                apply.push(inbox::measure(&consumer, inbox::Mode::Apply, seconds).await);
+                in_order.push(inbox::measure(&consumer, inbox::Mode::InOrder, seconds).await);
             }
-            let (without, with) = (report::Costs::of(without), report::Costs::of(with));
+            let without = report::Costs::of(without);
+            let (apply, in_order) = (report::Costs::of(apply), report::Costs::of(in_order));
             println!(
-                "{} one-row consumer transaction, 8 consumers: without inbox p50 {:.2} ms {:.0}/s, with inbox p50 {:.2} ms {:.0}/s",
-                label(pair).split(' ').next().unwrap_or_default(),
+                "{database} one-row consumer transaction, 8 consumers: p50 {:.2} ms {:.0}/s; with apply {:.2} ms {:.0}/s; with apply_in_order {:.2} ms {:.0}/s",
                 report::ms(without.p50),
                 without.per_second,
-                report::ms(with.p50),
-                with.per_second
+                report::ms(apply.p50),
+                apply.per_second,
+                report::ms(in_order.p50),
+                in_order.per_second
             );
-            report.inbox(pair, without, with);
+            report.inbox(database, without, apply);
+            report.inbox(&format!("{database}, in order"), without, in_order);
         }
     }
 

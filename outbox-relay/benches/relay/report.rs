@@ -40,6 +40,7 @@ impl Spread {
 }
 
 /// Medians of several enqueue-cost runs of one mode.
+#[derive(Clone, Copy)]
 pub struct Costs {
     pub per_second: f64,
     pub p50: Duration,
@@ -107,12 +108,12 @@ impl Report {
         self.latency.push((setup.to_string(), rate, measured));
     }
 
-    pub fn enqueue(&mut self, pair: &str, without: Costs, with: Costs) {
-        self.enqueue.push((pair.to_string(), without, with));
+    pub fn enqueue(&mut self, database: &str, without: Costs, with: Costs) {
+        self.enqueue.push((database.to_string(), without, with));
     }
 
-    pub fn inbox(&mut self, pair: &str, without: Costs, with: Costs) {
-        self.inbox.push((pair.to_string(), without, with));
+    pub fn inbox(&mut self, database: &str, without: Costs, with: Costs) {
+        self.inbox.push((database.to_string(), without, with));
     }
 
     pub fn processes(&mut self, processes: usize, messages: usize, rate: Spread, peak_mib: f64) {
@@ -326,10 +327,10 @@ fn cost_table(title: &str, extra: &str, rows: &[(String, Costs, Costs)]) -> Stri
          | database | without {extra}: p50, tx/s | with {extra}: p50, tx/s | added p50 |\n\
          |---|---|---|---|\n"
     );
-    for (pair, without, with) in rows {
+    for (database, without, with) in rows {
         md += &format!(
             "| {} | {:.2} ms, {} | {:.2} ms, {} | {:+.1} % |\n",
-            label(pair).split(' ').next().unwrap_or_default(),
+            database,
             ms(without.p50),
             thousands(without.per_second),
             ms(with.p50),
