@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use outbox::{
     Backoff, CancellationToken, Claim, ClaimId, Destination, Error, Failure, Item, Relay,
-    RelayConfig, Source, Stats,
+    RelayConfig, Source,
 };
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
@@ -344,11 +344,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .fetch_one(&pool)
             .await?;
     println!("  mallory's event was dead-lettered: {reason}");
+    let counts = stats.snapshot().counts;
     println!(
         "published {}, retried {}, dead-lettered {}",
-        Stats::get(&stats.published),
-        Stats::get(&stats.retried),
-        Stats::get(&stats.dead_lettered)
+        counts.published, counts.retried, counts.dead_lettered
     );
     if per_customer.len() != 3 || per_customer.values().any(|k| k.as_slice() != kinds) {
         return Err("a customer's events arrived out of order or went missing".into());

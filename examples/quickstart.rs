@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outbox::memory::MemoryDestination;
-use outbox::{Backoff, CancellationToken, Event, Message, Relay, RelayConfig, Stats};
+use outbox::{Backoff, CancellationToken, Event, Message, Relay, RelayConfig};
 use outbox_sqlite::{connect, SqliteConfig, SqliteOutbox};
 use serde::Serialize;
 use sqlx::SqlitePool;
@@ -184,12 +184,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let backlog = outbox.backlog().await?;
+    let counts = stats.snapshot().counts;
     println!(
         "\npublished {}, retried {}, dead-lettered {}, left waiting {}",
-        Stats::get(&stats.published),
-        Stats::get(&stats.retried),
-        Stats::get(&stats.dead_lettered),
-        backlog.waiting,
+        counts.published, counts.retried, counts.dead_lettered, backlog.waiting,
     );
     pool.close().await;
     for suffix in ["", "-wal", "-shm"] {

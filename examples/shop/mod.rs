@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use outbox::{
-    CancellationToken, Destination, Event, Incoming, Message, Relay, RelayConfig, Source, Stats,
+    CancellationToken, Destination, Event, Incoming, Message, Relay, RelayConfig, Source,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -257,11 +257,12 @@ where
     if earlier > 0 {
         println!("  (and {earlier} events of earlier runs, ignored)");
     }
-    let latency = stats.end_to_end_latency.snapshot();
+    let snapshot = stats.snapshot();
+    let (counts, latency) = (snapshot.counts, snapshot.end_to_end_latency);
     println!(
         "consumer: {applied} of {written} events applied in {elapsed:?}, {duplicates} copies skipped by the inbox; relay: published {}, retried {}, mean commit-to-ack {:.1} ms",
-        Stats::get(&stats.published),
-        Stats::get(&stats.retried),
+        counts.published,
+        counts.retried,
         latency.sum_seconds * 1000.0 / latency.count.max(1) as f64,
     );
     if applied < written {

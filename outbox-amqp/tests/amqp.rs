@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_core::memory::{MemoryDeadLetter, MemorySource};
-use outbox_core::{Backoff, Message, RelayConfig, Stats, HEADER_MESSAGE_ID};
+use outbox_core::{Backoff, Message, RelayConfig, HEADER_MESSAGE_ID};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
     DestinationHarness, Received,
@@ -261,13 +261,18 @@ async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost
     };
     let relay = run_relay(source.clone(), destination, relay_config);
     let stats = relay.stats.clone();
-    assert!(eventually(DEADLINE, || async { Stats::get(&stats.published) >= 200 }).await);
+    assert!(
+        eventually(DEADLINE, || async {
+            stats.snapshot().counts.published >= 200
+        })
+        .await
+    );
     let mut closed = 0;
     for _ in 0..2 {
         closed += close_connections(&name);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let published_at_close = Stats::get(&stats.published);
+    let published_at_close = stats.snapshot().counts.published;
     let drained = eventually(DEADLINE, || async { source.waiting() == 0 }).await;
     relay.stop().await;
     assert!(closed >= 1, "no connection named {name} was found to close");
@@ -289,7 +294,7 @@ async fn the_relay_reconnects_after_its_connection_is_closed_and_nothing_is_lost
     let duplicates = assert_order_per_key(&messages, &arrivals);
     println!(
         "forced close: {closed} connection(s) closed after {published_at_close} published; {} retried, {duplicates} duplicates",
-        Stats::get(&stats.retried)
+        stats.snapshot().counts.retried
     );
 }
 
@@ -349,7 +354,7 @@ async fn refused_among_others(
         .collect();
     assert_order_per_key(&messages, &arrivals);
     assert_eq!(
-        Stats::get(&stats.retried),
+        stats.snapshot().counts.retried,
         0,
         "other keys' messages were retried after the channel closed"
     );

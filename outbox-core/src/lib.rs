@@ -41,9 +41,9 @@ pub use message::{
     HEADER_ORDERING_KEY, HEADER_SEQUENCE,
 };
 pub use redact::redact_url;
-pub use relay::Relay;
+pub use relay::{Drained, Relay};
 pub use source::{Backlog, Failure, OnDeadLetter, Source, DEFAULT_BATCH_BYTES};
-pub use stats::{Health, Stats};
+pub use stats::{Counts, Health, Stats, StatsSnapshot};
 
 /// Re-exported so users need not depend on tokio-util for shutdown.
 pub use tokio_util::sync::CancellationToken;

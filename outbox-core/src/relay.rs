@@ -31,6 +31,21 @@ pub struct Relay<S, D> {
     stats: Arc<Stats>,
 }
 
+/// What one [`Relay::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Non-empty batches claimed.
+    pub batches: u64,
+    /// Items published and acknowledged.
+    pub published: u64,
+    /// Failed attempts, to be retried after their backoff.
+    pub retried: u64,
+    /// Items dead-lettered.
+    pub dead_lettered: u64,
+    /// Items handed back unattempted (their lease left no time to send).
+    pub released: u64,
+}
+
 /// A claimed batch, its claim's identity (which its reports name), when
 /// the relay asked for it and when its lease began.
 struct Claimed<I> {
@@ -166,6 +181,37 @@ where
         Ok(())
     }
 
+    /// Delivers what is waiting now, batch after batch, until a claim comes
+    /// back empty; then flushes the destination and says what became of the
+    /// items. For tests, command-line tools and scheduled jobs that deliver
+    /// and exit (a service runs [`run`](Self::run)). It keeps every promise
+    /// of `run`: order per key, retries, dead letters. A message whose retry
+    /// is not due yet, and the rest of its key, stay waiting for a later
+    /// drain or relay. A failed claim ends the drain with its error; a
+    /// failed report leaves the items to their lease, as in `run`.
+    pub async fn drain(&self) -> Result<Drained, Error> {
+        let (stop, shutdown) = (AtomicBool::new(false), CancellationToken::new());
+        let before = self.stats.snapshot().counts;
+        loop {
+            let batch = self.claim_batch().await?;
+            if batch.items.is_empty() {
+                break;
+            }
+            let (claim, claimed_at) = (batch.claim, batch.at);
+            let outcome = self.deliver(batch, &stop, &shutdown).await;
+            self.report(claim, outcome, claimed_at).await;
+        }
+        self.destination.flush().await?;
+        let after = self.stats.snapshot().counts;
+        Ok(Drained {
+            batches: after.batches - before.batches,
+            published: after.published - before.published,
+            retried: after.retried - before.retried,
+            dead_lettered: after.dead_lettered - before.dead_lettered,
+            released: after.released - before.released,
+        })
+    }
+
     /// How long into a lease a send may still start: it ends by the lease's
     /// end less a tenth, leaving that for the batch's reports.
     fn send_window(lease: Duration, send_timeout: Duration) -> Duration {
@@ -177,19 +223,24 @@ where
         if shutdown.is_cancelled() {
             return None;
         }
+        match self.claim_batch().await {
+            Ok(batch) => Some(batch),
+            Err(err) => {
+                tracing::warn!(error = %err.report(), "claim failed; will try again");
+                None
+            }
+        }
+    }
+
+    /// Claims a batch and counts it, or counts the error.
+    async fn claim_batch(&self) -> Result<Claimed<S::Item>, Error> {
         let at = Instant::now();
         match self.source.claim(self.config.batch_size).await {
             Ok(claim) => {
                 let (id, leased_at) = (claim.id(), claim.leased_at());
                 let items = claim.into_items();
-                self.stats.claim_succeeded();
-                if !items.is_empty() {
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .in_flight
-                        .fetch_add(items.len() as u64, Ordering::Relaxed);
-                }
-                Some(Claimed {
+                self.stats.claimed(items.len());
+                Ok(Claimed {
                     claim: id,
                     items,
                     at,
@@ -197,10 +248,8 @@ where
                 })
             }
             Err(err) => {
-                self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
-                self.stats.record_error(format!("claim: {}", err.report()));
-                tracing::warn!(error = %err.report(), "claim failed; will try again");
-                None
+                self.stats.source_failed(format!("claim: {}", err.report()));
+                Err(err)
             }
         }
     }
@@ -269,7 +318,7 @@ where
         for item in &outcome.delivered {
             if let Some(created) = item.created_at() {
                 let latency = now.duration_since(created).unwrap_or_default();
-                stats.end_to_end_latency.observe(latency);
+                stats.observe_end_to_end(latency);
             }
         }
         let ack = async {
@@ -300,20 +349,16 @@ where
         };
         tokio::join!(ack, retry, dead, release);
 
-        let counts = [
-            (&stats.published, outcome.delivered.len()),
-            (&stats.retried, outcome.retry.len()),
-            (&stats.dead_lettered, outcome.dead.len()),
-            (&stats.released, outcome.released.len()),
-        ];
-        for (counter, n) in counts {
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        stats.reported(
+            outcome.delivered.len(),
+            outcome.retry.len(),
+            outcome.dead.len(),
+            outcome.released.len(),
+        );
         let total = outcome.delivered.len()
             + outcome.retry.len()
             + outcome.dead.len()
             + outcome.released.len();
-        stats.in_flight.fetch_sub(total as u64, Ordering::Relaxed);
         if total > outcome.released.len() {
             stats.progressed();
         }
@@ -324,7 +369,7 @@ where
                 "the lease left no time to send these items; released to the next claim"
             );
         }
-        stats.batch_latency.observe(claimed_at.elapsed());
+        stats.observe_batch(claimed_at.elapsed());
         tracing::debug!(
             delivered = outcome.delivered.len(),
             retried = outcome.retry.len(),
@@ -345,8 +390,8 @@ where
             match call().await {
                 Ok(()) => return,
                 Err(err) => {
-                    self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.record_error(format!("{what}: {}", err.report()));
+                    self.stats
+                        .source_failed(format!("{what}: {}", err.report()));
                     tracing::warn!(what, attempt, error = %err.report(), "reporting to the source failed");
                     if !err.is_temporary() || attempt == REPORT_ATTEMPTS {
                         return;

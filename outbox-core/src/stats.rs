@@ -1,34 +1,22 @@
 //! Counters and health of a running relay.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{Backlog, Histogram};
+use crate::{Backlog, Histogram, HistogramSnapshot};
 
-/// Live statistics of one relay, shared with whoever exports them.
+/// Live statistics of one relay, shared with whoever exports them. Read
+/// them with [`snapshot`](Stats::snapshot); only the relay writes them.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
     stall_after: Duration,
-    /// Items published and acknowledged.
-    pub published: AtomicU64,
-    /// Failed attempts that will be retried.
-    pub retried: AtomicU64,
-    /// Items dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Items handed back unattempted (shutdown, or behind a failure of their key).
-    pub released: AtomicU64,
-    /// Items claimed and not yet reported.
-    pub in_flight: AtomicU64,
-    /// Batches claimed (non-empty).
-    pub batches: AtomicU64,
-    /// Claims or reports that failed against the source.
-    pub source_errors: AtomicU64,
-    /// Time from claim to the last report of a batch.
-    pub batch_latency: Histogram,
-    /// Time from an item's commit to its acknowledgement by the destination.
-    pub end_to_end_latency: Histogram,
+    /// Updated together, once per claim and per report, so a snapshot
+    /// never counts an item twice or not at all.
+    counts: Mutex<Counts>,
+    batch_latency: Histogram,
+    end_to_end_latency: Histogram,
     last_claim_ms: AtomicU64,
     last_progress_ms: AtomicU64,
     /// Batches in a row released unsent because their lease left no time.
@@ -36,6 +24,42 @@ pub struct Stats {
     last_error: Mutex<Option<String>>,
     /// The last backlog the source reported, and when.
     backlog: Mutex<Option<(Backlog, Instant)>>,
+}
+
+/// The relay's counters at one instant. Every item claimed since start is
+/// in exactly one of `published`, `retried`, `dead_lettered`, `released`
+/// and `in_flight`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Items published and acknowledged.
+    pub published: u64,
+    /// Failed attempts that will be retried.
+    pub retried: u64,
+    /// Items dead-lettered.
+    pub dead_lettered: u64,
+    /// Items handed back unattempted (shutdown, or behind a failure of their key).
+    pub released: u64,
+    /// Items claimed and not yet reported.
+    pub in_flight: u64,
+    /// Batches claimed (non-empty).
+    pub batches: u64,
+    /// Claims or reports that failed against the source.
+    pub source_errors: u64,
+}
+
+/// A copy of a relay's [`Stats`], taken by [`Stats::snapshot`].
+#[derive(Debug, Clone)]
+pub struct StatsSnapshot {
+    /// The counters, consistent with each other.
+    pub counts: Counts,
+    /// Time from claim to the last report of a batch.
+    pub batch_latency: HistogramSnapshot,
+    /// Time from an item's commit to its acknowledgement by the destination.
+    pub end_to_end_latency: HistogramSnapshot,
+    /// The last backlog the source reported, if it reports one.
+    pub backlog: Option<Backlog>,
+    /// Whether the relay is making progress.
+    pub health: Health,
 }
 
 /// Batches in a row released unsent before the relay reports unhealthy.
@@ -58,13 +82,7 @@ impl Stats {
         Self {
             started: Instant::now(),
             stall_after,
-            published: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            source_errors: AtomicU64::new(0),
+            counts: Mutex::new(Counts::default()),
             batch_latency: Histogram::default(),
             end_to_end_latency: Histogram::default(),
             last_claim_ms: AtomicU64::new(0),
@@ -79,8 +97,57 @@ impl Stats {
         self.started.elapsed().as_millis() as u64
     }
 
-    pub(crate) fn claim_succeeded(&self) {
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The statistics now: counters, histograms, backlog and health.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        // Copied in a statement of its own: the guard must be gone before
+        // `health` locks the counts again.
+        let counts = *self.counts();
+        StatsSnapshot {
+            counts,
+            batch_latency: self.batch_latency.snapshot(),
+            end_to_end_latency: self.end_to_end_latency.snapshot(),
+            backlog: self.backlog(),
+            health: self.health(),
+        }
+    }
+
+    /// Counts a successful claim of `items` (none: an empty claim).
+    pub(crate) fn claimed(&self, items: usize) {
         self.last_claim_ms.store(self.now_ms(), Ordering::Relaxed);
+        if items > 0 {
+            let mut counts = self.counts();
+            counts.batches += 1;
+            counts.in_flight += items as u64;
+        }
+    }
+
+    /// Counts the outcomes of a reported batch, taking them out of flight.
+    pub(crate) fn reported(&self, published: usize, retried: usize, dead: usize, released: usize) {
+        let mut counts = self.counts();
+        counts.published += published as u64;
+        counts.retried += retried as u64;
+        counts.dead_lettered += dead as u64;
+        counts.released += released as u64;
+        let total = (published + retried + dead + released) as u64;
+        counts.in_flight = counts.in_flight.saturating_sub(total);
+    }
+
+    /// Counts a failed claim or report and keeps its error for [`Health`].
+    pub(crate) fn source_failed(&self, error: String) {
+        self.counts().source_errors += 1;
+        self.record_error(error);
+    }
+
+    pub(crate) fn observe_batch(&self, latency: Duration) {
+        self.batch_latency.observe(latency);
+    }
+
+    pub(crate) fn observe_end_to_end(&self, latency: Duration) {
+        self.end_to_end_latency.observe(latency);
     }
 
     pub(crate) fn progressed(&self) {
@@ -128,11 +195,6 @@ impl Stats {
         (backlog.waiting > 0 && oldest > self.stall_after).then_some((backlog.waiting, oldest))
     }
 
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
     /// Time since the last item reached an outcome (published, retried,
     /// dead-lettered), or since start if none did.
     pub fn since_progress(&self) -> Duration {
@@ -162,7 +224,7 @@ impl Stats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let in_flight = self.counts().in_flight;
         let unsent = self.unsent_in_a_row.load(Ordering::Relaxed);
         let (healthy, reason) = if since_claim > self.stall_after {
             (false, format!("no successful claim for {since_claim:?}"))

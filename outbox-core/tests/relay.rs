@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::{MemoryDestination, MemorySource};
-use outbox_core::{Message, OnDeadLetter, Relay, RelayConfig, Stats};
+use outbox_core::{Message, OnDeadLetter, Relay, RelayConfig};
 use outbox_testkit::{eventually, numbered_messages, run_relay};
 
 fn fast() -> RelayConfig {
@@ -123,15 +123,15 @@ async fn stats_count_outcomes_and_health_sees_a_stall() {
     // dead-lettered and (OnDeadLetter::Continue) its second delivered; key-2:
     // both delivered. Five published in all.
     let settled = eventually(Duration::from_secs(5), || async {
-        Stats::get(&stats.published) == 5 && Stats::get(&stats.in_flight) == 0
+        stats.snapshot().counts.published == 5 && stats.snapshot().counts.in_flight == 0
     })
     .await;
-    assert!(settled, "published {}", Stats::get(&stats.published));
-    assert_eq!(Stats::get(&stats.retried), 1);
-    assert_eq!(Stats::get(&stats.dead_lettered), 1);
-    assert_eq!(Stats::get(&stats.in_flight), 0);
+    assert!(settled, "published {}", stats.snapshot().counts.published);
+    assert_eq!(stats.snapshot().counts.retried, 1);
+    assert_eq!(stats.snapshot().counts.dead_lettered, 1);
+    assert_eq!(stats.snapshot().counts.in_flight, 0);
     assert!(stats.health().healthy, "{:?}", stats.health());
-    assert_eq!(stats.end_to_end_latency.snapshot().count, 5);
+    assert_eq!(stats.snapshot().end_to_end_latency.count, 5);
 
     // A destination that never answers: items stay in flight, health fails.
     destination.delay_all(Duration::from_secs(30));
@@ -139,6 +139,88 @@ async fn stats_count_outcomes_and_health_sees_a_stall() {
     let stalled = eventually(Duration::from_secs(5), || async { !stats.health().healthy }).await;
     relay.stop().await;
     assert!(stalled, "health never reported the stall");
+}
+
+/// Every claimed item is in exactly one of the snapshot's counts, at every
+/// instant: their sum (the items claimed so far) never goes down while the
+/// relay runs, and ends at the messages published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_counts_each_claimed_item_once() {
+    let source = MemorySource::default();
+    let destination = MemoryDestination::new();
+    source.enqueue(numbered_messages("t", 100, 30));
+    let relay = run_relay(source.clone(), destination.clone(), fast());
+    let stats = relay.stats.clone();
+    let sampler = tokio::spawn(async move {
+        let mut last = 0;
+        let mut samples = 0;
+        loop {
+            let counts = stats.snapshot().counts;
+            let claimed = counts.published
+                + counts.retried
+                + counts.dead_lettered
+                + counts.released
+                + counts.in_flight;
+            assert!(
+                claimed >= last,
+                "the claimed items went from {last} to {claimed}: {counts:?}"
+            );
+            last = claimed;
+            samples += 1;
+            if counts.published == 3000 && counts.in_flight == 0 {
+                return (claimed, samples);
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let (claimed, samples) = tokio::time::timeout(Duration::from_secs(20), sampler)
+        .await
+        .expect("all 3,000 published within 20 s")
+        .expect("sampler");
+    relay.stop().await;
+    assert_eq!(claimed, 3000, "after {samples} samples");
+}
+
+/// `drain` delivers what waits and returns: a failed head waits for its
+/// backoff with the rest of its key, a refused one is dead-lettered, and a
+/// later drain delivers the key once the retry is due.
+#[tokio::test]
+async fn drain_delivers_what_waits_and_says_what_became_of_it() {
+    let source = MemorySource::default();
+    let destination = MemoryDestination::new();
+    let messages = numbered_messages("t", 3, 2);
+    destination.fail_times(messages[0].id, 1);
+    destination.fail_permanently(messages[1].id);
+    source.enqueue(messages.clone());
+    let config = RelayConfig {
+        backoff: outbox_core::Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..fast()
+    };
+    let relay = Relay::new(source.clone(), destination.clone(), config).unwrap();
+    let first = relay.drain().await.unwrap();
+    assert_eq!(
+        (first.published, first.retried, first.dead_lettered),
+        (3, 1, 1),
+        "key-1's second and key-2's two published, key-0 waits: {first:?}"
+    );
+    assert_eq!(destination.sent_count(), 3);
+    let published = std::sync::atomic::AtomicU64::new(0);
+    let rest = eventually(Duration::from_secs(5), || async {
+        let drained = relay.drain().await.unwrap();
+        let total = published.fetch_add(drained.published, std::sync::atomic::Ordering::Relaxed)
+            + drained.published;
+        total == 2
+    })
+    .await;
+    assert!(rest, "key-0 was not delivered by later drains");
+    assert_eq!(
+        relay.drain().await.unwrap(),
+        outbox_core::Drained::default()
+    );
 }
 
 #[test]
@@ -243,7 +325,7 @@ async fn a_slow_claim_does_not_eat_the_time_to_send() {
     };
     let relay = run_relay(slow, destination.clone(), config);
     let delivered = destination.wait_for(10, Duration::from_secs(15)).await;
-    let released = Stats::get(&relay.stats.released);
+    let released = relay.stats.snapshot().counts.released;
     relay.stop().await;
     assert!(
         delivered,
@@ -313,7 +395,7 @@ async fn nothing_delivered_while_messages_wait_makes_the_relay_unhealthy() {
     );
     // The stalled claim's lease ends; the relay delivers and recovers.
     let recovered = eventually(Duration::from_secs(20), || async {
-        relay.stats.health().healthy && Stats::get(&relay.stats.published) == 5
+        relay.stats.health().healthy && relay.stats.snapshot().counts.published == 5
     })
     .await;
     let health = relay.stats.health();

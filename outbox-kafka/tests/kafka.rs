@@ -341,7 +341,7 @@ impl outbox_core::Destination for Recording {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
     use outbox_core::memory::MemorySource;
-    use outbox_core::{Backoff, RelayConfig, Stats};
+    use outbox_core::{Backoff, RelayConfig};
     use outbox_testkit::{assert_recovered, eventually, numbered_messages, run_relay};
 
     let mut broker = OwnBroker::start();
@@ -380,13 +380,13 @@ async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
     let stats = relay.stats.clone();
     assert!(
         eventually(Duration::from_secs(60), || async {
-            Stats::get(&stats.published) >= 100
+            stats.snapshot().counts.published >= 100
         })
         .await
     );
 
     broker.stop();
-    let published_at_stop = Stats::get(&stats.published);
+    let published_at_stop = stats.snapshot().counts.published;
     tokio::time::sleep(Duration::from_millis(300)).await;
     recording
         .restarted
@@ -447,7 +447,7 @@ async fn the_relay_waits_for_a_restarted_broker_and_resumes() {
     }
     println!(
         "restart: stopped after {published_at_stop} published; {} retried; {} acknowledged after the restart, all in the topic ({} records)",
-        Stats::get(&stats.retried),
+        stats.snapshot().counts.retried,
         acked_after.len(),
         received.len()
     );

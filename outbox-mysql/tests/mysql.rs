@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Error, Incoming, Message, OnDeadLetter, Source, Stats};
+use outbox_core::{Error, Incoming, Message, OnDeadLetter, Source};
 use outbox_mysql::{MysqlConfig, MysqlInbox, MysqlOutbox, MysqlSource, Operator, Receipt};
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
@@ -553,20 +553,24 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
             .await
     );
     let leader_counted = eventually(DEADLINE, || async {
-        Stats::get(&leader.stats.published) == (first.len() + second.len()) as u64
+        leader.stats.snapshot().counts.published == (first.len() + second.len()) as u64
     })
     .await;
     assert!(leader_counted, "the leader did not publish everything");
-    assert_eq!(Stats::get(&standby.stats.published), 0, "a standby claimed");
+    assert_eq!(
+        standby.stats.snapshot().counts.published,
+        0,
+        "a standby claimed"
+    );
 
     leader.stop().await;
     let third = numbered_messages("orders", 10, 10);
     commit(&outbox, &pool, &third).await;
     let counted = eventually(DEADLINE, || async {
-        Stats::get(&standby.stats.published) == third.len() as u64
+        standby.stats.snapshot().counts.published == third.len() as u64
     })
     .await;
-    let published = Stats::get(&standby.stats.published);
+    let published = standby.stats.snapshot().counts.published;
     standby.stop().await;
     assert!(counted, "the standby did not take over: {published}");
     let all: Vec<Message> = first.into_iter().chain(second).chain(third).collect();

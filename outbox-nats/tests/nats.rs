@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
 use outbox_core::memory::MemorySource;
-use outbox_core::{Backoff, Destination, Message, RelayConfig, Stats};
+use outbox_core::{Backoff, Destination, Message, RelayConfig};
 use outbox_nats::{NatsConfig, NatsDestination, NatsMode, NATS_MSG_ID};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
@@ -370,12 +370,15 @@ async fn the_relay_resumes_after_the_server_restarts_and_nothing_is_lost() {
     let relay = run_relay(source.clone(), destination, config);
     let stats = relay.stats.clone();
     assert!(
-        eventually(DEADLINE, || async { Stats::get(&stats.published) >= 300 }).await,
+        eventually(DEADLINE, || async {
+            stats.snapshot().counts.published >= 300
+        })
+        .await,
         "nothing flowed"
     );
 
     server.stop();
-    let published_at_stop = Stats::get(&stats.published);
+    let published_at_stop = stats.snapshot().counts.published;
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.restart();
     server.wait_until_up().await;
@@ -402,6 +405,6 @@ async fn the_relay_resumes_after_the_server_restarts_and_nothing_is_lost() {
     println!(
         "restart: {} messages, stopped after {published_at_stop}, {} retried, {duplicates} duplicates stored",
         messages.len(),
-        Stats::get(&stats.retried)
+        stats.snapshot().counts.retried
     );
 }

@@ -539,12 +539,12 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
             .await
     );
     let leader_counted = eventually(DEADLINE, || async {
-        outbox_core::Stats::get(&leader.stats.published) == (first.len() + second.len()) as u64
+        leader.stats.snapshot().counts.published == (first.len() + second.len()) as u64
     })
     .await;
     assert!(leader_counted, "the leader did not publish everything");
     assert_eq!(
-        outbox_core::Stats::get(&standby.stats.published),
+        standby.stats.snapshot().counts.published,
         0,
         "a standby claimed"
     );
@@ -561,13 +561,13 @@ async fn in_leader_only_mode_one_relay_claims_and_a_standby_takes_over() {
     // The counter moves once the acknowledgement is recorded, just after
     // the destination saw the messages.
     let counted = eventually(DEADLINE, || async {
-        outbox_core::Stats::get(&standby.stats.published) == third.len() as u64
+        standby.stats.snapshot().counts.published == third.len() as u64
     })
     .await;
     assert!(
         counted,
         "standby published {}",
-        outbox_core::Stats::get(&standby.stats.published)
+        standby.stats.snapshot().counts.published
     );
     standby.stop().await;
     let all: Vec<Message> = first.into_iter().chain(second).chain(third).collect();

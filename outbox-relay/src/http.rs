@@ -51,7 +51,7 @@ async fn healthz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
 
 async fn metrics(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
     let body = match readiness.stats() {
-        Some(stats) => crate::metrics::render(stats),
+        Some(stats) => crate::metrics::render(&stats.snapshot()),
         None => format!("# {}\n", readiness.waiting_for()),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)

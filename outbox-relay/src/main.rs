@@ -53,6 +53,9 @@ struct Cli {
 enum Command {
     /// Relay until SIGTERM or SIGINT (the default).
     Run,
+    /// Deliver what is waiting now, print what became of it, and exit (a
+    /// scheduled job's relay).
+    Drain,
     /// Check the settings and print them, credentials hidden.
     Check,
     /// Create or update the outbox table.
@@ -133,6 +136,18 @@ async fn execute(
 ) -> Result<(), outbox_core::Error> {
     match command {
         Command::Run => run::run(outbox, settings).await,
+        Command::Drain => {
+            let drained = run::drain(&*outbox, settings).await?;
+            println!(
+                "published {}\nretried {}\ndead_lettered {}\nreleased {}\nbatches {}",
+                drained.published,
+                drained.retried,
+                drained.dead_lettered,
+                drained.released,
+                drained.batches
+            );
+            Ok(())
+        }
         Command::Check => {
             println!(
                 "source: {} {} table {}",

@@ -2,54 +2,55 @@
 
 use std::fmt::Write;
 
-use outbox_core::{HistogramSnapshot, Stats, BUCKETS_SECONDS};
+use outbox_core::{HistogramSnapshot, StatsSnapshot, BUCKETS_SECONDS};
 
-/// Renders every counter, gauge and histogram of `stats`.
-pub fn render(stats: &Stats) -> String {
+/// Renders every counter, gauge and histogram of a relay's `stats`.
+pub fn render(stats: &StatsSnapshot) -> String {
     let mut out = String::new();
+    let counts = stats.counts;
     let counters = [
         (
             "outbox_published_total",
             "Messages published and acknowledged by the broker.",
-            &stats.published,
+            counts.published,
         ),
         (
             "outbox_retried_total",
             "Failed attempts that will be retried.",
-            &stats.retried,
+            counts.retried,
         ),
         (
             "outbox_dead_lettered_total",
             "Messages dead-lettered.",
-            &stats.dead_lettered,
+            counts.dead_lettered,
         ),
         (
             "outbox_released_total",
             "Claimed messages handed back unattempted.",
-            &stats.released,
+            counts.released,
         ),
         (
             "outbox_batches_total",
             "Non-empty batches claimed.",
-            &stats.batches,
+            counts.batches,
         ),
         (
             "outbox_source_errors_total",
             "Claims or reports that failed against the database.",
-            &stats.source_errors,
+            counts.source_errors,
         ),
     ];
     for (name, help, counter) in counters {
-        metric(&mut out, name, help, "counter", Stats::get(counter) as f64);
+        metric(&mut out, name, help, "counter", counter as f64);
     }
     metric(
         &mut out,
         "outbox_in_flight",
         "Messages claimed and not yet reported.",
         "gauge",
-        Stats::get(&stats.in_flight) as f64,
+        counts.in_flight as f64,
     );
-    let health = stats.health();
+    let health = &stats.health;
     metric(
         &mut out,
         "outbox_healthy",
@@ -57,7 +58,7 @@ pub fn render(stats: &Stats) -> String {
         "gauge",
         if health.healthy { 1.0 } else { 0.0 },
     );
-    if let Some(backlog) = stats.backlog() {
+    if let Some(backlog) = stats.backlog {
         metric(
             &mut out,
             "outbox_backlog_waiting",
@@ -84,13 +85,13 @@ pub fn render(stats: &Stats) -> String {
         &mut out,
         "outbox_batch_duration_seconds",
         "Time from claiming a batch to its last report.",
-        &stats.batch_latency.snapshot(),
+        &stats.batch_latency,
     );
     histogram(
         &mut out,
         "outbox_end_to_end_latency_seconds",
         "Time from a message's commit to the broker's acknowledgement.",
-        &stats.end_to_end_latency.snapshot(),
+        &stats.end_to_end_latency,
     );
     out
 }
@@ -119,15 +120,17 @@ fn histogram(out: &mut String, name: &str, help: &str, snapshot: &HistogramSnaps
 mod tests {
     use std::time::Duration;
 
+    use outbox_core::{Histogram, Stats};
+
     use super::*;
 
     #[test]
     fn counters_and_histograms_are_rendered() {
-        let stats = Stats::new(Duration::from_secs(60));
-        stats
-            .published
-            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
-        stats.end_to_end_latency.observe(Duration::from_millis(3));
+        let mut stats = Stats::new(Duration::from_secs(60)).snapshot();
+        stats.counts.published = 7;
+        let end_to_end = Histogram::default();
+        end_to_end.observe(Duration::from_millis(3));
+        stats.end_to_end_latency = end_to_end.snapshot();
         let text = render(&stats);
         assert!(
             text.contains("# TYPE outbox_published_total counter\noutbox_published_total 7\n"),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{CancellationToken, Error, Relay, Stats};
+use outbox_core::{CancellationToken, Drained, Error, Relay};
 
 use crate::startup::{until_up, Readiness};
 
@@ -67,10 +67,11 @@ pub async fn run(outbox: Box<dyn Operator>, settings: Settings) -> Result<(), Er
     let result = relay(&*outbox, settings, &readiness, &shutdown).await;
     shutdown.cancel();
     if let Some(stats) = readiness.stats() {
+        let counts = stats.snapshot().counts;
         tracing::info!(
-            published = Stats::get(&stats.published),
-            retried = Stats::get(&stats.retried),
-            dead_lettered = Stats::get(&stats.dead_lettered),
+            published = counts.published,
+            retried = counts.retried,
+            dead_lettered = counts.dead_lettered,
             "outbox-relay stopped"
         );
     }
@@ -98,6 +99,25 @@ async fn relay(
         .map_err(|err| Error::permanent(format!("invalid configuration: relay.{err}")))?;
     readiness.running(relay.stats());
     relay.run(shutdown.clone()).await
+}
+
+/// `outbox-relay drain`: connects, delivers what is waiting now with
+/// [`Relay::drain`], and returns what became of it. A server that cannot
+/// be reached fails the drain at once (a scheduled job runs again later).
+pub async fn drain(outbox: &dyn Operator, settings: Settings) -> Result<Drained, Error> {
+    let source = outbox.relay_source().await?;
+    // Cancelled from the start: one attempt at the broker, no waiting.
+    let (readiness, shutdown) = (Readiness::default(), CancellationToken::new());
+    shutdown.cancel();
+    let Some(destination) =
+        destination::connect(&settings.destination, &readiness, &shutdown).await?
+    else {
+        let reason = readiness.waiting_for();
+        return Err(Error::temporary(reason.trim_start_matches("starting: ")));
+    };
+    let relay = Relay::new(source, destination, settings.relay)
+        .map_err(|err| Error::permanent(format!("invalid configuration: relay.{err}")))?;
+    relay.drain().await
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

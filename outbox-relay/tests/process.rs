@@ -112,6 +112,31 @@ async fn relays_counts_in_metrics_and_loses_nothing_on_sigterm() {
     assert_order_per_key(&messages, &arrivals);
 }
 
+/// `outbox-relay drain`: delivers what waits, in order per key, prints what
+/// became of it and exits; a second drain finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delivers_what_waits_and_exits() {
+    let (outbox, pool) = table("relay_drain").await;
+    let nats_stream = stream("RELAY_DRAIN", "relay-drain").await;
+    let messages = numbered_messages("relay-drain.orders", 10, 5);
+    commit(&outbox, &pool, &messages).await;
+    let config = settings("relay_drain", spare_port(), "");
+    for published in [50, 0] {
+        let (code, text) = finish(relay(&config, &["drain"]).spawn().unwrap(), DEADLINE).await;
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            text.contains(&format!(
+                "published {published}\nretried 0\ndead_lettered 0\n"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
+    let arrivals = read(&nats_stream, &messages).await;
+    assert_eq!(arrivals.len(), messages.len());
+    assert_order_per_key(&messages, &arrivals);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_counted_and_requeued() {
     let (outbox, pool) = table("relay_dead").await;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Failure, Message, OnDeadLetter, RelayConfig, Source, Stats};
+use outbox_core::{Failure, Message, OnDeadLetter, RelayConfig, Source};
 use outbox_sql::{AckMode, Operator};
 use uuid::Uuid;
 
@@ -137,7 +137,7 @@ pub async fn four_relays_keep_each_key_in_order_and_lose_nothing(table: &impl Ta
     let elapsed = started.elapsed();
     let per_relay: Vec<u64> = relays
         .iter()
-        .map(|r| Stats::get(&r.stats.published))
+        .map(|r| r.stats.snapshot().counts.published)
         .collect();
     for relay in relays {
         relay.stop().await;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_core::{CancellationToken, Destination, Message, Relay, RelayConfig, Source, Stats};
+use outbox_core::{CancellationToken, Destination, Message, Relay, RelayConfig, Source};
 
 use crate::backlog::Backlog;
 use crate::broker::Broker;
@@ -58,7 +58,7 @@ where
     let task = tokio::spawn(relay.run(shutdown.clone()));
     // The relay's own counter, not a query: polling the table would load
     // the database the relay is measured on.
-    while Stats::get(&stats.published) < count as u64 {
+    while stats.snapshot().counts.published < count as u64 {
         assert!(!task.is_finished(), "relay stopped before the drain ended");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

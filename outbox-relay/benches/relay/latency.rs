@@ -139,10 +139,10 @@ pub async fn measure(
         println!(
             "latency: {duplicates} duplicates arrived (not counted in the figures); the relay \
              published {}, retried {}, released {}, had {} source errors; last error: {:?}",
-            Stats::get(&stats.published),
-            Stats::get(&stats.retried),
-            Stats::get(&stats.released),
-            Stats::get(&stats.source_errors),
+            stats.snapshot().counts.published,
+            stats.snapshot().counts.retried,
+            stats.snapshot().counts.released,
+            stats.snapshot().counts.source_errors,
             stats.health().last_error
         );
     }
