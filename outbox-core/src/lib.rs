@@ -20,6 +20,8 @@ mod incoming;
 mod item;
 pub mod memory;
 mod message;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod redact;
 mod relay;
 mod source;

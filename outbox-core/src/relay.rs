@@ -79,6 +79,8 @@ where
             );
         }
         let stats = Arc::new(Stats::new(config.stall_after));
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         Ok(Self {
             source,
             destination,
@@ -268,6 +270,7 @@ where
             Ok(None) => {}
             Err(err) => tracing::debug!(error = %err.report(), "backlog query failed"),
         }
+        self.stats.record_health();
     }
 
     /// Delivers one batch; once shutdown's grace period is over, keys stop

@@ -122,6 +122,8 @@ impl Stats {
             let mut counts = self.counts();
             counts.batches += 1;
             counts.in_flight += items as u64;
+            #[cfg(feature = "metrics")]
+            crate::metrics::claimed(items as u64);
         }
     }
 
@@ -134,20 +136,40 @@ impl Stats {
         counts.released += released as u64;
         let total = (published + retried + dead + released) as u64;
         counts.in_flight = counts.in_flight.saturating_sub(total);
+        #[cfg(feature = "metrics")]
+        crate::metrics::reported(
+            published as u64,
+            retried as u64,
+            dead as u64,
+            released as u64,
+        );
     }
 
     /// Counts a failed claim or report and keeps its error for [`Health`].
     pub(crate) fn source_failed(&self, error: String) {
         self.counts().source_errors += 1;
+        #[cfg(feature = "metrics")]
+        crate::metrics::source_failed();
         self.record_error(error);
     }
 
     pub(crate) fn observe_batch(&self, latency: Duration) {
         self.batch_latency.observe(latency);
+        #[cfg(feature = "metrics")]
+        crate::metrics::batch_latency(latency);
     }
 
     pub(crate) fn observe_end_to_end(&self, latency: Duration) {
         self.end_to_end_latency.observe(latency);
+        #[cfg(feature = "metrics")]
+        crate::metrics::end_to_end_latency(latency);
+    }
+
+    /// Hands the health to the `metrics` recorder (feature `metrics`); the
+    /// relay calls it with each backlog refresh.
+    pub(crate) fn record_health(&self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::health(&self.health());
     }
 
     pub(crate) fn progressed(&self) {
@@ -170,6 +192,8 @@ impl Stats {
     }
 
     pub(crate) fn set_backlog(&self, backlog: Backlog) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::backlog(&backlog);
         *self.backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some((backlog, Instant::now()));
     }
 
