@@ -153,4 +153,40 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The dashboard and the alert rules in `deploy/` ask only for series
+    /// this exposition has, so renaming a metric fails here.
+    #[test]
+    fn the_dashboard_and_alerts_ask_only_for_metrics_served() {
+        let mut stats = Stats::new(Duration::from_secs(60)).snapshot();
+        stats.backlog = Some(outbox_core::Backlog {
+            waiting: 0,
+            oldest_age: None,
+            dead_letters: 0,
+        });
+        let text = render(&stats);
+        let served: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split([' ', '{']).next())
+            .collect();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for file in ["outbox-dashboard.json", "outbox-alerts.yml"] {
+            let content = std::fs::read_to_string(deploy.join(file)).unwrap();
+            let asked: Vec<&str> = content
+                .match_indices("outbox_")
+                .map(|(at, _)| {
+                    let rest = &content[at..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                        .unwrap_or(rest.len());
+                    &rest[..end]
+                })
+                .collect();
+            assert!(asked.len() > 5, "{file}: {asked:?}");
+            for name in asked {
+                assert!(served.contains(name), "{file} asks for {name}, not served");
+            }
+        }
+    }
 }
