@@ -73,6 +73,15 @@ impl Message {
     /// event as JSON, the ordering key its aggregate id, and the event type and
     /// version travel as headers.
     pub fn from_event<E: Event>(destination: impl Into<String>, event: &E) -> Result<Self, Error> {
+        Self::event_builder(destination, event)?.build()
+    }
+
+    /// [`from_event`](Self::from_event) as a builder, to add metadata
+    /// (`correlation_id`, `caused_by`, `tenant`, ...) before `build`.
+    pub fn event_builder<E: Event>(
+        destination: impl Into<String>,
+        event: &E,
+    ) -> Result<MessageBuilder, Error> {
         let payload = serde_json::to_vec(event).map_err(|err| {
             Error::permanent(format!(
                 "event `{}` does not serialize to JSON",
@@ -80,12 +89,11 @@ impl Message {
             ))
             .with_source(err)
         })?;
-        Message::builder(destination, event.aggregate_id())
+        Ok(Message::builder(destination, event.aggregate_id())
             .event_type(event.event_type())
-            .header(HEADER_EVENT_VERSION, event.version().to_string())
+            .event_version(event.version())
             .header("content-type", "application/json")
-            .payload(payload)
-            .build()
+            .payload(payload))
     }
 
     /// Checks what every source and destination relies on.

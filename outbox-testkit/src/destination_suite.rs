@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use outbox_core::memory::MemorySource;
-use outbox_core::{RelayConfig, HEADER_EVENT_VERSION, HEADER_TRACEPARENT};
+use outbox_core::{
+    Incoming, RelayConfig, HEADER_CORRELATION_ID, HEADER_EVENT_VERSION, HEADER_TENANT,
+    HEADER_TRACEPARENT,
+};
 
 use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
 use crate::DestinationHarness;
@@ -33,6 +36,13 @@ pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H)
         message
             .headers
             .insert(HEADER_TRACEPARENT.to_string(), TRACEPARENT.to_string());
+        message.headers.insert(
+            HEADER_CORRELATION_ID.to_string(),
+            message.ordering_key.clone(),
+        );
+        message
+            .headers
+            .insert(HEADER_TENANT.to_string(), "tenant-7".to_string());
     }
     let source = MemorySource::new(Duration::from_secs(30));
     source.enqueue(messages.clone());
@@ -68,6 +78,23 @@ pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H)
             got.headers.get(HEADER_TRACEPARENT).map(String::as_str),
             Some(TRACEPARENT),
             "trace context of {}",
+            got.id
+        );
+        let incoming = Incoming {
+            id: got.id,
+            ordering_key: got.ordering_key.clone(),
+            event_type: got.event_type.clone(),
+            sequence: None,
+            headers: got.headers.clone(),
+        };
+        assert_eq!(
+            (
+                incoming.correlation_id(),
+                incoming.tenant(),
+                incoming.event_version()
+            ),
+            (Some(sent.ordering_key.as_str()), Some("tenant-7"), Some(3)),
+            "metadata of {}",
             got.id
         );
         arrivals.push((sent.ordering_key.clone(), got.id));
