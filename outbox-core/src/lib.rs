@@ -27,6 +27,7 @@ mod redact;
 mod relay;
 mod source;
 mod stats;
+mod waiting;
 
 pub use backoff::Backoff;
 pub use box_destination::BoxDestination;
@@ -48,6 +49,7 @@ pub use redact::redact_url;
 pub use relay::{Drained, Relay};
 pub use source::{Backlog, Failure, OnDeadLetter, Source, DEFAULT_BATCH_BYTES};
 pub use stats::{Counts, Health, Stats, StatsSnapshot};
+pub use waiting::Waiting;
 
 /// Re-exported so users need not depend on tokio-util for shutdown.
 pub use tokio_util::sync::CancellationToken;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use outbox_core::{Backlog, DeadLetter, Error};
+use outbox_core::{Backlog, DeadLetter, Error, Waiting};
 use outbox_core::{BoxSource, Message, Source};
 use outbox_sql::Operator;
 use sqlx::{Executor, PgConnection, Row};
@@ -55,6 +55,32 @@ impl PostgresOutbox {
                         .try_get::<Option<String>, _>("last_error")?
                         .unwrap_or_default(),
                     dead_at: row.try_get("dead_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    /// The oldest `limit` messages waiting for delivery, in the order they
+    /// were written.
+    pub async fn waiting(&self, limit: u32) -> Result<Vec<Waiting>, Error> {
+        let rows = sqlx::query(&self.sql.waiting)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let attempts: i32 = row.try_get("attempts")?;
+                Ok(Waiting {
+                    id: row.try_get("id")?,
+                    message: match decode(row, None)? {
+                        Decoded::Message(message) => Some(message),
+                        Decoded::Malformed { .. } => None,
+                    },
+                    attempts: attempts.max(0) as u32,
+                    last_error: row.try_get("last_error")?,
+                    next_attempt_at: row.try_get("next_attempt_at")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -144,6 +170,10 @@ impl Operator for PostgresOutbox {
 
     fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
         Box::pin(PostgresOutbox::backlog(self))
+    }
+
+    fn waiting(&self, limit: u32) -> BoxFuture<'_, Result<Vec<Waiting>, Error>> {
+        Box::pin(PostgresOutbox::waiting(self, limit))
     }
 
     fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {

@@ -42,6 +42,7 @@ pub(crate) struct Statements {
     pub dead_letter: String,
     pub backlog: String,
     pub dead_letters: String,
+    pub waiting: String,
     pub count_dead: String,
     pub requeue: String,
     pub requeue_all: String,
@@ -191,6 +192,10 @@ impl Statements {
             dead_letters: format!(
                 "SELECT {READ_COLUMNS}, payload, last_error, dead_at FROM {t} \
                  WHERE dead_at IS NOT NULL ORDER BY seq LIMIT $1"
+            ),
+            waiting: format!(
+                "SELECT {READ_COLUMNS}, payload, last_error, next_attempt_at FROM {t} \
+                 WHERE done_at IS NULL AND dead_at IS NULL ORDER BY seq LIMIT $1"
             ),
             count_dead: format!("SELECT count(*) FROM {t} WHERE dead_at IS NOT NULL"),
             requeue: format!(

@@ -62,6 +62,13 @@ enum Command {
     Migrate,
     /// Print the backlog: messages waiting, age of the oldest, dead letters.
     Backlog,
+    /// The oldest waiting messages: id, next attempt, attempts, key,
+    /// destination, last error.
+    Waiting {
+        /// How many to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// List, count or requeue dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
@@ -172,6 +179,25 @@ async fn execute(
                 "waiting {}\noldest_age_seconds {oldest:.3}\ndead_letters {}",
                 backlog.waiting, backlog.dead_letters
             );
+            Ok(())
+        }
+        Command::Waiting { limit } => {
+            for waiting in outbox.waiting(limit).await? {
+                let (key, destination) = waiting
+                    .message
+                    .map(|m| (m.ordering_key, m.destination))
+                    .unwrap_or_else(|| ("<unreadable row>".into(), String::new()));
+                println!(
+                    "{}\t{}\t{}\t{key}\t{destination}\t{}",
+                    waiting.id,
+                    waiting.next_attempt_at.to_rfc3339(),
+                    waiting.attempts,
+                    waiting
+                        .last_error
+                        .unwrap_or_default()
+                        .replace(['\n', '\t'], " ")
+                );
+            }
             Ok(())
         }
         Command::DeadLetters(command) => {

@@ -178,6 +178,13 @@ async fn dead_letters_are_listed_counted_and_requeued() {
         backlog.contains("waiting 1\n") && backlog.contains("dead_letters 1"),
         "{backlog}"
     );
+    let waiting = output(&["waiting", "--limit", "5"]).await;
+    assert_eq!(waiting.lines().count(), 1, "{waiting}");
+    assert!(
+        waiting.starts_with(&claimed[1].id.to_string())
+            && waiting.contains(&claimed[1].ordering_key),
+        "{waiting}"
+    );
     let requeued = finish(
         relay(
             &config,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use outbox_core::{Backlog, BoxSource, DeadLetter, Error, Message};
+use outbox_core::{Backlog, BoxSource, DeadLetter, Error, Message, Waiting};
 use uuid::Uuid;
 
 /// One outbox table on one database, behind one trait object: what an
@@ -18,6 +18,10 @@ pub trait Operator: Send + Sync {
 
     /// Messages waiting, age of the oldest, and dead letters.
     fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>>;
+
+    /// The oldest `limit` messages waiting for delivery (a retry's error
+    /// and next attempt with them), in the order they were written.
+    fn waiting(&self, limit: u32) -> BoxFuture<'_, Result<Vec<Waiting>, Error>>;
 
     /// The oldest `limit` dead letters, with their reasons.
     fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use outbox_core::{Backlog, DeadLetter, Error};
+use outbox_core::{Backlog, DeadLetter, Error, Waiting};
 use outbox_core::{BoxSource, Message, Source};
 use outbox_sql::Operator;
 use sqlx::Row;
@@ -57,6 +57,32 @@ impl SqliteOutbox {
                         .try_get::<Option<String>, _>("last_error")?
                         .unwrap_or_default(),
                     dead_at: time(row.try_get("dead_at")?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    /// The oldest `limit` messages waiting for delivery, in the order they
+    /// were written.
+    pub async fn waiting(&self, limit: u32) -> Result<Vec<Waiting>, Error> {
+        let rows = sqlx::query(&self.sql.waiting)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let attempts: i64 = row.try_get("attempts")?;
+                Ok(Waiting {
+                    id: row.try_get("id").unwrap_or_else(|_| uuid::Uuid::nil()),
+                    message: match decode(row)? {
+                        Decoded::Message(message) => Some(message),
+                        Decoded::Malformed { .. } => None,
+                    },
+                    attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+                    last_error: row.try_get("last_error")?,
+                    next_attempt_at: time(row.try_get("next_attempt_at")?),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -151,6 +177,10 @@ impl Operator for SqliteOutbox {
 
     fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
         Box::pin(SqliteOutbox::backlog(self))
+    }
+
+    fn waiting(&self, limit: u32) -> BoxFuture<'_, Result<Vec<Waiting>, Error>> {
+        Box::pin(SqliteOutbox::waiting(self, limit))
     }
 
     fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {

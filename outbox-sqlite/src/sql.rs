@@ -22,6 +22,7 @@ pub(crate) struct Statements {
     pub release_prefix: String,
     pub backlog: String,
     pub dead_letters: String,
+    pub waiting: String,
     pub count_dead: String,
     pub requeue_prefix: String,
     pub requeue_all: String,
@@ -105,6 +106,10 @@ impl Statements {
             dead_letters: format!(
                 "SELECT {COLUMNS}, last_error, dead_at FROM {t} \
                  WHERE dead_at IS NOT NULL ORDER BY seq LIMIT ?1"
+            ),
+            waiting: format!(
+                "SELECT {COLUMNS}, last_error, next_attempt_at FROM {t} \
+                 WHERE done_at IS NULL AND dead_at IS NULL ORDER BY seq LIMIT ?1"
             ),
             count_dead: format!("SELECT COUNT(*) FROM {t} WHERE dead_at IS NOT NULL"),
             requeue_prefix: format!(

@@ -88,6 +88,8 @@ macro_rules! table_conformance {
                 $crate::TableSetup::default(),
             operators_requeue_dead_letters_and_clean_up_delivered_rows:
                 $crate::TableSetup::MARK_DONE,
+            operators_list_the_messages_waiting_oldest_first:
+                $crate::TableSetup::default(),
             a_requeued_dead_letter_is_delivered_and_a_parked_key_resumes_in_order:
                 $crate::TableSetup::PARKING,
         );

@@ -232,6 +232,56 @@ pub async fn operators_requeue_dead_letters_and_clean_up_delivered_rows(table: &
     assert_eq!(operator.backlog().await.unwrap().waiting, 0);
 }
 
+/// `waiting` lists what waits in the order it was written, with a failed
+/// attempt's error and next attempt, and leaves out what was delivered or
+/// dead-lettered.
+pub async fn operators_list_the_messages_waiting_oldest_first(table: &impl TableHarness) {
+    let operator = table.operator();
+    let messages = numbered_messages("orders", 3, 2);
+    table.write(messages.clone(), true).await;
+    let listed = operator.waiting(4).await.unwrap();
+    let ids: Vec<Uuid> = listed.iter().map(|w| w.id).collect();
+    let written: Vec<Uuid> = messages[..4].iter().map(|m| m.id).collect();
+    assert_eq!(ids, written, "the oldest four, in the order written");
+    assert_eq!(
+        listed[1].message.as_ref().map(|m| &m.ordering_key),
+        Some(&messages[1].ordering_key)
+    );
+    assert!(listed
+        .iter()
+        .all(|w| w.attempts == 0 && w.last_error.is_none()));
+
+    let source = operator.relay_source().await.unwrap();
+    let claimed = source.claim(100).await.unwrap();
+    assert_eq!(claimed.len(), 6);
+    let (failed, dead, delivered) = (&claimed[0], &claimed[1], &claimed[2..]);
+    let retry = Failure {
+        item: failed.clone(),
+        error: "broker timed out".into(),
+        attempts: 1,
+        retry_after: Duration::from_secs(600),
+    };
+    source.retry(claimed.id(), &[retry]).await.unwrap();
+    source
+        .dead_letter(claimed.id(), &[refused(dead, 1)])
+        .await
+        .unwrap();
+    source.ack(claimed.id(), delivered).await.unwrap();
+    let listed = operator.waiting(100).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, failed.id);
+    assert_eq!(listed[0].attempts, 1);
+    assert_eq!(listed[0].last_error.as_deref(), Some("broker timed out"));
+    let next: std::time::SystemTime = listed[0].next_attempt_at.into();
+    let due_in = next
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        due_in > Duration::from_secs(300),
+        "next attempt after the backoff, not {due_in:?} from now"
+    );
+}
+
 /// With dead letters parking their keys, a message the broker refuses holds
 /// back the rest of its key while other keys flow; once requeued it is
 /// delivered and its key resumes in order.
