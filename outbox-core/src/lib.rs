@@ -27,6 +27,8 @@ mod redact;
 mod relay;
 mod source;
 mod stats;
+#[cfg(feature = "opentelemetry")]
+mod trace_context;
 mod waiting;
 
 pub use backoff::Backoff;

@@ -184,10 +184,16 @@ impl MessageBuilder {
         self
     }
 
-    /// Checks the message and returns it.
+    /// Checks the message and returns it. With the feature
+    /// `opentelemetry`, a message built inside a traced span also gets the
+    /// span's `traceparent` and `tracestate` headers, unless the caller set
+    /// a `traceparent` of its own.
     pub fn build(self) -> Result<Message, Error> {
-        self.message.validate()?;
-        Ok(self.message)
+        let message = self.message;
+        #[cfg(feature = "opentelemetry")]
+        let message = crate::trace_context::with_current(message);
+        message.validate()?;
+        Ok(message)
     }
 }
 
