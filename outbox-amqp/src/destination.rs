@@ -266,6 +266,10 @@ fn properties(message: &Message) -> BasicProperties {
 impl Destination for AmqpDestination {
     type Item = Message;
 
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     async fn send(&self, message: &Message) -> Result<(), Error> {
         let route = (self.config.route)(message);
         short_strings_fit(message, &route)?;

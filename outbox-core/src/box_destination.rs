@@ -35,6 +35,7 @@ trait DynDestination<I>: Send + Sync + 'static {
     fn send<'a>(&'a self, item: &'a I) -> BoxFuture<'a, Result<(), Error>>;
     fn send_ordered<'a>(&'a self, items: &'a [I]) -> BoxFuture<'a, Vec<Result<(), Error>>>;
     fn flush(&self) -> BoxFuture<'_, Result<(), Error>>;
+    fn messaging_system(&self) -> &'static str;
 }
 
 impl<D: Destination> DynDestination<D::Item> for D {
@@ -48,6 +49,10 @@ impl<D: Destination> DynDestination<D::Item> for D {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(Destination::flush(self))
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        Destination::messaging_system(self)
     }
 }
 
@@ -64,6 +69,10 @@ impl<I: Item> Destination for BoxDestination<I> {
 
     async fn flush(&self) -> Result<(), Error> {
         self.inner.flush().await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        self.inner.messaging_system()
     }
 
     fn boxed(self) -> BoxDestination<I> {

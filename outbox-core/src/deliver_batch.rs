@@ -126,7 +126,11 @@ async fn deliver_group<D: Destination>(
             outcome.expired.extend(rest);
             return outcome;
         }
+        #[cfg(feature = "opentelemetry")]
+        let spans = crate::publish_span::open(destination.messaging_system(), &chunk);
         let results = send_chunk(destination, &chunk, config).await;
+        #[cfg(feature = "opentelemetry")]
+        crate::publish_span::close(spans, &results);
         let mut failed = false;
         for (item, result) in chunk.into_iter().zip(results) {
             if failed {

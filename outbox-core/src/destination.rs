@@ -46,6 +46,13 @@ pub trait Destination: Send + Sync + 'static {
         }
     }
 
+    /// The broker's name in OpenTelemetry's messaging conventions
+    /// (`kafka`, `rabbitmq`, `nats`), the `messaging.system` of the relay's
+    /// publish spans.
+    fn messaging_system(&self) -> &'static str {
+        "custom"
+    }
+
     /// Waits for what is still buffered to be acknowledged; called once on
     /// shutdown. The default has nothing to flush.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send {

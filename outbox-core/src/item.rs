@@ -24,4 +24,14 @@ pub trait Item: Send + Sync + 'static {
     fn created_at(&self) -> Option<SystemTime> {
         None
     }
+    /// Where the item goes (topic, subject, exchange and routing key), if
+    /// known; names the relay's publish span (feature `opentelemetry`).
+    fn destination_name(&self) -> Option<&str> {
+        None
+    }
+    /// The writer's W3C `traceparent`, if it captured one; the relay's
+    /// publish span continues that trace (feature `opentelemetry`).
+    fn traceparent(&self) -> Option<&str> {
+        None
+    }
 }

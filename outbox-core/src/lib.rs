@@ -23,6 +23,8 @@ mod message;
 mod metadata;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "opentelemetry")]
+mod publish_span;
 mod redact;
 mod relay;
 mod source;

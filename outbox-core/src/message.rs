@@ -136,6 +136,16 @@ impl Item for Message {
     fn created_at(&self) -> Option<SystemTime> {
         Some(self.created_at.into())
     }
+
+    fn destination_name(&self) -> Option<&str> {
+        Some(&self.destination)
+    }
+
+    fn traceparent(&self) -> Option<&str> {
+        self.headers
+            .get(crate::HEADER_TRACEPARENT)
+            .map(String::as_str)
+    }
 }
 
 /// Builds a [`Message`]; see [`Message::builder`].

@@ -324,6 +324,10 @@ impl KafkaDestination {
 impl Destination for KafkaDestination {
     type Item = Message;
 
+    fn messaging_system(&self) -> &'static str {
+        "kafka"
+    }
+
     async fn send(&self, message: &Message) -> Result<(), Error> {
         self.send_ordered(std::slice::from_ref(message))
             .await

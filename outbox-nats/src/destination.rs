@@ -163,6 +163,10 @@ fn unfit(message: &Message, what: String) -> Error {
 impl Destination for NatsDestination {
     type Item = Message;
 
+    fn messaging_system(&self) -> &'static str {
+        "nats"
+    }
+
     async fn send(&self, message: &Message) -> Result<(), Error> {
         let headers = headers(message)?;
         let subject = self.subject(message);
