@@ -128,7 +128,15 @@ async fn deliver_group<D: Destination>(
         }
         #[cfg(feature = "opentelemetry")]
         let spans = crate::publish_span::open(destination.messaging_system(), &chunk);
+        #[cfg(feature = "metrics")]
+        let sending = Instant::now();
         let results = send_chunk(destination, &chunk, config).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::sent(
+            destination.messaging_system(),
+            sending.elapsed(),
+            results.iter().all(Result::is_ok),
+        );
         #[cfg(feature = "opentelemetry")]
         crate::publish_span::close(spans, &results);
         let mut failed = false;

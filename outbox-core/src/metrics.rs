@@ -4,6 +4,12 @@
 //! `outbox-relay` serves on `/metrics`. Without a recorder each call is a
 //! no-op.
 //!
+//! Every series has the label `destination`, the broker's kind
+//! ([`Destination::messaging_system`](crate::Destination::messaging_system):
+//! `kafka`, `rabbitmq`, `nats`), and the send durations an `outcome` (`ok`,
+//! `error`): labels of a few values each. Topics and keys are not labels, as
+//! a deployment may have any number of them.
+//!
 //! Counters and the in-flight gauge are added to, not set, so several
 //! relays in one process sum up; the backlog gauges describe the outbox
 //! and are set to the last backlog read.
@@ -14,8 +20,20 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 use crate::{Backlog, Health};
 
-/// Describes every metric once, for recorders that show help texts.
-pub(crate) fn describe() {
+/// Describes every metric, for recorders that show help texts, and
+/// registers the counters of a relay publishing to a `destination` kind at
+/// zero, so a rate over one that never moved is 0 rather than no data.
+pub(crate) fn describe(destination: &'static str) {
+    for name in [
+        "outbox_published_total",
+        "outbox_retried_total",
+        "outbox_dead_lettered_total",
+        "outbox_released_total",
+        "outbox_batches_total",
+        "outbox_source_errors_total",
+    ] {
+        counter!(name, "destination" => destination).increment(0);
+    }
     describe_counter!(
         "outbox_published_total",
         "Messages published and acknowledged by the broker."
@@ -49,6 +67,14 @@ pub(crate) fn describe() {
         "Age of the oldest waiting message (0 when none waits)."
     );
     describe_histogram!(
+        "outbox_claim_duration_seconds",
+        "Time a claim took at the source, empty claims included."
+    );
+    describe_histogram!(
+        "outbox_send_duration_seconds",
+        "Time from sending a run of one key's messages to the broker's last answer."
+    );
+    describe_histogram!(
         "outbox_batch_duration_seconds",
         "Time from claiming a batch to its last report."
     );
@@ -58,45 +84,70 @@ pub(crate) fn describe() {
     );
 }
 
-/// A non-empty claim of `items`.
-pub(crate) fn claimed(items: u64) {
-    counter!("outbox_batches_total").increment(1);
-    gauge!("outbox_in_flight").increment(items as f64);
+/// A claim of `items` (none counts only its duration).
+pub(crate) fn claimed(destination: &'static str, items: u64, took: Duration) {
+    histogram!("outbox_claim_duration_seconds", "destination" => destination)
+        .record(took.as_secs_f64());
+    if items > 0 {
+        counter!("outbox_batches_total", "destination" => destination).increment(1);
+        gauge!("outbox_in_flight", "destination" => destination).increment(items as f64);
+    }
+}
+
+/// A run of one key's messages sent, all acknowledged (`ok`) or not.
+pub(crate) fn sent(destination: &'static str, took: Duration, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    histogram!("outbox_send_duration_seconds", "destination" => destination, "outcome" => outcome)
+        .record(took.as_secs_f64());
 }
 
 /// A reported batch's outcomes.
-pub(crate) fn reported(published: u64, retried: u64, dead: u64, released: u64) {
-    counter!("outbox_published_total").increment(published);
-    counter!("outbox_retried_total").increment(retried);
-    counter!("outbox_dead_lettered_total").increment(dead);
-    counter!("outbox_released_total").increment(released);
-    gauge!("outbox_in_flight").decrement((published + retried + dead + released) as f64);
+pub(crate) fn reported(
+    destination: &'static str,
+    published: u64,
+    retried: u64,
+    dead: u64,
+    released: u64,
+) {
+    let label = [("destination", destination)];
+    counter!("outbox_published_total", &label).increment(published);
+    counter!("outbox_retried_total", &label).increment(retried);
+    counter!("outbox_dead_lettered_total", &label).increment(dead);
+    counter!("outbox_released_total", &label).increment(released);
+    gauge!("outbox_in_flight", &label).decrement((published + retried + dead + released) as f64);
 }
 
 /// A failed claim or report.
-pub(crate) fn source_failed() {
-    counter!("outbox_source_errors_total").increment(1);
+pub(crate) fn source_failed(destination: &'static str) {
+    counter!("outbox_source_errors_total", "destination" => destination).increment(1);
 }
 
 /// A batch's time from claim to last report.
-pub(crate) fn batch_latency(latency: Duration) {
-    histogram!("outbox_batch_duration_seconds").record(latency.as_secs_f64());
+pub(crate) fn batch_latency(destination: &'static str, latency: Duration) {
+    histogram!("outbox_batch_duration_seconds", "destination" => destination)
+        .record(latency.as_secs_f64());
 }
 
 /// A message's time from commit to acknowledgement.
-pub(crate) fn end_to_end_latency(latency: Duration) {
-    histogram!("outbox_end_to_end_latency_seconds").record(latency.as_secs_f64());
+pub(crate) fn end_to_end_latency(destination: &'static str, latency: Duration) {
+    histogram!("outbox_end_to_end_latency_seconds", "destination" => destination)
+        .record(latency.as_secs_f64());
 }
 
 /// The backlog the source last reported.
-pub(crate) fn backlog(backlog: &Backlog) {
-    gauge!("outbox_backlog_waiting").set(backlog.waiting as f64);
-    gauge!("outbox_backlog_dead_letters").set(backlog.dead_letters as f64);
+pub(crate) fn backlog(destination: &'static str, backlog: &Backlog) {
+    let label = [("destination", destination)];
+    gauge!("outbox_backlog_waiting", &label).set(backlog.waiting as f64);
+    gauge!("outbox_backlog_dead_letters", &label).set(backlog.dead_letters as f64);
     let oldest = backlog.oldest_age.map_or(0.0, |age| age.as_secs_f64());
-    gauge!("outbox_oldest_waiting_age_seconds").set(oldest);
+    gauge!("outbox_oldest_waiting_age_seconds", &label).set(oldest);
 }
 
 /// The relay's health, as 1 or 0.
-pub(crate) fn health(health: &Health) {
-    gauge!("outbox_healthy").set(if health.healthy { 1.0 } else { 0.0 });
+pub(crate) fn health(destination: &'static str, health: &Health) {
+    gauge!("outbox_healthy", "destination" => destination).set(if health.healthy {
+        1.0
+    } else {
+        0.0
+    });
 }

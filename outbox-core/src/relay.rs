@@ -78,9 +78,11 @@ where
                 Self::send_window(lease, config.send_timeout)
             );
         }
-        let stats = Arc::new(Stats::new(config.stall_after));
+        let stats = Arc::new(
+            Stats::new(config.stall_after).for_destination(destination.messaging_system()),
+        );
         #[cfg(feature = "metrics")]
-        crate::metrics::describe();
+        crate::metrics::describe(destination.messaging_system());
         Ok(Self {
             source,
             destination,
@@ -241,7 +243,7 @@ where
             Ok(claim) => {
                 let (id, leased_at) = (claim.id(), claim.leased_at());
                 let items = claim.into_items();
-                self.stats.claimed(items.len());
+                self.stats.claimed(items.len(), at.elapsed());
                 Ok(Claimed {
                     claim: id,
                     items,

@@ -12,6 +12,9 @@ use crate::{Backlog, Histogram, HistogramSnapshot};
 pub struct Stats {
     started: Instant,
     stall_after: Duration,
+    /// The relay's destination kind, the label of its metrics.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    destination: &'static str,
     /// Updated together, once per claim and per report, so a snapshot
     /// never counts an item twice or not at all.
     counts: Mutex<Counts>,
@@ -82,6 +85,7 @@ impl Stats {
         Self {
             started: Instant::now(),
             stall_after,
+            destination: "custom",
             counts: Mutex::new(Counts::default()),
             batch_latency: Histogram::default(),
             end_to_end_latency: Histogram::default(),
@@ -91,6 +95,12 @@ impl Stats {
             last_error: Mutex::new(None),
             backlog: Mutex::new(None),
         }
+    }
+
+    /// These statistics for a relay publishing to a `destination` kind.
+    pub(crate) fn for_destination(mut self, destination: &'static str) -> Self {
+        self.destination = destination;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -116,14 +126,16 @@ impl Stats {
     }
 
     /// Counts a successful claim of `items` (none: an empty claim).
-    pub(crate) fn claimed(&self, items: usize) {
+    pub(crate) fn claimed(&self, items: usize, took: Duration) {
         self.last_claim_ms.store(self.now_ms(), Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::claimed(self.destination, items as u64, took);
+        #[cfg(not(feature = "metrics"))]
+        let _ = took;
         if items > 0 {
             let mut counts = self.counts();
             counts.batches += 1;
             counts.in_flight += items as u64;
-            #[cfg(feature = "metrics")]
-            crate::metrics::claimed(items as u64);
         }
     }
 
@@ -138,6 +150,7 @@ impl Stats {
         counts.in_flight = counts.in_flight.saturating_sub(total);
         #[cfg(feature = "metrics")]
         crate::metrics::reported(
+            self.destination,
             published as u64,
             retried as u64,
             dead as u64,
@@ -149,27 +162,27 @@ impl Stats {
     pub(crate) fn source_failed(&self, error: String) {
         self.counts().source_errors += 1;
         #[cfg(feature = "metrics")]
-        crate::metrics::source_failed();
+        crate::metrics::source_failed(self.destination);
         self.record_error(error);
     }
 
     pub(crate) fn observe_batch(&self, latency: Duration) {
         self.batch_latency.observe(latency);
         #[cfg(feature = "metrics")]
-        crate::metrics::batch_latency(latency);
+        crate::metrics::batch_latency(self.destination, latency);
     }
 
     pub(crate) fn observe_end_to_end(&self, latency: Duration) {
         self.end_to_end_latency.observe(latency);
         #[cfg(feature = "metrics")]
-        crate::metrics::end_to_end_latency(latency);
+        crate::metrics::end_to_end_latency(self.destination, latency);
     }
 
     /// Hands the health to the `metrics` recorder (feature `metrics`); the
     /// relay calls it with each backlog refresh.
+    /// Evaluates health, which (feature `metrics`) also sets its gauge.
     pub(crate) fn record_health(&self) {
-        #[cfg(feature = "metrics")]
-        crate::metrics::health(&self.health());
+        self.health();
     }
 
     pub(crate) fn progressed(&self) {
@@ -193,7 +206,7 @@ impl Stats {
 
     pub(crate) fn set_backlog(&self, backlog: Backlog) {
         #[cfg(feature = "metrics")]
-        crate::metrics::backlog(&backlog);
+        crate::metrics::backlog(self.destination, &backlog);
         *self.backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some((backlog, Instant::now()));
     }
 
@@ -283,10 +296,13 @@ impl Stats {
         } else {
             (true, "claiming and delivering".to_string())
         };
-        Health {
+        let health = Health {
             healthy,
             reason,
             last_error,
-        }
+        };
+        #[cfg(feature = "metrics")]
+        crate::metrics::health(self.destination, &health);
+        health
     }
 }

@@ -50,12 +50,20 @@ async fn the_relay_records_its_figures_through_the_metrics_facade() {
         .into_iter()
         .map(|(key, _, help, value)| {
             let help = help.map(|h| h.to_string());
-            (key.key().name().to_string(), (help, value))
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|label| format!("{}={}", label.key(), label.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+            (name, (help, value))
         })
         .collect();
+    // The memory destination's kind is the default, `custom`.
     let value = |name: &str| {
+        let name = format!("{name}{{destination=custom}}");
         &recorded
-            .get(name)
+            .get(&name)
             .unwrap_or_else(|| panic!("{name} not recorded: {recorded:?}"))
             .1
     };
@@ -81,7 +89,24 @@ async fn the_relay_records_its_figures_through_the_metrics_facade() {
         }
         other => panic!("not a histogram: {other:?}"),
     }
-    let help = recorded["outbox_published_total"].0.as_deref();
+    let sends = |outcome: &str| {
+        let name = format!("outbox_send_duration_seconds{{destination=custom,outcome={outcome}}}");
+        match recorded.get(&name).map(|(_, value)| value) {
+            Some(DebugValue::Histogram(values)) => values.len(),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert!(sends("ok") >= 3, "a run per key at least");
+    assert_eq!(sends("error"), 2, "a send failed, then one for good");
+    match value("outbox_claim_duration_seconds") {
+        DebugValue::Histogram(values) => {
+            assert!(values.len() as u64 >= counts.batches, "{values:?}")
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    let help = recorded["outbox_published_total{destination=custom}"]
+        .0
+        .as_deref();
     assert_eq!(
         help,
         Some("Messages published and acknowledged by the broker.")

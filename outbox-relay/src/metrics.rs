@@ -1,175 +1,97 @@
-//! The relay's statistics in the Prometheus text format (version 0.0.4).
+//! `/metrics`: the figures the relay records through the `metrics` facade
+//! (outbox-core's feature `metrics`), rendered in the Prometheus text
+//! format by `metrics-exporter-prometheus`, the exporter a service
+//! embedding the relay would install: the binary and such a service serve
+//! the same series from the same code.
 
-use std::fmt::Write;
+use std::time::Duration;
 
-use outbox_core::{HistogramSnapshot, StatsSnapshot, BUCKETS_SECONDS};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use outbox_core::BUCKETS_SECONDS;
 
-/// Renders every counter, gauge and histogram of a relay's `stats`.
-pub fn render(stats: &StatsSnapshot) -> String {
-    let mut out = String::new();
-    let counts = stats.counts;
-    let counters = [
-        (
-            "outbox_published_total",
-            "Messages published and acknowledged by the broker.",
-            counts.published,
-        ),
-        (
-            "outbox_retried_total",
-            "Failed attempts that will be retried.",
-            counts.retried,
-        ),
-        (
-            "outbox_dead_lettered_total",
-            "Messages dead-lettered.",
-            counts.dead_lettered,
-        ),
-        (
-            "outbox_released_total",
-            "Claimed messages handed back unattempted.",
-            counts.released,
-        ),
-        (
-            "outbox_batches_total",
-            "Non-empty batches claimed.",
-            counts.batches,
-        ),
-        (
-            "outbox_source_errors_total",
-            "Claims or reports that failed against the database.",
-            counts.source_errors,
-        ),
-    ];
-    for (name, help, counter) in counters {
-        metric(&mut out, name, help, "counter", counter as f64);
-    }
-    metric(
-        &mut out,
-        "outbox_in_flight",
-        "Messages claimed and not yet reported.",
-        "gauge",
-        counts.in_flight as f64,
-    );
-    let health = &stats.health;
-    metric(
-        &mut out,
-        "outbox_healthy",
-        "1 while the relay claims and delivers, 0 when it stalls.",
-        "gauge",
-        if health.healthy { 1.0 } else { 0.0 },
-    );
-    if let Some(backlog) = stats.backlog {
-        metric(
-            &mut out,
-            "outbox_backlog_waiting",
-            "Messages waiting for delivery.",
-            "gauge",
-            backlog.waiting as f64,
-        );
-        metric(
-            &mut out,
-            "outbox_backlog_dead_letters",
-            "Dead letters kept for an operator.",
-            "gauge",
-            backlog.dead_letters as f64,
-        );
-        metric(
-            &mut out,
-            "outbox_oldest_waiting_age_seconds",
-            "Age of the oldest waiting message (0 when none waits).",
-            "gauge",
-            backlog.oldest_age.map_or(0.0, |age| age.as_secs_f64()),
-        );
-    }
-    histogram(
-        &mut out,
-        "outbox_batch_duration_seconds",
-        "Time from claiming a batch to its last report.",
-        &stats.batch_latency,
-    );
-    histogram(
-        &mut out,
-        "outbox_end_to_end_latency_seconds",
-        "Time from a message's commit to the broker's acknowledgement.",
-        &stats.end_to_end_latency,
-    );
-    out
+/// How often recorded histogram samples are folded into their buckets, so
+/// they do not pile up between scrapes (or with no scraper at all).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The exporter's settings: histograms with the relay's buckets.
+fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets(&BUCKETS_SECONDS)
+        .expect("the relay's buckets are not empty")
 }
 
-fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, snapshot: &HistogramSnapshot) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (bound, count) in BUCKETS_SECONDS.iter().zip(&snapshot.cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", snapshot.count);
-    let _ = writeln!(
-        out,
-        "{name}_sum {}\n{name}_count {}",
-        snapshot.sum_seconds, snapshot.count
-    );
+/// Installs the process's recorder and keeps it tidy on a task; the
+/// handle renders what was recorded.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = builder()
+        .install_recorder()
+        .map_err(|err| format!("cannot install the metrics recorder: {err}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::time::Duration;
 
-    use outbox_core::{Histogram, Stats};
+    use outbox_core::memory::{MemoryDestination, MemorySource};
+    use outbox_core::RelayConfig;
+    use outbox_testkit::{eventually, numbered_messages, run_relay};
 
     use super::*;
 
-    #[test]
-    fn counters_and_histograms_are_rendered() {
-        let mut stats = Stats::new(Duration::from_secs(60)).snapshot();
-        stats.counts.published = 7;
-        let end_to_end = Histogram::default();
-        end_to_end.observe(Duration::from_millis(3));
-        stats.end_to_end_latency = end_to_end.snapshot();
-        let text = render(&stats);
-        assert!(
-            text.contains("# TYPE outbox_published_total counter\noutbox_published_total 7\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("outbox_end_to_end_latency_seconds_bucket{le=\"0.005\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("outbox_end_to_end_latency_seconds_bucket{le=\"0.002\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("outbox_end_to_end_latency_seconds_count 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("outbox_end_to_end_latency_seconds_bucket{le=\"+Inf\"} 1\n"),
-            "{text}"
-        );
-    }
-
-    /// The dashboard and the alert rules in `deploy/` ask only for series
-    /// this exposition has, so renaming a metric fails here.
-    #[test]
-    fn the_dashboard_and_alerts_ask_only_for_metrics_served() {
-        let mut stats = Stats::new(Duration::from_secs(60)).snapshot();
-        stats.backlog = Some(outbox_core::Backlog {
-            waiting: 0,
-            oldest_age: None,
-            dead_letters: 0,
-        });
-        let text = render(&stats);
-        let served: std::collections::HashSet<&str> = text
+    /// The series a relay that delivered a message exposes, by name.
+    async fn served() -> (HashSet<String>, String) {
+        let handle = builder().install_recorder().expect("the only recorder");
+        let source = MemorySource::default();
+        source.enqueue(numbered_messages("t", 1, 2));
+        let relay = run_relay(source, MemoryDestination::new(), RelayConfig::default());
+        let stats = relay.stats.clone();
+        let published = eventually(Duration::from_secs(5), || async {
+            stats.snapshot().counts.published == 2 && stats.snapshot().backlog.is_some()
+        })
+        .await;
+        relay.stop().await;
+        assert!(published, "{:?}", stats.snapshot());
+        let text = handle.render();
+        let names = text
             .lines()
             .filter(|line| !line.starts_with('#'))
             .filter_map(|line| line.split([' ', '{']).next())
+            .map(str::to_string)
             .collect();
+        (names, text)
+    }
+
+    /// Every series is served with its labels, histograms with the relay's
+    /// buckets; and the dashboard and the alert rules in `deploy/` ask only
+    /// for series served, so renaming a metric fails here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dashboard_and_alerts_ask_only_for_metrics_served() {
+        let (served, text) = served().await;
+        assert!(
+            text.contains("outbox_published_total{destination=\"custom\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "outbox_end_to_end_latency_seconds_bucket{destination=\"custom\",le=\"0.005\"}"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "outbox_send_duration_seconds_count{destination=\"custom\",outcome=\"ok\"}"
+            ),
+            "{text}"
+        );
         let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         for file in ["outbox-dashboard.json", "outbox-alerts.yml"] {
             let content = std::fs::read_to_string(deploy.join(file)).unwrap();
@@ -185,7 +107,10 @@ mod tests {
                 .collect();
             assert!(asked.len() > 5, "{file}: {asked:?}");
             for name in asked {
-                assert!(served.contains(name), "{file} asks for {name}, not served");
+                assert!(
+                    served.contains(name),
+                    "{file} asks for {name}, not served:\n{text}"
+                );
             }
         }
     }

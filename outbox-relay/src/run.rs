@@ -29,6 +29,8 @@ pub async fn run(outbox: Box<dyn Operator>, settings: Settings) -> Result<(), Er
     let outbox: Arc<dyn Operator> = Arc::from(outbox);
     let shutdown = CancellationToken::new();
     let readiness: Arc<Readiness> = Arc::default();
+    // Installed before the relay is built, which describes its metrics.
+    let metrics = crate::metrics::install().map_err(Error::permanent)?;
 
     // Bound and served before any connection, so a port in use fails at
     // start-up and `/healthz` says what a relay still coming up waits for.
@@ -38,9 +40,13 @@ pub async fn run(outbox: Box<dyn Operator>, settings: Settings) -> Result<(), Er
             .map_err(|err| {
                 Error::permanent(format!("http.listen: cannot listen on {address}: {err}"))
             })?;
+        let endpoints = crate::http::Endpoints {
+            readiness: readiness.clone(),
+            metrics,
+        };
         tokio::spawn(crate::http::serve(
             listener,
-            readiness.clone(),
+            endpoints,
             shutdown.child_token(),
         ));
     }

@@ -281,11 +281,21 @@ pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, response.text().await.ok()?))
 }
 
-/// The value of an unlabelled metric.
+/// The value of a metric, summed over its labelled series.
 pub async fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, text) = get(port, "/metrics").await?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            rest.parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 pub fn sigterm(child: &Child) {
