@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::tcp::OwnedIdentity;
-use outbox_core::{redact_url, ConfigError, Message};
+use outbox_core::{redact_url, CloudEvents, ConfigError, Message};
 
 /// An exchange and routing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,10 @@ pub struct AmqpConfig {
     /// The PEM file of `client_certificate`'s private key (PKCS#8, PKCS#1
     /// or SEC1, unencrypted).
     pub client_key: Option<PathBuf>,
+    /// Publish each message as a CloudEvent 1.0, in binary or structured
+    /// mode, under this protocol's binding. Default none: messages go out
+    /// as they are.
+    pub cloud_events: Option<CloudEvents>,
 }
 
 impl Default for AmqpConfig {
@@ -69,6 +73,7 @@ impl Default for AmqpConfig {
             root_certificates: None,
             client_certificate: None,
             client_key: None,
+            cloud_events: None,
         }
     }
 }
@@ -81,6 +86,7 @@ impl fmt::Debug for AmqpConfig {
             .field("root_certificates", &self.root_certificates)
             .field("client_certificate", &self.client_certificate)
             .field("client_key", &self.client_key)
+            .field("cloud_events", &self.cloud_events)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +114,9 @@ impl AmqpConfig {
                     "is for TLS: the url must start with amqps://",
                 ));
             }
+        }
+        if let Some(cloud_events) = &self.cloud_events {
+            cloud_events.validate()?;
         }
         ConfigError::check_pair(
             ("client_certificate", self.client_certificate.is_some()),

@@ -17,7 +17,8 @@ use lapin::{
     DefaultConnectionBuilder, PublisherConfirm,
 };
 use outbox_core::{
-    Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
+    wrap_as_cloud_event, CloudEventsBinding, Destination, Error, Message, HEADER_EVENT_TYPE,
+    HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
 };
 use tokio::sync::RwLock;
 
@@ -271,6 +272,11 @@ impl Destination for AmqpDestination {
     }
 
     async fn send(&self, message: &Message) -> Result<(), Error> {
+        let message = &*wrap_as_cloud_event(
+            self.config.cloud_events.as_ref(),
+            message,
+            CloudEventsBinding::Amqp,
+        );
         let route = (self.config.route)(message);
         short_strings_fit(message, &route)?;
         let link = self.link().await?;

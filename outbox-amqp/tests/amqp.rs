@@ -10,7 +10,9 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use outbox_amqp::{AmqpConfig, AmqpDestination};
 use outbox_core::memory::{MemoryDeadLetter, MemorySource};
-use outbox_core::{Backoff, Message, RelayConfig, HEADER_MESSAGE_ID};
+use outbox_core::{
+    Backoff, CloudEvents, CloudEventsBinding, Message, RelayConfig, HEADER_MESSAGE_ID,
+};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
     DestinationHarness, Received,
@@ -104,6 +106,18 @@ impl DestinationHarness for AmqpQueue {
         AmqpDestination::connect(config("outbox-test"))
             .await
             .expect("connect")
+    }
+
+    async fn cloud_events_destination(
+        &self,
+        cloud_events: CloudEvents,
+    ) -> Option<(AmqpDestination, CloudEventsBinding)> {
+        let config = AmqpConfig {
+            cloud_events: Some(cloud_events),
+            ..config("outbox-test")
+        };
+        let destination = AmqpDestination::connect(config).await.expect("connect");
+        Some((destination, CloudEventsBinding::Amqp))
     }
 
     fn address(&self) -> String {

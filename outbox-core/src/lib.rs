@@ -10,6 +10,7 @@ mod backoff;
 mod box_destination;
 mod box_source;
 mod claim;
+mod cloud_events;
 mod config;
 mod dead_letter;
 mod deliver_batch;
@@ -37,6 +38,9 @@ pub use backoff::Backoff;
 pub use box_destination::BoxDestination;
 pub use box_source::BoxSource;
 pub use claim::{Claim, ClaimId};
+pub use cloud_events::{
+    wrap_as_cloud_event, CloudEvents, CloudEventsBinding, CloudEventsMode, CLOUD_EVENTS_JSON,
+};
 pub use config::{duration_ms, RelayConfig};
 pub use dead_letter::DeadLetter;
 pub use destination::Destination;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use outbox_core::ConfigError;
+use outbox_core::{CloudEvents, ConfigError};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
@@ -36,6 +36,10 @@ pub struct KafkaConfig {
     /// destination replaces the producer instead, and the old one's queue is
     /// discarded whole.
     pub delivery_timeout: Duration,
+    /// Publish each message as a CloudEvent 1.0, in binary or structured
+    /// mode, under this protocol's binding. Default none: messages go out
+    /// as they are.
+    pub cloud_events: Option<CloudEvents>,
 }
 
 impl Default for KafkaConfig {
@@ -44,6 +48,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".to_string(),
             properties: BTreeMap::new(),
             delivery_timeout: Duration::from_secs(8),
+            cloud_events: None,
         }
     }
 }
@@ -66,6 +71,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("brokers", &self.brokers)
             .field("properties", &shown)
             .field("delivery_timeout", &self.delivery_timeout)
+            .field("cloud_events", &self.cloud_events)
             .finish()
     }
 }
@@ -156,6 +162,9 @@ impl KafkaConfig {
             .find_map(|(name, value)| Some((name, unsafe_property(name, value)?)))
         {
             return Err(ConfigError::new(format!("properties.{name}"), reason));
+        }
+        if let Some(cloud_events) = &self.cloud_events {
+            cloud_events.validate()?;
         }
         if self.delivery_timeout < Duration::from_millis(100) {
             return Err(ConfigError::new(

@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use outbox_core::{
-    Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
+    wrap_as_cloud_event, CloudEventsBinding, Destination, Error, Message, HEADER_EVENT_TYPE,
+    HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -280,7 +281,12 @@ impl KafkaDestination {
                 break;
             }
             let id = message.id.to_string();
-            match queue(producer, record(message, &id), window.queue_until).await {
+            let message = wrap_as_cloud_event(
+                self.config.cloud_events.as_ref(),
+                message,
+                CloudEventsBinding::Kafka,
+            );
+            match queue(producer, record(&message, &id), window.queue_until).await {
                 Ok(delivery) => queued.push(delivery),
                 Err(err) => {
                     stuck |= producer_stuck(&err);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use outbox_core::Message;
+use outbox_core::{CloudEvents, CloudEventsBinding, Message};
 use outbox_kafka::{KafkaConfig, KafkaDestination};
 use outbox_testkit::{DestinationHarness, Received};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -67,6 +67,19 @@ impl DestinationHarness for KafkaTopic {
 
     async fn destination(&self) -> KafkaDestination {
         destination()
+    }
+
+    async fn cloud_events_destination(
+        &self,
+        cloud_events: CloudEvents,
+    ) -> Option<(KafkaDestination, CloudEventsBinding)> {
+        let config = KafkaConfig {
+            brokers: brokers(),
+            cloud_events: Some(cloud_events),
+            ..KafkaConfig::default()
+        };
+        let destination = KafkaDestination::new(config).expect("producer");
+        Some((destination, CloudEventsBinding::Kafka))
     }
 
     fn address(&self) -> String {

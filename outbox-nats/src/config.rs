@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use outbox_core::redact_url;
-use outbox_core::ConfigError;
+use outbox_core::{CloudEvents, ConfigError};
 
 /// What a publish waits for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,6 +79,10 @@ pub struct NatsConfig {
     pub ack_timeout: Duration,
     /// Longest wait to connect. Default 5 s.
     pub connect_timeout: Duration,
+    /// Publish each message as a CloudEvent 1.0, in binary or structured
+    /// mode, under this protocol's binding. Default none: messages go out
+    /// as they are.
+    pub cloud_events: Option<CloudEvents>,
 }
 
 impl Default for NatsConfig {
@@ -94,6 +98,7 @@ impl Default for NatsConfig {
             client_key: None,
             ack_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            cloud_events: None,
         }
     }
 }
@@ -111,6 +116,7 @@ impl fmt::Debug for NatsConfig {
             .field("client_key", &self.client_key)
             .field("ack_timeout", &self.ack_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("cloud_events", &self.cloud_events)
             .finish()
     }
 }
@@ -143,6 +149,9 @@ impl NatsConfig {
                 "connect_timeout",
                 "must be greater than zero",
             ));
+        }
+        if let Some(cloud_events) = &self.cloud_events {
+            cloud_events.validate()?;
         }
         Ok(())
     }

@@ -5,8 +5,8 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
 use outbox_core::{
-    ConfigError, Destination, Error, Message, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID,
-    HEADER_ORDERING_KEY,
+    wrap_as_cloud_event, CloudEventsBinding, ConfigError, Destination, Error, Message,
+    HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, HEADER_ORDERING_KEY,
 };
 
 use outbox_core::redact_url;
@@ -168,6 +168,11 @@ impl Destination for NatsDestination {
     }
 
     async fn send(&self, message: &Message) -> Result<(), Error> {
+        let message = &*wrap_as_cloud_event(
+            self.config.cloud_events.as_ref(),
+            message,
+            CloudEventsBinding::Nats,
+        );
         let headers = headers(message)?;
         let subject = self.subject(message);
         let payload = Bytes::copy_from_slice(&message.payload);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
 use outbox_core::memory::MemorySource;
-use outbox_core::{Backoff, Destination, Message, RelayConfig};
+use outbox_core::{Backoff, CloudEvents, CloudEventsBinding, Destination, Message, RelayConfig};
 use outbox_nats::{NatsConfig, NatsDestination, NatsMode, NATS_MSG_ID};
 use outbox_testkit::{
     assert_order_per_key, assert_recovered, eventually, numbered_messages, run_relay,
@@ -99,6 +99,18 @@ impl DestinationHarness for NatsStream {
         NatsDestination::connect(config(url()))
             .await
             .expect("connect")
+    }
+
+    async fn cloud_events_destination(
+        &self,
+        cloud_events: CloudEvents,
+    ) -> Option<(NatsDestination, CloudEventsBinding)> {
+        let config = NatsConfig {
+            cloud_events: Some(cloud_events),
+            ..config(url())
+        };
+        let destination = NatsDestination::connect(config).await.expect("connect");
+        Some((destination, CloudEventsBinding::Nats))
     }
 
     fn address(&self) -> String {

@@ -19,6 +19,7 @@ pub async fn connect(
         DestinationSettings::Kafka(settings) => {
             let mut kafka = outbox_kafka::KafkaConfig {
                 brokers: settings.brokers.clone(),
+                cloud_events: settings.cloud_events.as_ref().map(|ce| ce.to_config()),
                 ..outbox_kafka::KafkaConfig::default()
             };
             for (name, value) in &settings.properties {
@@ -38,6 +39,7 @@ pub async fn connect(
                 root_certificates: settings.root_certificates.clone(),
                 client_certificate: settings.client_certificate.clone(),
                 client_key: settings.client_key.clone(),
+                cloud_events: settings.cloud_events.as_ref().map(|ce| ce.to_config()),
                 ..outbox_amqp::AmqpConfig::default()
             };
             let connect = || {
@@ -61,6 +63,7 @@ pub async fn connect(
                     NatsModeSetting::Jetstream => NatsMode::JetStream,
                     NatsModeSetting::Core => NatsMode::Core,
                 },
+                cloud_events: settings.cloud_events.as_ref().map(|ce| ce.to_config()),
                 ..NatsConfig::default()
             };
             if let Some(timeout_ms) = settings.timeout_ms {

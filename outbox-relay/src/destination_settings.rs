@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outbox_core::redact_url;
+use outbox_core::{redact_url, CloudEvents, CloudEventsMode};
 use serde::Deserialize;
 
 /// Which broker receives the messages, with its settings.
@@ -34,6 +34,8 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, toml::Value>,
     /// Delivery timeout, in ms.
     pub timeout_ms: Option<u64>,
+    /// Publish each message as a CloudEvent (`[destination.cloud_events]`).
+    pub cloud_events: Option<CloudEventsSettings>,
 }
 
 /// `kind = "amqp"`.
@@ -50,6 +52,8 @@ pub struct AmqpSettings {
     pub client_certificate: Option<PathBuf>,
     /// The PEM file of `client_certificate`'s private key.
     pub client_key: Option<PathBuf>,
+    /// Publish each message as a CloudEvent (`[destination.cloud_events]`).
+    pub cloud_events: Option<CloudEventsSettings>,
 }
 
 /// How NATS messages are published.
@@ -91,6 +95,41 @@ pub struct NatsSettings {
     pub nkey: Option<String>,
     /// A `.creds` file (a user JWT and its nkey seed).
     pub credentials_file: Option<PathBuf>,
+    /// Publish each message as a CloudEvent (`[destination.cloud_events]`).
+    pub cloud_events: Option<CloudEventsSettings>,
+}
+
+/// `[destination.cloud_events]`: messages published as CloudEvents 1.0.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEventsSettings {
+    /// `binary` (attributes as headers) or `structured` (one JSON event).
+    pub mode: CloudEventsModeSetting,
+    /// The `source` attribute, a URI-reference naming the producer.
+    pub source: String,
+}
+
+/// `[destination.cloud_events] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudEventsModeSetting {
+    /// The attributes as broker headers, the payload as written.
+    Binary,
+    /// The whole event as JSON in the payload.
+    Structured,
+}
+
+impl CloudEventsSettings {
+    /// The destinations' setting.
+    pub fn to_config(&self) -> CloudEvents {
+        CloudEvents {
+            mode: match self.mode {
+                CloudEventsModeSetting::Binary => CloudEventsMode::Binary,
+                CloudEventsModeSetting::Structured => CloudEventsMode::Structured,
+            },
+            source: self.source.clone(),
+        }
+    }
 }
 
 impl DestinationSettings {
@@ -122,6 +161,16 @@ impl DestinationSettings {
         .map(Duration::from_millis)
     }
 
+    /// The CloudEvents envelope, if one is set.
+    pub fn cloud_events(&self) -> Option<CloudEvents> {
+        match self {
+            Self::Kafka(kafka) => kafka.cloud_events.as_ref(),
+            Self::Amqp(amqp) => amqp.cloud_events.as_ref(),
+            Self::Nats(nats) => nats.cloud_events.as_ref(),
+        }
+        .map(CloudEventsSettings::to_config)
+    }
+
     /// Every file setting, by name, with its path if set.
     pub fn files(&self) -> Vec<(&'static str, Option<&PathBuf>)> {
         match self {
@@ -147,6 +196,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .field("timeout_ms", &self.timeout_ms)
+            .field("cloud_events", &self.cloud_events)
             .finish()
     }
 }
@@ -158,6 +208,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("root_certificates", &self.root_certificates)
             .field("client_certificate", &self.client_certificate)
             .field("client_key", &self.client_key)
+            .field("cloud_events", &self.cloud_events)
             .finish()
     }
 }
@@ -176,6 +227,7 @@ impl std::fmt::Debug for NatsSettings {
             .field("token", &hidden(self.token.is_some()))
             .field("nkey", &hidden(self.nkey.is_some()))
             .field("credentials_file", &self.credentials_file)
+            .field("cloud_events", &self.cloud_events)
             .finish()
     }
 }

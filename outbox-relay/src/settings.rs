@@ -173,6 +173,11 @@ impl Settings {
                 }
             }
         }
+        if let Some(cloud_events) = destination.cloud_events() {
+            cloud_events.validate().map_err(|err| {
+                ConfigError::new(format!("destination.{}", err.setting), err.reason)
+            })?;
+        }
         for (setting, path) in destination.files() {
             if let Some(path) = path {
                 if !path.is_file() {

@@ -38,6 +38,13 @@ async fn bad_configuration_exits_non_zero_naming_the_setting() {
         assert_eq!(code, 2, "{text}");
         assert!(text.contains("source.table"), "{text}");
     }
+
+    let mut command = relay(&config, &["check"]);
+    command.env("OUTBOX_DESTINATION__CLOUD_EVENTS__MODE", "binary");
+    command.env("OUTBOX_DESTINATION__CLOUD_EVENTS__SOURCE", " ");
+    let (code, text) = finish(command.spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("destination.cloud_events.source"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,6 +142,45 @@ async fn drain_delivers_what_waits_and_exits() {
     let arrivals = read(&nats_stream, &messages).await;
     assert_eq!(arrivals.len(), messages.len());
     assert_order_per_key(&messages, &arrivals);
+}
+
+/// `[destination.cloud_events]` alone makes the binary publish CloudEvents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_events_are_published_by_settings_alone() {
+    let (outbox, pool) = table("relay_cloud_events").await;
+    let nats_stream = stream("RELAY_CLOUD_EVENTS", "relay-cloud-events").await;
+    let messages = numbered_messages("relay-cloud-events.orders", 3, 2);
+    commit(&outbox, &pool, &messages).await;
+    let destination = format!(
+        "kind = \"nats\"\nurl = \"{}\"\n[destination.cloud_events]\nmode = \"structured\"\n\
+         source = \"/shop/orders\"",
+        nats_url()
+    );
+    let source = postgres_source("relay_cloud_events");
+    let config = settings_with(
+        &source,
+        &destination,
+        "relay_cloud_events",
+        spare_port(),
+        "",
+    );
+    let (code, text) = finish(relay(&config, &["drain"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+    for seq in 1..=messages.len() as u64 {
+        let stored = nats_stream.get_raw_message(seq).await.unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap();
+        let sent = messages
+            .iter()
+            .find(|m| event["id"] == m.id.to_string())
+            .unwrap_or_else(|| panic!("not a message sent: {event}"));
+        assert_eq!(event["source"], "/shop/orders");
+        assert_eq!(event["type"], "TestEvent");
+        assert_eq!(event["subject"], sent.ordering_key);
+        assert_eq!(
+            stored.headers.get("content-type").map(|v| v.as_str()),
+            Some(outbox_core::CLOUD_EVENTS_JSON)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

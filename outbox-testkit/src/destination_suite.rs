@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use outbox_core::memory::MemorySource;
 use outbox_core::{
-    Incoming, RelayConfig, HEADER_CORRELATION_ID, HEADER_EVENT_VERSION, HEADER_TENANT,
-    HEADER_TRACEPARENT,
+    CloudEvents, CloudEventsBinding, Incoming, Message, RelayConfig, CLOUD_EVENTS_JSON,
+    HEADER_CORRELATION_ID, HEADER_EVENT_VERSION, HEADER_TENANT, HEADER_TRACEPARENT,
 };
 
 use crate::verify::{assert_order_per_key, eventually, numbered_messages, run_relay};
-use crate::DestinationHarness;
+use crate::{DestinationHarness, Received};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -101,6 +101,130 @@ pub async fn delivers_in_order_with_metadata<H: DestinationHarness>(harness: &H)
     }
     assert_order_per_key(&messages, &arrivals);
     assert_eq!(source.waiting(), 0, "delivered messages left in the outbox");
+}
+
+/// The `source` attribute the CloudEvents scenarios publish with.
+const CLOUD_EVENTS_SOURCE: &str = "/outbox/tests";
+
+/// Sends `messages` through a destination publishing CloudEvents as
+/// `cloud_events` says; what arrived, with the binding, or `None` when the
+/// destination has no CloudEvents.
+async fn through_cloud_events<H: DestinationHarness>(
+    harness: &H,
+    cloud_events: CloudEvents,
+    messages: &[Message],
+) -> Option<(Vec<Received>, CloudEventsBinding)> {
+    let Some((destination, binding)) = harness.cloud_events_destination(cloud_events).await else {
+        eprintln!("this destination has no CloudEvents; scenario skipped");
+        return None;
+    };
+    let source = MemorySource::new(Duration::from_secs(30));
+    source.enqueue(messages.to_vec());
+    let relay = run_relay(source.clone(), destination, config());
+    let received = harness.received(messages.len(), DEADLINE).await;
+    relay.stop().await;
+    let arrivals: Vec<_> = received
+        .iter()
+        .map(|got| (got.ordering_key.clone().unwrap_or_default(), got.id))
+        .collect();
+    assert_order_per_key(messages, &arrivals);
+    Some((received, binding))
+}
+
+/// In binary mode each message arrives with its payload as written and
+/// the CloudEvents attributes as headers named by the protocol's binding
+/// (`ce_`, `cloudEvents:`, `ce-`), beside the outbox's own headers.
+pub async fn publishes_cloud_events_in_binary_mode<H: DestinationHarness>(harness: &H) {
+    let messages = numbered_messages(&harness.address(), 3, 4);
+    let cloud_events = CloudEvents::binary(CLOUD_EVENTS_SOURCE);
+    let Some((received, binding)) = through_cloud_events(harness, cloud_events, &messages).await
+    else {
+        return;
+    };
+    let prefix = binding.prefix();
+    for got in &received {
+        let sent = messages.iter().find(|m| m.id == got.id).expect("sent");
+        assert_eq!(got.payload, sent.payload, "payload of {}", got.id);
+        let attribute = |name: &str| got.headers.get(&format!("{prefix}{name}")).cloned();
+        let id = sent.id.to_string();
+        for (name, expected) in [
+            ("specversion", "1.0"),
+            ("id", id.as_str()),
+            ("source", CLOUD_EVENTS_SOURCE),
+            ("type", "TestEvent"),
+            ("subject", sent.ordering_key.as_str()),
+        ] {
+            assert_eq!(
+                attribute(name).as_deref(),
+                Some(expected),
+                "{prefix}{name} of {} among {:?}",
+                got.id,
+                got.headers
+            );
+        }
+        let time = attribute("time").expect("a time attribute");
+        let time = chrono::DateTime::parse_from_rfc3339(&time).expect("time in RFC 3339");
+        assert_eq!(
+            time.timestamp_micros(),
+            sent.created_at.timestamp_micros(),
+            "time of {}",
+            got.id
+        );
+        assert_eq!(got.event_type.as_deref(), Some("TestEvent"));
+    }
+}
+
+/// In structured mode each message arrives as one JSON CloudEvent with the
+/// content type `application/cloudevents+json`, the payload its `data`
+/// (JSON) or `data_base64` (anything else), and the outbox's own headers
+/// still beside it, so an [`Incoming`] reads it as before.
+pub async fn publishes_cloud_events_in_structured_mode<H: DestinationHarness>(harness: &H) {
+    let mut messages = numbered_messages(&harness.address(), 3, 4);
+    for message in messages.iter_mut().step_by(2) {
+        message.payload = format!("{{\"seq\":{}}}", message.headers["seq"]).into_bytes();
+        message
+            .headers
+            .insert("content-type".into(), "application/json".into());
+    }
+    let cloud_events = CloudEvents::structured(CLOUD_EVENTS_SOURCE);
+    let Some((received, _)) = through_cloud_events(harness, cloud_events, &messages).await else {
+        return;
+    };
+    for got in &received {
+        let sent = messages.iter().find(|m| m.id == got.id).expect("sent");
+        assert_eq!(
+            got.headers.get("content-type").map(String::as_str),
+            Some(CLOUD_EVENTS_JSON),
+            "content type of {}",
+            got.id
+        );
+        let event: serde_json::Value =
+            serde_json::from_slice(&got.payload).expect("a JSON CloudEvent");
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["id"], sent.id.to_string());
+        assert_eq!(event["source"], CLOUD_EVENTS_SOURCE);
+        assert_eq!(event["type"], "TestEvent");
+        assert_eq!(event["subject"], sent.ordering_key);
+        match sent.headers.get("content-type") {
+            Some(_) => {
+                let data: serde_json::Value = serde_json::from_slice(&sent.payload).unwrap();
+                assert_eq!(event["data"], data, "data of {}", got.id);
+                assert_eq!(event["datacontenttype"], "application/json");
+            }
+            None => {
+                use base64::Engine;
+                let data = event["data_base64"].as_str().expect("data_base64");
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap();
+                assert_eq!(data, sent.payload, "data of {}", got.id);
+            }
+        }
+        assert_eq!(
+            got.ordering_key.as_deref(),
+            Some(sent.ordering_key.as_str())
+        );
+    }
 }
 
 /// A message the broker refuses for good is dead-lettered with the broker's

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use outbox_core::{Destination, Message, Source};
+use outbox_core::{CloudEvents, CloudEventsBinding, Destination, Message, Source};
 use uuid::Uuid;
 
 /// Access to one outbox table (or equivalent) of a real database.
@@ -112,6 +112,17 @@ pub trait DestinationHarness: Send + Sync {
     /// A message this broker refuses for good (too large, unroutable), or
     /// `None` if it cannot be made to refuse one.
     fn refused_message(&self) -> Option<Message>;
+
+    /// A destination connected to the broker that publishes CloudEvents as
+    /// `cloud_events` says, with the binding it follows; `None` (the
+    /// default) for a destination without CloudEvents.
+    fn cloud_events_destination(
+        &self,
+        cloud_events: CloudEvents,
+    ) -> impl Future<Output = Option<(Self::Destination, CloudEventsBinding)>> + Send {
+        let _ = cloud_events;
+        async { None }
+    }
 
     /// Messages this broker's protocol cannot carry at all (a header name
     /// or a routing key it does not allow), each with a text its error must

@@ -128,6 +128,8 @@ macro_rules! destination_conformance {
     ($make:path) => {
         $crate::destination_conformance!(@tests $make;
             delivers_in_order_with_metadata,
+            publishes_cloud_events_in_binary_mode,
+            publishes_cloud_events_in_structured_mode,
             refused_message_is_dead_lettered,
             unfit_messages_are_dead_lettered,
         );
