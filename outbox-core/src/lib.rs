@@ -52,7 +52,9 @@ pub use message::{
     Event, Message, MessageBuilder, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, HEADER_MESSAGE_ID,
     HEADER_ORDERING_KEY, HEADER_SEQUENCE,
 };
-pub use metadata::{HEADER_CAUSATION_ID, HEADER_CORRELATION_ID, HEADER_TENANT, HEADER_USER};
+pub use metadata::{
+    Metadata, HEADER_CAUSATION_ID, HEADER_CORRELATION_ID, HEADER_TENANT, HEADER_USER,
+};
 pub use redact::redact_url;
 pub use relay::{Drained, Relay};
 pub use source::{Backlog, Failure, OnDeadLetter, Source, DEFAULT_BATCH_BYTES};

@@ -13,7 +13,63 @@ pub const HEADER_TENANT: &str = "outbox-tenant";
 /// Header of the user on whose behalf the message was written.
 pub const HEADER_USER: &str = "outbox-user";
 
+/// The metadata of a message, as one value: what a request handler or a
+/// consumer carries along and hands to every message it writes
+/// ([`MessageBuilder::metadata`], and the writers' `enqueue_event_with`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// The id shared by every message of one business flow.
+    pub correlation_id: Option<String>,
+    /// The id of the message or request that caused this one.
+    pub causation_id: Option<String>,
+    /// The tenant.
+    pub tenant: Option<String>,
+    /// The user on whose behalf the message is written.
+    pub user: Option<String>,
+    /// The broker partition key, when it differs from the ordering key.
+    pub partition_key: Option<String>,
+}
+
+impl Metadata {
+    /// The metadata of a message caused by `incoming`, a message the
+    /// consumer is handling: causation id its id, correlation id its
+    /// correlation id (or its id, when it had none, so it starts the flow),
+    /// and its tenant and user.
+    pub fn caused_by(incoming: &Incoming) -> Self {
+        let correlation = incoming
+            .correlation_id()
+            .map_or_else(|| incoming.id.to_string(), str::to_string);
+        Self {
+            correlation_id: Some(correlation),
+            causation_id: Some(incoming.id.to_string()),
+            tenant: incoming.tenant().map(str::to_string),
+            user: incoming.user().map(str::to_string),
+            partition_key: None,
+        }
+    }
+}
+
 impl MessageBuilder {
+    /// Sets every field of `metadata` that is set.
+    pub fn metadata(self, metadata: &Metadata) -> Self {
+        let mut builder = self;
+        let headers = [
+            (HEADER_CORRELATION_ID, &metadata.correlation_id),
+            (HEADER_CAUSATION_ID, &metadata.causation_id),
+            (HEADER_TENANT, &metadata.tenant),
+            (HEADER_USER, &metadata.user),
+        ];
+        for (name, value) in headers {
+            if let Some(value) = value {
+                builder = builder.header(name, value.clone());
+            }
+        }
+        if let Some(key) = &metadata.partition_key {
+            builder = builder.partition_key(key.clone());
+        }
+        builder
+    }
+
     /// Sets the correlation id: the same on every message of one business
     /// flow (a request id, an order's saga id).
     pub fn correlation_id(self, id: impl Into<String>) -> Self {
@@ -31,19 +87,7 @@ impl MessageBuilder {
     /// (or its id, when it had none, so it starts the flow), and its tenant
     /// and user when it had them.
     pub fn caused_by(self, incoming: &Incoming) -> Self {
-        let correlation = incoming
-            .correlation_id()
-            .map_or_else(|| incoming.id.to_string(), str::to_string);
-        let mut builder = self
-            .causation_id(incoming.id.to_string())
-            .correlation_id(correlation);
-        if let Some(tenant) = incoming.tenant() {
-            builder = builder.tenant(tenant);
-        }
-        if let Some(user) = incoming.user() {
-            builder = builder.user(user);
-        }
-        builder
+        self.metadata(&Metadata::caused_by(incoming))
     }
 
     /// Sets the tenant.
@@ -127,6 +171,25 @@ mod tests {
         assert_eq!(incoming.tenant(), Some("acme"));
         assert_eq!(incoming.user(), Some("u-42"));
         assert_eq!(incoming.event_version(), Some(3));
+    }
+
+    #[test]
+    fn metadata_as_one_value_sets_what_it_has() {
+        let metadata = Metadata {
+            correlation_id: Some("checkout-17".into()),
+            tenant: Some("acme".into()),
+            partition_key: Some("region-eu".into()),
+            ..Metadata::default()
+        };
+        let message = Message::builder("orders", "order-1")
+            .metadata(&metadata)
+            .build()
+            .unwrap();
+        assert_eq!(message.partition_key.as_deref(), Some("region-eu"));
+        let incoming = consumed(&message);
+        assert_eq!(incoming.correlation_id(), Some("checkout-17"));
+        assert_eq!(incoming.tenant(), Some("acme"));
+        assert_eq!((incoming.causation_id(), incoming.user()), (None, None));
     }
 
     #[test]

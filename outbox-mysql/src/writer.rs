@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{ConfigError, Error, Event, Message};
+use outbox_core::{ConfigError, Error, Event, Message, Metadata};
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use tokio::sync::Notify;
 
@@ -164,7 +164,22 @@ impl MysqlOutbox {
         destination: &str,
         event: &E,
     ) -> Result<Message, Error> {
-        let message = Message::from_event(destination, event)?;
+        self.enqueue_event_with(conn, destination, event, &Metadata::default())
+            .await
+    }
+
+    /// Writes a typed event to `destination` with `metadata`
+    /// (correlation and causation ids, tenant, user, partition key).
+    pub async fn enqueue_event_with<E: Event>(
+        &self,
+        conn: &mut MySqlConnection,
+        destination: &str,
+        event: &E,
+        metadata: &Metadata,
+    ) -> Result<Message, Error> {
+        let message = Message::event_builder(destination, event)?
+            .metadata(metadata)
+            .build()?;
         self.enqueue(conn, &message).await?;
         Ok(message)
     }

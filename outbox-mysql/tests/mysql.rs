@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Error, Incoming, Message, OnDeadLetter, Source};
+use outbox_core::{Error, Incoming, Message, Metadata, OnDeadLetter, Source};
 use outbox_mysql::{MysqlConfig, MysqlInbox, MysqlOutbox, MysqlSource, Operator, Receipt};
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
-    relay_good_beside_bad, run_relay, table_name, InboxHarness, OpenWrites, SourceHarness,
-    TableHarness, TableSetup,
+    relay_good_beside_bad, run_relay, table_name, InboxHarness, OpenWrites, OrderPlaced,
+    SourceHarness, TableHarness, TableSetup,
 };
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlPool};
@@ -225,6 +225,18 @@ impl TableHarness for MyTable {
         } else {
             open.rollback().await.unwrap();
         }
+    }
+
+    async fn write_event(&self, event: &OrderPlaced, metadata: &Metadata) -> Message {
+        let mut tx = self.pool.begin().await.unwrap();
+        let message = self
+            .outbox
+            .enqueue_event_with(&mut tx, "orders", event, metadata)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        self.outbox.notify_committed();
+        message
     }
 
     async fn rows(&self) -> u64 {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use outbox_core::{ConfigError, Error, Event, Message};
+use outbox_core::{ConfigError, Error, Event, Message, Metadata};
 use sqlx::{Executor, PgConnection, PgPool};
 
 use crate::error::classify;
@@ -147,7 +147,22 @@ impl PostgresOutbox {
         destination: &str,
         event: &E,
     ) -> Result<Message, Error> {
-        let message = Message::from_event(destination, event)?;
+        self.enqueue_event_with(conn, destination, event, &Metadata::default())
+            .await
+    }
+
+    /// Writes a typed event to `destination` with `metadata`
+    /// (correlation and causation ids, tenant, user, partition key).
+    pub async fn enqueue_event_with<E: Event>(
+        &self,
+        conn: &mut PgConnection,
+        destination: &str,
+        event: &E,
+        metadata: &Metadata,
+    ) -> Result<Message, Error> {
+        let message = Message::event_builder(destination, event)?
+            .metadata(metadata)
+            .build()?;
         self.enqueue(conn, &message).await?;
         Ok(message)
     }

@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Error, Incoming, Message, OnDeadLetter, RelayConfig, Source};
+use outbox_core::{Error, Incoming, Message, Metadata, OnDeadLetter, RelayConfig, Source};
 use outbox_postgres::{
     AckMode, Operator, PostgresConfig, PostgresInbox, PostgresOutbox, PostgresSource, Receipt,
 };
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
-    relay_good_beside_bad, run_relay, table_name, InboxHarness, OpenWrites, SourceHarness,
-    TableHarness, TableSetup,
+    relay_good_beside_bad, run_relay, table_name, InboxHarness, OpenWrites, OrderPlaced,
+    SourceHarness, TableHarness, TableSetup,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -222,6 +222,17 @@ impl TableHarness for PgTable {
         } else {
             open.rollback().await.unwrap();
         }
+    }
+
+    async fn write_event(&self, event: &OrderPlaced, metadata: &Metadata) -> Message {
+        let mut tx = self.pool.begin().await.unwrap();
+        let message = self
+            .outbox
+            .enqueue_event_with(&mut tx, "orders", event, metadata)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        message
     }
 
     async fn rows(&self) -> u64 {

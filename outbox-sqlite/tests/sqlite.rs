@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Error, Incoming, Message, OnDeadLetter};
+use outbox_core::{Error, Incoming, Message, Metadata, OnDeadLetter};
 use outbox_sqlite::{
     connect, Operator, Receipt, SqliteConfig, SqliteInbox, SqliteOutbox, SqliteSource,
 };
 use outbox_testkit::{
     arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages,
-    relay_good_beside_bad, run_relay, InboxHarness, SourceHarness, TableHarness, TableSetup,
+    relay_good_beside_bad, run_relay, InboxHarness, OrderPlaced, SourceHarness, TableHarness,
+    TableSetup,
 };
 use sqlx::SqlitePool;
 use uuid::Uuid;
@@ -147,6 +148,18 @@ impl TableHarness for LiteTable {
         let mut tx = self.pool.begin().await.unwrap();
         self.outbox.enqueue_many(&mut tx, &messages).await.unwrap();
         tx.rollback().await.unwrap();
+    }
+
+    async fn write_event(&self, event: &OrderPlaced, metadata: &Metadata) -> Message {
+        let mut tx = self.pool.begin().await.unwrap();
+        let message = self
+            .outbox
+            .enqueue_event_with(&mut tx, "orders", event, metadata)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        self.outbox.notify_committed();
+        message
     }
 
     async fn rows(&self) -> u64 {

@@ -84,6 +84,8 @@ macro_rules! table_conformance {
         $crate::table_conformance!(@tests $make;
             a_rolled_back_message_never_exists_and_a_committed_one_is_delivered:
                 $crate::TableSetup::default(),
+            a_typed_event_is_written_with_its_metadata:
+                $crate::TableSetup::default(),
             four_relays_keep_each_key_in_order_and_lose_nothing:
                 $crate::TableSetup::default(),
             operators_requeue_dead_letters_and_clean_up_delivered_rows:

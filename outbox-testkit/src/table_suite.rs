@@ -7,8 +7,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use outbox_core::memory::MemoryDestination;
-use outbox_core::{Failure, Message, OnDeadLetter, RelayConfig, Source};
+use outbox_core::{
+    Event, Failure, Message, Metadata, OnDeadLetter, RelayConfig, Source, HEADER_CAUSATION_ID,
+    HEADER_CORRELATION_ID, HEADER_EVENT_VERSION, HEADER_TENANT, HEADER_USER,
+};
 use outbox_sql::{AckMode, Operator};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
@@ -63,6 +67,37 @@ pub trait TableHarness: Send + Sync {
 
     /// Rows in the outbox table: waiting, delivered but kept, or dead.
     fn rows(&self) -> impl Future<Output = u64> + Send;
+
+    /// Writes `event` to `orders` with the writer's `enqueue_event_with`
+    /// in a transaction of its own, commits it, and returns the message.
+    fn write_event(
+        &self,
+        event: &OrderPlaced,
+        metadata: &Metadata,
+    ) -> impl Future<Output = Message> + Send;
+}
+
+/// The typed event of [`a_typed_event_is_written_with_its_metadata`].
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderPlaced {
+    /// The order, the aggregate.
+    pub order_id: u64,
+    /// Its total.
+    pub total_cents: u64,
+}
+
+impl Event for OrderPlaced {
+    fn event_type(&self) -> &str {
+        "OrderPlaced"
+    }
+
+    fn aggregate_id(&self) -> String {
+        format!("order-{}", self.order_id)
+    }
+
+    fn version(&self) -> u32 {
+        2
+    }
 }
 
 async fn nothing_waits(table: &impl TableHarness) -> bool {
@@ -104,6 +139,51 @@ pub async fn a_rolled_back_message_never_exists_and_a_committed_one_is_delivered
         vec![kept.id],
         "only the committed message may be published"
     );
+}
+
+/// A typed event written with `enqueue_event_with` is delivered as JSON
+/// with its type, version and every piece of metadata.
+pub async fn a_typed_event_is_written_with_its_metadata(table: &impl TableHarness) {
+    let event = OrderPlaced {
+        order_id: 7,
+        total_cents: 1250,
+    };
+    let metadata = Metadata {
+        correlation_id: Some("checkout-17".into()),
+        causation_id: Some("request-3".into()),
+        tenant: Some("acme".into()),
+        user: Some("u-42".into()),
+        partition_key: Some("region-eu".into()),
+    };
+    let written = table.write_event(&event, &metadata).await;
+    let destination = MemoryDestination::new();
+    let source = table.operator().relay_source().await.unwrap();
+    let relay = run_relay(source, destination.clone(), fast_relay_config());
+    let delivered = destination.wait_for(1, DEADLINE).await;
+    relay.stop().await;
+    assert!(delivered, "the event was not delivered");
+    let sent = destination.sent().remove(0).message;
+    assert_eq!(sent.id, written.id);
+    assert_eq!(sent.ordering_key, "order-7");
+    assert_eq!(sent.event_type.as_deref(), Some("OrderPlaced"));
+    assert_eq!(sent.partition_key.as_deref(), Some("region-eu"));
+    let payload: serde_json::Value = serde_json::from_slice(&sent.payload).unwrap();
+    assert_eq!(payload["total_cents"], 1250);
+    for (header, expected) in [
+        (HEADER_CORRELATION_ID, "checkout-17"),
+        (HEADER_CAUSATION_ID, "request-3"),
+        (HEADER_TENANT, "acme"),
+        (HEADER_USER, "u-42"),
+        (HEADER_EVENT_VERSION, "2"),
+        ("content-type", "application/json"),
+    ] {
+        assert_eq!(
+            sent.headers.get(header).map(String::as_str),
+            Some(expected),
+            "{header} among {:?}",
+            sent.headers
+        );
+    }
 }
 
 /// Four relays drain one table of 20,000 messages over 500 keys together:
