@@ -52,6 +52,12 @@ for example in postgres_kafka postgres_amqp postgres_nats mysql_kafka mysql_amqp
     cargo run --quiet --all-features --example "$example" -- 20
 done
 
+# A service embedding the relay, with traces and metrics: it fails unless
+# every event is consumed in its request's trace, with a publish span in
+# that trace, and /metrics counts them.
+step "example observed_service"
+cargo run --quiet --all-features --example observed_service -- 20
+
 # The same service with its database and broker picked at run time, behind
 # BoxSource and BoxDestination.
 for pair in "mysql kafka" "postgres amqp"; do
