@@ -21,6 +21,7 @@
 
 mod config;
 mod error;
+mod idle;
 mod inbox;
 mod leader;
 mod operator;

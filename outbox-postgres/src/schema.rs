@@ -18,6 +18,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_failing.sql",
         include_str!("../migrations/0002_failing.sql"),
     ),
+    (
+        "0003_idle_relays.sql",
+        include_str!("../migrations/0003_idle_relays.sql"),
+    ),
 ];
 
 /// Advisory lock class of the inbox's migrations (the bytes of "oinb"):
@@ -44,6 +48,7 @@ pub(crate) async fn create_schema(pool: &PgPool, schema: &str) -> Result<(), Err
 }
 
 const DEFAULT_TABLE: &str = "public.outbox_messages";
+const DEFAULT_IDLE_TABLE: &str = "public.outbox_messages_idle";
 const DEFAULT_INDEX_PREFIX: &str = "outbox_messages_";
 
 /// `"schema"."table"`, from validated names.
@@ -51,11 +56,19 @@ pub(crate) fn qualified(config: &PostgresConfig) -> String {
     format!("\"{}\".\"{}\"", config.schema, config.table)
 }
 
+/// `"schema"."table_idle"`: the relays waiting for a NOTIFY.
+pub(crate) fn qualified_idle(config: &PostgresConfig) -> String {
+    format!("\"{}\".\"{}_idle\"", config.schema, config.table)
+}
+
 /// The migrations rendered for `config`'s (validated) names.
 pub(crate) fn render(config: &PostgresConfig) -> String {
     let table = qualified(config);
+    let idle = qualified_idle(config);
     let prefix = format!("{}_", config.table);
+    // The idle table first: its default name starts with the table's.
     let names = [
+        (DEFAULT_IDLE_TABLE, idle.as_str()),
         (DEFAULT_TABLE, table.as_str()),
         (DEFAULT_INDEX_PREFIX, &prefix),
     ];

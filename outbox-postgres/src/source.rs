@@ -11,6 +11,7 @@ use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::error::classify;
+use crate::idle::IdleListing;
 use crate::leader::PostgresLeaderLock;
 use crate::row::{decode, text, Decoded};
 use crate::sql::claim_settings;
@@ -40,7 +41,8 @@ pub struct PostgresSource {
     outbox: PostgresOutbox,
     pool: PgPool,
     relay_id: Uuid,
-    wake: Option<Wake>,
+    /// With `notify`: wake-ups, and this relay's place on the idle list.
+    idle: Option<IdleListing>,
     leadership: Option<Leadership<PostgresLeaderLock>>,
     /// Open batches by claim.
     held: HeldBatches<Transaction<'static, Postgres>>,
@@ -58,8 +60,17 @@ impl std::fmt::Debug for PostgresSource {
 impl PostgresSource {
     pub(crate) async fn connect(outbox: PostgresOutbox) -> Result<Self, Error> {
         let pool = outbox.pool.clone();
-        let wake = if outbox.config.notify {
-            Some(Wake::listen(&pool, &outbox.config.channel()).await?)
+        let relay_id = Uuid::now_v7();
+        let idle = if outbox.config.notify {
+            let wake = Wake::listen(&pool, &outbox.config.channel()).await?;
+            let lease = outbox.config.lease;
+            Some(IdleListing::new(
+                wake,
+                pool.clone(),
+                relay_id,
+                &outbox.sql,
+                lease,
+            ))
         } else {
             None
         };
@@ -74,164 +85,15 @@ impl PostgresSource {
         Ok(Self {
             outbox,
             pool,
-            relay_id: Uuid::now_v7(),
-            wake,
+            relay_id,
+            idle,
             leadership,
             held: HeldBatches::default(),
         })
     }
 
-    /// The `seq` of the claim's rows not held back, in `seq` order, while
-    /// their payloads and the `claimed` bytes already taken add up to at
-    /// most the byte budget: at least one when the claim holds nothing yet
-    /// (`first`), so a row larger than the budget goes alone.
-    fn within_budget(
-        &self,
-        rows: &[sqlx::postgres::PgRow],
-        claimed: usize,
-        first: bool,
-    ) -> Result<Vec<i64>, Error> {
-        let mut candidates = Vec::with_capacity(rows.len());
-        for row in rows {
-            if !row.try_get::<bool, _>("held").map_err(classify)? {
-                let seq: i64 = row.try_get("seq").map_err(classify)?;
-                let size: Option<i32> = row.try_get("size").map_err(classify)?;
-                candidates.push((seq, size.unwrap_or(0).max(0) as usize));
-            }
-        }
-        candidates.sort_unstable();
-        let mut bytes = claimed;
-        let mut within = Vec::new();
-        for (seq, size) in candidates {
-            if !(first && within.is_empty())
-                && bytes.saturating_add(size) > self.outbox.config.batch_bytes
-            {
-                break;
-            }
-            bytes = bytes.saturating_add(size);
-            within.push(seq);
-        }
-        Ok(within)
-    }
-
-    /// Gives back every row the claim locked and does not use, keeping the
-    /// `taken` ones (`seq` to `attempts` as read): rolls back to the
-    /// savepoint taken before the candidates were locked (PostgreSQL then
-    /// releases the row locks taken since) and locks the taken rows again,
-    /// returning the `seq` of those still as read and not held back.
-    ///
-    /// A row kept locked unused (held back behind another batch's row of
-    /// its key, or past the byte budget) held its key back from every
-    /// other claim until this batch ended: under a backlog deeper than a
-    /// batch per key, most of several relays' claims were such rows, and
-    /// the relays fell behind the writers (issue 28, item 0). Between the
-    /// rollback and the new locks another claim may take a row; the look-back
-    /// runs again on what is locked, so a key keeps only its prefix.
-    async fn relock(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        taken: &HashMap<i64, i32>,
-    ) -> Result<HashSet<i64>, Error> {
-        let conn: &mut PgConnection = &mut *tx;
-        conn.execute("ROLLBACK TO SAVEPOINT candidates")
-            .await
-            .map_err(classify)?;
-        let rows: Vec<(i64, i32)> = sqlx::query_as(&self.outbox.sql.relock)
-            .bind(taken.keys().copied().collect::<Vec<i64>>())
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .filter(|(seq, attempts)| taken.get(seq) == Some(attempts))
-            .map(|(seq, _)| seq)
-            .collect())
-    }
-
-    /// This relay's identity, shown in logs.
-    pub fn relay_id(&self) -> Uuid {
-        self.relay_id
-    }
-
-    /// The outbox this source reads.
-    pub fn outbox(&self) -> &PostgresOutbox {
-        &self.outbox
-    }
-}
-
-impl TransactionReports for PostgresSource {
-    type Tx = Transaction<'static, Postgres>;
-
-    fn held(&self) -> &HeldBatches<Self::Tx> {
-        &self.held
-    }
-
-    async fn run_report(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        mine: &HashSet<Uuid>,
-        report: &Report<'_>,
-    ) -> Result<(), Error> {
-        let sql = &self.outbox.sql;
-        let query = match report {
-            Report::Release => return Ok(()),
-            Report::Ack => sqlx::query(&sql.ack).bind(mine.iter().copied().collect::<Vec<Uuid>>()),
-            Report::Retry(failures) => {
-                let mine: Vec<&Failure<Message>> = failures
-                    .iter()
-                    .filter(|f| mine.contains(&f.item.id))
-                    .collect();
-                let (ids, attempts, errors) = failure_columns(&mine);
-                let waits: Vec<i64> = mine
-                    .iter()
-                    .map(|f| f.retry_after.as_millis().min(i64::MAX as u128) as i64)
-                    .collect();
-                sqlx::query(&sql.retry)
-                    .bind(ids)
-                    .bind(attempts)
-                    .bind(errors)
-                    .bind(waits)
-            }
-            Report::DeadLetter(failures) => {
-                let mine: Vec<&Failure<Message>> = failures
-                    .iter()
-                    .filter(|f| mine.contains(&f.item.id))
-                    .collect();
-                let (ids, attempts, errors) = failure_columns(&mine);
-                sqlx::query(&sql.dead_letter)
-                    .bind(ids)
-                    .bind(attempts)
-                    .bind(errors)
-            }
-        };
-        query.execute(&mut **tx).await.map_err(classify)?;
-        Ok(())
-    }
-
-    async fn commit(tx: Self::Tx) -> Result<(), Error> {
-        tx.commit().await.map_err(classify)
-    }
-}
-
-fn failure_columns(failures: &[&Failure<Message>]) -> (Vec<Uuid>, Vec<i32>, Vec<String>) {
-    let mut out = (Vec::new(), Vec::new(), Vec::new());
-    for f in failures {
-        out.0.push(f.item.id);
-        out.1.push(f.attempts.min(i32::MAX as u32) as i32);
-        out.2.push(f.error.clone());
-    }
-    out
-}
-
-impl Source for PostgresSource {
-    type Item = Message;
-
-    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
-        if let Some(leadership) = &self.leadership {
-            if !leadership.is_leader().await {
-                return Ok(Claim::empty());
-            }
-        }
+    /// Claims up to `limit` rows (see [`Source::claim`]).
+    async fn claim_rows(&self, limit: usize) -> Result<Claim<Message>, Error> {
         self.held.forget_expired(self.lease());
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // The lease, the planner's settings and the savepoint the claim can
@@ -383,6 +245,167 @@ impl Source for PostgresSource {
         Ok(Claim::new(claim, claimed))
     }
 
+    /// The `seq` of the claim's rows not held back, in `seq` order, while
+    /// their payloads and the `claimed` bytes already taken add up to at
+    /// most the byte budget: at least one when the claim holds nothing yet
+    /// (`first`), so a row larger than the budget goes alone.
+    fn within_budget(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+        claimed: usize,
+        first: bool,
+    ) -> Result<Vec<i64>, Error> {
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !row.try_get::<bool, _>("held").map_err(classify)? {
+                let seq: i64 = row.try_get("seq").map_err(classify)?;
+                let size: Option<i32> = row.try_get("size").map_err(classify)?;
+                candidates.push((seq, size.unwrap_or(0).max(0) as usize));
+            }
+        }
+        candidates.sort_unstable();
+        let mut bytes = claimed;
+        let mut within = Vec::new();
+        for (seq, size) in candidates {
+            if !(first && within.is_empty())
+                && bytes.saturating_add(size) > self.outbox.config.batch_bytes
+            {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            within.push(seq);
+        }
+        Ok(within)
+    }
+
+    /// Gives back every row the claim locked and does not use, keeping the
+    /// `taken` ones (`seq` to `attempts` as read): rolls back to the
+    /// savepoint taken before the candidates were locked (PostgreSQL then
+    /// releases the row locks taken since) and locks the taken rows again,
+    /// returning the `seq` of those still as read and not held back.
+    ///
+    /// A row kept locked unused (held back behind another batch's row of
+    /// its key, or past the byte budget) held its key back from every
+    /// other claim until this batch ended: under a backlog deeper than a
+    /// batch per key, most of several relays' claims were such rows, and
+    /// the relays fell behind the writers (issue 28, item 0). Between the
+    /// rollback and the new locks another claim may take a row; the look-back
+    /// runs again on what is locked, so a key keeps only its prefix.
+    async fn relock(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        taken: &HashMap<i64, i32>,
+    ) -> Result<HashSet<i64>, Error> {
+        let conn: &mut PgConnection = &mut *tx;
+        conn.execute("ROLLBACK TO SAVEPOINT candidates")
+            .await
+            .map_err(classify)?;
+        let rows: Vec<(i64, i32)> = sqlx::query_as(&self.outbox.sql.relock)
+            .bind(taken.keys().copied().collect::<Vec<i64>>())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .filter(|(seq, attempts)| taken.get(seq) == Some(attempts))
+            .map(|(seq, _)| seq)
+            .collect())
+    }
+
+    /// This relay's identity, shown in logs.
+    pub fn relay_id(&self) -> Uuid {
+        self.relay_id
+    }
+
+    /// The outbox this source reads.
+    pub fn outbox(&self) -> &PostgresOutbox {
+        &self.outbox
+    }
+}
+
+impl TransactionReports for PostgresSource {
+    type Tx = Transaction<'static, Postgres>;
+
+    fn held(&self) -> &HeldBatches<Self::Tx> {
+        &self.held
+    }
+
+    async fn run_report(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        mine: &HashSet<Uuid>,
+        report: &Report<'_>,
+    ) -> Result<(), Error> {
+        let sql = &self.outbox.sql;
+        let query = match report {
+            Report::Release => return Ok(()),
+            Report::Ack => sqlx::query(&sql.ack).bind(mine.iter().copied().collect::<Vec<Uuid>>()),
+            Report::Retry(failures) => {
+                let mine: Vec<&Failure<Message>> = failures
+                    .iter()
+                    .filter(|f| mine.contains(&f.item.id))
+                    .collect();
+                let (ids, attempts, errors) = failure_columns(&mine);
+                let waits: Vec<i64> = mine
+                    .iter()
+                    .map(|f| f.retry_after.as_millis().min(i64::MAX as u128) as i64)
+                    .collect();
+                sqlx::query(&sql.retry)
+                    .bind(ids)
+                    .bind(attempts)
+                    .bind(errors)
+                    .bind(waits)
+            }
+            Report::DeadLetter(failures) => {
+                let mine: Vec<&Failure<Message>> = failures
+                    .iter()
+                    .filter(|f| mine.contains(&f.item.id))
+                    .collect();
+                let (ids, attempts, errors) = failure_columns(&mine);
+                sqlx::query(&sql.dead_letter)
+                    .bind(ids)
+                    .bind(attempts)
+                    .bind(errors)
+            }
+        };
+        query.execute(&mut **tx).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<(), Error> {
+        tx.commit().await.map_err(classify)
+    }
+}
+
+fn failure_columns(failures: &[&Failure<Message>]) -> (Vec<Uuid>, Vec<i32>, Vec<String>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for f in failures {
+        out.0.push(f.item.id);
+        out.1.push(f.attempts.min(i32::MAX as u32) as i32);
+        out.2.push(f.error.clone());
+    }
+    out
+}
+
+impl Source for PostgresSource {
+    type Item = Message;
+
+    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
+        if let Some(leadership) = &self.leadership {
+            if !leadership.is_leader().await {
+                if let Some(idle) = &self.idle {
+                    idle.standing_by().await;
+                }
+                return Ok(Claim::empty());
+            }
+        }
+        let claim = self.claim_rows(limit).await?;
+        if let Some(idle) = &self.idle {
+            idle.claimed(claim.is_empty()).await;
+        }
+        Ok(claim)
+    }
+
     async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         self.ack_batch(claim, items).await
     }
@@ -408,8 +431,8 @@ impl Source for PostgresSource {
     }
 
     async fn wait_for_work(&self) {
-        match &self.wake {
-            Some(wake) => wake.notified().await,
+        match &self.idle {
+            Some(idle) => idle.wait_for_work().await,
             None => std::future::pending().await,
         }
     }

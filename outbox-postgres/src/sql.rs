@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use outbox_core::OnDeadLetter;
 
-use crate::schema::qualified;
+use crate::schema::{qualified, qualified_idle};
 use crate::{AckMode, PostgresConfig};
 
 /// Columns a claim's candidates carry.
@@ -47,6 +47,11 @@ pub(crate) struct Statements {
     pub requeue: String,
     pub requeue_all: String,
     pub cleanup: String,
+    /// Lists this relay (`$1`) as waiting for a NOTIFY, and drops the
+    /// listings of relays silent for `$2` seconds (gone without a word).
+    pub announce_idle: String,
+    /// Takes this relay (`$1`) off the list.
+    pub announce_busy: String,
     /// The table's name hashed into advisory lock space (bigint), from
     /// which its leader and migration locks are made; and the class of
     /// its per-key writer locks (int4 pair space, this is the first int).
@@ -58,8 +63,14 @@ impl Statements {
     pub fn new(config: &PostgresConfig) -> Self {
         let t = qualified(config);
         let hash = fnv1a(&t);
+        let idle = qualified_idle(config);
+        // Only while a relay waits for it (see `0003_idle_relays.sql`); a
+        // CASE, not a WHERE, so the row the insert joins with always exists.
         let notify = if config.notify {
-            format!(", (SELECT pg_notify('{}', '')) AS n", config.channel())
+            format!(
+                ", (SELECT CASE WHEN EXISTS (SELECT FROM {idle}) THEN pg_notify('{}', '') END) AS n",
+                config.channel()
+            )
         } else {
             String::new()
         };
@@ -210,6 +221,13 @@ impl Statements {
                 "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} \
                  WHERE done_at IS NOT NULL AND done_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
             ),
+            announce_idle: format!(
+                "WITH gone AS (DELETE FROM {idle} WHERE relay <> $1 \
+                   AND since < now() - $2 * interval '1 second') \
+                 INSERT INTO {idle} (relay, since) VALUES ($1, now()) \
+                 ON CONFLICT (relay) DO UPDATE SET since = excluded.since"
+            ),
+            announce_busy: format!("DELETE FROM {idle} WHERE relay = $1"),
             table_lock: hash as i64,
             key_lock_class: (hash >> 32) as i32,
         }

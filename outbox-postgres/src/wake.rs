@@ -1,5 +1,6 @@
 //! Wake-ups from writers' NOTIFY, read all the time by a task of their own.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use crate::error::classify;
 /// number of notifications between two waits wake the relay once.
 pub(crate) struct Wake {
     woken: Arc<Notify>,
+    /// Set by every notification, taken by [`Wake::take_woken`].
+    notified_since: Arc<AtomicBool>,
     reader: JoinHandle<()>,
 }
 
@@ -27,13 +30,27 @@ impl Wake {
         let mut listener = PgListener::connect_with(pool).await.map_err(classify)?;
         listener.listen(channel).await.map_err(classify)?;
         let woken = Arc::new(Notify::new());
-        let reader = tokio::spawn(read(listener, Arc::clone(&woken)));
-        Ok(Self { woken, reader })
+        let notified_since = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read(
+            listener,
+            Arc::clone(&woken),
+            Arc::clone(&notified_since),
+        ));
+        Ok(Self {
+            woken,
+            notified_since,
+            reader,
+        })
     }
 
     /// Resolves once a notification arrived since the last call returned.
     pub async fn notified(&self) {
         self.woken.notified().await;
+    }
+
+    /// Whether a notification arrived since the last call.
+    pub fn take_woken(&self) -> bool {
+        self.notified_since.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -43,12 +60,15 @@ impl Drop for Wake {
     }
 }
 
-async fn read(mut listener: PgListener, woken: Arc<Notify>) {
+async fn read(mut listener: PgListener, woken: Arc<Notify>, notified_since: Arc<AtomicBool>) {
     loop {
         match listener.recv().await {
             // `notify_one` keeps one permit when nobody waits: notifications
             // coalesce into a single wake-up.
-            Ok(_) => woken.notify_one(),
+            Ok(_) => {
+                notified_since.store(true, Ordering::Relaxed);
+                woken.notify_one();
+            }
             Err(err) => {
                 // sqlx reconnects and listens again on the next `recv`;
                 // whatever was missed meanwhile is found by polling, and a

@@ -118,7 +118,7 @@ impl PostgresOutbox {
             .bind(messages.iter().map(|m| m.created_at).collect::<Vec<_>>())
             .execute(conn)
             .await
-            .map_err(classify)?;
+            .map_err(unmigrated)?;
         Ok(())
     }
 
@@ -136,7 +136,7 @@ impl PostgresOutbox {
             .bind(message.created_at)
             .execute(conn)
             .await
-            .map_err(classify)?;
+            .map_err(unmigrated)?;
         Ok(())
     }
 
@@ -172,4 +172,21 @@ impl PostgresOutbox {
     pub async fn source(&self) -> Result<PostgresSource, Error> {
         PostgresSource::connect(self.clone()).await
     }
+}
+
+/// A writer's error, saying what to do when a table it writes or reads is
+/// missing: the outbox table, or `<table>_idle`, which writers of this
+/// version read (migration `0003_idle_relays.sql`) and which a database
+/// migrated by an earlier version lacks.
+fn unmigrated(err: sqlx::Error) -> Error {
+    let missing =
+        matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
+    if !missing {
+        return classify(err);
+    }
+    Error::permanent(
+        "a table of the outbox is missing: run PostgresOutbox::migrate (or apply \
+         MIGRATIONS, 0003_idle_relays.sql included) before writing",
+    )
+    .with_source(err)
 }

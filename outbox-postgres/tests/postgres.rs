@@ -47,10 +47,12 @@ async fn table(name: &str, tweak: impl FnOnce(&mut PostgresConfig)) -> (Postgres
         .execute(&pool)
         .await
         .ok();
-    sqlx::query(&format!("DROP TABLE IF EXISTS outbox_test.{name}"))
-        .execute(&pool)
-        .await
-        .expect("drop old table");
+    sqlx::query(&format!(
+        "DROP TABLE IF EXISTS outbox_test.{name}, outbox_test.{name}_idle"
+    ))
+    .execute(&pool)
+    .await
+    .expect("drop old table");
     let outbox = PostgresOutbox::new(config, pool.clone()).expect("valid config");
     outbox.migrate().await.expect("migrate");
     (outbox, pool)
@@ -334,6 +336,83 @@ impl InboxHarness for PgInbox {
 mod inbox {
     use super::*;
     outbox_testkit::inbox_conformance!(inbox_table);
+}
+
+/// Writers notify only while a relay waits for it: with no relay idle a
+/// commit sends nothing (PostgreSQL commits notifying transactions one at
+/// a time), with one idle it wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_notify_only_while_a_relay_waits() {
+    let (outbox, pool) = table("idle_notify", |_| {}).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("outbox_test_idle_notify").await.unwrap();
+    commit(&outbox, &pool, &numbered_messages("orders", 1, 1)).await;
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "a writer notified with no relay: {heard:?}");
+
+    let destination = MemoryDestination::new();
+    let config = RelayConfig {
+        poll_interval_min: Duration::from_secs(10),
+        poll_interval_max: Duration::from_secs(10),
+        ..fast_relay_config()
+    };
+    let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), config);
+    assert!(destination.wait_for(1, Duration::from_secs(5)).await);
+    let listed = eventually(Duration::from_secs(5), || async {
+        let idle: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.idle_notify_idle")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        idle == 1
+    })
+    .await;
+    assert!(listed, "the idle relay did not list itself");
+    commit(&outbox, &pool, &numbered_messages("orders", 1, 1)).await;
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(heard.is_ok(), "no notification while a relay waits");
+    assert!(
+        destination.wait_for(2, Duration::from_secs(5)).await,
+        "the relay was not woken"
+    );
+    relay.stop().await;
+    let unlisted = eventually(Duration::from_secs(5), || async {
+        let idle: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.idle_notify_idle")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        idle == 0
+    })
+    .await;
+    assert!(
+        unlisted,
+        "a stopped relay is still listed: writers would notify for nobody"
+    );
+}
+
+/// Writers of a database migrated by an earlier version (no `_idle`
+/// table) are told to migrate, and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_on_an_unmigrated_table_is_told_to_migrate() {
+    let (outbox, pool) = table("unmigrated", |_| {}).await;
+    sqlx::query("DROP TABLE outbox_test.unmigrated_idle")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for messages in [
+        numbered_messages("orders", 1, 1),
+        numbered_messages("orders", 2, 2),
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        let err = outbox.enqueue_many(&mut tx, &messages).await.unwrap_err();
+        assert!(
+            err.to_string().contains("run PostgresOutbox::migrate"),
+            "{err}"
+        );
+    }
+    outbox.migrate().await.unwrap();
+    commit(&outbox, &pool, &numbered_messages("orders", 1, 1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -858,6 +937,11 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_dead_lettered() {
 async fn notifications_are_drained_while_the_relay_is_busy_and_wake_it_once() {
     let (outbox, pool) = table("listen_drained", |_| {}).await;
     let source = outbox.source().await.unwrap();
+    // Two empty claims list the relay as waiting (see `idle.rs`): only
+    // then does `wait_for_work` wait for a notification.
+    for _ in 0..2 {
+        assert!(source.claim(10).await.unwrap().is_empty());
+    }
     // 40 MB of notifications in one commit: more than the LISTEN socket's
     // buffers hold, so what is not read stays in the server's queue.
     sqlx::query(

@@ -1,8 +1,9 @@
 //! The database side of a pair: the outbox table the benchmark fills, and
 //! the raw claims of the two hand-written references.
 
-use outbox_core::Message;
+use outbox_core::{CancellationToken, Message, Relay, RelayConfig};
 use outbox_mysql::{MysqlConfig, MysqlOutbox};
+use outbox_nats::NatsDestination;
 use outbox_postgres::{PostgresConfig, PostgresOutbox};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -32,6 +33,15 @@ pub enum Backlog {
     },
 }
 
+/// What a business transaction holds besides its order row.
+#[derive(Clone, Copy)]
+pub enum Added<'a> {
+    Nothing,
+    /// `SELECT 1`, the floor of any enqueue call.
+    EmptyStatement,
+    Message(&'a Message),
+}
+
 /// An open claim of the references: the transaction holds the rows.
 pub enum Claim {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
@@ -43,7 +53,7 @@ impl Backlog {
     /// writers NOTIFY the relay when `notify`.
     pub async fn postgres(url: &str, table: &str, notify: bool) -> Self {
         let pool = PgPoolOptions::new()
-            .max_connections(48)
+            .max_connections(80)
             .connect(url)
             .await
             .expect("PostgreSQL at OUTBOX_POSTGRES_URL");
@@ -68,7 +78,7 @@ impl Backlog {
     /// The MySQL/MariaDB table `bench_<table>`, created if missing.
     pub async fn mysql(url: &str, table: &str) -> Self {
         let pool = MySqlPoolOptions::new()
-            .max_connections(48)
+            .max_connections(80)
             .connect(url)
             .await
             .expect("MySQL/MariaDB at OUTBOX_MYSQL_URL");
@@ -264,8 +274,8 @@ impl Backlog {
         }
     }
 
-    /// A one-row business transaction, with an outbox message in it or not.
-    pub async fn business_transaction(&self, with_message: Option<&Message>) {
+    /// One order row and `added`, in one transaction.
+    pub async fn business_transaction(&self, added: Added<'_>) {
         let order = Uuid::now_v7();
         match self {
             Backlog::Postgres { pool, outbox } => {
@@ -279,8 +289,17 @@ impl Backlog {
                 .execute(&mut *tx)
                 .await
                 .expect("insert order");
-                if let Some(message) = with_message {
-                    outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                match added {
+                    Added::Nothing => {}
+                    Added::EmptyStatement => {
+                        sqlx::query("SELECT 1")
+                            .execute(&mut *tx)
+                            .await
+                            .expect("select");
+                    }
+                    Added::Message(message) => {
+                        outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                    }
                 }
                 tx.commit().await.expect("commit");
             }
@@ -293,12 +312,40 @@ impl Backlog {
                     .execute(&mut *tx)
                     .await
                     .expect("insert order");
-                if let Some(message) = with_message {
-                    outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                match added {
+                    Added::Nothing => {}
+                    Added::EmptyStatement => {
+                        sqlx::query("SELECT 1")
+                            .execute(&mut *tx)
+                            .await
+                            .expect("select");
+                    }
+                    Added::Message(message) => {
+                        outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                    }
                 }
                 tx.commit().await.expect("commit");
             }
         }
+    }
+
+    /// Runs a relay with default settings on this outbox, publishing to
+    /// `destination`, until `shutdown`.
+    pub async fn relay(&self, destination: NatsDestination, shutdown: CancellationToken) {
+        let config = RelayConfig::default();
+        let ran = match self {
+            Backlog::Postgres { outbox, .. } => {
+                let source = outbox.source().await.expect("source");
+                let relay = Relay::new(source, destination, config).expect("relay");
+                relay.run(shutdown).await
+            }
+            Backlog::Mysql { outbox, .. } => {
+                let source = outbox.source().await.expect("source");
+                let relay = Relay::new(source, destination, config).expect("relay");
+                relay.run(shutdown).await
+            }
+        };
+        ran.expect("relay");
     }
 
     /// Creates (and empties) the business table of the enqueue-cost runs.

@@ -195,7 +195,7 @@ impl Consumer {
 pub async fn measure(consumer: &Consumer, mode: Mode, seconds: u64) -> Cost {
     consumer.empty().await;
     let consumer = consumer.clone();
-    timed(seconds, move |n| {
+    timed(crate::enqueue::WRITERS, seconds, move |n| {
         let consumer = consumer.clone();
         async move { consumer.apply(mode, n).await }
     })

@@ -41,6 +41,7 @@ use std::time::Instant;
 use backlog::Backlog;
 use broker::Broker;
 use cpu::CpuSample;
+use enqueue::Extra;
 use report::{Report, Spread};
 
 /// Ordering keys the messages are spread over.
@@ -335,25 +336,57 @@ async fn main() {
     }
 
     if options.enqueue_seconds > 0 {
+        // Default settings, as production runs them: PostgreSQL's writers
+        // NOTIFY the relay when it waits, and the relay drains meanwhile.
+        let Broker::Nats(destination) = servers.broker("pg-nats").await else {
+            unreachable!("a NATS pair")
+        };
         for pair in ["pg-nats", "mysql-nats"] {
-            let backlog = servers.backlog(pair, false).await;
-            let mut without = Vec::new();
-            let mut with = Vec::new();
+            let backlog = servers.backlog(pair, true).await;
+            let broker = Broker::Nats(destination.clone());
+            let subject = broker.prepare(pair).await;
+            let seconds = options.enqueue_seconds;
+            let measure = async |extra, writers| {
+                enqueue::measure(&backlog, extra, writers, seconds, &destination, &subject).await
+            };
+            // The kinds alternate within each run: the machine's speed drifts.
+            let mut runs: Vec<Vec<enqueue::Cost>> = Extra::ALL.iter().map(|_| Vec::new()).collect();
             for _ in 0..options.runs {
-                without.push(enqueue::measure(&backlog, false, options.enqueue_seconds).await);
-                with.push(enqueue::measure(&backlog, true, options.enqueue_seconds).await);
+                for (extra, costs) in Extra::ALL.iter().zip(&mut runs) {
+                    costs.push(measure(*extra, enqueue::WRITERS).await);
+                }
             }
+            let costs: Vec<report::Costs> = runs.into_iter().map(report::Costs::of).collect();
+            for (extra, cost) in Extra::ALL.iter().zip(&costs) {
+                println!(
+                    "{} one-row transaction, {} writers, {}: p50 {:.2} ms, {:.0}/s, added {:.1}x what SELECT 1 adds",
+                    database_of(pair),
+                    enqueue::WRITERS,
+                    extra.label(),
+                    report::ms(cost.p50),
+                    cost.per_second,
+                    report::added_ratio(&costs[0], &costs[1], cost),
+                );
+            }
+            report.enqueue(database_of(pair), costs);
+            for writers in [32, 64] {
+                let (mut without, mut with) = (Vec::new(), Vec::new());
+                for _ in 0..options.runs {
+                    without.push(measure(Extra::Nothing, writers).await);
+                    with.push(measure(Extra::MessageWhileRelaying, writers).await);
+                }
+                let (without, with) = (report::Costs::of(without), report::Costs::of(with));
+                println!(
+                    "{} {writers} writers, default settings: {:.0} commits/s alone, {:.0} with a message ({:.2})",
+                    database_of(pair),
+                    without.per_second,
+                    with.per_second,
+                    with.per_second / without.per_second
+                );
+                report.commit_rate(database_of(pair), writers, without, with);
+            }
+            broker.release(&subject).await;
             backlog.truncate().await;
-            let (without, with) = (report::Costs::of(without), report::Costs::of(with));
-            println!(
-                "{} one-row transaction, 8 writers: without message p50 {:.2} ms {:.0}/s, with message p50 {:.2} ms {:.0}/s",
-                database_of(pair),
-                report::ms(without.p50),
-                without.per_second,
-                report::ms(with.p50),
-                with.per_second
-            );
-            report.enqueue(database_of(pair), without, with);
         }
     }
 

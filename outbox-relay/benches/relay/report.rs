@@ -65,7 +65,8 @@ pub struct Report {
     throughput: Vec<(String, Spread, Spread, Spread)>,
     small: Option<(usize, Spread)>,
     latency: Vec<(String, u64, Latency)>,
-    enqueue: Vec<(String, Costs, Costs)>,
+    enqueue: Vec<(String, Vec<Costs>)>,
+    commit_rates: Vec<(String, usize, Costs, Costs)>,
     inbox: Vec<(String, Costs, Costs)>,
     processes: Vec<(usize, Spread, f64)>,
     process_messages: usize,
@@ -87,6 +88,7 @@ impl Report {
             small: None,
             latency: Vec::new(),
             enqueue: Vec::new(),
+            commit_rates: Vec::new(),
             inbox: Vec::new(),
             processes: Vec::new(),
             process_messages: 0,
@@ -108,8 +110,14 @@ impl Report {
         self.latency.push((setup.to_string(), rate, measured));
     }
 
-    pub fn enqueue(&mut self, database: &str, without: Costs, with: Costs) {
-        self.enqueue.push((database.to_string(), without, with));
+    /// A database's costs, one per [`Extra::ALL`](crate::enqueue::Extra::ALL).
+    pub fn enqueue(&mut self, database: &str, costs: Vec<Costs>) {
+        self.enqueue.push((database.to_string(), costs));
+    }
+
+    pub fn commit_rate(&mut self, database: &str, writers: usize, without: Costs, with: Costs) {
+        self.commit_rates
+            .push((database.to_string(), writers, without, with));
     }
 
     pub fn inbox(&mut self, database: &str, without: Costs, with: Costs) {
@@ -192,11 +200,7 @@ impl Report {
             }
             md += "\n![Latency distribution](benchmarks/latency.svg)\n";
         }
-        md += &cost_table(
-            "Enqueue cost: a one-row business transaction, 8 writers",
-            "a message",
-            &self.enqueue,
-        );
+        md += &enqueue_table(&self.enqueue, &self.commit_rates);
         md += &cost_table(
             "Inbox cost: a one-row consumer transaction, 8 consumers",
             "the inbox",
@@ -318,6 +322,53 @@ pub fn thousands(value: f64) -> String {
 
 /// A table of what `extra` adds to a transaction, per database; empty
 /// without rows.
+/// What a message adds to a business transaction's p50, in multiples of
+/// what an empty statement adds.
+pub fn added_ratio(nothing: &Costs, floor: &Costs, message: &Costs) -> f64 {
+    (ms(message.p50) - ms(nothing.p50)) / (ms(floor.p50) - ms(nothing.p50))
+}
+
+fn enqueue_table(rows: &[(String, Vec<Costs>)], rates: &[(String, usize, Costs, Costs)]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### Enqueue cost: a one-row business transaction, 8 writers, default settings\n\n\
+         `SELECT 1` is the floor, the round trip any enqueue call pays. The relay, when one \
+         drains, runs with default settings in the benchmark's process and publishes to NATS \
+         JetStream, on the same 2 cores as the database and the writers; PostgreSQL's writers \
+         NOTIFY it while it waits for work.\n\n\
+         | database | transaction | p50 | tx/s | added p50 | added / floor's |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (database, costs) in rows {
+        let (nothing, floor) = (&costs[0], &costs[1]);
+        for (extra, cost) in crate::enqueue::Extra::ALL.iter().zip(costs) {
+            md += &format!(
+                "| {database} | {} | {:.2} ms | {} | {:+.2} ms | {:.1}x |\n",
+                extra.label(),
+                ms(cost.p50),
+                thousands(cost.per_second),
+                ms(cost.p50) - ms(nothing.p50),
+                added_ratio(nothing, floor, cost),
+            );
+        }
+    }
+    if !rates.is_empty() {
+        md += "\n| database | writers | commits/s alone | commits/s with a message | with / alone |\n\
+               |---|---|---|---|---|\n";
+        for (database, writers, without, with) in rates {
+            md += &format!(
+                "| {database} | {writers} | {} | {} | {:.2} |\n",
+                thousands(without.per_second),
+                thousands(with.per_second),
+                with.per_second / without.per_second
+            );
+        }
+    }
+    md
+}
+
 fn cost_table(title: &str, extra: &str, rows: &[(String, Costs, Costs)]) -> String {
     if rows.is_empty() {
         return String::new();
