@@ -338,6 +338,14 @@ mod inbox {
     outbox_testkit::inbox_conformance!(inbox_table);
 }
 
+/// Relays listed as waiting for a NOTIFY on `idle_notify`.
+async fn idle_relays(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_test.idle_notify_idle")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// Writers notify only while a relay waits for it: with no relay idle a
 /// commit sends nothing (PostgreSQL commits notifying transactions one at
 /// a time), with one idle it wakes it.
@@ -361,11 +369,7 @@ async fn writers_notify_only_while_a_relay_waits() {
     let relay = run_relay(outbox.source().await.unwrap(), destination.clone(), config);
     assert!(destination.wait_for(1, Duration::from_secs(5)).await);
     let listed = eventually(Duration::from_secs(5), || async {
-        let idle: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.idle_notify_idle")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        idle == 1
+        idle_relays(&pool).await == 1
     })
     .await;
     assert!(listed, "the idle relay did not list itself");
@@ -378,11 +382,7 @@ async fn writers_notify_only_while_a_relay_waits() {
     );
     relay.stop().await;
     let unlisted = eventually(Duration::from_secs(5), || async {
-        let idle: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_test.idle_notify_idle")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        idle == 0
+        idle_relays(&pool).await == 0
     })
     .await;
     assert!(

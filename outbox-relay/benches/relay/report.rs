@@ -135,7 +135,7 @@ impl Report {
             "{BEGIN}\n## Measured by the benchmark program\n\n```\n{}\n```\n\n\
              {}, {}. {} messages of 200 bytes waiting, over {} keys; every figure \
              is the median of {} runs (min – max), servers on loopback as \
-             `scripts/services.sh up` leaves them.\n",
+             `scripts/services.sh up` leaves them (PostgreSQL with autovacuum off).\n",
             self.command,
             machine(),
             chrono::Utc::now().format("%Y-%m-%d"),
@@ -183,7 +183,7 @@ impl Report {
             md += "\n### Commit to broker under steady load\n\n\
                    Writers commit one message per transaction (one writer per 125 msg/s, \
                    at least 8); the relay runs with its default settings, waking on \
-                   PostgreSQL's NOTIFY (writers with `notify = true`, the default) or \
+                   PostgreSQL's NOTIFY (`notify = true`, the default: writers notify while the relay waits) or \
                    polling (MariaDB; PostgreSQL with `notify = false`); a NATS \
                    subscriber notes each arrival.\n\n\
                    | pair, wake-up | load asked (reached), msg/s | p50 | p99 | max |\n|---|---|---|---|---|\n";
