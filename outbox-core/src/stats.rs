@@ -178,9 +178,8 @@ impl Stats {
         crate::metrics::end_to_end_latency(self.destination, latency);
     }
 
-    /// Hands the health to the `metrics` recorder (feature `metrics`); the
-    /// relay calls it with each backlog refresh.
-    /// Evaluates health, which (feature `metrics`) also sets its gauge.
+    /// Evaluates health, which (feature `metrics`) also sets its gauge;
+    /// the relay calls it with each backlog refresh.
     pub(crate) fn record_health(&self) {
         self.health();
     }

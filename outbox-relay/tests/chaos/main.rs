@@ -180,7 +180,12 @@ async fn chaos(
         &target.settings,
         &format!("chaos_{name}"),
         spare_port(),
-        "batch_size = 100\nsend_timeout = 1000\npoll_interval_max = 200",
+        // Retries capped at 10 s rather than the default 5 min: after a
+        // broker restart a key may fail several attempts in a row (tansu
+        // answered OutOfOrderSequenceNumber and timed sends out for about
+        // 90 s once), and the drain below must not wait out a 2-minute
+        // backoff to show that nothing was lost.
+        "batch_size = 100\nsend_timeout = 1000\npoll_interval_max = 200\nbackoff = { max = 10000 }",
     );
     let env = [
         ("OUTBOX_SOURCE__LEASE_MS", LEASE_MS.to_string()),
