@@ -459,12 +459,18 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
             outbox.backlog().await.unwrap().waiting == 0
         })
         .await;
+        // The counter moves after the rows are settled, so it is awaited too.
+        let expected = Some(messages.len() as f64);
+        let counted = eventually(DEADLINE, || async {
+            metric(port, "outbox_published_total").await == expected
+        })
+        .await;
         let published = metric(port, "outbox_published_total").await;
         sigterm(&child);
         let (code, text) = finish(child, Duration::from_secs(30)).await;
         assert!(drained, "{address}: the outbox did not drain:\n{text}");
         assert_eq!(code, 0, "{text}");
-        assert_eq!(published, Some(messages.len() as f64), "{address}:\n{text}");
+        assert!(counted, "{address}: published_total is {published:?}:\n{text}");
         assert_eq!(outbox.count_dead_letters().await.unwrap(), 0, "{text}");
     }
     use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
