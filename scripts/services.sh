@@ -14,9 +14,11 @@
 #
 #   OUTBOX_POSTGRES_PORT (5432)  OUTBOX_MYSQL_PORT (3306)  OUTBOX_AMQP_PORT (5672)
 #   OUTBOX_NATS_PORT (4222)      OUTBOX_KAFKA_PORT (9092)
+#   OUTBOX_POSTGRES_WAL_PORT (5433: a cluster with wal_level = logical, for the
+#   WAL tests, started only when the server on OUTBOX_POSTGRES_PORT lacks it)
 #
 # `up` writes .services/env with the connection URLs the tests read
-# (OUTBOX_POSTGRES_URL, OUTBOX_MYSQL_URL, OUTBOX_AMQP_URL, OUTBOX_NATS_URL,
+# (OUTBOX_POSTGRES_URL, OUTBOX_POSTGRES_WAL_URL, OUTBOX_MYSQL_URL, OUTBOX_AMQP_URL, OUTBOX_NATS_URL,
 # OUTBOX_KAFKA_BROKERS); scripts/test.sh sources it.
 set -euo pipefail
 
@@ -25,6 +27,7 @@ state="$root/.services"
 mkdir -p "$state"
 
 pg_port=${OUTBOX_POSTGRES_PORT:-5432}
+pg_wal_port=${OUTBOX_POSTGRES_WAL_PORT:-5433}
 my_port=${OUTBOX_MYSQL_PORT:-3306}
 amqp_port=${OUTBOX_AMQP_PORT:-5672}
 nats_port=${OUTBOX_NATS_PORT:-4222}
@@ -83,26 +86,46 @@ pg_bin() {
 
 up_postgres() {
     answers "$pg_port" && { log "postgres: answering on $pg_port, used as is"; return; }
-    local bin dir="$state/postgres-$pg_port"
+    start_pg_cluster "$pg_port" ""
+}
+
+# The WAL tests need `wal_level = logical`. The server on $pg_port serves them
+# when it has it; otherwise they get a cluster of the bench's own on
+# $pg_wal_port, so the server found running is never reconfigured.
+up_postgres_wal() {
+    local level
+    level=$(psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc "show wal_level" 2>/dev/null || true)
+    if [ "$level" = logical ]; then
+        pg_wal_port=$pg_port
+        log "postgres: wal_level = logical on $pg_port, used for the WAL tests too"
+        return
+    fi
+    answers "$pg_wal_port" && { log "postgres (logical): answering on $pg_wal_port, used as is"; return; }
+    start_pg_cluster "$pg_wal_port" "-c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64"
+}
+
+# start_pg_cluster PORT OPTIONS: a cluster under .services/, made on first use.
+start_pg_cluster() {
+    local port=$1 options=$2 bin dir="$state/postgres-$1"
     bin=$(pg_bin)
     id postgres >/dev/null 2>&1 || useradd --system --home "$dir" postgres
     if [ ! -f "$dir/PG_VERSION" ]; then
         mkdir -p "$dir" && chown postgres "$dir"
-        su postgres -c "$bin/initdb -D '$dir' -A trust -U postgres" >"$state/postgres-$pg_port.init.log"
+        su postgres -c "$bin/initdb -D '$dir' -A trust -U postgres" >"$state/postgres-$port.init.log"
     fi
     chown -R postgres "$dir"
     su postgres -c "$bin/pg_ctl -D '$dir' -l '$dir/server.log' \
-        -o \"-k '$dir' -c listen_addresses=127.0.0.1 -p $pg_port -c max_connections=300 -c fsync=on\" start" >/dev/null
-    wait_port postgres "$pg_port" 60
-    started postgres "su postgres -c \"$bin/pg_ctl -D '$dir' stop -m fast\""
-    log "postgres: started on $pg_port"
+        -o \"-k '$dir' -c listen_addresses=127.0.0.1 -p $port -c max_connections=300 -c fsync=on $options\" start" >/dev/null
+    wait_port postgres "$port" 60
+    started "postgres-$port" "su postgres -c \"$bin/pg_ctl -D '$dir' stop -m fast\""
+    log "postgres: started on $port${options:+ ($options)}"
 }
 
-ensure_pg_database() {
-    local db=$1
+ensure_pg_database() { # DATABASE [PORT]
+    local db=$1 port=${2:-$pg_port}
     command -v psql >/dev/null || return 0
-    if ! psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
-        psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c "create database $db" >/dev/null
+    if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
+        psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "create database $db" >/dev/null
     fi
 }
 
@@ -204,6 +227,7 @@ start_tansu() {
 write_env() {
     cat >"$state/env" <<ENV
 export OUTBOX_POSTGRES_URL=\${OUTBOX_POSTGRES_URL:-postgres://postgres@127.0.0.1:$pg_port/test}
+export OUTBOX_POSTGRES_WAL_URL=\${OUTBOX_POSTGRES_WAL_URL:-postgres://postgres@127.0.0.1:$pg_wal_port/test}
 export OUTBOX_MYSQL_URL=\${OUTBOX_MYSQL_URL:-mysql://root@127.0.0.1:$my_port/test}
 export OUTBOX_AMQP_URL=\${OUTBOX_AMQP_URL:-amqp://guest:guest@127.0.0.1:$amqp_port/%2f}
 export OUTBOX_NATS_URL=\${OUTBOX_NATS_URL:-nats://127.0.0.1:$nats_port}
@@ -216,12 +240,12 @@ ENV
 
 status() {
     local name port
-    for pair in postgres:$pg_port mariadb:$my_port rabbitmq:$amqp_port nats:$nats_port kafka:$kafka_port; do
+    for pair in postgres:$pg_port postgres-wal:$pg_wal_port mariadb:$my_port rabbitmq:$amqp_port nats:$nats_port kafka:$kafka_port; do
         name=${pair%%:*} port=${pair##*:}
         if answers "$port"; then
-            printf '%-9s up      127.0.0.1:%s\n' "$name" "$port"
+            printf '%-12s up      127.0.0.1:%s\n' "$name" "$port"
         else
-            printf '%-9s down    127.0.0.1:%s\n' "$name" "$port"
+            printf '%-12s down    127.0.0.1:%s\n' "$name" "$port"
         fi
     done
 }
@@ -246,6 +270,8 @@ up)
     amqp=$!
     up_postgres
     ensure_pg_database test
+    up_postgres_wal
+    ensure_pg_database test "$pg_wal_port"
     up_mysql
     up_nats
     up_kafka
@@ -254,7 +280,7 @@ up)
     status
     ;;
 down)
-    for name in postgres mariadb rabbitmq nats kafka; do
+    for name in postgres "postgres-$pg_port" "postgres-$pg_wal_port" mariadb rabbitmq nats kafka; do
         if [ -f "$state/$name.started" ]; then
             log "stopping $name"
             bash -c "$(cat "$state/$name.started")" || true

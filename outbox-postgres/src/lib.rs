@@ -30,6 +30,8 @@ mod schema;
 mod source;
 mod sql;
 mod wake;
+#[cfg(feature = "wal")]
+pub mod wal;
 mod writer;
 
 pub use config::{AckMode, PostgresConfig};
@@ -41,4 +43,6 @@ pub use schema::MIGRATIONS;
 pub use source::PostgresSource;
 /// The sqlx this crate is built on, so your transactions and its match.
 pub use sqlx;
+#[cfg(feature = "wal")]
+pub use wal::{WalConfig, WalMonitor, WalOutbox, WalSource};
 pub use writer::PostgresOutbox;

@@ -24,7 +24,12 @@ pub(crate) fn decode(row: &PgRow, payload: Option<Vec<u8>>) -> Result<Decoded, s
     Ok(Decoded::new(id, attempts, read(row, id, attempts, payload)).sequenced(seq))
 }
 
-fn read(row: &PgRow, id: Uuid, attempts: i32, payload: Option<Vec<u8>>) -> Result<Message, String> {
+pub(crate) fn read(
+    row: &PgRow,
+    id: Uuid,
+    attempts: i32,
+    payload: Option<Vec<u8>>,
+) -> Result<Message, String> {
     let payload = match payload {
         Some(payload) => payload,
         None => row

@@ -470,7 +470,10 @@ async fn relays_from_sqlite_to_kafka_and_rabbitmq() {
         let (code, text) = finish(child, Duration::from_secs(30)).await;
         assert!(drained, "{address}: the outbox did not drain:\n{text}");
         assert_eq!(code, 0, "{text}");
-        assert!(counted, "{address}: published_total is {published:?}:\n{text}");
+        assert!(
+            counted,
+            "{address}: published_total is {published:?}:\n{text}"
+        );
         assert_eq!(outbox.count_dead_letters().await.unwrap(), 0, "{text}");
     }
     use outbox_amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};

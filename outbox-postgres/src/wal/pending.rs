@@ -1,0 +1,334 @@
+//! What the reading relay holds in memory: messages read from the log and
+//! not yet settled, their leases, and the position the slot may confirm.
+//!
+//! A message is settled when the broker acknowledged it or when it was
+//! written to the failures table (a retry or a dead letter, or any message
+//! of a key that waits there). The slot is confirmed up to the end of the
+//! last transaction such that it and every earlier one are settled, so a
+//! crash re-reads, and re-delivers, only what was not settled.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use outbox_core::{ClaimId, Message};
+use uuid::Uuid;
+
+/// A position in the write-ahead log.
+pub(crate) type Lsn = u64;
+
+struct Entry {
+    message: Message,
+    txn: Lsn,
+    lease: Option<(ClaimId, Instant)>,
+}
+
+struct Txn {
+    end: Lsn,
+    open: usize,
+    settled: usize,
+}
+
+/// The relay's unsettled messages, in the order they were committed.
+#[derive(Default)]
+pub(crate) struct Pending {
+    next: u64,
+    entries: BTreeMap<u64, Entry>,
+    by_id: HashMap<Uuid, u64>,
+    txns: VecDeque<Txn>,
+    last_end: Lsn,
+    confirmed: Lsn,
+}
+
+impl Pending {
+    /// The end of the last transaction read.
+    pub(crate) fn last_end(&self) -> Lsn {
+        self.last_end
+    }
+
+    /// Messages held now.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The oldest held message's commit time.
+    pub(crate) fn oldest(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.entries.values().map(|e| e.message.created_at).min()
+    }
+
+    /// A committed transaction ending at `end` whose messages (those not
+    /// written to the failures table) are `messages`, in commit order. A
+    /// message whose id is already held is a writer's duplicate and is
+    /// dropped: the held one carries it.
+    /// A transaction read again after a reconnection (its end is not past
+    /// the last one's) is dropped: its messages are held already.
+    pub(crate) fn commit(&mut self, end: Lsn, messages: Vec<Message>) {
+        if end <= self.last_end {
+            return;
+        }
+        self.last_end = end;
+        let mut open = 0;
+        for message in messages {
+            if self.by_id.contains_key(&message.id) {
+                continue;
+            }
+            self.by_id.insert(message.id, self.next);
+            self.entries.insert(
+                self.next,
+                Entry {
+                    message,
+                    txn: end,
+                    lease: None,
+                },
+            );
+            self.next += 1;
+            open += 1;
+        }
+        self.txns.push_back(Txn {
+            end,
+            open,
+            settled: 0,
+        });
+    }
+
+    /// The server has sent everything up to `end` and nothing is held:
+    /// confirm it, so an idle outbox never pins the log.
+    pub(crate) fn idle_at(&mut self, end: Lsn) {
+        if self.txns.is_empty() && end > self.confirmed {
+            self.confirmed = end;
+        }
+    }
+
+    /// Leases up to `limit` messages within `budget` payload bytes (the
+    /// first always), per key a prefix of its held messages and none of a
+    /// key in `blocked` or with a message leased (a lease older than
+    /// `lease` has lapsed).
+    pub(crate) fn claim(
+        &mut self,
+        claim: ClaimId,
+        limit: usize,
+        budget: usize,
+        blocked: &HashSet<String>,
+        lease: Duration,
+    ) -> Vec<Message> {
+        let now = Instant::now();
+        let mut held_back: HashSet<&str> = HashSet::new();
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        for entry in self.entries.values_mut() {
+            if taken.len() == limit {
+                break;
+            }
+            let key = entry.message.ordering_key.as_str();
+            let leased = matches!(entry.lease, Some((_, at)) if now.duration_since(at) < lease);
+            if leased || held_back.contains(key) || blocked.contains(key) {
+                held_back.insert(key);
+                continue;
+            }
+            let size = entry.message.payload.len();
+            if !taken.is_empty() && bytes + size > budget {
+                break;
+            }
+            bytes += size;
+            entry.lease = Some((claim, now));
+            taken.push(entry.message.clone());
+        }
+        taken
+    }
+
+    /// The held messages leased now: key, claim, since when.
+    pub(crate) fn leases(&self, lease: Duration) -> Vec<(String, ClaimId, Instant)> {
+        let now = Instant::now();
+        self.entries
+            .values()
+            .filter_map(|e| match e.lease {
+                Some((claim, at)) if now.duration_since(at) < lease => {
+                    Some((e.message.ordering_key.clone(), claim, at))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `id` is held under `claim`'s lease.
+    pub(crate) fn holds(&self, claim: ClaimId, id: Uuid) -> bool {
+        self.by_id
+            .get(&id)
+            .and_then(|seq| self.entries.get(seq))
+            .is_some_and(|e| matches!(e.lease, Some((c, _)) if c == claim))
+    }
+
+    /// Settles the messages of `ids` that `claim` still leases; the others
+    /// were lost to a lapsed lease and are left as they are.
+    pub(crate) fn settle(&mut self, claim: ClaimId, ids: impl IntoIterator<Item = Uuid>) {
+        for id in ids {
+            if self.holds(claim, id) {
+                self.remove(id);
+            }
+        }
+    }
+
+    /// Gives back the messages of `ids` that `claim` still leases.
+    pub(crate) fn release(&mut self, claim: ClaimId, ids: impl IntoIterator<Item = Uuid>) {
+        for id in ids {
+            if self.holds(claim, id) {
+                let seq = self.by_id[&id];
+                self.entries.get_mut(&seq).expect("indexed").lease = None;
+            }
+        }
+    }
+
+    /// Takes out every held message of `key` after `id`'s (all of them when
+    /// `id` is `None`), leased or not, in order: they follow a failed
+    /// message into the failures table. The caller settles them with
+    /// [`Pending::settle_taken`] once they are written.
+    pub(crate) fn later_of_key(&self, key: &str, after: Option<Uuid>) -> Vec<Message> {
+        let from = after
+            .and_then(|id| self.by_id.get(&id))
+            .map_or(0, |seq| seq + 1);
+        self.entries
+            .range(from..)
+            .filter(|(_, e)| e.message.ordering_key == key)
+            .map(|(_, e)| e.message.clone())
+            .collect()
+    }
+
+    /// Settles messages written to the failures table, whatever their lease.
+    pub(crate) fn settle_taken(&mut self, ids: impl IntoIterator<Item = Uuid>) {
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: Uuid) {
+        let Some(seq) = self.by_id.remove(&id) else {
+            return;
+        };
+        let entry = self.entries.remove(&seq).expect("indexed");
+        // Transactions are kept in commit order, so their ends ascend.
+        if let Ok(at) = self.txns.binary_search_by_key(&entry.txn, |t| t.end) {
+            self.txns[at].open -= 1;
+            self.txns[at].settled += 1;
+        }
+    }
+
+    /// The unsettled messages the slot's position holds back behind a
+    /// settled one: every held message of the transactions up to the last
+    /// with a settled message. A relay that stops moves them to the
+    /// failures table, so the slot can be confirmed past everything settled
+    /// and the next reader sends nothing twice.
+    pub(crate) fn behind_settled(&self) -> Vec<Message> {
+        let Some(last) = self.txns.iter().rev().find(|t| t.settled > 0) else {
+            return Vec::new();
+        };
+        self.entries
+            .values()
+            .filter(|e| e.txn <= last.end)
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    /// The position the slot may confirm now: the end of the last settled
+    /// transaction with every earlier one settled.
+    pub(crate) fn confirmable(&mut self) -> Lsn {
+        while self.txns.front().is_some_and(|t| t.open == 0) {
+            let txn = self.txns.pop_front().expect("checked");
+            self.confirmed = self.confirmed.max(txn.end);
+        }
+        self.confirmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn message(key: &str) -> Message {
+        Message::builder("d", key).payload("x").build().unwrap()
+    }
+
+    fn claim(pending: &mut Pending, limit: usize) -> (ClaimId, Vec<Message>) {
+        let id = ClaimId::new();
+        let taken = pending.claim(id, limit, usize::MAX, &HashSet::new(), LEASE);
+        (id, taken)
+    }
+
+    #[test]
+    fn a_claim_takes_a_prefix_per_key_and_skips_leased_keys() {
+        let mut pending = Pending::default();
+        let (a1, a2, b1) = (message("a"), message("a"), message("b"));
+        pending.commit(10, vec![a1.clone(), b1.clone()]);
+        pending.commit(20, vec![a2.clone()]);
+        let (first, taken) = claim(&mut pending, 1);
+        assert_eq!(taken, vec![a1.clone()]);
+        let (_, taken) = claim(&mut pending, 10);
+        assert_eq!(taken, vec![b1.clone()], "a2 waits behind a1's lease");
+        pending.release(first, [a1.id]);
+        let (_, taken) = claim(&mut pending, 10);
+        assert_eq!(taken, vec![a1, a2]);
+    }
+
+    #[test]
+    fn the_slot_is_confirmed_up_to_the_first_unsettled_transaction() {
+        let mut pending = Pending::default();
+        let (a, b, c) = (message("a"), message("b"), message("c"));
+        pending.commit(10, vec![a.clone()]);
+        pending.commit(20, vec![b.clone()]);
+        pending.commit(30, vec![c.clone()]);
+        let (id, _) = claim(&mut pending, 10);
+        pending.settle(id, [b.id, c.id]);
+        assert_eq!(pending.confirmable(), 0, "a holds back 20 and 30");
+        pending.settle(id, [a.id]);
+        assert_eq!(pending.confirmable(), 30);
+        pending.idle_at(40);
+        assert_eq!(pending.confirmable(), 40);
+    }
+
+    #[test]
+    fn what_holds_back_a_settled_message_is_named() {
+        let mut pending = Pending::default();
+        let (a, b, c, d) = (message("a"), message("b"), message("c"), message("d"));
+        pending.commit(10, vec![a.clone()]);
+        pending.commit(20, vec![b.clone(), c.clone()]);
+        pending.commit(30, vec![d.clone()]);
+        assert!(pending.behind_settled().is_empty());
+        let (id, _) = claim(&mut pending, 10);
+        pending.settle(id, [c.id]);
+        assert_eq!(pending.behind_settled(), vec![a.clone(), b.clone()]);
+        pending.settle_taken([a.id, b.id]);
+        assert_eq!(
+            pending.confirmable(),
+            20,
+            "d is not behind anything settled"
+        );
+    }
+
+    #[test]
+    fn a_report_of_a_lost_claim_changes_nothing() {
+        let mut pending = Pending::default();
+        let a = message("a");
+        pending.commit(10, vec![a.clone()]);
+        let stale = ClaimId::new();
+        pending.claim(stale, 10, usize::MAX, &HashSet::new(), Duration::ZERO);
+        let fresh = ClaimId::new();
+        let taken = pending.claim(fresh, 10, usize::MAX, &HashSet::new(), Duration::ZERO);
+        assert_eq!(taken, vec![a.clone()], "the lapsed lease is claimed again");
+        pending.settle(stale, [a.id]);
+        pending.release(stale, [a.id]);
+        assert!(pending.holds(fresh, a.id));
+        assert_eq!(pending.confirmable(), 0);
+    }
+
+    #[test]
+    fn later_messages_of_a_key_follow_it_out() {
+        let mut pending = Pending::default();
+        let (a1, b1, a2) = (message("a"), message("b"), message("a"));
+        pending.commit(10, vec![a1.clone(), b1.clone(), a2.clone()]);
+        assert_eq!(pending.later_of_key("a", Some(a1.id)), vec![a2.clone()]);
+        pending.settle_taken([a1.id, a2.id]);
+        assert_eq!(pending.len(), 1);
+        let (_, taken) = claim(&mut pending, 10);
+        assert_eq!(taken, vec![b1]);
+    }
+}

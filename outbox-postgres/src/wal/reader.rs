@@ -1,0 +1,351 @@
+//! The task that holds the replication slot and reads the log: a relay
+//! whose slot another relay holds stands by and tries again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use outbox_core::{Message, HEADER_SEQUENCE};
+use pgwire_replication::{
+    FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent,
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::envelope::{decode, Malformed};
+use super::failures::{Failures, Parked};
+use super::shared::{Shared, Status};
+use super::WalConfig;
+
+/// How often the reader ticks: feeds the confirmed position back and
+/// proves the process is running.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The reader of one relay.
+pub(crate) struct Reader {
+    pub(crate) config: Arc<WalConfig>,
+    pub(crate) pool: PgPool,
+    pub(crate) failures: Arc<Failures>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// One message as read: the message, or the reason it cannot be one.
+type Read = Result<Message, (Uuid, String, Vec<u8>, String)>;
+
+impl Reader {
+    /// Reads until `stop`: connects, stands by while another relay holds
+    /// the slot, and after any loss of the connection drops what it held
+    /// and connects again.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut failed_before = false;
+        while !stop.is_cancelled() {
+            let ended = self.session(&stop).await;
+            self.shared.state.lock().await.reset(self.config.lease);
+            match ended {
+                Ok(()) => return,
+                // Another relay holding the slot is the normal state of a
+                // standby, not worth a warning each time.
+                Err(err) if err.contains("is active for PID") => {
+                    tracing::debug!(slot = %self.config.slot, "standing by: {err}");
+                    self.shared.set(Status::StandingBy);
+                    failed_before = false;
+                }
+                Err(err) => {
+                    if !failed_before {
+                        tracing::warn!(slot = %self.config.slot, "log reader: {err}");
+                    }
+                    self.shared.set(Status::Failed(err));
+                    failed_before = true;
+                }
+            }
+            let pause =
+                (self.config.lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One replication connection, from its start to its end.
+    async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
+        let endpoint = self.config.endpoint().map_err(|err| err.to_string())?;
+        // The server ends a connection it has not heard from for a lease:
+        // then a standby takes the slot over.
+        let options = format!("-c wal_sender_timeout={}", self.config.lease.as_millis());
+        let replication = ReplicationConfig::new(
+            endpoint.host,
+            endpoint.user,
+            endpoint.password,
+            endpoint.database,
+            self.config.slot.clone(),
+            self.config.publication.clone(),
+        )
+        .with_port(endpoint.port)
+        .with_start_lsn(Lsn::ZERO)
+        .with_status_interval(Duration::from_millis(200))
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_options(options)
+        .with_application_name("outbox-relay")
+        // With an observer the client says when every raise was reported.
+        .with_feedback_observer(FeedbackObserver::new(|_| {}));
+        let mut client = ReplicationClient::connect(replication)
+            .await
+            .map_err(|err| err.to_string())?;
+        tokio::select! {
+            () = stop.cancelled() => { client.stop(); return Ok(()) }
+            started = client.wait_started() => started.map_err(|err| err.to_string())?,
+        }
+        // Keys waiting in the failures table keep their later messages there.
+        let parked = self
+            .failures
+            .parked_keys(&self.pool)
+            .await
+            .map_err(|err| format!("reading the failures table: {err}"))?;
+        {
+            let mut state = self.shared.state.lock().await;
+            state.parked = parked;
+            state.parked_read_at = Some(Instant::now());
+        }
+        tracing::info!(slot = %self.config.slot, "reading the log");
+        self.shared.tick();
+        self.shared.set(Status::Reading { caught_up: false });
+        // Commits are sent in log order, so once this marker comes back
+        // everything committed before the reader took the slot was read.
+        let marker = Uuid::now_v7().to_string();
+        sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
+            .bind(self.marker_prefix())
+            .bind(&marker)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| format!("emitting the catch-up marker: {err}"))?;
+        let mut ticks = tokio::time::interval(TICK);
+        let mut last_tick = Instant::now();
+        let mut open: Option<(DateTime<Utc>, Vec<Read>)> = None;
+        loop {
+            let full = self.shared.state.lock().await.pending.len() >= self.config.max_held;
+            tokio::select! {
+                () = stop.cancelled() => {
+                    self.confirm_and_stop(&mut client).await;
+                    return Ok(());
+                }
+                _ = ticks.tick() => {
+                    // A tick far later than due: the process was stopped
+                    // and the server may have handed the slot over.
+                    if last_tick.elapsed() > self.config.lease / 2 {
+                        client.abort();
+                        return Err("the process was stopped past half a lease: reading again".into());
+                    }
+                    last_tick = Instant::now();
+                    self.shared.tick();
+                    let confirmable = self.shared.state.lock().await.pending.confirmable();
+                    client.update_applied_lsn(Lsn::from(confirmable));
+                }
+                () = self.shared.room.notified(), if full => {}
+                event = client.recv(), if !full => {
+                    let event = event.map_err(|err| err.to_string())?;
+                    let Some(event) = event else { return Ok(()) };
+                    self.handle(event, &mut open, &marker).await?;
+                }
+            }
+        }
+    }
+
+    /// A clean stop confirms what was settled, so the next reader sends
+    /// nothing twice: the unsettled messages that hold the position back
+    /// behind settled ones move to the failures table (their keys' later
+    /// messages follow them there), and the last position is reported
+    /// (waiting for the report, at most a second) before the stream ends.
+    async fn confirm_and_stop(&self, client: &mut ReplicationClient) {
+        let mut state = self.shared.state.lock().await;
+        let behind = state.pending.behind_settled();
+        let rows: Vec<Parked> = behind
+            .iter()
+            .map(|message| Parked {
+                message,
+                attempts: message.attempts,
+                retry_after: Duration::ZERO,
+                error: None,
+                dead: false,
+            })
+            .collect();
+        match self.failures.insert(&self.pool, &rows).await {
+            Ok(()) => state.pending.settle_taken(behind.iter().map(|m| m.id)),
+            // Then the next reader sends them again: at least once holds.
+            Err(err) => tracing::warn!(slot = %self.config.slot, "stopping: {err}"),
+        }
+        let confirmable = state.pending.confirmable();
+        drop(state);
+        client.update_applied_lsn(Lsn::from(confirmable));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while client.feedback_pending_since().is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = client.shutdown().await;
+    }
+
+    /// The prefix of the reader's catch-up marker.
+    fn marker_prefix(&self) -> String {
+        format!("{}:caught-up", self.config.prefix)
+    }
+
+    async fn handle(
+        &self,
+        event: ReplicationEvent,
+        open: &mut Option<(DateTime<Utc>, Vec<Read>)>,
+        marker: &str,
+    ) -> Result<(), String> {
+        match event {
+            ReplicationEvent::Message {
+                transactional: false,
+                prefix,
+                content,
+                ..
+            } if prefix == self.marker_prefix() && content == marker.as_bytes() => {
+                self.shared.set(Status::Reading { caught_up: true });
+            }
+            ReplicationEvent::Begin {
+                commit_time_micros, ..
+            } => *open = Some((postgres_time(commit_time_micros), Vec::new())),
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } if prefix == self.config.prefix => {
+                let lsn = lsn.as_u64();
+                let Some((committed_at, reads)) = open.as_mut().filter(|_| transactional) else {
+                    let read = malformed(
+                        lsn,
+                        &content,
+                        Malformed {
+                            id: None,
+                            key: None,
+                            reason: "malformed envelope: emitted with transactional = false; the \
+                                 outbox reads only pg_logical_emit_message(true, ...)"
+                                .into(),
+                        },
+                    );
+                    return self.commit(None, vec![read]).await;
+                };
+                reads.push(match decode(&content, *committed_at) {
+                    Ok(mut message) => {
+                        message
+                            .headers
+                            .insert(HEADER_SEQUENCE.to_string(), lsn.to_string());
+                        match message.validate() {
+                            Ok(()) => Ok(message),
+                            Err(err) => Err((
+                                message.id,
+                                message.ordering_key.clone(),
+                                content.to_vec(),
+                                format!("malformed envelope: {}", err.report()),
+                            )),
+                        }
+                    }
+                    Err(why) => malformed(lsn, &content, why),
+                });
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let reads = open.take().map(|(_, reads)| reads).unwrap_or_default();
+                self.commit(Some(end_lsn.as_u64()), reads).await?;
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } if open.is_none() => {
+                self.shared
+                    .state
+                    .lock()
+                    .await
+                    .pending
+                    .idle_at(wal_end.as_u64());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A transaction read to its end (or a lone message, `end` `None`):
+    /// malformed messages and those of parked keys go to the failures
+    /// table, the others are held for claims.
+    async fn commit(&self, end: Option<u64>, reads: Vec<Read>) -> Result<(), String> {
+        let mut state = self.shared.state.lock().await;
+        if end.is_some_and(|end| end <= state.pending.last_end()) {
+            return Ok(()); // read again after a reconnection: held already
+        }
+        let mut held = Vec::new();
+        let mut dead = Vec::new();
+        let mut parked = Vec::new();
+        for read in reads {
+            match read {
+                Ok(message) if state.parked.contains(&message.ordering_key) => parked.push(message),
+                Ok(message) => held.push(message),
+                Err((id, key, payload, reason)) => dead.push((
+                    Message {
+                        id,
+                        ordering_key: key,
+                        destination: String::new(),
+                        partition_key: None,
+                        payload,
+                        headers: Default::default(),
+                        event_type: None,
+                        created_at: Utc::now(),
+                        attempts: 0,
+                    },
+                    reason,
+                )),
+            }
+        }
+        let rows: Vec<Parked> = parked
+            .iter()
+            .map(|message| Parked {
+                message,
+                attempts: 0,
+                retry_after: Duration::ZERO,
+                error: None,
+                dead: false,
+            })
+            .chain(dead.iter().map(|(message, reason)| Parked {
+                message,
+                attempts: 0,
+                retry_after: Duration::ZERO,
+                error: Some(reason),
+                dead: true,
+            }))
+            .collect();
+        self.failures
+            .insert(&self.pool, &rows)
+            .await
+            .map_err(|err| format!("writing to the failures table: {err}"))?;
+        if self.config.on_dead_letter == outbox_core::OnDeadLetter::Park {
+            for (message, _) in &dead {
+                state.parked.insert(message.ordering_key.clone());
+            }
+        }
+        let any = !held.is_empty();
+        if let Some(end) = end {
+            state.pending.commit(end, held);
+        }
+        drop(state);
+        if any || !rows.is_empty() {
+            self.shared.work.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// A message that cannot be read, named by its id when its head gave one
+/// and otherwise by an id made from its position (the same when read
+/// again), keyed likewise.
+fn malformed(lsn: u64, content: &[u8], why: Malformed) -> Read {
+    let id = why.id.unwrap_or_else(|| {
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("outbox-wal-{lsn}").as_bytes())
+    });
+    let key = why.key.unwrap_or_else(|| format!("malformed-{lsn}"));
+    Err((id, key, content.to_vec(), why.reason))
+}
+
+/// PostgreSQL's microseconds since 2000-01-01 as a time.
+fn postgres_time(micros: i64) -> DateTime<Utc> {
+    const EPOCH_2000: i64 = 946_684_800;
+    DateTime::from_timestamp_micros(EPOCH_2000 * 1_000_000 + micros).unwrap_or_else(Utc::now)
+}

@@ -1,0 +1,171 @@
+//! What the log reader and the relay's source share: the held messages,
+//! the keys waiting in the failures table, the table's leases, and whether
+//! this relay holds the slot now.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex as SyncMutex;
+use std::time::{Duration, Instant};
+
+use outbox_core::ClaimId;
+use tokio::sync::{watch, Mutex, Notify};
+use uuid::Uuid;
+
+use super::pending::Pending;
+
+/// The state behind one lock, held across the failures table's statements
+/// so that a key cannot be parked and unparked at once.
+#[derive(Default)]
+pub(crate) struct State {
+    /// Messages read from the log and not settled.
+    pub(crate) pending: Pending,
+    /// Keys whose new messages go to the failures table.
+    pub(crate) parked: HashSet<String>,
+    /// Failures-table messages handed out: claim, since when, key.
+    pub(crate) table_leases: HashMap<Uuid, (ClaimId, Instant, String)>,
+    /// Keys leased when the reader lost the slot, by claim: their sends may
+    /// still be under way, so the same keys read again wait for the claim's
+    /// report or for its lease to lapse.
+    pub(crate) stale: HashMap<String, (ClaimId, Instant)>,
+    /// When the parked keys were last read from the table.
+    pub(crate) parked_read_at: Option<Instant>,
+}
+
+impl State {
+    /// Keys a claim must not hand out from memory or the table now.
+    pub(crate) fn busy_keys(&self, lease: Duration) -> HashSet<String> {
+        let now = Instant::now();
+        let mut keys: HashSet<String> = self
+            .pending
+            .leases(lease)
+            .into_iter()
+            .map(|(key, _, _)| key)
+            .collect();
+        keys.extend(
+            self.table_leases
+                .values()
+                .filter(|(_, at, _)| now.duration_since(*at) < lease)
+                .map(|(_, _, key)| key.clone()),
+        );
+        keys.extend(
+            self.stale
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) < lease)
+                .map(|(key, _)| key.clone()),
+        );
+        keys
+    }
+
+    /// The reader lost the slot: what it held may be read again by it or
+    /// by another relay, so it is dropped, and the keys leased now wait.
+    pub(crate) fn reset(&mut self, lease: Duration) {
+        for (key, claim, at) in self.pending.leases(lease) {
+            self.stale.insert(key, (claim, at));
+        }
+        for (_, (claim, at, key)) in self.table_leases.drain() {
+            self.stale.insert(key, (claim, at));
+        }
+        self.pending = Pending::default();
+        self.parked_read_at = None;
+    }
+
+    /// A report of `claim` arrived: its stale keys are free.
+    pub(crate) fn reported(&mut self, claim: ClaimId) {
+        self.stale.retain(|_, (c, _)| *c != claim);
+    }
+}
+
+/// Where the reader stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Not connected yet.
+    Starting,
+    /// Another relay holds the slot.
+    StandingBy,
+    /// Holds the slot; `caught_up` once it has read everything committed
+    /// before it took the slot.
+    Reading { caught_up: bool },
+    /// The last attempt failed, for a reason other than another reader.
+    Failed(String),
+    /// The source was dropped; the reader confirms and lets go of the slot.
+    Stopping,
+}
+
+/// Shared between the reader task and the source.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Woken when a transaction with messages was read.
+    pub(crate) work: Notify,
+    /// Woken when held messages were settled (the reader may be waiting
+    /// for room).
+    pub(crate) room: Notify,
+    pub(crate) status: watch::Sender<Status>,
+    /// The reader's last tick: a relay whose process was stopped for long
+    /// may have lost the slot without knowing yet.
+    tick: SyncMutex<Instant>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            work: Notify::new(),
+            room: Notify::new(),
+            status: watch::channel(Status::Starting).0,
+            tick: SyncMutex::new(Instant::now()),
+        }
+    }
+
+    /// Records where the reader stands, unless the source is gone.
+    pub(crate) fn set(&self, status: Status) {
+        self.status.send_if_modified(|now| {
+            let changed = *now != Status::Stopping && *now != status;
+            if changed {
+                *now = status;
+            }
+            changed
+        });
+    }
+
+    /// The reader is running.
+    pub(crate) fn tick(&self) {
+        *self.tick.lock().expect("not poisoned") = Instant::now();
+    }
+
+    /// Whether claims may be handed out: the reader holds the slot and
+    /// ticked within `stale_after` (a process stopped longer may have lost
+    /// the slot to another relay while it slept).
+    pub(crate) fn may_claim(&self, stale_after: Duration) -> bool {
+        matches!(*self.status.borrow(), Status::Reading { .. })
+            && self.tick.lock().expect("not poisoned").elapsed() < stale_after
+    }
+
+    /// Waits, at most `limit`, for the reader's first outcome: reading
+    /// and caught up, standing by, or failed.
+    pub(crate) async fn started_in(&self, limit: Duration) -> Status {
+        self.wait_in(limit, |s| {
+            !matches!(s, Status::Starting | Status::Reading { caught_up: false })
+        })
+        .await
+    }
+
+    /// Waits, at most `limit`, until the reader reads the slot and has
+    /// caught up (or failed, or the source is gone): a claim right after a
+    /// reader took the slot hands out everything committed before, so
+    /// `Relay::drain` drains, and a standby's claim waits for its turn.
+    pub(crate) async fn caught_up_in(&self, limit: Duration) {
+        self.wait_in(limit, |s| {
+            matches!(
+                s,
+                Status::Reading { caught_up: true } | Status::Failed(_) | Status::Stopping
+            )
+        })
+        .await;
+    }
+
+    async fn wait_in(&self, limit: Duration, done: impl FnMut(&Status) -> bool) -> Status {
+        let mut status = self.status.subscribe();
+        let _ = tokio::time::timeout(limit, status.wait_for(done)).await;
+        let now = status.borrow().clone();
+        now
+    }
+}

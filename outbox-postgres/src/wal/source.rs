@@ -1,0 +1,371 @@
+//! The relay's side of the WAL outbox: claims from what the reader holds
+//! and from the failures table, and settles what the relay reports.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, Source};
+use sqlx::PgPool;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::failures::{Failures, Parked};
+use super::reader::Reader;
+use super::shared::{Shared, State, Status};
+use super::WalConfig;
+use crate::row::Decoded;
+
+/// How often a claim reads again which keys wait in the failures table (an
+/// operator may have requeued a dead letter).
+const PARKED_REFRESH: Duration = Duration::from_secs(1);
+
+/// A relay's source reading the log through a replication slot. Only one
+/// relay reads a slot: the others' sources stand by, claim nothing, and
+/// take over when its connection ends.
+pub struct WalSource {
+    config: Arc<WalConfig>,
+    pool: PgPool,
+    failures: Arc<Failures>,
+    shared: Arc<Shared>,
+    _reader: DropGuard,
+}
+
+impl std::fmt::Debug for WalSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalSource")
+            .field("slot", &self.config.slot)
+            .finish()
+    }
+}
+
+impl WalSource {
+    pub(crate) fn start(config: Arc<WalConfig>, pool: PgPool, failures: Arc<Failures>) -> Self {
+        let shared = Arc::new(Shared::new());
+        let stop = CancellationToken::new();
+        let reader = Reader {
+            config: config.clone(),
+            pool: pool.clone(),
+            failures: failures.clone(),
+            shared: shared.clone(),
+        };
+        tokio::spawn(reader.run(stop.clone()));
+        Self {
+            config,
+            pool,
+            failures,
+            shared,
+            _reader: stop.drop_guard(),
+        }
+    }
+
+    /// Waits, at most `limit`, for the reader's first outcome; an error if
+    /// it failed.
+    pub(crate) async fn started(&self, limit: Duration) -> Result<(), Error> {
+        match self.shared.started_in(limit).await {
+            Status::Failed(why) => Err(Error::permanent(format!(
+                "the replication connection to slot `{}` failed: {why}",
+                self.config.slot
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this source holds the slot now (the others stand by).
+    pub fn is_reading(&self) -> bool {
+        self.shared.may_claim(self.config.lease / 2)
+    }
+
+    /// A handle that reads what this source holds without keeping it alive,
+    /// for health checks and tests that hand the source to a relay.
+    pub fn monitor(&self) -> WalMonitor {
+        WalMonitor {
+            shared: Arc::downgrade(&self.shared),
+            lease: self.config.lease,
+        }
+    }
+
+    async fn refresh_parked(&self, state: &mut State) -> Result<(), Error> {
+        if state
+            .parked_read_at
+            .is_some_and(|at| at.elapsed() < PARKED_REFRESH)
+        {
+            return Ok(());
+        }
+        state.parked = self.failures.parked_keys(&self.pool).await?;
+        state.parked_read_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Splits `ids` into those `claim` leased from the failures table and
+    /// the others.
+    fn from_table(state: &State, claim: ClaimId, ids: &[Uuid]) -> (Vec<Uuid>, Vec<Uuid>) {
+        ids.iter().partition(|id| {
+            state
+                .table_leases
+                .get(id)
+                .is_some_and(|(c, _, _)| *c == claim)
+        })
+    }
+
+    /// Moves held messages that failed, and the later held messages of
+    /// their keys, to the failures table, and parks their keys.
+    async fn park(
+        &self,
+        state: &mut State,
+        claim: ClaimId,
+        failures: &[Failure<Message>],
+        dead: bool,
+    ) -> Result<(), Error> {
+        let park_key = !dead || self.config.on_dead_letter == outbox_core::OnDeadLetter::Park;
+        let mut moved: Vec<(Message, u32, Duration, Option<String>, bool)> = Vec::new();
+        for failure in failures {
+            if !state.pending.holds(claim, failure.item.id) {
+                continue;
+            }
+            let item = &failure.item;
+            moved.push((
+                item.clone(),
+                failure.attempts,
+                failure.retry_after,
+                Some(failure.error.clone()),
+                dead,
+            ));
+            if park_key {
+                for later in state
+                    .pending
+                    .later_of_key(&item.ordering_key, Some(item.id))
+                {
+                    if !moved.iter().any(|m| m.0.id == later.id) {
+                        moved.push((later, 0, Duration::ZERO, None, false));
+                    }
+                }
+            }
+        }
+        let rows: Vec<Parked> = moved
+            .iter()
+            .map(|(message, attempts, retry_after, error, dead)| Parked {
+                message,
+                attempts: *attempts,
+                retry_after: *retry_after,
+                error: error.as_deref(),
+                dead: *dead,
+            })
+            .collect();
+        self.failures.insert(&self.pool, &rows).await?;
+        for (message, ..) in &moved {
+            if park_key {
+                state.parked.insert(message.ordering_key.clone());
+            }
+        }
+        state.pending.settle_taken(moved.iter().map(|m| m.0.id));
+        Ok(())
+    }
+
+    /// Records failures of messages claimed from the failures table.
+    async fn fail_in_table(
+        &self,
+        state: &mut State,
+        claim: ClaimId,
+        failures: &[Failure<Message>],
+        dead: bool,
+    ) -> Result<(), Error> {
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.item.id).collect();
+        let (table, _) = Self::from_table(state, claim, &ids);
+        let failed: Vec<_> = failures
+            .iter()
+            .filter(|f| table.contains(&f.item.id))
+            .map(|f| (f.item.id, f.attempts, f.retry_after, f.error.as_str()))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        self.failures.fail(&self.pool, &failed, dead).await?;
+        for id in &table {
+            state.table_leases.remove(id);
+        }
+        state.parked_read_at = None;
+        Ok(())
+    }
+
+    fn settled(&self) {
+        self.shared.room.notify_waiters();
+    }
+}
+
+impl Drop for WalSource {
+    fn drop(&mut self) {
+        // Claims end with the source, before the reader lets go of the slot.
+        self.shared.status.send_replace(Status::Stopping);
+    }
+}
+
+/// What a [`WalSource`] holds, read from elsewhere (see
+/// [`WalSource::monitor`]).
+#[derive(Debug, Clone)]
+pub struct WalMonitor {
+    shared: std::sync::Weak<Shared>,
+    lease: Duration,
+}
+
+impl WalMonitor {
+    /// Messages read from the log and not yet settled, while the source
+    /// holds the slot; `None` when it does not (standing by, or dropped).
+    pub async fn held(&self) -> Option<usize> {
+        let shared = self.shared.upgrade()?;
+        if !shared.may_claim(self.lease / 2) {
+            return None;
+        }
+        let held = shared.state.lock().await.pending.len();
+        Some(held)
+    }
+}
+
+impl Source for WalSource {
+    type Item = Message;
+
+    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
+        self.shared.caught_up_in(self.config.lease / 4).await;
+        if !self.is_reading() {
+            return Ok(Claim::empty());
+        }
+        let lease = self.config.lease;
+        let mut state = self.shared.state.lock().await;
+        self.refresh_parked(&mut state).await?;
+        let claim = ClaimId::new();
+        let now = Instant::now();
+        let busy = state.busy_keys(lease);
+        let mut items = Vec::new();
+        if !state.parked.is_empty() {
+            let mut skipped: HashSet<String> = HashSet::new();
+            let mut dead = Vec::new();
+            for row in self.failures.due(&self.pool, limit).await? {
+                match row {
+                    Decoded::Message(message) => {
+                        let key = &message.ordering_key;
+                        if busy.contains(key) || skipped.contains(key) {
+                            skipped.insert(key.clone());
+                            continue;
+                        }
+                        state
+                            .table_leases
+                            .insert(message.id, (claim, now, key.clone()));
+                        items.push(message);
+                    }
+                    Decoded::Malformed {
+                        key,
+                        attempts,
+                        reason,
+                    } => dead.push((key, attempts.max(0) as u32 + 1, Duration::ZERO, reason)),
+                }
+            }
+            if !dead.is_empty() {
+                let failed: Vec<_> = dead
+                    .iter()
+                    .map(|(id, attempts, wait, reason)| (*id, *attempts, *wait, reason.as_str()))
+                    .collect();
+                self.failures.fail(&self.pool, &failed, true).await?;
+            }
+        }
+        let mut blocked = busy;
+        blocked.extend(state.parked.iter().cloned());
+        blocked.extend(items.iter().map(|m| m.ordering_key.clone()));
+        let budget = self
+            .config
+            .batch_bytes
+            .saturating_sub(items.iter().map(|m| m.payload.len()).sum());
+        let held = state.pending.claim(
+            claim,
+            limit - items.len(),
+            if items.is_empty() {
+                self.config.batch_bytes
+            } else {
+                budget
+            },
+            &blocked,
+            lease,
+        );
+        items.extend(held);
+        Ok(Claim::leased_since(claim, items, now))
+    }
+
+    async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
+        let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
+        let mut state = self.shared.state.lock().await;
+        state.reported(claim);
+        let (table, held) = Self::from_table(&state, claim, &ids);
+        if !table.is_empty() {
+            self.failures.delete(&self.pool, &table).await?;
+            for id in &table {
+                state.table_leases.remove(id);
+            }
+            // A key whose last waiting message left goes back to the log.
+            state.parked = self.failures.parked_keys(&self.pool).await?;
+            state.parked_read_at = Some(Instant::now());
+        }
+        state.pending.settle(claim, held);
+        drop(state);
+        self.settled();
+        Ok(())
+    }
+
+    async fn retry(&self, claim: ClaimId, failures: &[Failure<Message>]) -> Result<(), Error> {
+        let mut state = self.shared.state.lock().await;
+        state.reported(claim);
+        self.fail_in_table(&mut state, claim, failures, false)
+            .await?;
+        self.park(&mut state, claim, failures, false).await?;
+        drop(state);
+        self.settled();
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        claim: ClaimId,
+        failures: &[Failure<Message>],
+    ) -> Result<(), Error> {
+        let mut state = self.shared.state.lock().await;
+        state.reported(claim);
+        self.fail_in_table(&mut state, claim, failures, true)
+            .await?;
+        self.park(&mut state, claim, failures, true).await?;
+        drop(state);
+        self.settled();
+        Ok(())
+    }
+
+    async fn release(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
+        let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
+        let mut state = self.shared.state.lock().await;
+        state.reported(claim);
+        let (table, held) = Self::from_table(&state, claim, &ids);
+        for id in &table {
+            state.table_leases.remove(id);
+        }
+        state.pending.release(claim, held);
+        Ok(())
+    }
+
+    fn lease(&self) -> Duration {
+        self.config.lease
+    }
+
+    async fn wait_for_work(&self) {
+        self.shared.work.notified().await
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>, Error> {
+        let (held, held_oldest) = {
+            let state = self.shared.state.lock().await;
+            (state.pending.len() as u64, state.pending.oldest())
+        };
+        let (table, table_oldest) = self.failures.waiting(&self.pool).await?;
+        let oldest = held_oldest.into_iter().chain(table_oldest).min();
+        Ok(Some(Backlog {
+            waiting: held + table,
+            oldest_age: oldest.map(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default()),
+            dead_letters: self.failures.count_dead(&self.pool).await?,
+        }))
+    }
+}

@@ -1,0 +1,400 @@
+//! The WAL outbox against a real PostgreSQL with `wal_level = logical`
+//! (`OUTBOX_POSTGRES_WAL_URL`, default
+//! `postgres://postgres@127.0.0.1:5433/test`; `scripts/services.sh up`
+//! starts one). Every test owns its slot, publication, prefix and failures
+//! table, named after it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outbox_core::memory::MemoryDestination;
+use outbox_core::{Message, OnDeadLetter, Source};
+use outbox_postgres::{WalConfig, WalMonitor, WalOutbox, WalSource};
+use outbox_testkit::{
+    arrivals, assert_order_per_key, eventually, fast_relay_config, numbered_messages, run_relay,
+    SourceHarness,
+};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn url() -> String {
+    std::env::var("OUTBOX_POSTGRES_WAL_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".to_string())
+}
+
+async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(6)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url())
+        .await
+        .expect("PostgreSQL with wal_level = logical at OUTBOX_POSTGRES_WAL_URL (run scripts/services.sh up)")
+}
+
+#[derive(Clone)]
+struct Wal {
+    outbox: WalOutbox,
+    pool: PgPool,
+    monitors: Arc<Mutex<Vec<WalMonitor>>>,
+}
+
+/// A fresh WAL outbox named after `scenario`: its old slot, publication and
+/// failures table dropped first.
+async fn wal(scenario: &str) -> Wal {
+    let name: String = format!("wal_{scenario}").chars().take(55).collect();
+    let pool = pool().await;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS outbox_test")
+        .execute(&pool)
+        .await
+        .ok();
+    let slot_gone = eventually(DEADLINE, || async {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(&name)
+        .execute(&pool)
+        .await
+        .is_ok()
+    })
+    .await;
+    assert!(slot_gone, "the slot {name} stayed active");
+    for drop in [
+        format!("DROP PUBLICATION IF EXISTS {name}"),
+        format!("DROP TABLE IF EXISTS outbox_test.{name}"),
+    ] {
+        sqlx::query(&drop).execute(&pool).await.unwrap();
+    }
+    let config = WalConfig {
+        url: url(),
+        prefix: name.clone(),
+        slot: name.clone(),
+        publication: name.clone(),
+        schema: "outbox_test".into(),
+        failures_table: name,
+        ..WalConfig::default()
+    };
+    let outbox = WalOutbox::new(config, pool.clone()).expect("valid config");
+    outbox.migrate().await.expect("migrate");
+    outbox.migrate().await.expect("migrate twice");
+    Wal {
+        outbox,
+        pool,
+        monitors: Arc::default(),
+    }
+}
+
+impl Wal {
+    async fn source(&self, tweak: impl FnOnce(&mut WalConfig)) -> WalSource {
+        let mut config = self.outbox.config().clone();
+        tweak(&mut config);
+        let source = WalOutbox::new(config, self.pool.clone())
+            .unwrap()
+            .source()
+            .await
+            .expect("source");
+        self.monitors.lock().unwrap().push(source.monitor());
+        source
+    }
+
+    async fn commit(&self, messages: &[Message]) {
+        let mut tx = self.pool.begin().await.unwrap();
+        self.outbox
+            .enqueue_many(&mut tx, messages)
+            .await
+            .expect("enqueue");
+        tx.commit().await.unwrap();
+    }
+}
+
+impl SourceHarness for Wal {
+    type Source = WalSource;
+
+    async fn relay(&self, lease: Duration) -> WalSource {
+        self.source(|c| c.lease = lease).await
+    }
+
+    async fn parking_relay(&self, lease: Duration) -> WalSource {
+        self.source(|c| {
+            c.lease = lease;
+            c.on_dead_letter = OnDeadLetter::Park;
+        })
+        .await
+    }
+
+    async fn budgeted_relay(&self, lease: Duration, batch_bytes: usize) -> WalSource {
+        self.source(|c| {
+            c.lease = lease;
+            c.batch_bytes = batch_bytes;
+        })
+        .await
+    }
+
+    async fn enqueue(&self, messages: Vec<Message>) {
+        self.commit(&messages).await;
+    }
+
+    /// An envelope without a destination, as a careless writer in another
+    /// language could emit.
+    async fn enqueue_malformed(&self, key: &str) -> Option<Uuid> {
+        let id = Uuid::now_v7();
+        let head = serde_json::json!({"v": 1, "id": id, "key": key});
+        sqlx::query("SELECT pg_logical_emit_message(true, $1, convert_to($2, 'UTF8'))")
+            .bind(&self.outbox.config().prefix)
+            .bind(format!("{head}\n"))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        Some(id)
+    }
+
+    async fn dead_letters(&self) -> Vec<(Uuid, String)> {
+        let dead = self.outbox.dead_letters(10_000).await.unwrap();
+        dead.into_iter().map(|d| (d.id, d.error)).collect()
+    }
+
+    /// What the reading relay holds plus what waits in the failures table;
+    /// with no relay reading, what the slot would hand out.
+    async fn waiting(&self) -> u64 {
+        let monitors = self.monitors.lock().unwrap().clone();
+        for monitor in monitors {
+            if let Some(held) = monitor.held().await {
+                return held as u64 + self.outbox.backlog().await.unwrap().waiting;
+            }
+        }
+        let unread = eventually(DEADLINE, || async { self.outbox.unread().await.is_ok() }).await;
+        assert!(unread, "the slot stayed active with no relay reading");
+        self.outbox.unread().await.unwrap() + self.outbox.backlog().await.unwrap().waiting
+    }
+
+    /// A dropped source lets go of the slot, and the next reader reads
+    /// again from the slot's confirmed position.
+    fn claims_end_with_the_relay(&self) -> bool {
+        true
+    }
+}
+
+/// The shared scenarios for a source with one reader at a time. Left out:
+/// `stale_relay_is_fenced`, `lost_claims_never_touch_newer_ones` and
+/// `a_claim_keeps_no_row_it_holds_back`, which need two relays claiming the
+/// same outbox at once; here the second stands by
+/// (`a_standby_takes_over_when_the_reader_goes`).
+mod conformance {
+    use super::*;
+    outbox_testkit::source_conformance!(@tests wal;
+        order_per_key_and_nothing_lost,
+        every_field_survives,
+        retry_then_success,
+        poison_is_dead_lettered,
+        no_head_of_line_blocking,
+        a_long_failing_key_holds_back_only_itself,
+        many_failing_keys_hold_back_only_themselves,
+        many_parked_keys_hold_back_only_themselves,
+        a_long_parked_key_holds_back_only_itself,
+        a_batch_past_its_send_window_keeps_its_acks,
+        a_key_in_a_slow_send_holds_back_only_itself,
+        look_alike_keys_stay_distinct,
+        shutdown_releases_claims,
+        dead_relay_claims_taken_over,
+        a_long_error_is_stored_cut_short,
+        a_malformed_head_parks_its_key,
+        a_claim_stays_within_its_byte_budget,
+    );
+}
+
+/// A rolled-back transaction never delivers; one transaction with messages
+/// for 50 keys delivers all of them, in order per key; and once delivered,
+/// the slot is confirmed to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_committed_messages_arrive_in_order_and_the_slot_is_confirmed() {
+    let wal = wal("atomicity").await;
+    let rolled_back = numbered_messages("events", 5, 2);
+    let mut tx = wal.pool.begin().await.unwrap();
+    wal.outbox
+        .enqueue_many(&mut tx, &rolled_back)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let messages = numbered_messages("events", 50, 4);
+    wal.commit(&messages).await;
+
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        wal.source(|_| {}).await,
+        destination.clone(),
+        fast_relay_config(),
+    );
+    assert!(
+        destination
+            .wait_for_distinct(messages.len(), DEADLINE)
+            .await,
+        "only {} of {} arrived",
+        destination.sent_count(),
+        messages.len()
+    );
+    relay.stop().await;
+    let arrived = arrivals(&destination);
+    assert_order_per_key(&messages, &arrived);
+    assert!(
+        arrived
+            .iter()
+            .all(|(_, id)| rolled_back.iter().all(|m| m.id != *id)),
+        "a rolled-back message was delivered"
+    );
+    assert!(
+        eventually(DEADLINE, || async {
+            wal.outbox.unread().await.ok() == Some(0)
+        })
+        .await,
+        "the slot was not confirmed past the delivered messages: {:?} unread",
+        wal.outbox.unread().await
+    );
+}
+
+/// One relay reads the slot; another stands by, claims nothing, and takes
+/// over when the first goes, delivering what the first left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_reader_goes() {
+    let wal = wal("standby").await;
+    let first = wal.source(|_| {}).await;
+    assert!(
+        eventually(DEADLINE, || async { first.is_reading() }).await,
+        "the first relay never read the slot"
+    );
+    let standby = wal.source(|_| {}).await;
+    let messages = numbered_messages("events", 4, 5);
+    wal.commit(&messages).await;
+    let mut claimed = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while claimed.len() < 10 && Instant::now() < deadline {
+        let claim = first.claim(10 - claimed.len()).await.unwrap();
+        first.ack(claim.id(), &claim).await.unwrap();
+        claimed.extend(claim.into_items());
+    }
+    assert_eq!(claimed.len(), 10, "the reader's claims");
+    assert!(
+        standby.claim(100).await.unwrap().is_empty(),
+        "a standby claimed while another relay read the slot"
+    );
+    drop(first);
+
+    let destination = MemoryDestination::new();
+    let relay = run_relay(standby, destination.clone(), fast_relay_config());
+    let rest = messages.len() - claimed.len();
+    assert!(
+        destination.wait_for_distinct(rest, DEADLINE).await,
+        "the standby delivered {} of the {rest} left",
+        destination.sent_count()
+    );
+    relay.stop().await;
+    let mut all: Vec<(String, Uuid)> = claimed
+        .iter()
+        .map(|m| (m.ordering_key.clone(), m.id))
+        .collect();
+    all.extend(arrivals(&destination));
+    assert_order_per_key(&messages, &all);
+}
+
+/// A server without `wal_level = logical` is refused at migration, saying
+/// what to change; a source without its slot says to migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_missing_on_the_server_is_named() {
+    let table_url = std::env::var("OUTBOX_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let replica = PgPoolOptions::new().connect(&table_url).await.unwrap();
+    let level: String = sqlx::query_scalar("SHOW wal_level")
+        .fetch_one(&replica)
+        .await
+        .unwrap();
+    if level != "logical" {
+        let config = WalConfig {
+            url: table_url.clone(),
+            slot: "wal_not_logical".into(),
+            publication: "wal_not_logical".into(),
+            failures_table: "wal_not_logical".into(),
+            schema: "outbox_test".into(),
+            ..WalConfig::default()
+        };
+        let err = WalOutbox::new(config, replica)
+            .unwrap()
+            .migrate()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("wal_level = logical"), "{err}");
+    }
+    let config = WalConfig {
+        url: url(),
+        slot: "wal_never_migrated".into(),
+        ..WalConfig::default()
+    };
+    let err = WalOutbox::new(config, pool().await)
+        .unwrap()
+        .source()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("WalOutbox::migrate"), "{err}");
+}
+
+/// Envelopes that cannot be read (a head without a destination, bytes that
+/// are not an envelope, a later version) are dead-lettered with the reason
+/// while the relay goes on delivering the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_envelope_is_dead_lettered_with_its_reason() {
+    let wal = wal("malformed").await;
+    let prefix = wal.outbox.config().prefix.clone();
+    let without_destination = wal.enqueue_malformed("bad").await.unwrap();
+    let later_version = Uuid::now_v7();
+    let mut tx = wal.pool.begin().await.unwrap();
+    for bytes in [
+        b"not an envelope".to_vec(),
+        format!("{{\"v\":2,\"id\":\"{later_version}\",\"key\":\"k\",\"destination\":\"d\"}}\n")
+            .into_bytes(),
+    ] {
+        sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
+            .bind(&prefix)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let messages = numbered_messages("events", 3, 3);
+    wal.commit(&messages).await;
+
+    let destination = MemoryDestination::new();
+    let relay = run_relay(
+        wal.source(|_| {}).await,
+        destination.clone(),
+        fast_relay_config(),
+    );
+    assert!(
+        destination
+            .wait_for_distinct(messages.len(), DEADLINE)
+            .await
+    );
+    let dead = eventually(DEADLINE, || async { wal.dead_letters().await.len() == 3 }).await;
+    relay.stop().await;
+    let letters = wal.dead_letters().await;
+    assert!(dead, "dead letters: {letters:?}");
+    let reason = |id: Uuid| {
+        letters
+            .iter()
+            .find(|(d, _)| *d == id)
+            .map(|(_, e)| e.clone())
+    };
+    assert!(
+        reason(without_destination).unwrap().contains("destination"),
+        "{letters:?}"
+    );
+    assert!(
+        reason(later_version).unwrap().contains("version 2"),
+        "{letters:?}"
+    );
+    assert!(
+        letters.iter().any(|(_, e)| e.contains("no newline")),
+        "{letters:?}"
+    );
+}
