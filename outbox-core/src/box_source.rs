@@ -52,6 +52,7 @@ trait DynSource<I>: Send + Sync + 'static {
     fn release<'a>(&'a self, claim: ClaimId, items: &'a [I]) -> BoxFuture<'a, Result<(), Error>>;
     fn lease(&self) -> Duration;
     fn wait_for_work(&self) -> BoxFuture<'_, ()>;
+    fn checkpoint(&self) -> BoxFuture<'_, ()>;
     fn backlog(&self) -> BoxFuture<'_, Result<Option<Backlog>, Error>>;
 }
 
@@ -96,6 +97,10 @@ impl<S: Source> DynSource<S::Item> for S {
         Box::pin(Source::wait_for_work(self))
     }
 
+    fn checkpoint(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Source::checkpoint(self))
+    }
+
     fn backlog(&self) -> BoxFuture<'_, Result<Option<Backlog>, Error>> {
         Box::pin(Source::backlog(self))
     }
@@ -130,6 +135,10 @@ impl<I: Item> Source for BoxSource<I> {
 
     async fn wait_for_work(&self) {
         self.inner.wait_for_work().await
+    }
+
+    async fn checkpoint(&self) {
+        self.inner.checkpoint().await
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {

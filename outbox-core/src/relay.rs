@@ -181,6 +181,7 @@ where
         if let Err(err) = relay.destination.flush().await {
             tracing::warn!(error = %err.report(), "destination flush on shutdown failed");
         }
+        relay.source.checkpoint().await;
         tracing::info!("relay stopped");
         Ok(())
     }
@@ -206,6 +207,7 @@ where
             self.report(claim, outcome, claimed_at).await;
         }
         self.destination.flush().await?;
+        self.source.checkpoint().await;
         let after = self.stats.snapshot().counts;
         Ok(Drained {
             batches: after.batches - before.batches,

@@ -122,6 +122,17 @@ pub trait Source: Send + Sync + 'static {
         std::future::pending()
     }
 
+    /// Makes the source's progress durable. The relay calls it after its
+    /// last report: at the end of [`Relay::run`](crate::Relay::run) and of
+    /// each [`Relay::drain`](crate::Relay::drain). A source that records
+    /// progress lazily (the PostgreSQL WAL source confirms its replication
+    /// slot a moment after each acknowledgement) records it now, so a
+    /// process that exits next sends nothing twice. The default does
+    /// nothing: a table source's reports are durable when they return.
+    fn checkpoint(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// The backlog, for statistics and health; `None` when not supported.
     fn backlog(&self) -> impl Future<Output = Result<Option<Backlog>, Error>> + Send {
         async { Ok(None) }

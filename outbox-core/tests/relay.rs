@@ -245,6 +245,7 @@ struct Slow {
     after_claim: Duration,
     backlog: Duration,
     backlogs_counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    checkpoints: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl outbox_core::Source for Slow {
@@ -295,6 +296,11 @@ impl outbox_core::Source for Slow {
 
     async fn wait_for_work(&self) {
         self.source.wait_for_work().await
+    }
+
+    async fn checkpoint(&self) {
+        self.checkpoints
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn backlog(&self) -> Result<Option<outbox_core::Backlog>, outbox_core::Error> {
@@ -454,4 +460,28 @@ async fn a_dropped_relay_leaves_no_task_behind() {
         at_drop,
         "the dropped relay's backlog task went on counting"
     );
+}
+
+/// The relay's last call to its source is a checkpoint, at the end of each
+/// drain and of a run, after every report: a source that confirms progress
+/// lazily (the WAL source) makes it durable before the process exits.
+#[tokio::test]
+async fn drain_and_run_end_with_a_checkpoint() {
+    use std::sync::atomic::Ordering;
+    let source = Slow::default();
+    let (memory, checkpoints) = (source.source.clone(), source.checkpoints.clone());
+    memory.enqueue(numbered_messages("events", 3, 2));
+    let relay = Relay::new(source, MemoryDestination::new(), fast()).unwrap();
+    let drained = relay.drain().await.unwrap();
+    assert_eq!(
+        (drained.published, checkpoints.load(Ordering::Relaxed)),
+        (6, 1)
+    );
+    relay.drain().await.unwrap();
+    assert_eq!(checkpoints.load(Ordering::Relaxed), 2);
+    let shutdown = outbox_core::CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(checkpoints.load(Ordering::Relaxed), 3);
 }

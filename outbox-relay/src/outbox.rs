@@ -47,6 +47,32 @@ pub fn open(settings: &SourceSettings) -> Result<Box<dyn Operator>, ConfigError>
             };
             Ok(Box::new(PostgresOutbox::new(config, pool).map_err(prefix)?))
         }
+        #[cfg(feature = "postgres-wal")]
+        Database::PostgresWal(wal) => {
+            use outbox_postgres::{WalConfig, WalOutbox};
+            if shared.ack != outbox_sql::AckMode::Delete {
+                return Err(ConfigError::new(
+                    "source.ack",
+                    "the WAL outbox keeps no delivered messages to mark: leave ack = \"delete\"",
+                ));
+            }
+            let pool = pool_options(shared)
+                .connect_lazy(&shared.url)
+                .map_err(bad_url)?;
+            let config = WalConfig {
+                url: shared.url.clone(),
+                prefix: wal.prefix.clone(),
+                slot: wal.slot.clone(),
+                publication: wal.publication.clone(),
+                schema: wal.schema.clone(),
+                failures_table: wal.failures_table.clone(),
+                lease,
+                on_dead_letter: shared.on_dead_letter,
+                batch_bytes: shared.batch_bytes,
+                max_held: wal.max_held,
+            };
+            Ok(Box::new(WalOutbox::new(config, pool).map_err(prefix)?))
+        }
         #[cfg(feature = "mysql")]
         Database::Mysql(mysql) => {
             use outbox_mysql::{MysqlConfig, MysqlOutbox};

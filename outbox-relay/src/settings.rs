@@ -212,6 +212,8 @@ impl Settings {
         let batches = if self.relay.prefetch { 2 } else { 1 };
         let (listen, prune) = match &self.source.database {
             Database::Postgres(postgres) => (u32::from(postgres.notify), 0),
+            // Its replication connection is its own, outside the pool.
+            Database::PostgresWal(_) => (0, 0),
             Database::Mysql(_) => (0, 1),
             Database::Sqlite(_) => (0, 0),
         };

@@ -76,6 +76,9 @@ const SHARED: &[&str] = &[
 pub enum Database {
     /// `outbox-postgres`.
     Postgres(PostgresSettings),
+    /// `outbox-postgres`'s WAL outbox: the log read through a replication
+    /// slot; `table` is not used, `ack` must stay `delete`.
+    PostgresWal(PostgresWalSettings),
     /// `outbox-mysql` (MySQL 8, MariaDB 10.6+).
     Mysql(MysqlSettings),
     /// `outbox-sqlite`.
@@ -95,6 +98,30 @@ pub struct PostgresSettings {
     /// One relay claims, the others stand by. Default false.
     #[serde(default)]
     pub leader_only: bool,
+}
+
+/// `kind = "postgres_wal"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresWalSettings {
+    /// The prefix writers give `pg_logical_emit_message`. Default `outbox`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The replication slot. Default `outbox_slot`.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// The publication. Default `outbox_publication`.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// The schema of the failures table. Default `public`.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// The failures table. Default `outbox_wal_failures`.
+    #[serde(default = "default_failures_table")]
+    pub failures_table: String,
+    /// Most messages read and not yet settled held in memory. Default 50,000.
+    #[serde(default = "default_max_held")]
+    pub max_held: usize,
 }
 
 /// `kind = "mysql"`.
@@ -167,6 +194,7 @@ impl SourceSettings {
     pub fn kind(&self) -> &'static str {
         match self.database {
             Database::Postgres(_) => "postgres",
+            Database::PostgresWal(_) => "postgres_wal",
             Database::Mysql(_) => "mysql",
             Database::Sqlite(_) => "sqlite",
         }
@@ -191,7 +219,7 @@ impl SourceSettings {
         match &self.database {
             Database::Postgres(postgres) => postgres.leader_only,
             Database::Mysql(mysql) => mysql.leader_only,
-            Database::Sqlite(_) => false,
+            Database::PostgresWal(_) | Database::Sqlite(_) => false,
         }
     }
 }
@@ -201,6 +229,21 @@ fn default_table() -> String {
 }
 fn default_schema() -> String {
     "public".into()
+}
+fn default_prefix() -> String {
+    "outbox".into()
+}
+fn default_slot() -> String {
+    "outbox_slot".into()
+}
+fn default_publication() -> String {
+    "outbox_publication".into()
+}
+fn default_failures_table() -> String {
+    "outbox_wal_failures".into()
+}
+fn default_max_held() -> usize {
+    50_000
 }
 fn default_lease_ms() -> u64 {
     30_000

@@ -689,3 +689,80 @@ async fn a_relay_started_before_its_broker_comes_up_by_itself() {
     assert_order_per_key(&messages, &read(&stream, &messages).await);
     assert_eq!(outbox.count_dead_letters().await.unwrap(), 0);
 }
+
+/// The WAL outbox by settings alone (`kind = "postgres_wal"`): `migrate`
+/// creates the slot, `drain` delivers what the writers emitted (a
+/// malformed envelope among them, dead-lettered with its reason), a second
+/// drain finds nothing, and `dead-letters list` shows the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_outbox_is_relayed_by_settings_alone() {
+    let name = "relay_wal";
+    let url = postgres_wal_url();
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .expect("logical PostgreSQL");
+    let gone = eventually(DEADLINE, || async {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await
+        .is_ok()
+    })
+    .await;
+    assert!(gone, "an earlier run's relay still reads the slot");
+    sqlx::raw_sql(&format!(
+        "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS public.{name}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let source = format!(
+        "kind = \"postgres_wal\"\nurl = \"{url}\"\nprefix = \"{name}\"\nslot = \"{name}\"\n\
+         publication = \"{name}\"\nfailures_table = \"{name}\""
+    );
+    let config = settings_with_source(&source, name, spare_port(), "");
+    let (code, text) = finish(relay(&config, &["migrate"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+
+    let nats_stream = stream("RELAY_WAL", "relay-wal").await;
+    let messages = numbered_messages("relay-wal.orders", 10, 5);
+    let outbox = outbox_postgres::WalOutbox::new(
+        outbox_postgres::WalConfig {
+            url: url.clone(),
+            prefix: name.into(),
+            slot: name.into(),
+            publication: name.into(),
+            failures_table: name.into(),
+            ..Default::default()
+        },
+        pool.clone(),
+    )
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+    sqlx::query("SELECT pg_logical_emit_message(true, $1, 'no envelope'::bytea)")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    for published in [50, 0] {
+        let (code, text) = finish(relay(&config, &["drain"]).spawn().unwrap(), DEADLINE).await;
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains(&format!("published {published}\n")), "{text}");
+    }
+    let arrivals = read(&nats_stream, &messages).await;
+    assert_eq!(arrivals.len(), messages.len());
+    assert_order_per_key(&messages, &arrivals);
+    let (code, text) = finish(
+        relay(&config, &["dead-letters", "list"]).spawn().unwrap(),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("malformed envelope"), "{text}");
+}

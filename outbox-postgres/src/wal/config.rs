@@ -136,6 +136,10 @@ impl WalConfig {
             },
             password: decode(url.password().unwrap_or(""))?,
             database: decode(database)?,
+            application_name: url
+                .query_pairs()
+                .find(|(k, _)| k == "application_name")
+                .map_or_else(|| "outbox-relay".to_string(), |(_, v)| v.into_owned()),
         })
     }
 }
@@ -147,6 +151,8 @@ pub(crate) struct Endpoint {
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) database: String,
+    /// The URL's `application_name`, or `outbox-relay`.
+    pub(crate) application_name: String,
 }
 
 fn percent_decode(text: &str) -> Option<String> {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::{DeadLetter, Error, Message, OnDeadLetter};
+use outbox_core::{DeadLetter, Error, Message, OnDeadLetter, Waiting};
 use outbox_sql::headers_json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -265,18 +265,51 @@ impl Failures {
             .collect()
     }
 
-    /// Puts a dead letter back in line, attempts reset; false if there is
-    /// no such dead letter.
-    pub(crate) async fn requeue(&self, pool: &PgPool, id: Uuid) -> Result<bool, Error> {
-        let done = sqlx::query(&format!(
-            "UPDATE {} SET dead = false, dead_at = NULL, attempts = 0, next_attempt_at = now() \
-             WHERE id = $1 AND dead",
+    /// Up to `limit` waiting messages (not dead), oldest first, with their
+    /// last error and next attempt.
+    pub(crate) async fn waiting_rows(
+        &self,
+        pool: &PgPool,
+        limit: usize,
+    ) -> Result<Vec<Waiting>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}, last_error, next_attempt_at FROM {} WHERE NOT dead \
+             ORDER BY seq LIMIT $1",
             self.table
         ))
-        .bind(id)
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let decoded = decode(row).map_err(classify)?;
+                Ok(Waiting {
+                    id: row.try_get("id").map_err(classify)?,
+                    attempts: row.try_get::<i32, _>("attempts").map_err(classify)?.max(0) as u32,
+                    last_error: row.try_get("last_error").map_err(classify)?,
+                    next_attempt_at: row.try_get("next_attempt_at").map_err(classify)?,
+                    message: match decoded {
+                        Decoded::Message(message) => Some(message),
+                        Decoded::Malformed { .. } => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Puts dead letters back in line, attempts reset (all of them when
+    /// `ids` is `None`); returns how many.
+    pub(crate) async fn requeue(&self, pool: &PgPool, ids: Option<&[Uuid]>) -> Result<u64, Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE {} SET dead = false, dead_at = NULL, attempts = 0, next_attempt_at = now() \
+             WHERE dead AND ($1::uuid[] IS NULL OR id = ANY($1))",
+            self.table
+        ))
+        .bind(ids)
         .execute(pool)
         .await
         .map_err(classify)?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected())
     }
 }

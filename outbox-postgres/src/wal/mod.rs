@@ -27,6 +27,7 @@
 mod config;
 mod envelope;
 mod failures;
+mod operator;
 mod pending;
 mod reader;
 mod shared;
@@ -34,8 +35,8 @@ mod source;
 
 use std::sync::Arc;
 
-use outbox_core::{Backlog, ConfigError, DeadLetter, Error, Event, Message, Metadata};
-use sqlx::{PgConnection, PgPool};
+use outbox_core::{Backlog, ConfigError, DeadLetter, Error, Event, Message, Metadata, Waiting};
+use sqlx::{Executor, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::classify;
@@ -120,14 +121,18 @@ impl WalOutbox {
         lock.execute(&mut *conn).await.map_err(classify)?;
         // A slot cannot be created in a transaction that wrote, and a
         // multi-statement text runs as one transaction: two texts.
-        let mut done = sqlx::raw_sql(&self.tables_sql())
-            .execute(&mut *conn)
+        // `Executor::execute`, not `RawSql::execute`: with the latter this
+        // future is not `Send`.
+        let mut done = (*conn)
+            .execute(sqlx::raw_sql(&self.tables_sql()))
             .await
+            .map(drop)
             .map_err(classify);
         if done.is_ok() {
-            done = sqlx::raw_sql(&self.slot_sql())
-                .execute(&mut *conn)
+            done = (*conn)
+                .execute(sqlx::raw_sql(&self.slot_sql()))
                 .await
+                .map(drop)
                 .map_err(not_logical);
         }
         let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
@@ -236,20 +241,32 @@ impl WalOutbox {
         Ok(source)
     }
 
-    /// Up to `limit` dead letters, oldest first.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        self.failures.dead_letters(&self.pool, limit).await
+    /// The oldest `limit` messages waiting in the failures table (a
+    /// retry's error and next attempt with them), in the order they were
+    /// written. Messages not yet read from the log are not listed.
+    pub async fn waiting(&self, limit: u32) -> Result<Vec<Waiting>, Error> {
+        self.failures.waiting_rows(&self.pool, limit as usize).await
     }
 
-    /// How many dead letters there are.
+    /// The oldest `limit` dead letters, with their reasons.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, Error> {
+        self.failures.dead_letters(&self.pool, limit as usize).await
+    }
+
+    /// How many dead letters wait.
     pub async fn count_dead_letters(&self) -> Result<u64, Error> {
         self.failures.count_dead(&self.pool).await
     }
 
-    /// Puts a dead letter back in line, attempts reset; false if there is
-    /// no such dead letter.
-    pub async fn requeue(&self, id: Uuid) -> Result<bool, Error> {
-        self.failures.requeue(&self.pool, id).await
+    /// Puts these dead letters back in the delivery path, attempts reset;
+    /// returns how many.
+    pub async fn requeue(&self, ids: &[Uuid]) -> Result<u64, Error> {
+        self.failures.requeue(&self.pool, Some(ids)).await
+    }
+
+    /// Puts every dead letter back; returns how many.
+    pub async fn requeue_all(&self) -> Result<u64, Error> {
+        self.failures.requeue(&self.pool, None).await
     }
 
     /// The failures table's part of the backlog: messages waiting there for

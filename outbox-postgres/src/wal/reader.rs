@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::envelope::{decode, Malformed};
 use super::failures::{Failures, Parked};
-use super::shared::{Shared, Status};
+use super::shared::{Shared, State, Status};
 use super::WalConfig;
 
 /// How often the reader ticks: feeds the confirmed position back and
@@ -87,7 +87,7 @@ impl Reader {
         .with_status_interval(Duration::from_millis(200))
         .with_wakeup_interval(Duration::from_secs(1))
         .with_options(options)
-        .with_application_name("outbox-relay")
+        .with_application_name(endpoint.application_name)
         // With an observer the client says when every raise was reported.
         .with_feedback_observer(FeedbackObserver::new(|_| {}));
         let mut client = ReplicationClient::connect(replication)
@@ -141,6 +141,13 @@ impl Reader {
                     self.shared.tick();
                     let confirmable = self.shared.state.lock().await.pending.confirmable();
                     client.update_applied_lsn(Lsn::from(confirmable));
+                    if client.feedback_pending_since().is_none() {
+                        self.shared.reported.send_if_modified(|reported| {
+                            let raised = confirmable > *reported;
+                            *reported = (*reported).max(confirmable);
+                            raised
+                        });
+                    }
                 }
                 () = self.shared.room.notified(), if full => {}
                 event = client.recv(), if !full => {
@@ -153,30 +160,15 @@ impl Reader {
     }
 
     /// A clean stop confirms what was settled, so the next reader sends
-    /// nothing twice: the unsettled messages that hold the position back
-    /// behind settled ones move to the failures table (their keys' later
-    /// messages follow them there), and the last position is reported
-    /// (waiting for the report, at most a second) before the stream ends.
+    /// nothing twice (see [`move_behind_settled`]); the last position is
+    /// reported (waiting for the report, at most a second) before the
+    /// stream ends.
     async fn confirm_and_stop(&self, client: &mut ReplicationClient) {
-        let mut state = self.shared.state.lock().await;
-        let behind = state.pending.behind_settled();
-        let rows: Vec<Parked> = behind
-            .iter()
-            .map(|message| Parked {
-                message,
-                attempts: message.attempts,
-                retry_after: Duration::ZERO,
-                error: None,
-                dead: false,
-            })
-            .collect();
-        match self.failures.insert(&self.pool, &rows).await {
-            Ok(()) => state.pending.settle_taken(behind.iter().map(|m| m.id)),
-            // Then the next reader sends them again: at least once holds.
-            Err(err) => tracing::warn!(slot = %self.config.slot, "stopping: {err}"),
-        }
-        let confirmable = state.pending.confirmable();
-        drop(state);
+        let confirmable = {
+            let mut state = self.shared.state.lock().await;
+            move_behind_settled(&mut state, &self.failures, &self.pool, &self.config.slot).await;
+            state.pending.confirmable()
+        };
         client.update_applied_lsn(Lsn::from(confirmable));
         let deadline = Instant::now() + Duration::from_secs(1);
         while client.feedback_pending_since().is_some() && Instant::now() < deadline {
@@ -330,6 +322,39 @@ impl Reader {
             self.shared.work.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Moves the unsettled messages that hold the slot's position back behind
+/// settled ones to the failures table (their keys' later messages follow
+/// them there when read), so the slot can be confirmed past everything
+/// settled. Should the table refuse them, they stay held: the next reader
+/// then sends some messages again, and at least once holds.
+pub(crate) async fn move_behind_settled(
+    state: &mut State,
+    failures: &Failures,
+    pool: &PgPool,
+    slot: &str,
+) {
+    let behind = state.pending.behind_settled();
+    let rows: Vec<Parked> = behind
+        .iter()
+        .map(|message| Parked {
+            message,
+            attempts: message.attempts,
+            retry_after: Duration::ZERO,
+            error: None,
+            dead: false,
+        })
+        .collect();
+    match failures.insert(pool, &rows).await {
+        Ok(()) => {
+            state.pending.settle_taken(behind.iter().map(|m| m.id));
+            state
+                .parked
+                .extend(behind.into_iter().map(|m| m.ordering_key));
+        }
+        Err(err) => tracing::warn!(slot, "keeping messages held: {err}"),
     }
 }
 

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     /// for room).
     pub(crate) room: Notify,
     pub(crate) status: watch::Sender<Status>,
+    /// The position the server was last told the slot is confirmed to.
+    pub(crate) reported: watch::Sender<u64>,
     /// The reader's last tick: a relay whose process was stopped for long
     /// may have lost the slot without knowing yet.
     tick: SyncMutex<Instant>,
@@ -111,6 +113,7 @@ impl Shared {
             work: Notify::new(),
             room: Notify::new(),
             status: watch::channel(Status::Starting).0,
+            reported: watch::channel(0).0,
             tick: SyncMutex::new(Instant::now()),
         }
     }

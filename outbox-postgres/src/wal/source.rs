@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::failures::{Failures, Parked};
-use super::reader::Reader;
+use super::reader::{move_behind_settled, Reader};
 use super::shared::{Shared, State, Status};
 use super::WalConfig;
 use crate::row::Decoded;
@@ -349,6 +349,25 @@ impl Source for WalSource {
 
     fn lease(&self) -> Duration {
         self.config.lease
+    }
+
+    /// Confirms the slot past everything settled and waits (at most two
+    /// seconds) until the server was told: unsettled messages behind
+    /// settled ones move to the failures table first.
+    async fn checkpoint(&self) {
+        let target = {
+            let mut state = self.shared.state.lock().await;
+            move_behind_settled(&mut state, &self.failures, &self.pool, &self.config.slot).await;
+            state.pending.confirmable()
+        };
+        let mut reported = self.shared.reported.subscribe();
+        let told = reported.wait_for(|at| *at >= target);
+        if tokio::time::timeout(Duration::from_secs(2), told)
+            .await
+            .is_err()
+        {
+            tracing::warn!(slot = %self.config.slot, "the slot's position was not confirmed in time");
+        }
     }
 
     async fn wait_for_work(&self) {

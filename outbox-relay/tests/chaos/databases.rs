@@ -14,7 +14,7 @@ use crate::support::{commit, postgres_url, table};
 /// PostgreSQL relays connect under this application name and their
 /// table's, so their connections can be told apart from the test's and
 /// from other tests' relays.
-const APPLICATION: &str = "outbox-relay-chaos";
+pub const APPLICATION: &str = "outbox-relay-chaos";
 /// The MariaDB user the relays connect as, for the same reason.
 const MYSQL_USER: &str = "outbox_chaos";
 /// The verifying consumer's name in the inbox.
@@ -126,12 +126,44 @@ impl Database for Postgres {
     }
 
     async fn prepare_consumer(&self) {
+        self.consumer().prepare().await;
+    }
+
+    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
+        self.consumer().apply(id, amount).await
+    }
+
+    async fn effects(&self) -> (i64, i64) {
+        self.consumer().effects().await
+    }
+}
+
+impl Postgres {
+    fn consumer(&self) -> PgConsumer<'_> {
         let config = self.outbox.config();
+        PgConsumer {
+            pool: &self.pool,
+            schema: &config.schema,
+            name: &config.table,
+        }
+    }
+}
+
+/// The verifying consumer's inbox and business table on a PostgreSQL
+/// database, named after the outbox.
+pub struct PgConsumer<'a> {
+    pub pool: &'a sqlx::PgPool,
+    pub schema: &'a str,
+    pub name: &'a str,
+}
+
+impl PgConsumer<'_> {
+    pub async fn prepare(&self) {
         sqlx::query(&format!(
             "DROP TABLE IF EXISTS \"{}\".\"{}_inbox\"",
-            config.schema, config.table
+            self.schema, self.name
         ))
-        .execute(&self.pool)
+        .execute(self.pool)
         .await
         .unwrap();
         self.inbox().migrate().await.unwrap();
@@ -139,12 +171,12 @@ impl Database for Postgres {
             "DROP TABLE IF EXISTS {effects}; CREATE TABLE {effects} (id uuid NOT NULL, amount bigint NOT NULL)",
             effects = self.effects_table()
         ))
-        .execute(&self.pool)
+        .execute(self.pool)
         .await
         .unwrap();
     }
 
-    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
+    pub async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
         let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
         let new = self
             .inbox()
@@ -167,31 +199,27 @@ impl Database for Postgres {
         Ok(new)
     }
 
-    async fn effects(&self) -> (i64, i64) {
+    pub async fn effects(&self) -> (i64, i64) {
         sqlx::query_as(&format!(
             "SELECT count(*), coalesce(sum(amount), 0)::bigint FROM {}",
             self.effects_table()
         ))
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool)
         .await
         .unwrap()
     }
-}
 
-impl Postgres {
     fn inbox(&self) -> PostgresInbox {
-        let config = self.outbox.config();
         PostgresInbox::named(
-            &config.schema,
-            &format!("{}_inbox", config.table),
+            self.schema,
+            &format!("{}_inbox", self.name),
             self.pool.clone(),
         )
         .unwrap()
     }
 
     fn effects_table(&self) -> String {
-        let config = self.outbox.config();
-        format!("\"{}\".\"{}_effects\"", config.schema, config.table)
+        format!("\"{}\".\"{}_effects\"", self.schema, self.name)
     }
 }
 

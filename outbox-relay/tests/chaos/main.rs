@@ -43,6 +43,7 @@ mod consumer;
 mod databases;
 mod full_destination;
 mod kafka_restart;
+mod postgres_wal;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -54,6 +55,7 @@ use consumer::{amount_of, Consumers};
 use databases::{Database, Mysql, Postgres, Sqlite};
 use outbox_core::Message;
 use outbox_testkit::{assert_order_per_key, eventually};
+use postgres_wal::PostgresWal;
 use support::*;
 
 const RELAYS: usize = 3;
@@ -135,6 +137,30 @@ async fn postgres_to_nats_survives_broker_and_database_restarts() {
         Fault::KillRelay,
     ];
     chaos(&database, target, "restarts", 1000, &faults).await;
+}
+
+/// The WAL outbox: one relay reads the slot, two stand by. A killed
+/// reader's walsender ends with its connection; a stopped one is ended by
+/// the server after the lease (its `wal_sender_timeout`), and on waking it
+/// finds its ticks late and reads again; an ended connection is a new
+/// session. Each time a standby may take the slot over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wal_to_nats_survives_kills_stops_and_lost_connections() {
+    let database = PostgresWal::shared("chaos_wal_nats").await;
+    let target = Target::nats("wal").await;
+    chaos(&database, target, "wal", 2000, RELAY_FAULTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wal_to_nats_survives_broker_and_database_restarts() {
+    let database = PostgresWal::own("chaos_wal_restarts").await;
+    let target = Target::own_nats("wal-restarts").await;
+    let faults = [
+        Fault::RestartBroker,
+        Fault::RestartDatabase,
+        Fault::KillRelay,
+    ];
+    chaos(&database, target, "wal-restarts", 1000, &faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,12 @@ pub mod servers;
 
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
+/// The bench's PostgreSQL with `wal_level = logical`, for the WAL outbox.
+pub fn postgres_wal_url() -> String {
+    std::env::var("OUTBOX_POSTGRES_WAL_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into())
+}
+
 pub fn postgres_url() -> String {
     std::env::var("OUTBOX_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())

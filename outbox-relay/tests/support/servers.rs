@@ -179,16 +179,21 @@ pub struct OwnPostgres {
 
 impl OwnPostgres {
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, "").await
+    }
+
+    /// A cluster with `wal_level = logical`, for the WAL outbox.
+    pub async fn start_logical() -> Self {
+        Self::start_with(None, " -c wal_level=logical").await
     }
 
     /// A cluster that takes TCP connections over TLS only (`hostssl` in
     /// `pg_hba.conf`), with the certificate `certificates`' CA signed.
     pub async fn start_tls(certificates: &Certificates) -> Self {
-        Self::start_with(Some(certificates)).await
+        Self::start_with(Some(certificates), "").await
     }
 
-    async fn start_with(certificates: Option<&Certificates>) -> Self {
+    async fn start_with(certificates: Option<&Certificates>, extra: &str) -> Self {
         let port = spare_port();
         let dir = std::env::temp_dir().join(format!("outbox-own-pg-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -202,7 +207,7 @@ impl OwnPostgres {
                 )
             }
             None => String::new(),
-        };
+        } + extra;
         let server = OwnPostgres {
             port,
             dir,

@@ -1,0 +1,173 @@
+//! The WAL outbox as a chaos run's database: writers emit into the log,
+//! the relays share one replication slot (one reads, two stand by).
+
+use std::sync::Mutex;
+
+use outbox_core::{Backlog, Message};
+use outbox_postgres::{WalConfig, WalOutbox};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::databases::{Database, PgConsumer, APPLICATION};
+use crate::support::servers::OwnPostgres;
+
+pub struct PostgresWal {
+    outbox: WalOutbox,
+    pool: PgPool,
+    url: String,
+    name: String,
+    /// Each commit's log position just after it, and its message count:
+    /// a commit is settled once the slot is confirmed past it.
+    commits: Mutex<Vec<(i64, u64)>>,
+    own: Option<OwnPostgres>,
+}
+
+fn wal_url() -> String {
+    std::env::var("OUTBOX_POSTGRES_WAL_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into())
+}
+
+impl PostgresWal {
+    /// A fresh slot, publication and failures table named `name` on the
+    /// bench's logical cluster.
+    pub async fn shared(name: &str) -> Self {
+        Self::on(wal_url(), name, None).await
+    }
+
+    /// A logical cluster of the harness's own, which the run restarts.
+    pub async fn own(name: &str) -> Self {
+        let own = OwnPostgres::start_logical().await;
+        Self::on(own.url(), name, Some(own)).await
+    }
+
+    async fn on(url: String, name: &str, own: Option<OwnPostgres>) -> Self {
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("PostgreSQL (logical) reachable");
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await
+        .expect("no relay of an earlier run reads the slot");
+        sqlx::raw_sql(&format!(
+            "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS public.{name}"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let config = WalConfig {
+            url: url.clone(),
+            prefix: name.into(),
+            slot: name.into(),
+            publication: name.into(),
+            failures_table: name.into(),
+            ..WalConfig::default()
+        };
+        let outbox = WalOutbox::new(config, pool.clone()).unwrap();
+        outbox.migrate().await.unwrap();
+        PostgresWal {
+            outbox,
+            pool,
+            url,
+            name: name.into(),
+            commits: Mutex::default(),
+            own,
+        }
+    }
+
+    fn consumer(&self) -> PgConsumer<'_> {
+        PgConsumer {
+            pool: &self.pool,
+            schema: "public",
+            name: &self.name,
+        }
+    }
+}
+
+impl Database for PostgresWal {
+    fn source_settings(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "kind = \"postgres_wal\"\nurl = \"{}{separator}application_name={APPLICATION}-{name}\"\n\
+             prefix = \"{name}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\
+             failures_table = \"{name}\"",
+            self.url,
+            name = self.name
+        )
+    }
+
+    async fn commit(&self, messages: &[Message]) {
+        let mut tx = self.pool.begin().await.unwrap();
+        self.outbox.enqueue_many(&mut tx, messages).await.unwrap();
+        tx.commit().await.unwrap();
+        let after: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        self.commits
+            .lock()
+            .unwrap()
+            .push((after, messages.len() as u64));
+    }
+
+    /// Messages of commits the slot is not confirmed past, plus those
+    /// waiting in the failures table.
+    async fn backlog(&self) -> Backlog {
+        let confirmed: Option<i64> = sqlx::query_scalar(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        let confirmed = confirmed.unwrap_or(0);
+        let unconfirmed: u64 = self
+            .commits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(after, _)| *after > confirmed)
+            .map(|(_, count)| count)
+            .sum();
+        let table = self.outbox.backlog().await.unwrap();
+        Backlog {
+            waiting: unconfirmed + table.waiting,
+            ..table
+        }
+    }
+
+    async fn end_relay_connections(&self) -> usize {
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(format!("{APPLICATION}-{}", self.name))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        ended.len()
+    }
+
+    async fn restart(&self) {
+        let own = self
+            .own
+            .as_ref()
+            .expect("only a cluster of the harness's own restarts");
+        own.restart().await;
+    }
+
+    async fn prepare_consumer(&self) {
+        self.consumer().prepare().await;
+    }
+
+    async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String> {
+        self.consumer().apply(id, amount).await
+    }
+
+    async fn effects(&self) -> (i64, i64) {
+        self.consumer().effects().await
+    }
+}
