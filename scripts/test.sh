@@ -73,4 +73,5 @@ cargo bench --quiet -p txoutbox-core --bench scheduler -- 20000 1000
 # it fails if a drain loses a message or leaves a row.
 step "relay benchmark (smoke): every pair"
 cargo bench --quiet -p txoutbox-relay --bench relay -- --messages 5000 --runs 1 \
-    --latency-seconds 2 --enqueue-seconds 1 --inbox-seconds 1 --small 2000 --processes 1,2
+    --latency-seconds 2 --enqueue-seconds 1 --inbox-seconds 1 --small 2000 --processes 1,2 \
+    --wal-messages 5000

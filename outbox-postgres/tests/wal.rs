@@ -398,3 +398,34 @@ async fn a_malformed_envelope_is_dead_lettered_with_its_reason() {
         "{letters:?}"
     );
 }
+
+/// A backlog larger than `max_held`: the reader pauses with that many
+/// messages held and reads on as they are settled; everything arrives, in
+/// order per key, and the slot is confirmed to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_what_is_held_flows_through() {
+    let wal = wal("max_held").await;
+    let messages = numbered_messages("events", 5, 60);
+    wal.commit(&messages[..150]).await;
+    wal.commit(&messages[150..]).await;
+    let source = wal.source(|c| c.max_held = 10).await;
+    let destination = MemoryDestination::new();
+    let relay = run_relay(source, destination.clone(), fast_relay_config());
+    assert!(
+        destination
+            .wait_for_distinct(messages.len(), DEADLINE)
+            .await,
+        "{} of {} arrived",
+        destination.sent_count(),
+        messages.len()
+    );
+    relay.stop().await;
+    assert_order_per_key(&messages, &arrivals(&destination));
+    assert!(
+        eventually(DEADLINE, || async {
+            wal.outbox.unread().await.ok() == Some(0)
+        })
+        .await,
+        "the slot was not confirmed to the end"
+    );
+}

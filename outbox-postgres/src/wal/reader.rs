@@ -19,8 +19,13 @@ use super::shared::{Shared, State, Status};
 use super::WalConfig;
 
 /// How often the reader ticks: feeds the confirmed position back and
-/// proves the process is running.
-const TICK: Duration = Duration::from_millis(100);
+/// proves the process is running. With the status interval below, a
+/// checkpoint (the end of a drain) waits about a tenth of a second.
+const TICK: Duration = Duration::from_millis(25);
+
+/// How often the confirmed position may be reported to the server: a
+/// standby status update is a few dozen bytes.
+const STATUS_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The reader of one relay.
 pub(crate) struct Reader {
@@ -41,7 +46,11 @@ impl Reader {
         let mut failed_before = false;
         while !stop.is_cancelled() {
             let ended = self.session(&stop).await;
-            self.shared.state.lock().await.reset(self.config.lease);
+            {
+                let mut state = self.shared.state.lock().await;
+                state.reset(self.config.lease);
+                self.shared.count_held(&state);
+            }
             match ended {
                 Ok(()) => return,
                 // Another relay holding the slot is the normal state of a
@@ -84,7 +93,7 @@ impl Reader {
         )
         .with_port(endpoint.port)
         .with_start_lsn(Lsn::ZERO)
-        .with_status_interval(Duration::from_millis(200))
+        .with_status_interval(STATUS_INTERVAL)
         .with_wakeup_interval(Duration::from_secs(1))
         .with_options(options)
         .with_application_name(endpoint.application_name)
@@ -124,7 +133,8 @@ impl Reader {
         let mut last_tick = Instant::now();
         let mut open: Option<(DateTime<Utc>, Vec<Read>)> = None;
         loop {
-            let full = self.shared.state.lock().await.pending.len() >= self.config.max_held;
+            let full =
+                self.shared.held.load(std::sync::atomic::Ordering::Relaxed) >= self.config.max_held;
             tokio::select! {
                 () = stop.cancelled() => {
                     self.confirm_and_stop(&mut client).await;
@@ -167,6 +177,7 @@ impl Reader {
         let confirmable = {
             let mut state = self.shared.state.lock().await;
             move_behind_settled(&mut state, &self.failures, &self.pool, &self.config.slot).await;
+            self.shared.count_held(&state);
             state.pending.confirmable()
         };
         client.update_applied_lsn(Lsn::from(confirmable));
@@ -317,6 +328,7 @@ impl Reader {
         if let Some(end) = end {
             state.pending.commit(end, held);
         }
+        self.shared.count_held(&state);
         drop(state);
         if any || !rows.is_empty() {
             self.shared.work.notify_one();

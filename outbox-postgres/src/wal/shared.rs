@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     /// for room).
     pub(crate) room: Notify,
     pub(crate) status: watch::Sender<Status>,
+    /// How many messages the reader holds, as of the last change: the
+    /// reader checks it for room without taking the state's lock.
+    pub(crate) held: std::sync::atomic::AtomicUsize,
     /// The position the server was last told the slot is confirmed to.
     pub(crate) reported: watch::Sender<u64>,
     /// The reader's last tick: a relay whose process was stopped for long
@@ -114,8 +117,15 @@ impl Shared {
             room: Notify::new(),
             status: watch::channel(Status::Starting).0,
             reported: watch::channel(0).0,
+            held: std::sync::atomic::AtomicUsize::new(0),
             tick: SyncMutex::new(Instant::now()),
         }
+    }
+
+    /// Records how many messages `state` holds.
+    pub(crate) fn count_held(&self, state: &State) {
+        self.held
+            .store(state.pending.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records where the reader stands, unless the source is gone.
@@ -142,13 +152,15 @@ impl Shared {
             && self.tick.lock().expect("not poisoned").elapsed() < stale_after
     }
 
-    /// Waits, at most `limit`, for the reader's first outcome: reading
-    /// and caught up, standing by, or failed.
+    /// Whether the reader reads the slot and has caught up.
+    pub(crate) fn is_caught_up(&self) -> bool {
+        *self.status.borrow() == Status::Reading { caught_up: true }
+    }
+
+    /// Waits, at most `limit`, for the reader's first outcome: reading,
+    /// standing by, or failed.
     pub(crate) async fn started_in(&self, limit: Duration) -> Status {
-        self.wait_in(limit, |s| {
-            !matches!(s, Status::Starting | Status::Reading { caught_up: false })
-        })
-        .await
+        self.wait_in(limit, |s| *s != Status::Starting).await
     }
 
     /// Waits, at most `limit`, until the reader reads the slot and has

@@ -188,44 +188,9 @@ impl WalSource {
         Ok(())
     }
 
-    fn settled(&self) {
-        self.shared.room.notify_waiters();
-    }
-}
-
-impl Drop for WalSource {
-    fn drop(&mut self) {
-        // Claims end with the source, before the reader lets go of the slot.
-        self.shared.status.send_replace(Status::Stopping);
-    }
-}
-
-/// What a [`WalSource`] holds, read from elsewhere (see
-/// [`WalSource::monitor`]).
-#[derive(Debug, Clone)]
-pub struct WalMonitor {
-    shared: std::sync::Weak<Shared>,
-    lease: Duration,
-}
-
-impl WalMonitor {
-    /// Messages read from the log and not yet settled, while the source
-    /// holds the slot; `None` when it does not (standing by, or dropped).
-    pub async fn held(&self) -> Option<usize> {
-        let shared = self.shared.upgrade()?;
-        if !shared.may_claim(self.lease / 2) {
-            return None;
-        }
-        let held = shared.state.lock().await.pending.len();
-        Some(held)
-    }
-}
-
-impl Source for WalSource {
-    type Item = Message;
-
-    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
-        self.shared.caught_up_in(self.config.lease / 4).await;
+    /// A claim of what the reader holds now and of what is due in the
+    /// failures table; empty while this source does not read the slot.
+    async fn claim_held(&self, limit: usize) -> Result<Claim<Message>, Error> {
         if !self.is_reading() {
             return Ok(Claim::empty());
         }
@@ -289,6 +254,67 @@ impl Source for WalSource {
         Ok(Claim::leased_since(claim, items, now))
     }
 
+    /// Held messages were settled: the reader may go on reading.
+    fn settled(&self, state: &State) {
+        self.shared.count_held(state);
+        self.shared.room.notify_waiters();
+    }
+}
+
+impl Drop for WalSource {
+    fn drop(&mut self) {
+        // Claims end with the source, before the reader lets go of the slot.
+        self.shared.status.send_replace(Status::Stopping);
+    }
+}
+
+/// What a [`WalSource`] holds, read from elsewhere (see
+/// [`WalSource::monitor`]).
+#[derive(Debug, Clone)]
+pub struct WalMonitor {
+    shared: std::sync::Weak<Shared>,
+    lease: Duration,
+}
+
+impl WalMonitor {
+    /// Messages read from the log and not yet settled, while the source
+    /// holds the slot; `None` when it does not (standing by, or dropped).
+    pub async fn held(&self) -> Option<usize> {
+        let shared = self.shared.upgrade()?;
+        if !shared.may_claim(self.lease / 2) {
+            return None;
+        }
+        let held = shared.state.lock().await.pending.len();
+        Some(held)
+    }
+}
+
+impl Source for WalSource {
+    type Item = Message;
+
+    /// Hands out what the reader holds. Only when that is nothing and the
+    /// reader has not caught up yet (it just took the slot, or stands by)
+    /// does the claim wait, until it holds something or has caught up, at
+    /// most a quarter of the lease: so a
+    /// claim right after the start sees everything committed before, and
+    /// an empty claim means the outbox was empty (what `Relay::drain`
+    /// stops on), while a reader paused with `max_held` messages never
+    /// holds claims back.
+    async fn claim(&self, limit: usize) -> Result<Claim<Message>, Error> {
+        let deadline = Instant::now() + self.config.lease / 4;
+        loop {
+            let claim = self.claim_held(limit).await?;
+            if !claim.is_empty() || self.shared.is_caught_up() || Instant::now() >= deadline {
+                return Ok(claim);
+            }
+            self.shared.caught_up_in(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn lease(&self) -> Duration {
+        self.config.lease
+    }
+
     async fn ack(&self, claim: ClaimId, items: &[Message]) -> Result<(), Error> {
         let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
         let mut state = self.shared.state.lock().await;
@@ -304,8 +330,7 @@ impl Source for WalSource {
             state.parked_read_at = Some(Instant::now());
         }
         state.pending.settle(claim, held);
-        drop(state);
-        self.settled();
+        self.settled(&state);
         Ok(())
     }
 
@@ -315,8 +340,7 @@ impl Source for WalSource {
         self.fail_in_table(&mut state, claim, failures, false)
             .await?;
         self.park(&mut state, claim, failures, false).await?;
-        drop(state);
-        self.settled();
+        self.settled(&state);
         Ok(())
     }
 
@@ -330,8 +354,7 @@ impl Source for WalSource {
         self.fail_in_table(&mut state, claim, failures, true)
             .await?;
         self.park(&mut state, claim, failures, true).await?;
-        drop(state);
-        self.settled();
+        self.settled(&state);
         Ok(())
     }
 
@@ -347,10 +370,6 @@ impl Source for WalSource {
         Ok(())
     }
 
-    fn lease(&self) -> Duration {
-        self.config.lease
-    }
-
     /// Confirms the slot past everything settled and waits (at most two
     /// seconds) until the server was told: unsettled messages behind
     /// settled ones move to the failures table first.
@@ -358,6 +377,7 @@ impl Source for WalSource {
         let target = {
             let mut state = self.shared.state.lock().await;
             move_behind_settled(&mut state, &self.failures, &self.pool, &self.config.slot).await;
+            self.settled(&state);
             state.pending.confirmable()
         };
         let mut reported = self.shared.reported.subscribe();

@@ -4,7 +4,7 @@
 use outbox_core::{CancellationToken, Message, Relay, RelayConfig};
 use outbox_mysql::{MysqlConfig, MysqlOutbox};
 use outbox_nats::NatsDestination;
-use outbox_postgres::{PostgresConfig, PostgresOutbox};
+use outbox_postgres::{PostgresConfig, PostgresOutbox, WalConfig, WalOutbox};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row as _;
@@ -31,6 +31,9 @@ pub enum Backlog {
         pool: MySqlPool,
         outbox: MysqlOutbox,
     },
+    /// PostgreSQL's WAL outbox: writers emit into the log, the relay reads
+    /// a slot. No table to claim from: the references do not run on it.
+    Wal { pool: PgPool, outbox: WalOutbox },
 }
 
 /// What a business transaction holds besides its order row.
@@ -75,6 +78,36 @@ impl Backlog {
         Backlog::Postgres { pool, outbox }
     }
 
+    /// The WAL outbox `<name>` (its prefix, slot, publication and failures
+    /// table `outbox_bench.<name>`) on the logical cluster at `url`,
+    /// created if missing.
+    pub async fn wal(url: &str, name: &str) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(80)
+            .connect(url)
+            .await
+            .expect("PostgreSQL with wal_level = logical at OUTBOX_POSTGRES_WAL_URL");
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS outbox_bench")
+            .execute(&pool)
+            .await
+            .ok();
+        let outbox = WalOutbox::new(
+            WalConfig {
+                url: url.into(),
+                prefix: name.into(),
+                slot: name.into(),
+                publication: name.into(),
+                schema: "outbox_bench".into(),
+                failures_table: name.into(),
+                ..WalConfig::default()
+            },
+            pool.clone(),
+        )
+        .expect("config");
+        outbox.migrate().await.expect("migrate");
+        Backlog::Wal { pool, outbox }
+    }
+
     /// The MySQL/MariaDB table `bench_<table>`, created if missing.
     pub async fn mysql(url: &str, table: &str) -> Self {
         let pool = MySqlPoolOptions::new()
@@ -99,15 +132,34 @@ impl Backlog {
         match self {
             Backlog::Postgres { outbox, .. } => outbox.config().table.clone(),
             Backlog::Mysql { outbox, .. } => outbox.config().table.clone(),
+            Backlog::Wal { outbox, .. } => outbox.config().slot.clone(),
         }
     }
 
-    /// Empties the table.
+    /// Empties the table (for the WAL outbox: its failures table, and its
+    /// slot advanced to the end of the log, once no relay reads it).
     pub async fn truncate(&self) {
         let sql = format!("TRUNCATE {}", self.qualified());
         match self {
             Backlog::Postgres { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
             Backlog::Mysql { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
+            Backlog::Wal { pool, outbox } => {
+                let advance = "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())";
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    let slot = &outbox.config().slot;
+                    match sqlx::query(advance).bind(slot).execute(pool).await {
+                        Ok(_) => break,
+                        // A stopping relay may still hold the slot a moment.
+                        Err(err) if std::time::Instant::now() < deadline => {
+                            let _ = err;
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        Err(err) => panic!("advance the slot: {err}"),
+                    }
+                }
+                sqlx::query(&sql).execute(pool).await.map(drop)
+            }
         }
         .expect("truncate");
     }
@@ -116,6 +168,10 @@ impl Backlog {
         match self {
             Backlog::Postgres { outbox, .. } => format!("outbox_bench.{}", outbox.config().table),
             Backlog::Mysql { outbox, .. } => outbox.config().table.clone(),
+            Backlog::Wal { outbox, .. } => {
+                let config = outbox.config();
+                format!("{}.{}", config.schema, config.failures_table)
+            }
         }
     }
 
@@ -139,11 +195,15 @@ impl Backlog {
             }
         }
         let analyze = match self {
-            Backlog::Postgres { .. } => format!("VACUUM ANALYZE {}", self.qualified()),
+            Backlog::Postgres { .. } | Backlog::Wal { .. } => {
+                format!("VACUUM ANALYZE {}", self.qualified())
+            }
             Backlog::Mysql { .. } => format!("ANALYZE TABLE {}", self.qualified()),
         };
         match self {
-            Backlog::Postgres { pool, .. } => sqlx::query(&analyze).execute(pool).await.map(drop),
+            Backlog::Postgres { pool, .. } | Backlog::Wal { pool, .. } => {
+                sqlx::query(&analyze).execute(pool).await.map(drop)
+            }
             Backlog::Mysql { pool, .. } => sqlx::query(&analyze).execute(pool).await.map(drop),
         }
         .expect("analyze");
@@ -168,15 +228,38 @@ impl Backlog {
                     .expect("enqueue");
                 tx.commit().await.expect("commit");
             }
+            Backlog::Wal { pool, outbox } => {
+                let mut tx = pool.begin().await.expect("begin");
+                outbox
+                    .enqueue_many(&mut tx, messages)
+                    .await
+                    .expect("enqueue");
+                tx.commit().await.expect("commit");
+            }
         }
     }
 
-    /// Rows still in the table.
+    /// Rows still in the table (for the WAL outbox: messages after the
+    /// slot's position, once no relay reads it, and in the failures table).
     pub async fn remaining(&self) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {}", self.qualified());
+        if let Backlog::Wal { outbox, .. } = self {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let unread = loop {
+                match outbox.unread().await {
+                    Ok(unread) => break unread,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    Err(err) => panic!("unread: {err}"),
+                }
+            };
+            return (unread + outbox.backlog().await.expect("backlog").waiting) as i64;
+        }
         match self {
             Backlog::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
             Backlog::Mysql { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            Backlog::Wal { .. } => unreachable!("counted above"),
         }
         .expect("count")
     }
@@ -241,6 +324,7 @@ impl Backlog {
                     .collect();
                 (Claim::Mysql(tx), rows)
             }
+            Backlog::Wal { .. } => panic!("the WAL outbox has no table for the references"),
         }
     }
 
@@ -279,6 +363,31 @@ impl Backlog {
         let order = Uuid::now_v7();
         match self {
             Backlog::Postgres { pool, outbox } => {
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query(
+                    "INSERT INTO outbox_bench.orders (id, customer, total) VALUES ($1, $2, $3)",
+                )
+                .bind(order)
+                .bind("customer")
+                .bind(4200_i64)
+                .execute(&mut *tx)
+                .await
+                .expect("insert order");
+                match added {
+                    Added::Nothing => {}
+                    Added::EmptyStatement => {
+                        sqlx::query("SELECT 1")
+                            .execute(&mut *tx)
+                            .await
+                            .expect("select");
+                    }
+                    Added::Message(message) => {
+                        outbox.enqueue(&mut tx, message).await.expect("enqueue");
+                    }
+                }
+                tx.commit().await.expect("commit");
+            }
+            Backlog::Wal { pool, outbox } => {
                 let mut tx = pool.begin().await.expect("begin");
                 sqlx::query(
                     "INSERT INTO outbox_bench.orders (id, customer, total) VALUES ($1, $2, $3)",
@@ -344,6 +453,11 @@ impl Backlog {
                 let relay = Relay::new(source, destination, config).expect("relay");
                 relay.run(shutdown).await
             }
+            Backlog::Wal { outbox, .. } => {
+                let source = outbox.source().await.expect("source");
+                let relay = Relay::new(source, destination, config).expect("relay");
+                relay.run(shutdown).await
+            }
         };
         ran.expect("relay");
     }
@@ -351,7 +465,7 @@ impl Backlog {
     /// Creates (and empties) the business table of the enqueue-cost runs.
     pub async fn orders_table(&self) {
         match self {
-            Backlog::Postgres { pool, .. } => {
+            Backlog::Postgres { pool, .. } | Backlog::Wal { pool, .. } => {
                 sqlx::query("CREATE TABLE IF NOT EXISTS outbox_bench.orders (id UUID PRIMARY KEY, customer TEXT NOT NULL, total BIGINT NOT NULL)")
                     .execute(pool)
                     .await

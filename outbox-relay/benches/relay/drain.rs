@@ -28,6 +28,9 @@ pub async fn drain(backlog: &Backlog, broker: &Broker, count: usize) {
         Backlog::Mysql { outbox, .. } => {
             into(outbox.source().await.expect("source"), broker, count).await
         }
+        Backlog::Wal { outbox, .. } => {
+            into(outbox.source().await.expect("source"), broker, count).await
+        }
     }
     assert_eq!(
         backlog.remaining().await,

@@ -43,7 +43,7 @@ impl Consumer {
     pub async fn on(backlog: &Backlog) -> Consumer {
         backlog.orders_table().await;
         let consumer = match backlog {
-            Backlog::Postgres { pool, .. } => Consumer::Postgres(
+            Backlog::Postgres { pool, .. } | Backlog::Wal { pool, .. } => Consumer::Postgres(
                 pool.clone(),
                 PostgresInbox::named("outbox_bench", "bench_inbox", pool.clone())
                     .expect("inbox name"),

@@ -85,6 +85,11 @@ pub async fn measure(
             destination,
             &shutdown,
         ),
+        Backlog::Wal { outbox, .. } => spawn_relay(
+            outbox.source().await.expect("source"),
+            destination,
+            &shutdown,
+        ),
     };
 
     // Writers share the pace: message i is due at i / rate seconds.

@@ -10,13 +10,15 @@
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
 //!     [--latency-seconds S] [--enqueue-seconds S] [--inbox-seconds S]
 //!     [--processes 1,2,4]
-//!     [--process-messages N] [--small N] [--write]
+//!     [--process-messages N] [--small N] [--wal-messages N] [--write]
 //! ```
 //!
 //! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
 //! median, with min and max), every pair, 30 s per latency run, 10 s per
 //! enqueue mode and per inbox mode, 1, 2 and 4 processes (on `--process-messages`, default
-//! `--messages`), a small backlog of 10,000. A value
+//! `--messages`), a small backlog of 10,000, and the WAL outbox's section
+//! (`wal.rs`) on 100,000 waiting with the latency and enqueue seconds of
+//! the rest. A value
 //! of 0 (or an empty list) skips that part. `--write` puts the tables into
 //! `BENCHMARKS.md` (between its `bench:begin` and `bench:end` marks) and
 //! the charts into `benchmarks/`. Servers come from the variables
@@ -35,6 +37,7 @@ mod latency;
 mod processes;
 mod references;
 mod report;
+mod wal;
 
 use std::time::Instant;
 
@@ -67,6 +70,7 @@ struct Options {
     processes: Vec<usize>,
     process_messages: usize,
     small: usize,
+    wal_messages: usize,
     write: bool,
 }
 
@@ -82,6 +86,7 @@ impl Options {
             processes: vec![1, 2, 4],
             process_messages: 0,
             small: 10_000,
+            wal_messages: 100_000,
             write: false,
         };
         let mut args = std::env::args().skip(1);
@@ -96,6 +101,7 @@ impl Options {
                 "--enqueue-seconds" => options.enqueue_seconds = number(&arg, &value()) as u64,
                 "--inbox-seconds" => options.inbox_seconds = number(&arg, &value()) as u64,
                 "--small" => options.small = number(&arg, &value()),
+                "--wal-messages" => options.wal_messages = number(&arg, &value()),
                 "--process-messages" => options.process_messages = number(&arg, &value()),
                 "--pairs" => options.pairs = list(&value()),
                 "--processes" => {
@@ -140,6 +146,7 @@ fn list(value: &str) -> Vec<String> {
 
 struct Servers {
     postgres: String,
+    postgres_wal: String,
     mysql: String,
     nats: String,
     kafka: String,
@@ -153,6 +160,10 @@ impl Servers {
             postgres: var(
                 "OUTBOX_POSTGRES_URL",
                 "postgres://postgres@127.0.0.1:5432/test",
+            ),
+            postgres_wal: var(
+                "OUTBOX_POSTGRES_WAL_URL",
+                "postgres://postgres@127.0.0.1:5433/test",
             ),
             mysql: var("OUTBOX_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
             nats: var("OUTBOX_NATS_URL", "nats://127.0.0.1:4222"),
@@ -389,6 +400,14 @@ async fn main() {
             backlog.truncate().await;
         }
     }
+
+    let wal_options = wal::WalOptions {
+        messages: options.wal_messages,
+        runs: options.runs,
+        enqueue_seconds: options.enqueue_seconds,
+        latency_seconds: options.latency_seconds,
+    };
+    wal::run(&servers, &wal_options).await;
 
     if options.inbox_seconds > 0 {
         for database in ["PostgreSQL", "MariaDB", "SQLite"] {

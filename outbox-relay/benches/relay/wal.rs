@@ -1,0 +1,169 @@
+//! The WAL outbox, in one run beside the table-based outbox on the same
+//! PostgreSQL cluster (the bench's cluster with `wal_level = logical`,
+//! `OUTBOX_POSTGRES_WAL_URL`): drains of a backlog to NATS JetStream and to
+//! Kafka against the table-based relay and the broker's own batched
+//! ceiling (the same messages built in memory and published 1,000 at a
+//! time with their acknowledgements in flight together, no database);
+//! what a message adds to a writer's one-row transaction against the floor
+//! (`SELECT 1`); and commit-to-broker latency at a steady rate.
+
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::backlog::{Backlog, Row};
+use crate::broker::Broker;
+use crate::enqueue::{self, Extra};
+use crate::report::{self, Costs, Spread};
+use crate::{drain, latency, Servers};
+
+/// What the section runs.
+pub struct WalOptions {
+    pub messages: usize,
+    pub runs: usize,
+    pub enqueue_seconds: u64,
+    pub latency_seconds: u64,
+}
+
+pub async fn run(servers: &Servers, options: &WalOptions) {
+    let url = &servers.postgres_wal;
+    if options.messages > 0 {
+        for name in ["nats", "kafka"] {
+            let broker = servers.broker(&format!("pg-{name}")).await;
+            let wal = Backlog::wal(url, &format!("bench_wal_{name}")).await;
+            let table = Backlog::postgres(url, &format!("bench_table_{name}"), false).await;
+            let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+            for _ in 0..options.runs {
+                // Interleaved, so a drift of the machine touches all three.
+                for (kind, rates) in rates.iter_mut().enumerate() {
+                    let address = broker.prepare(&format!("pgwal-{name}")).await;
+                    let rate = match kind {
+                        0 => drained(&wal, &broker, &address, options.messages).await,
+                        1 => drained(&table, &broker, &address, options.messages).await,
+                        _ => ceiling(&broker, &address, options.messages).await,
+                    };
+                    assert_eq!(
+                        broker.stored(&address).await,
+                        options.messages as u64,
+                        "the broker does not hold every message, once"
+                    );
+                    broker.release(&address).await;
+                    rates.push(rate);
+                }
+            }
+            let [wal_rate, table_rate, ceiling_rate] = rates.map(|r| Spread::of(r).median);
+            println!(
+                "PostgreSQL (WAL) -> {name}, {} waiting: WAL relay {wal_rate:.0}, table relay \
+                 {table_rate:.0}, broker's batched ceiling {ceiling_rate:.0} msg/s; WAL/table \
+                 {:.2}, WAL/ceiling {:.2}",
+                options.messages,
+                wal_rate / table_rate,
+                wal_rate / ceiling_rate
+            );
+            wal.truncate().await;
+            table.truncate().await;
+        }
+    }
+
+    let Broker::Nats(destination) = servers.broker("pg-nats").await else {
+        unreachable!("a NATS broker")
+    };
+    if options.enqueue_seconds > 0 {
+        let wal = Backlog::wal(url, "bench_wal_enqueue").await;
+        let table = Backlog::postgres(url, "bench_table_enqueue", true).await;
+        let broker = Broker::Nats(destination.clone());
+        let subject = broker.prepare("pgwal-enqueue").await;
+        let seconds = options.enqueue_seconds;
+        // Alternated within each run: the machine's speed drifts.
+        let mut costs: [Vec<enqueue::Cost>; 4] = Default::default();
+        for _ in 0..options.runs {
+            for (kind, costs) in costs.iter_mut().enumerate() {
+                let (backlog, extra) = match kind {
+                    0 => (&wal, Extra::Nothing),
+                    1 => (&wal, Extra::EmptyStatement),
+                    2 => (&wal, Extra::Message),
+                    _ => (&table, Extra::Message),
+                };
+                let writers = enqueue::WRITERS;
+                costs.push(
+                    enqueue::measure(backlog, extra, writers, seconds, &destination, &subject)
+                        .await,
+                );
+            }
+        }
+        let [nothing, floor, wal_message, table_message] = costs.map(Costs::of);
+        for (label, cost) in [
+            ("the order row alone", &nothing),
+            ("+ SELECT 1 (the floor)", &floor),
+            ("+ a WAL message", &wal_message),
+            ("+ a table message (default settings)", &table_message),
+        ] {
+            println!(
+                "PostgreSQL (logical) one-row transaction, {} writers, {label}: p50 {:.2} ms, {:.0}/s, added {:.1}x what SELECT 1 adds",
+                enqueue::WRITERS,
+                report::ms(cost.p50),
+                cost.per_second,
+                report::added_ratio(&nothing, &floor, cost)
+            );
+        }
+        broker.release(&subject).await;
+        wal.truncate().await;
+        table.truncate().await;
+    }
+
+    if options.latency_seconds > 0 {
+        let wal = Backlog::wal(url, "bench_wal_latency").await;
+        for rate in [1000, 5000] {
+            let broker = Broker::Nats(destination.clone());
+            let address = broker.prepare("pgwal-latency").await;
+            let measured =
+                latency::measure(&wal, &destination, &address, rate, options.latency_seconds).await;
+            broker.release(&address).await;
+            println!(
+                "PostgreSQL (WAL) -> NATS JetStream at {rate} msg/s ({:.0} reached): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                measured.reached,
+                report::ms(measured.quantile(0.5)),
+                report::ms(measured.quantile(0.99)),
+                report::ms(measured.max())
+            );
+        }
+        wal.truncate().await;
+    }
+}
+
+/// Fills `backlog` with `count` messages to `address`, drains it with the
+/// outbox's relay, and returns the rate.
+async fn drained(backlog: &Backlog, broker: &Broker, address: &str, count: usize) -> f64 {
+    backlog.fill(address, count).await;
+    let started = Instant::now();
+    let cpu = crate::cpu::CpuSample::take();
+    drain::drain(backlog, broker, count).await;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("OUTBOX_BENCH_CPU").is_some() {
+        println!(
+            "{:.0} msg/s, CPU: {}",
+            rate,
+            crate::cpu::CpuSample::take().since(&cpu).describe("relay")
+        );
+    }
+    rate
+}
+
+/// The broker's own batched ceiling: `count` messages of 200 bytes built in
+/// memory, published 1,000 at a time with their acknowledgements in flight
+/// together.
+async fn ceiling(broker: &Broker, address: &str, count: usize) -> f64 {
+    let rows: Vec<Row> = (0..count)
+        .map(|n| Row {
+            seq: n as i64,
+            id: Uuid::now_v7(),
+            destination: address.to_string(),
+            payload: vec![b'x'; 200],
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in rows.chunks(1000) {
+        broker.publish_all(chunk).await;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
