@@ -101,7 +101,9 @@ up_postgres_wal() {
         return
     fi
     answers "$pg_wal_port" && { log "postgres (logical): answering on $pg_wal_port, used as is"; return; }
-    start_pg_cluster "$pg_wal_port" "-c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64"
+    # Slots the tests leave behind pin the log; past 4 GB the server gives
+    # up on the one furthest behind rather than fill the disk.
+    start_pg_cluster "$pg_wal_port" "-c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64 -c max_slot_wal_keep_size=4GB"
 }
 
 # start_pg_cluster PORT OPTIONS: a cluster under .services/, made on first use.

@@ -1,6 +1,9 @@
 //! A transactional outbox for Rust: see the README (shown here when the
 //! `postgres` and `nats` features are on, so its examples compile as tests).
-#![cfg_attr(all(feature = "postgres", feature = "nats"), doc = include_str!("../README.md"))]
+#![cfg_attr(
+    all(feature = "postgres", feature = "postgres-wal", feature = "nats"),
+    doc = include_str!("../README.md")
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use outbox_core::*;

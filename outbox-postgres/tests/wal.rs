@@ -429,3 +429,41 @@ async fn a_backlog_larger_than_what_is_held_flows_through() {
         "the slot was not confirmed to the end"
     );
 }
+
+/// An idle outbox never pins the log: with nothing held, the reader
+/// confirms the positions the server's keep-alives carry, so the slot moves
+/// on past writes that are not the outbox's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_outbox_never_pins_the_log() {
+    let wal = wal("idle").await;
+    let source = wal.source(|_| {}).await;
+    assert!(eventually(DEADLINE, || async { source.is_reading() }).await);
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS outbox_test.wal_idle_writes (n int); \
+         INSERT INTO outbox_test.wal_idle_writes SELECT generate_series(1, 1000)",
+    )
+    .execute(&wal.pool)
+    .await
+    .unwrap();
+    let written: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+        .fetch_one(&wal.pool)
+        .await
+        .unwrap();
+    let confirmed = || async {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(&wal.outbox.config().slot)
+        .fetch_one(&wal.pool)
+        .await
+        .unwrap();
+        at.unwrap_or(0)
+    };
+    assert!(
+        eventually(DEADLINE, || async { confirmed().await >= written }).await,
+        "the slot stayed at {} behind the log's {written}",
+        confirmed().await
+    );
+    drop(source);
+}

@@ -765,4 +765,13 @@ async fn the_wal_outbox_is_relayed_by_settings_alone() {
     .await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("malformed envelope"), "{text}");
+    let dropped = eventually(DEADLINE, || async {
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(name)
+            .execute(&pool)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(dropped, "the slot stayed active after the relay exited");
 }

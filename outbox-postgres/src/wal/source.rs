@@ -277,6 +277,15 @@ pub struct WalMonitor {
 }
 
 impl WalMonitor {
+    /// Whether the source reads the slot and has read everything committed
+    /// before it took the slot (a reader starting on a slot far behind
+    /// first decodes the log since the slot's restart position).
+    pub fn is_caught_up(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|shared| shared.is_caught_up())
+    }
+
     /// Messages read from the log and not yet settled, while the source
     /// holds the slot; `None` when it does not (standing by, or dropped).
     pub async fn held(&self) -> Option<usize> {

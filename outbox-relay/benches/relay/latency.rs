@@ -85,11 +85,18 @@ pub async fn measure(
             destination,
             &shutdown,
         ),
-        Backlog::Wal { outbox, .. } => spawn_relay(
-            outbox.source().await.expect("source"),
-            destination,
-            &shutdown,
-        ),
+        Backlog::Wal { outbox, .. } => {
+            // Steady state: the writers start once the reader has caught
+            // up with the log, not while it decodes what came before.
+            let source = outbox.source().await.expect("source");
+            let monitor = source.monitor();
+            let started = spawn_relay(source, destination, &shutdown);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !monitor.is_caught_up() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            started
+        }
     };
 
     // Writers share the pace: message i is due at i / rate seconds.

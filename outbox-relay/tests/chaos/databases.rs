@@ -42,6 +42,9 @@ pub trait Database {
     async fn apply(&self, id: Uuid, amount: i64) -> Result<bool, String>;
     /// Rows of the business table, and the sum of their amounts.
     async fn effects(&self) -> (i64, i64);
+    /// Frees what the run leaves on the server beyond tables (a WAL
+    /// outbox's slot, which would pin the log).
+    async fn clean_up(&self) {}
 }
 
 pub struct Postgres {

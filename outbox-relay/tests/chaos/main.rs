@@ -392,6 +392,7 @@ async fn chaos(
         "the writer spread its keys"
     );
     target.clean_up().await;
+    database.clean_up().await;
     let copies = target.publishes.count();
     println!(
         "chaos {name}: {} messages over {KEYS} keys in {:?}; faults {struck:?}; {} relay starts; \

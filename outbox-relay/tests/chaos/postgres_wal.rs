@@ -170,4 +170,17 @@ impl Database for PostgresWal {
     async fn effects(&self) -> (i64, i64) {
         self.consumer().effects().await
     }
+
+    async fn clean_up(&self) {
+        // The stopped relays' walsenders end a moment after them.
+        let dropped = outbox_testkit::eventually(std::time::Duration::from_secs(30), || async {
+            sqlx::query("SELECT pg_drop_replication_slot($1)")
+                .bind(&self.name)
+                .execute(&self.pool)
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(dropped, "the slot stayed active after the relays stopped");
+    }
 }
