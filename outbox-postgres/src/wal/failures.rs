@@ -43,6 +43,18 @@ const COLUMNS: &str = "seq, id, attempts, payload, \
      convert_to(headers::text, 'SQL_ASCII') AS headers, \
      CASE WHEN isfinite(created_at) AND created_at < '200000-01-01' THEN created_at END AS created_at";
 
+/// A row as an operator lists it: id, attempts, and the message when the
+/// row can be read as one.
+fn listed(row: &PgRow) -> Result<(Uuid, u32, Option<Message>), Error> {
+    let message = match decode(row).map_err(classify)? {
+        Decoded::Message(message) => Some(message),
+        Decoded::Malformed { .. } => None,
+    };
+    let id = row.try_get("id").map_err(classify)?;
+    let attempts: i32 = row.try_get("attempts").map_err(classify)?;
+    Ok((id, attempts.max(0) as u32, message))
+}
+
 /// A row read back: its headers carry the message's log position as its
 /// sequence already, so the table's `seq` is not stamped on it.
 fn decode(row: &PgRow) -> Result<Decoded, sqlx::Error> {
@@ -250,16 +262,13 @@ impl Failures {
         .map_err(classify)?;
         rows.iter()
             .map(|row| {
-                let decoded = decode(row).map_err(classify)?;
+                let (id, attempts, message) = listed(row)?;
                 Ok(DeadLetter {
-                    id: row.try_get("id").map_err(classify)?,
-                    attempts: row.try_get::<i32, _>("attempts").map_err(classify)?.max(0) as u32,
+                    id,
+                    attempts,
+                    message,
                     error: row.try_get("last_error").map_err(classify)?,
                     dead_at: row.try_get("dead_at").map_err(classify)?,
-                    message: match decoded {
-                        Decoded::Message(message) => Some(message),
-                        Decoded::Malformed { .. } => None,
-                    },
                 })
             })
             .collect()
@@ -283,16 +292,13 @@ impl Failures {
         .map_err(classify)?;
         rows.iter()
             .map(|row| {
-                let decoded = decode(row).map_err(classify)?;
+                let (id, attempts, message) = listed(row)?;
                 Ok(Waiting {
-                    id: row.try_get("id").map_err(classify)?,
-                    attempts: row.try_get::<i32, _>("attempts").map_err(classify)?.max(0) as u32,
+                    id,
+                    attempts,
+                    message,
                     last_error: row.try_get("last_error").map_err(classify)?,
                     next_attempt_at: row.try_get("next_attempt_at").map_err(classify)?,
-                    message: match decoded {
-                        Decoded::Message(message) => Some(message),
-                        Decoded::Malformed { .. } => None,
-                    },
                 })
             })
             .collect()

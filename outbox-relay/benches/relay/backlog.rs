@@ -362,7 +362,7 @@ impl Backlog {
     pub async fn business_transaction(&self, added: Added<'_>) {
         let order = Uuid::now_v7();
         match self {
-            Backlog::Postgres { pool, outbox } => {
+            Backlog::Postgres { pool, .. } | Backlog::Wal { pool, .. } => {
                 let mut tx = pool.begin().await.expect("begin");
                 sqlx::query(
                     "INSERT INTO outbox_bench.orders (id, customer, total) VALUES ($1, $2, $3)",
@@ -373,42 +373,21 @@ impl Backlog {
                 .execute(&mut *tx)
                 .await
                 .expect("insert order");
-                match added {
-                    Added::Nothing => {}
-                    Added::EmptyStatement => {
+                match (added, self) {
+                    (Added::Nothing, _) => {}
+                    (Added::EmptyStatement, _) => {
                         sqlx::query("SELECT 1")
                             .execute(&mut *tx)
                             .await
                             .expect("select");
                     }
-                    Added::Message(message) => {
+                    (Added::Message(message), Backlog::Wal { outbox, .. }) => {
                         outbox.enqueue(&mut tx, message).await.expect("enqueue");
                     }
-                }
-                tx.commit().await.expect("commit");
-            }
-            Backlog::Wal { pool, outbox } => {
-                let mut tx = pool.begin().await.expect("begin");
-                sqlx::query(
-                    "INSERT INTO outbox_bench.orders (id, customer, total) VALUES ($1, $2, $3)",
-                )
-                .bind(order)
-                .bind("customer")
-                .bind(4200_i64)
-                .execute(&mut *tx)
-                .await
-                .expect("insert order");
-                match added {
-                    Added::Nothing => {}
-                    Added::EmptyStatement => {
-                        sqlx::query("SELECT 1")
-                            .execute(&mut *tx)
-                            .await
-                            .expect("select");
-                    }
-                    Added::Message(message) => {
+                    (Added::Message(message), Backlog::Postgres { outbox, .. }) => {
                         outbox.enqueue(&mut tx, message).await.expect("enqueue");
                     }
+                    (Added::Message(_), Backlog::Mysql { .. }) => unreachable!("a PostgreSQL arm"),
                 }
                 tx.commit().await.expect("commit");
             }

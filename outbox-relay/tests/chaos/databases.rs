@@ -110,22 +110,11 @@ impl Database for Postgres {
     }
 
     async fn end_relay_connections(&self) -> usize {
-        let ended: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-        )
-        .bind(format!("{APPLICATION}-{}", self.outbox.config().table))
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        ended.len()
+        end_connections(&self.pool, &self.outbox.config().table).await
     }
 
     async fn restart(&self) {
-        let own = self
-            .own
-            .as_ref()
-            .expect("only a cluster of the harness's own restarts");
-        own.restart().await;
+        restart(self.own.as_ref()).await;
     }
 
     async fn prepare_consumer(&self) {
@@ -150,6 +139,26 @@ impl Postgres {
             name: &config.table,
         }
     }
+}
+
+/// Ends every connection of the relays of the outbox `name` (they connect
+/// under `APPLICATION-name`); returns how many.
+pub async fn end_connections(pool: &sqlx::PgPool, name: &str) -> usize {
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(format!("{APPLICATION}-{name}"))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    ended.len()
+}
+
+/// Restarts a cluster of the harness's own.
+pub async fn restart(own: Option<&OwnPostgres>) {
+    own.expect("only a cluster of the harness's own restarts")
+        .restart()
+        .await;
 }
 
 /// The verifying consumer's inbox and business table on a PostgreSQL

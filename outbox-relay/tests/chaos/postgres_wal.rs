@@ -8,7 +8,7 @@ use outbox_postgres::{WalConfig, WalOutbox};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::databases::{Database, PgConsumer, APPLICATION};
+use crate::databases::{end_connections, restart, Database, PgConsumer, APPLICATION};
 use crate::support::servers::OwnPostgres;
 
 pub struct PostgresWal {
@@ -141,22 +141,11 @@ impl Database for PostgresWal {
     }
 
     async fn end_relay_connections(&self) -> usize {
-        let ended: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-        )
-        .bind(format!("{APPLICATION}-{}", self.name))
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        ended.len()
+        end_connections(&self.pool, &self.name).await
     }
 
     async fn restart(&self) {
-        let own = self
-            .own
-            .as_ref()
-            .expect("only a cluster of the harness's own restarts");
-        own.restart().await;
+        restart(self.own.as_ref()).await;
     }
 
     async fn prepare_consumer(&self) {
