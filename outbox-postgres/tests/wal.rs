@@ -467,3 +467,82 @@ async fn an_idle_outbox_never_pins_the_log() {
     );
     drop(source);
 }
+
+/// A key that becomes parked while the reader holds some of its messages
+/// (an operator requeued a dead letter of it, or a relay that lost the slot
+/// without knowing yet wrote a failure) keeps its order: what the reader
+/// held goes out before what it reads afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_parked_from_elsewhere_keeps_the_order_of_what_was_held() {
+    let wal = wal("parked_elsewhere").await;
+    let source = wal.source(|_| {}).await;
+    let claim_of = |expected: Uuid| {
+        let source = &source;
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let claim = source.claim(10).await.unwrap();
+                if claim.iter().any(|m| m.id == expected) {
+                    return claim;
+                }
+                let items = claim.to_vec();
+                source.release(claim.id(), &items).await.unwrap();
+                assert!(Instant::now() < deadline, "{expected} was never claimed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let [first, held, read_after] = [0, 1, 2].map(|n| {
+        Message::builder("events", "key")
+            .payload(format!("{n}"))
+            .build()
+            .unwrap()
+    });
+    wal.commit(std::slice::from_ref(&first)).await;
+    let claim = claim_of(first.id).await;
+    let failure = outbox_core::Failure {
+        item: first.clone(),
+        error: "refused".into(),
+        attempts: 1,
+        retry_after: Duration::ZERO,
+    };
+    source.dead_letter(claim.id(), &[failure]).await.unwrap();
+
+    wal.commit(std::slice::from_ref(&held)).await;
+    let monitor = source.monitor();
+    assert!(
+        eventually(DEADLINE, || async { monitor.held().await == Some(1) }).await,
+        "the reader never held the second message"
+    );
+    assert_eq!(wal.outbox.requeue(&[first.id]).await.unwrap(), 1);
+    // Once the source has seen the requeue, its claims start with it.
+    let mut delivered = Vec::new();
+    let claim = claim_of(first.id).await;
+    delivered.extend(claim.iter().map(|m| m.id));
+    wal.commit(std::slice::from_ref(&read_after)).await;
+    assert!(
+        eventually(DEADLINE, || async { wal.waiting().await == 3 }).await,
+        "the reader never read the third message"
+    );
+    let items = claim.to_vec();
+    source.ack(claim.id(), &items).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while delivered.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only {delivered:?} were delivered"
+        );
+        let claim = source.claim(10).await.unwrap();
+        if claim.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        delivered.extend(claim.iter().map(|m| m.id));
+        let items = claim.to_vec();
+        source.ack(claim.id(), &items).await.unwrap();
+    }
+    assert_eq!(
+        delivered,
+        vec![first.id, held.id, read_after.id],
+        "(first, held, read after): delivered out of order"
+    );
+}

@@ -149,6 +149,12 @@ impl Pending {
             .collect()
     }
 
+    /// The claim leasing `id` and since when, unless the lease lapsed.
+    pub(crate) fn lease_of(&self, id: Uuid, lease: Duration) -> Option<(ClaimId, Instant)> {
+        let entry = self.by_id.get(&id).and_then(|seq| self.entries.get(seq))?;
+        entry.lease.filter(|(_, at)| at.elapsed() < lease)
+    }
+
     /// Whether `id` is held under `claim`'s lease.
     pub(crate) fn holds(&self, claim: ClaimId, id: Uuid) -> bool {
         self.by_id

@@ -22,9 +22,10 @@ pub(crate) struct State {
     pub(crate) parked: HashSet<String>,
     /// Failures-table messages handed out: claim, since when, key.
     pub(crate) table_leases: HashMap<Uuid, (ClaimId, Instant, String)>,
-    /// Keys leased when the reader lost the slot, by claim: their sends may
-    /// still be under way, so the same keys read again wait for the claim's
-    /// report or for its lease to lapse.
+    /// Keys leased when the reader lost the slot, or whose leased messages
+    /// moved to the failures table, by claim: their sends may still be
+    /// under way, so the same keys, read again or waiting in the table,
+    /// wait for the claim's report or for its lease to lapse.
     pub(crate) stale: HashMap<String, (ClaimId, Instant)>,
     /// When the parked keys were last read from the table.
     pub(crate) parked_read_at: Option<Instant>,

@@ -92,7 +92,41 @@ impl WalSource {
         {
             return Ok(());
         }
-        state.parked = self.failures.parked_keys(&self.pool).await?;
+        let parked = self.failures.parked_keys(&self.pool).await?;
+        self.set_parked(state, parked).await
+    }
+
+    /// Takes `parked`, as just read from the failures table, as the keys
+    /// whose messages go there. A key parked from elsewhere (an operator
+    /// requeued a dead letter of it, or a relay that lost the slot without
+    /// knowing yet wrote a failure) may have messages held here, read
+    /// before: they go to the table first, in log order, so they leave
+    /// ahead of what the reader reads next; one leased now keeps its key
+    /// busy until its claim reports.
+    async fn set_parked(&self, state: &mut State, parked: HashSet<String>) -> Result<(), Error> {
+        let held: Vec<Message> = parked
+            .difference(&state.parked)
+            .flat_map(|key| state.pending.later_of_key(key, None))
+            .collect();
+        let rows: Vec<Parked> = held
+            .iter()
+            .map(|message| Parked {
+                message,
+                attempts: message.attempts,
+                retry_after: Duration::ZERO,
+                error: None,
+                dead: false,
+            })
+            .collect();
+        self.failures.insert(&self.pool, &rows).await?;
+        for message in &held {
+            if let Some(lease) = state.pending.lease_of(message.id, self.config.lease) {
+                state.stale.insert(message.ordering_key.clone(), lease);
+            }
+        }
+        state.pending.settle_taken(held.iter().map(|m| m.id));
+        self.settled(state);
+        state.parked = parked;
         state.parked_read_at = Some(Instant::now());
         Ok(())
     }
@@ -335,8 +369,8 @@ impl Source for WalSource {
                 state.table_leases.remove(id);
             }
             // A key whose last waiting message left goes back to the log.
-            state.parked = self.failures.parked_keys(&self.pool).await?;
-            state.parked_read_at = Some(Instant::now());
+            let parked = self.failures.parked_keys(&self.pool).await?;
+            self.set_parked(&mut state, parked).await?;
         }
         state.pending.settle(claim, held);
         self.settled(&state);
