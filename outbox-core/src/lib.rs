@@ -57,7 +57,7 @@ pub use metadata::{
 };
 pub use redact::redact_url;
 pub use relay::{Drained, Relay};
-pub use source::{Backlog, Failure, OnDeadLetter, Source, DEFAULT_BATCH_BYTES};
+pub use source::{Backlog, Failure, LogLag, OnDeadLetter, Source, DEFAULT_BATCH_BYTES};
 pub use stats::{Counts, Health, Stats, StatsSnapshot};
 pub use waiting::Waiting;
 

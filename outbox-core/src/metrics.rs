@@ -66,6 +66,14 @@ pub(crate) fn describe(destination: &'static str) {
         "outbox_oldest_waiting_age_seconds",
         "Age of the oldest waiting message (0 when none waits)."
     );
+    describe_gauge!(
+        "outbox_log_lag_bytes",
+        "For a source reading a database's log: log written past its confirmed position."
+    );
+    describe_gauge!(
+        "outbox_log_lag_seconds",
+        "For a source reading a database's log: age of the oldest transaction read and not confirmed."
+    );
     describe_histogram!(
         "outbox_claim_duration_seconds",
         "Time a claim took at the source, empty claims included."
@@ -141,6 +149,12 @@ pub(crate) fn backlog(destination: &'static str, backlog: &Backlog) {
     gauge!("outbox_backlog_dead_letters", &label).set(backlog.dead_letters as f64);
     let oldest = backlog.oldest_age.map_or(0.0, |age| age.as_secs_f64());
     gauge!("outbox_oldest_waiting_age_seconds", &label).set(oldest);
+    if let Some(lag) = backlog.log_lag {
+        gauge!("outbox_log_lag_bytes", &label).set(lag.bytes as f64);
+        if let Some(age) = lag.age {
+            gauge!("outbox_log_lag_seconds", &label).set(age.as_secs_f64());
+        }
+    }
 }
 
 /// The relay's health, as 1 or 0.

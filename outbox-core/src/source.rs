@@ -50,6 +50,30 @@ pub struct Backlog {
     pub oldest_age: Option<Duration>,
     /// Dead letters kept for an operator.
     pub dead_letters: u64,
+    /// For a source reading a database's log (PostgreSQL's write-ahead log
+    /// through a replication slot): how far behind it is.
+    pub log_lag: Option<LogLag>,
+}
+
+/// How far a source reading a database's log is behind the log's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogLag {
+    /// Log written past the position the source confirmed: what the server
+    /// keeps for it and what a restarted reader decodes again.
+    pub bytes: u64,
+    /// How long ago the oldest transaction read and not yet confirmed
+    /// committed: zero when every transaction read is confirmed, `None`
+    /// when the reporter reads nothing (an operator's view of the slot).
+    pub age: Option<Duration>,
+    /// The source's `max_lag_bytes`: above it the relay reports unhealthy.
+    pub max_bytes: Option<u64>,
+}
+
+impl LogLag {
+    /// Whether the lag is above the source's limit.
+    pub fn is_over_limit(&self) -> bool {
+        self.max_bytes.is_some_and(|max| self.bytes > max)
+    }
 }
 
 /// The relay's side of an outbox: claims batches under a lease and records

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{Backlog, Histogram, HistogramSnapshot};
+use crate::{Backlog, Histogram, HistogramSnapshot, LogLag};
 
 /// Live statistics of one relay, shared with whoever exports them. Read
 /// them with [`snapshot`](Stats::snapshot); only the relay writes them.
@@ -246,7 +246,10 @@ impl Stats {
     /// messages have waited longer than `stall_after` (by the source's
     /// backlog), one item reached an outcome within `stall_after`.
     ///
-    /// The last covers a relay whose claims succeed and come back empty
+    /// And, for a source reading a database's log, the log it has not
+    /// confirmed is within its `max_lag_bytes`.
+    ///
+    /// The last but one covers a relay whose claims succeed and come back empty
     /// while messages wait: their rows held by a stalled relay, behind a
     /// head waiting for its retry, or (with `OnDeadLetter::Park`) behind a
     /// dead letter until an operator requeues it. It says the outbox is
@@ -290,6 +293,20 @@ impl Stats {
                     "{waiting} messages waiting, the oldest for {oldest:?}, and none reached \
                      an outcome for {:?}",
                     self.since_progress()
+                ),
+            )
+        } else if let Some(lag) = self
+            .backlog()
+            .and_then(|b| b.log_lag)
+            .filter(LogLag::is_over_limit)
+        {
+            (
+                false,
+                format!(
+                    "the source is {} bytes behind the end of its log, more than its \
+                     max_lag_bytes ({}): the database keeps that log for it",
+                    lag.bytes,
+                    lag.max_bytes.unwrap_or_default()
                 ),
             )
         } else {

@@ -409,6 +409,37 @@ async fn nothing_delivered_while_messages_wait_makes_the_relay_unhealthy() {
     assert!(recovered, "never recovered: {health:?}");
 }
 
+/// A source reading a log further behind than its `max_lag_bytes` makes the
+/// relay unhealthy, naming the setting; within it, the relay is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_lag_past_its_limit_makes_the_relay_unhealthy() {
+    let lag = |bytes| outbox_core::LogLag {
+        bytes,
+        age: Some(Duration::from_secs(2)),
+        max_bytes: Some(1000),
+    };
+    for (bytes, healthy) in [(1000, true), (1001, false)] {
+        let source = MemorySource::default().with_log_lag(lag(bytes));
+        let relay = run_relay(source, MemoryDestination::new(), fast());
+        let refreshed = eventually(Duration::from_secs(10), || async {
+            relay.stats.backlog().is_some()
+        })
+        .await;
+        let health = relay.stats.health();
+        relay.stop().await;
+        assert!(refreshed, "no backlog reached the statistics");
+        assert_eq!(health.healthy, healthy, "{bytes} bytes behind: {health:?}");
+        if !healthy {
+            assert!(
+                health.reason.contains("1001 bytes")
+                    && health.reason.contains("max_lag_bytes (1000)"),
+                "{}",
+                health.reason
+            );
+        }
+    }
+}
+
 /// The backlog is counted off the claim path: a slow count never delays a
 /// claim, and its figure still reaches the statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ impl MysqlOutbox {
             waiting: waiting.max(0) as u64,
             oldest_age: oldest_us.map(|us| Duration::from_micros(us.max(0) as u64)),
             dead_letters: dead.max(0) as u64,
+            log_lag: None,
         })
     }
 

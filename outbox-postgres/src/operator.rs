@@ -29,6 +29,7 @@ impl PostgresOutbox {
             waiting: waiting as u64,
             oldest_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
             dead_letters: dead as u64,
+            log_lag: None,
         })
     }
 

@@ -546,3 +546,54 @@ async fn a_key_parked_from_elsewhere_keeps_the_order_of_what_was_held() {
         "(first, held, read after): delivered out of order"
     );
 }
+
+/// The source's backlog says how far the slot is behind the log, and a
+/// relay whose slot is further behind than `max_lag_bytes` reports
+/// unhealthy, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_lag_is_reported_and_past_its_limit_the_relay_is_unhealthy() {
+    let wal = wal("lag").await;
+    let reader = wal.source(|c| c.max_lag_bytes = Some(1)).await;
+    let messages = numbered_messages("events", 3, 1);
+    wal.commit(&messages).await;
+    let monitor = reader.monitor();
+    assert!(
+        eventually(DEADLINE, || async { monitor.held().await == Some(3) }).await,
+        "the reader never held the messages"
+    );
+    let lag = reader.backlog().await.unwrap().unwrap().log_lag.unwrap();
+    assert!(lag.bytes > 0, "{lag:?}");
+    assert!(
+        lag.age.is_some(),
+        "the reader knows its oldest transaction: {lag:?}"
+    );
+    assert!(lag.is_over_limit(), "{lag:?}");
+
+    // A standby relay of the same slot reads the same lag from the server.
+    let standby = wal.source(|c| c.max_lag_bytes = Some(1)).await;
+    let relay = run_relay(standby, MemoryDestination::new(), fast_relay_config());
+    assert!(
+        eventually(DEADLINE, || async { !relay.stats.health().healthy }).await,
+        "healthy with the slot behind its limit: {:?}",
+        relay.stats.health()
+    );
+    let health = relay.stats.health();
+    assert!(health.reason.contains("max_lag_bytes"), "{}", health.reason);
+    relay.stop().await;
+
+    let claim = reader.claim(10).await.unwrap();
+    assert_eq!(claim.len(), 3);
+    let items = claim.to_vec();
+    reader.ack(claim.id(), &items).await.unwrap();
+    assert!(
+        eventually(DEADLINE, || async {
+            let lag = reader.backlog().await.unwrap().unwrap().log_lag.unwrap();
+            lag.age == Some(Duration::ZERO)
+        })
+        .await,
+        "delivered transactions still count as unconfirmed"
+    );
+    let operator = wal.outbox.backlog().await.unwrap().log_lag.unwrap();
+    assert_eq!(operator.age, None, "an operator's view reads nothing");
+    assert_eq!(operator.max_bytes, Some(1 << 30));
+}

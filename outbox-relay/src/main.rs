@@ -179,6 +179,9 @@ async fn execute(
                 "waiting {}\noldest_age_seconds {oldest:.3}\ndead_letters {}",
                 backlog.waiting, backlog.dead_letters
             );
+            if let Some(lag) = backlog.log_lag {
+                println!("log_lag_bytes {}", lag.bytes);
+            }
             Ok(())
         }
         Command::Waiting { limit } => {

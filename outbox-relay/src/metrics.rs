@@ -50,7 +50,11 @@ mod tests {
     /// The series a relay that delivered a message exposes, by name.
     async fn served() -> (HashSet<String>, String) {
         let handle = builder().install_recorder().expect("the only recorder");
-        let source = MemorySource::default();
+        let source = MemorySource::default().with_log_lag(outbox_core::LogLag {
+            bytes: 1,
+            age: Some(Duration::ZERO),
+            max_bytes: None,
+        });
         source.enqueue(numbered_messages("t", 1, 2));
         let relay = run_relay(source, MemoryDestination::new(), RelayConfig::default());
         let stats = relay.stats.clone();

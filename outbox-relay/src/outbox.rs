@@ -70,6 +70,7 @@ pub fn open(settings: &SourceSettings) -> Result<Box<dyn Operator>, ConfigError>
                 on_dead_letter: shared.on_dead_letter,
                 batch_bytes: shared.batch_bytes,
                 max_held: wal.max_held,
+                max_lag_bytes: (wal.max_lag_bytes > 0).then_some(wal.max_lag_bytes),
             };
             Ok(Box::new(WalOutbox::new(config, pool).map_err(prefix)?))
         }

@@ -122,6 +122,10 @@ pub struct PostgresWalSettings {
     /// Most messages read and not yet settled held in memory. Default 50,000.
     #[serde(default = "default_max_held")]
     pub max_held: usize,
+    /// Log bytes the slot may fall behind before `/healthz` reports
+    /// unhealthy; 0 never. Default 1 GiB (1073741824).
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_lag_bytes: u64,
 }
 
 /// `kind = "mysql"`.
@@ -242,6 +246,10 @@ fn default_publication() -> String {
 fn default_failures_table() -> String {
     "outbox_wal_failures".into()
 }
+fn default_max_lag_bytes() -> u64 {
+    1 << 30
+}
+
 fn default_max_held() -> usize {
     50_000
 }

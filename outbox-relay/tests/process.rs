@@ -693,7 +693,8 @@ async fn a_relay_started_before_its_broker_comes_up_by_itself() {
 /// The WAL outbox by settings alone (`kind = "postgres_wal"`): `migrate`
 /// creates the slot, `drain` delivers what the writers emitted (a
 /// malformed envelope among them, dead-lettered with its reason), a second
-/// drain finds nothing, and `dead-letters list` shows the reason.
+/// drain finds nothing, `backlog` shows the slot's lag, and `dead-letters
+/// list` shows the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_outbox_is_relayed_by_settings_alone() {
     let name = "relay_wal";
@@ -721,7 +722,7 @@ async fn the_wal_outbox_is_relayed_by_settings_alone() {
     .unwrap();
     let source = format!(
         "kind = \"postgres_wal\"\nurl = \"{url}\"\nprefix = \"{name}\"\nslot = \"{name}\"\n\
-         publication = \"{name}\"\nfailures_table = \"{name}\""
+         publication = \"{name}\"\nfailures_table = \"{name}\"\nmax_lag_bytes = 1073741824"
     );
     let config = settings_with_source(&source, name, spare_port(), "");
     let (code, text) = finish(relay(&config, &["migrate"]).spawn().unwrap(), DEADLINE).await;
@@ -758,6 +759,9 @@ async fn the_wal_outbox_is_relayed_by_settings_alone() {
     let arrivals = read(&nats_stream, &messages).await;
     assert_eq!(arrivals.len(), messages.len());
     assert_order_per_key(&messages, &arrivals);
+    let (code, text) = finish(relay(&config, &["backlog"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("log_lag_bytes "), "{text}");
     let (code, text) = finish(
         relay(&config, &["dead-letters", "list"]).spawn().unwrap(),
         DEADLINE,

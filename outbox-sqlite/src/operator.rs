@@ -31,6 +31,7 @@ impl SqliteOutbox {
             oldest_age: oldest_us
                 .map(|us| Duration::from_micros(now.saturating_sub(us).max(0) as u64)),
             dead_letters: dead.max(0) as u64,
+            log_lag: None,
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
+use crate::{Backlog, Claim, ClaimId, Error, Failure, LogLag, Message, OnDeadLetter, Source};
 
 /// A dead-lettered message kept for an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,7 @@ pub struct MemorySource {
     lease: Duration,
     on_dead_letter: OnDeadLetter,
     batch_bytes: usize,
+    log_lag: Option<LogLag>,
 }
 
 impl Default for MemorySource {
@@ -63,6 +64,7 @@ impl MemorySource {
             lease,
             on_dead_letter: OnDeadLetter::Continue,
             batch_bytes: usize::MAX,
+            log_lag: None,
         }
     }
 
@@ -70,6 +72,13 @@ impl MemorySource {
     /// `batch_bytes` does (unbounded by default).
     pub fn batch_bytes(mut self, batch_bytes: usize) -> Self {
         self.batch_bytes = batch_bytes;
+        self
+    }
+
+    /// Reports `lag` in every backlog, as a source reading a database's log
+    /// does: for tests of health and metrics.
+    pub fn with_log_lag(mut self, lag: LogLag) -> Self {
+        self.log_lag = Some(lag);
         self
     }
 
@@ -306,6 +315,7 @@ impl Source for MemorySource {
             waiting: waiting.len() as u64,
             oldest_age,
             dead_letters: (table.rows.len() - waiting.len()) as u64,
+            log_lag: self.log_lag,
         }))
     }
 }

@@ -42,6 +42,10 @@ pub struct WalConfig {
     /// Most messages read from the log and not yet settled that the relay
     /// holds in memory; reading pauses at this. Default 50,000.
     pub max_held: usize,
+    /// Log bytes the slot may fall behind the log's end before the relay
+    /// reports unhealthy (`Stats::health`, `/healthz`): the server keeps
+    /// that much log for the slot. `None` never. Default 1 GiB.
+    pub max_lag_bytes: Option<u64>,
 }
 
 impl Default for WalConfig {
@@ -57,6 +61,7 @@ impl Default for WalConfig {
             on_dead_letter: OnDeadLetter::Continue,
             batch_bytes: DEFAULT_BATCH_BYTES,
             max_held: 50_000,
+            max_lag_bytes: Some(1 << 30),
         }
     }
 }
@@ -74,6 +79,7 @@ impl fmt::Debug for WalConfig {
             .field("on_dead_letter", &self.on_dead_letter)
             .field("batch_bytes", &self.batch_bytes)
             .field("max_held", &self.max_held)
+            .field("max_lag_bytes", &self.max_lag_bytes)
             .finish()
     }
 }
@@ -99,6 +105,12 @@ impl WalConfig {
         }
         if self.max_held == 0 {
             return Err(ConfigError::new("max_held", "must be at least 1"));
+        }
+        if self.max_lag_bytes == Some(0) {
+            return Err(ConfigError::new(
+                "max_lag_bytes",
+                "must be at least 1 (or unset, to never report the lag unhealthy)",
+            ));
         }
         Ok(())
     }
@@ -219,6 +231,11 @@ mod tests {
             ..config("postgres://h/db")
         };
         assert_eq!(slot.validate().unwrap_err().setting, "slot");
+        let lag = WalConfig {
+            max_lag_bytes: Some(0),
+            ..config("postgres://h/db")
+        };
+        assert_eq!(lag.validate().unwrap_err().setting, "max_lag_bytes");
         let shown = format!("{:?}", config("postgres://u:secret@h/db"));
         assert!(!shown.contains("secret"), "{shown}");
     }

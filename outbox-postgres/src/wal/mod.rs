@@ -27,6 +27,7 @@
 mod config;
 mod envelope;
 mod failures;
+mod lag;
 mod operator;
 mod pending;
 mod reader;
@@ -35,7 +36,9 @@ mod source;
 
 use std::sync::Arc;
 
-use outbox_core::{Backlog, ConfigError, DeadLetter, Error, Event, Message, Metadata, Waiting};
+use outbox_core::{
+    Backlog, ConfigError, DeadLetter, Error, Event, LogLag, Message, Metadata, Waiting,
+};
 use sqlx::{Executor, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -270,7 +273,8 @@ impl WalOutbox {
     }
 
     /// The failures table's part of the backlog: messages waiting there for
-    /// a retry (or behind one), the oldest's age, and the dead letters.
+    /// a retry (or behind one), the oldest's age, and the dead letters; and
+    /// how many bytes of log the slot is behind.
     /// Messages a relay has read and not yet delivered are in its source's
     /// backlog (its `Stats`); those not read yet, in [`WalOutbox::unread`]
     /// and [`WalOutbox::slot_lag_bytes`].
@@ -280,6 +284,11 @@ impl WalOutbox {
             waiting,
             oldest_age: oldest.map(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default()),
             dead_letters: self.failures.count_dead(&self.pool).await?,
+            log_lag: self.slot_lag_bytes().await?.map(|bytes| LogLag {
+                bytes,
+                age: None,
+                max_bytes: self.config.max_lag_bytes,
+            }),
         })
     }
 
@@ -309,16 +318,7 @@ impl WalOutbox {
     /// How far the slot's confirmed position is behind the log's end, in
     /// bytes (`None` when the slot does not exist).
     pub async fn slot_lag_bytes(&self) -> Result<Option<u64>, Error> {
-        let lag: Option<i64> = sqlx::query_scalar(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(&self.config.slot)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .flatten();
-        Ok(lag.map(|lag| lag.max(0) as u64))
+        lag::slot_lag_bytes(&self.pool, &self.config.slot).await
     }
 }
 

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use outbox_core::{ClaimId, Message};
 use uuid::Uuid;
 
@@ -24,6 +25,7 @@ struct Entry {
 
 struct Txn {
     end: Lsn,
+    committed_at: DateTime<Utc>,
     open: usize,
     settled: usize,
 }
@@ -55,13 +57,13 @@ impl Pending {
         self.entries.values().map(|e| e.message.created_at).min()
     }
 
-    /// A committed transaction ending at `end` whose messages (those not
+    /// A transaction committed at `committed_at`, ending at `end`, whose messages (those not
     /// written to the failures table) are `messages`, in commit order. A
     /// message whose id is already held is a writer's duplicate and is
     /// dropped: the held one carries it.
     /// A transaction read again after a reconnection (its end is not past
     /// the last one's) is dropped: its messages are held already.
-    pub(crate) fn commit(&mut self, end: Lsn, messages: Vec<Message>) {
+    pub(crate) fn commit(&mut self, end: Lsn, committed_at: DateTime<Utc>, messages: Vec<Message>) {
         if end <= self.last_end {
             return;
         }
@@ -85,6 +87,7 @@ impl Pending {
         }
         self.txns.push_back(Txn {
             end,
+            committed_at,
             open,
             settled: 0,
         });
@@ -233,6 +236,12 @@ impl Pending {
             .collect()
     }
 
+    /// When the oldest transaction read and not yet confirmed committed.
+    pub(crate) fn oldest_unconfirmed(&mut self) -> Option<DateTime<Utc>> {
+        self.confirmable();
+        self.txns.front().map(|t| t.committed_at)
+    }
+
     /// The position the slot may confirm now: the end of the last settled
     /// transaction with every earlier one settled.
     pub(crate) fn confirmable(&mut self) -> Lsn {
@@ -264,8 +273,8 @@ mod tests {
     fn a_claim_takes_a_prefix_per_key_and_skips_leased_keys() {
         let mut pending = Pending::default();
         let (a1, a2, b1) = (message("a"), message("a"), message("b"));
-        pending.commit(10, vec![a1.clone(), b1.clone()]);
-        pending.commit(20, vec![a2.clone()]);
+        pending.commit(10, Utc::now(), vec![a1.clone(), b1.clone()]);
+        pending.commit(20, Utc::now(), vec![a2.clone()]);
         let (first, taken) = claim(&mut pending, 1);
         assert_eq!(taken, vec![a1.clone()]);
         let (_, taken) = claim(&mut pending, 10);
@@ -279,9 +288,9 @@ mod tests {
     fn the_slot_is_confirmed_up_to_the_first_unsettled_transaction() {
         let mut pending = Pending::default();
         let (a, b, c) = (message("a"), message("b"), message("c"));
-        pending.commit(10, vec![a.clone()]);
-        pending.commit(20, vec![b.clone()]);
-        pending.commit(30, vec![c.clone()]);
+        pending.commit(10, Utc::now(), vec![a.clone()]);
+        pending.commit(20, Utc::now(), vec![b.clone()]);
+        pending.commit(30, Utc::now(), vec![c.clone()]);
         let (id, _) = claim(&mut pending, 10);
         pending.settle(id, [b.id, c.id]);
         assert_eq!(pending.confirmable(), 0, "a holds back 20 and 30");
@@ -295,9 +304,9 @@ mod tests {
     fn what_holds_back_a_settled_message_is_named() {
         let mut pending = Pending::default();
         let (a, b, c, d) = (message("a"), message("b"), message("c"), message("d"));
-        pending.commit(10, vec![a.clone()]);
-        pending.commit(20, vec![b.clone(), c.clone()]);
-        pending.commit(30, vec![d.clone()]);
+        pending.commit(10, Utc::now(), vec![a.clone()]);
+        pending.commit(20, Utc::now(), vec![b.clone(), c.clone()]);
+        pending.commit(30, Utc::now(), vec![d.clone()]);
         assert!(pending.behind_settled().is_empty());
         let (id, _) = claim(&mut pending, 10);
         pending.settle(id, [c.id]);
@@ -314,7 +323,7 @@ mod tests {
     fn a_report_of_a_lost_claim_changes_nothing() {
         let mut pending = Pending::default();
         let a = message("a");
-        pending.commit(10, vec![a.clone()]);
+        pending.commit(10, Utc::now(), vec![a.clone()]);
         let stale = ClaimId::new();
         pending.claim(stale, 10, usize::MAX, &HashSet::new(), Duration::ZERO);
         let fresh = ClaimId::new();
@@ -330,7 +339,7 @@ mod tests {
     fn later_messages_of_a_key_follow_it_out() {
         let mut pending = Pending::default();
         let (a1, b1, a2) = (message("a"), message("b"), message("a"));
-        pending.commit(10, vec![a1.clone(), b1.clone(), a2.clone()]);
+        pending.commit(10, Utc::now(), vec![a1.clone(), b1.clone(), a2.clone()]);
         assert_eq!(pending.later_of_key("a", Some(a1.id)), vec![a2.clone()]);
         pending.settle_taken([a1.id, a2.id]);
         assert_eq!(pending.len(), 1);

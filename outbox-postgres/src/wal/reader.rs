@@ -230,7 +230,7 @@ impl Reader {
                                 .into(),
                         },
                     );
-                    return self.commit(None, vec![read]).await;
+                    return self.commit(None, Utc::now(), vec![read]).await;
                 };
                 reads.push(match decode(&content, *committed_at) {
                     Ok(mut message) => {
@@ -251,8 +251,9 @@ impl Reader {
                 });
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                let reads = open.take().map(|(_, reads)| reads).unwrap_or_default();
-                self.commit(Some(end_lsn.as_u64()), reads).await?;
+                let (committed_at, reads) = open.take().unwrap_or_else(|| (Utc::now(), Vec::new()));
+                self.commit(Some(end_lsn.as_u64()), committed_at, reads)
+                    .await?;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } if open.is_none() => {
                 self.shared
@@ -270,7 +271,12 @@ impl Reader {
     /// A transaction read to its end (or a lone message, `end` `None`):
     /// malformed messages and those of parked keys go to the failures
     /// table, the others are held for claims.
-    async fn commit(&self, end: Option<u64>, reads: Vec<Read>) -> Result<(), String> {
+    async fn commit(
+        &self,
+        end: Option<u64>,
+        committed_at: DateTime<Utc>,
+        reads: Vec<Read>,
+    ) -> Result<(), String> {
         let mut state = self.shared.state.lock().await;
         if end.is_some_and(|end| end <= state.pending.last_end()) {
             return Ok(()); // read again after a reconnection: held already
@@ -326,7 +332,7 @@ impl Reader {
         }
         let any = !held.is_empty();
         if let Some(end) = end {
-            state.pending.commit(end, held);
+            state.pending.commit(end, committed_at, held);
         }
         self.shared.count_held(&state);
         drop(state);

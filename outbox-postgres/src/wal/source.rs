@@ -5,12 +5,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, Source};
+use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, LogLag, Message, Source};
 use sqlx::PgPool;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::failures::{Failures, Parked};
+use super::lag::slot_lag_bytes;
 use super::reader::{move_behind_settled, Reader};
 use super::shared::{Shared, State, Status};
 use super::WalConfig;
@@ -438,16 +439,33 @@ impl Source for WalSource {
     }
 
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
-        let (held, held_oldest) = {
-            let state = self.shared.state.lock().await;
-            (state.pending.len() as u64, state.pending.oldest())
+        let (held, held_oldest, unconfirmed) = {
+            let mut state = self.shared.state.lock().await;
+            let unconfirmed = state.pending.oldest_unconfirmed();
+            (
+                state.pending.len() as u64,
+                state.pending.oldest(),
+                unconfirmed,
+            )
         };
         let (table, table_oldest) = self.failures.waiting(&self.pool).await?;
         let oldest = held_oldest.into_iter().chain(table_oldest).min();
+        let age = |at: chrono::DateTime<chrono::Utc>| {
+            (chrono::Utc::now() - at).to_std().unwrap_or_default()
+        };
+        let lag = slot_lag_bytes(&self.pool, &self.config.slot).await?;
         Ok(Some(Backlog {
             waiting: held + table,
-            oldest_age: oldest.map(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default()),
+            oldest_age: oldest.map(age),
             dead_letters: self.failures.count_dead(&self.pool).await?,
+            // Only the reading relay knows what it read and did not confirm.
+            log_lag: lag.map(|bytes| LogLag {
+                bytes,
+                age: self
+                    .is_reading()
+                    .then(|| unconfirmed.map_or(Duration::ZERO, age)),
+                max_bytes: self.config.max_lag_bytes,
+            }),
         }))
     }
 }
