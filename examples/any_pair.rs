@@ -5,7 +5,9 @@
 //! See `shop/mod.rs`.
 //!
 //! `scripts/services.sh up`, then
-//! `cargo run --example any_pair --all-features -- [ORDERS] [postgres|mysql] [kafka|amqp|nats]`
+//! `cargo run --example any_pair --all-features -- [ORDERS] [postgres|postgres_wal|mysql] [kafka|amqp|nats]`
+//! (`postgres_wal`: the events go through PostgreSQL's write-ahead log, on
+//! the server at `OUTBOX_POSTGRES_WAL_URL`).
 
 #[path = "shop/mod.rs"]
 mod shop;
@@ -45,7 +47,7 @@ impl Shop for AnyShop {
 
     async fn source(&self) -> Result<BoxSource<Message>> {
         Ok(match self {
-            AnyShop::Postgres(shop) => shop.source().await?.boxed(),
+            AnyShop::Postgres(shop) => shop.source().await?,
             AnyShop::Mysql(shop) => shop.source().await?.boxed(),
         })
     }
@@ -70,8 +72,11 @@ async fn main() -> Result {
     println!("{database} -> {broker}, chosen at run time");
     let shop = match database.as_str() {
         "postgres" => AnyShop::Postgres(shop::postgres::PostgresShop::open(&name).await?),
+        "postgres_wal" => AnyShop::Postgres(shop::postgres::PostgresShop::open_wal(&name).await?),
         "mysql" => AnyShop::Mysql(shop::mysql::MysqlShop::open(&name).await?),
-        other => return Err(format!("no database {other:?}: postgres or mysql").into()),
+        other => {
+            return Err(format!("no database {other:?}: postgres, postgres_wal or mysql").into())
+        }
     };
     let broker = match broker.as_str() {
         "kafka" => boxed(shop::kafka::connect(&name).await?),

@@ -1,9 +1,12 @@
 //! The shop on PostgreSQL: `shop.<name>_orders` and its outbox table
-//! `shop.<name>_outbox`; the consumer's `shop.<name>_history` and its inbox
-//! `shop.<name>_inbox`.
+//! `shop.<name>_outbox` (or, feature `postgres-wal`, its events written
+//! into the write-ahead log); the consumer's `shop.<name>_history` and its
+//! inbox `shop.<name>_inbox`.
 
-use outbox::postgres::{PostgresConfig, PostgresInbox, PostgresOutbox, PostgresSource, Receipt};
-use outbox::Message;
+use outbox::postgres::{PostgresConfig, PostgresInbox, PostgresOutbox, Receipt};
+#[cfg(feature = "postgres-wal")]
+use outbox::postgres::{WalConfig, WalOutbox};
+use outbox::{BoxSource, Message, Source};
 use sqlx::PgPool;
 
 use super::{Arrival, OrderEvent, Result, Shop, CONSUMER};
@@ -11,10 +14,19 @@ use super::{Arrival, OrderEvent, Result, Shop, CONSUMER};
 /// The orders table and outbox of one example.
 pub struct PostgresShop {
     pool: PgPool,
-    outbox: PostgresOutbox,
+    outbox: Outbox,
     orders: String,
     inbox: PostgresInbox,
     history: String,
+}
+
+/// Where the shop's events are written.
+enum Outbox {
+    /// The outbox table.
+    Table(PostgresOutbox),
+    /// The write-ahead log.
+    #[cfg(feature = "postgres-wal")]
+    Wal(WalOutbox),
 }
 
 impl PostgresShop {
@@ -22,18 +34,7 @@ impl PostgresShop {
     pub async fn open(name: &str) -> Result<Self> {
         let url = std::env::var("OUTBOX_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let pool = PgPool::connect(&url).await.map_err(|err| {
-            format!("PostgreSQL at OUTBOX_POSTGRES_URL: {err} (run scripts/services.sh up)")
-        })?;
-        let orders = format!("shop.{name}_orders");
-        let history = format!("shop.{name}_history");
-        sqlx::raw_sql(&format!(
-            "CREATE SCHEMA IF NOT EXISTS shop; \
-             CREATE TABLE IF NOT EXISTS {orders} (id text PRIMARY KEY, status text NOT NULL, total_cents bigint NOT NULL); \
-             CREATE TABLE IF NOT EXISTS {history} (message_id uuid NOT NULL, order_id text NOT NULL, status text NOT NULL)"
-        ))
-        .execute(&pool)
-        .await?;
+        let pool = connect("OUTBOX_POSTGRES_URL", &url).await?;
         let outbox = PostgresOutbox::new(
             PostgresConfig {
                 schema: "shop".into(),
@@ -43,6 +44,43 @@ impl PostgresShop {
             pool.clone(),
         )?;
         outbox.migrate().await?;
+        Self::with_outbox(name, pool, Outbox::Table(outbox)).await
+    }
+
+    /// Connects to `OUTBOX_POSTGRES_WAL_URL` (a server with `wal_level =
+    /// logical`) and writes the events into the write-ahead log: the relay
+    /// reads them through the slot `<name>`.
+    #[cfg(feature = "postgres-wal")]
+    pub async fn open_wal(name: &str) -> Result<Self> {
+        let url = std::env::var("OUTBOX_POSTGRES_WAL_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into());
+        let pool = connect("OUTBOX_POSTGRES_WAL_URL", &url).await?;
+        let outbox = WalOutbox::new(
+            WalConfig {
+                url,
+                prefix: name.into(),
+                slot: name.into(),
+                publication: name.into(),
+                schema: "shop".into(),
+                failures_table: format!("{name}_failures"),
+                ..WalConfig::default()
+            },
+            pool.clone(),
+        )?;
+        outbox.migrate().await?;
+        Self::with_outbox(name, pool, Outbox::Wal(outbox)).await
+    }
+
+    async fn with_outbox(name: &str, pool: PgPool, outbox: Outbox) -> Result<Self> {
+        let orders = format!("shop.{name}_orders");
+        let history = format!("shop.{name}_history");
+        sqlx::raw_sql(&format!(
+            "CREATE SCHEMA IF NOT EXISTS shop; \
+             CREATE TABLE IF NOT EXISTS {orders} (id text PRIMARY KEY, status text NOT NULL, total_cents bigint NOT NULL); \
+             CREATE TABLE IF NOT EXISTS {history} (message_id uuid NOT NULL, order_id text NOT NULL, status text NOT NULL)"
+        ))
+        .execute(&pool)
+        .await?;
         let inbox = PostgresInbox::named("shop", &format!("{name}_inbox"), pool.clone())?;
         inbox.migrate().await?;
         Ok(Self {
@@ -55,8 +93,15 @@ impl PostgresShop {
     }
 }
 
+/// A pool on `url`, read from the environment's `variable`.
+async fn connect(variable: &str, url: &str) -> Result<PgPool> {
+    PgPool::connect(url).await.map_err(|err| {
+        format!("PostgreSQL at {variable}: {err} (run scripts/services.sh up)").into()
+    })
+}
+
 impl Shop for PostgresShop {
-    type Source = PostgresSource;
+    type Source = BoxSource<Message>;
 
     async fn record(&self, event: &OrderEvent, message: &Message) -> Result {
         let mut tx = self.pool.begin().await?;
@@ -70,13 +115,21 @@ impl Shop for PostgresShop {
         .bind(event.total_cents())
         .execute(&mut *tx)
         .await?;
-        self.outbox.enqueue(&mut tx, message).await?;
+        match &self.outbox {
+            Outbox::Table(outbox) => outbox.enqueue(&mut tx, message).await?,
+            #[cfg(feature = "postgres-wal")]
+            Outbox::Wal(outbox) => outbox.enqueue(&mut tx, message).await?,
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn source(&self) -> Result<PostgresSource> {
-        Ok(self.outbox.source().await?)
+    async fn source(&self) -> Result<BoxSource<Message>> {
+        Ok(match &self.outbox {
+            Outbox::Table(outbox) => outbox.source().await?.boxed(),
+            #[cfg(feature = "postgres-wal")]
+            Outbox::Wal(outbox) => outbox.source().await?.boxed(),
+        })
     }
 
     async fn apply(&self, arrival: &Arrival) -> Result<bool> {
