@@ -119,7 +119,7 @@ pub struct PostgresWalSettings {
     /// The failures table. Default `outbox_wal_failures`.
     #[serde(default = "default_failures_table")]
     pub failures_table: String,
-    /// Most messages read and not yet settled held in memory. Default 50,000.
+    /// Most messages read and not yet settled held in memory. Default 10,000.
     #[serde(default = "default_max_held")]
     pub max_held: usize,
     /// Log bytes the slot may fall behind before `/healthz` reports
@@ -251,7 +251,7 @@ fn default_max_lag_bytes() -> u64 {
 }
 
 fn default_max_held() -> usize {
-    50_000
+    10_000
 }
 fn default_lease_ms() -> u64 {
     30_000

@@ -40,7 +40,9 @@ pub struct WalConfig {
     /// Most payload bytes one claim hands out (default 16 MiB).
     pub batch_bytes: usize,
     /// Most messages read from the log and not yet settled that the relay
-    /// holds in memory; reading pauses at this. Default 50,000.
+    /// holds in memory; reading pauses at this. Default 10,000: ten claims
+    /// of 1,000 ahead, measured faster than 50,000 (48,802 against 32,770
+    /// msg/s draining 1,000,000 in one `outbox-relay`) and within 64 MiB.
     pub max_held: usize,
     /// Log bytes the slot may fall behind the log's end before the relay
     /// reports unhealthy (`Stats::health`, `/healthz`): the server keeps
@@ -60,7 +62,7 @@ impl Default for WalConfig {
             lease: Duration::from_secs(30),
             on_dead_letter: OnDeadLetter::Continue,
             batch_bytes: DEFAULT_BATCH_BYTES,
-            max_held: 50_000,
+            max_held: 10_000,
             max_lag_bytes: Some(1 << 30),
         }
     }

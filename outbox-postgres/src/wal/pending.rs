@@ -11,14 +11,18 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use outbox_core::{ClaimId, Message};
+use outbox_core::{ClaimId, Message, HEADER_SEQUENCE};
 use uuid::Uuid;
 
 /// A position in the write-ahead log.
 pub(crate) type Lsn = u64;
 
+/// A held message keeps no sequence header (a header map costs an
+/// allocation of about half a kilobyte, more than the message): its log
+/// position is stamped on the copy that leaves memory (see [`stamped`]).
 struct Entry {
     message: Message,
+    position: Lsn,
     txn: Lsn,
     lease: Option<(ClaimId, Instant)>,
 }
@@ -28,6 +32,21 @@ struct Txn {
     committed_at: DateTime<Utc>,
     open: usize,
     settled: usize,
+}
+
+impl Entry {
+    fn stamped(&self) -> Message {
+        stamped(self.message.clone(), self.position)
+    }
+}
+
+/// `message` with its log position as its sequence header, which the
+/// inbox's `apply_in_order` compares within a key.
+pub(crate) fn stamped(mut message: Message, position: Lsn) -> Message {
+    message
+        .headers
+        .insert(HEADER_SEQUENCE.to_string(), position.to_string());
+    message
 }
 
 /// The relay's unsettled messages, in the order they were committed.
@@ -63,13 +82,18 @@ impl Pending {
     /// dropped: the held one carries it.
     /// A transaction read again after a reconnection (its end is not past
     /// the last one's) is dropped: its messages are held already.
-    pub(crate) fn commit(&mut self, end: Lsn, committed_at: DateTime<Utc>, messages: Vec<Message>) {
+    pub(crate) fn commit(
+        &mut self,
+        end: Lsn,
+        committed_at: DateTime<Utc>,
+        messages: Vec<(Lsn, Message)>,
+    ) {
         if end <= self.last_end {
             return;
         }
         self.last_end = end;
         let mut open = 0;
-        for message in messages {
+        for (position, message) in messages {
             if self.by_id.contains_key(&message.id) {
                 continue;
             }
@@ -78,6 +102,7 @@ impl Pending {
                 self.next,
                 Entry {
                     message,
+                    position,
                     txn: end,
                     lease: None,
                 },
@@ -133,7 +158,7 @@ impl Pending {
             }
             bytes += size;
             entry.lease = Some((claim, now));
-            taken.push(entry.message.clone());
+            taken.push(entry.stamped());
         }
         taken
     }
@@ -197,7 +222,7 @@ impl Pending {
         self.entries
             .range(from..)
             .filter(|(_, e)| e.message.ordering_key == key)
-            .map(|(_, e)| e.message.clone())
+            .map(|(_, e)| e.stamped())
             .collect()
     }
 
@@ -232,7 +257,7 @@ impl Pending {
         self.entries
             .values()
             .filter(|e| e.txn <= last.end)
-            .map(|e| e.message.clone())
+            .map(Entry::stamped)
             .collect()
     }
 
@@ -259,6 +284,10 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(30);
 
+    fn ids(messages: &[Message]) -> Vec<Uuid> {
+        messages.iter().map(|m| m.id).collect()
+    }
+
     fn message(key: &str) -> Message {
         Message::builder("d", key).payload("x").build().unwrap()
     }
@@ -273,24 +302,24 @@ mod tests {
     fn a_claim_takes_a_prefix_per_key_and_skips_leased_keys() {
         let mut pending = Pending::default();
         let (a1, a2, b1) = (message("a"), message("a"), message("b"));
-        pending.commit(10, Utc::now(), vec![a1.clone(), b1.clone()]);
-        pending.commit(20, Utc::now(), vec![a2.clone()]);
+        pending.commit(10, Utc::now(), vec![(0, a1.clone()), (0, b1.clone())]);
+        pending.commit(20, Utc::now(), vec![(0, a2.clone())]);
         let (first, taken) = claim(&mut pending, 1);
-        assert_eq!(taken, vec![a1.clone()]);
+        assert_eq!(ids(&taken), vec![a1.id]);
         let (_, taken) = claim(&mut pending, 10);
-        assert_eq!(taken, vec![b1.clone()], "a2 waits behind a1's lease");
+        assert_eq!(ids(&taken), vec![b1.id], "a2 waits behind a1's lease");
         pending.release(first, [a1.id]);
         let (_, taken) = claim(&mut pending, 10);
-        assert_eq!(taken, vec![a1, a2]);
+        assert_eq!(ids(&taken), vec![a1.id, a2.id]);
     }
 
     #[test]
     fn the_slot_is_confirmed_up_to_the_first_unsettled_transaction() {
         let mut pending = Pending::default();
         let (a, b, c) = (message("a"), message("b"), message("c"));
-        pending.commit(10, Utc::now(), vec![a.clone()]);
-        pending.commit(20, Utc::now(), vec![b.clone()]);
-        pending.commit(30, Utc::now(), vec![c.clone()]);
+        pending.commit(10, Utc::now(), vec![(0, a.clone())]);
+        pending.commit(20, Utc::now(), vec![(0, b.clone())]);
+        pending.commit(30, Utc::now(), vec![(0, c.clone())]);
         let (id, _) = claim(&mut pending, 10);
         pending.settle(id, [b.id, c.id]);
         assert_eq!(pending.confirmable(), 0, "a holds back 20 and 30");
@@ -304,13 +333,13 @@ mod tests {
     fn what_holds_back_a_settled_message_is_named() {
         let mut pending = Pending::default();
         let (a, b, c, d) = (message("a"), message("b"), message("c"), message("d"));
-        pending.commit(10, Utc::now(), vec![a.clone()]);
-        pending.commit(20, Utc::now(), vec![b.clone(), c.clone()]);
-        pending.commit(30, Utc::now(), vec![d.clone()]);
+        pending.commit(10, Utc::now(), vec![(0, a.clone())]);
+        pending.commit(20, Utc::now(), vec![(0, b.clone()), (0, c.clone())]);
+        pending.commit(30, Utc::now(), vec![(0, d.clone())]);
         assert!(pending.behind_settled().is_empty());
         let (id, _) = claim(&mut pending, 10);
         pending.settle(id, [c.id]);
-        assert_eq!(pending.behind_settled(), vec![a.clone(), b.clone()]);
+        assert_eq!(ids(&pending.behind_settled()), vec![a.id, b.id]);
         pending.settle_taken([a.id, b.id]);
         assert_eq!(
             pending.confirmable(),
@@ -323,12 +352,12 @@ mod tests {
     fn a_report_of_a_lost_claim_changes_nothing() {
         let mut pending = Pending::default();
         let a = message("a");
-        pending.commit(10, Utc::now(), vec![a.clone()]);
+        pending.commit(10, Utc::now(), vec![(0, a.clone())]);
         let stale = ClaimId::new();
         pending.claim(stale, 10, usize::MAX, &HashSet::new(), Duration::ZERO);
         let fresh = ClaimId::new();
         let taken = pending.claim(fresh, 10, usize::MAX, &HashSet::new(), Duration::ZERO);
-        assert_eq!(taken, vec![a.clone()], "the lapsed lease is claimed again");
+        assert_eq!(ids(&taken), vec![a.id], "the lapsed lease is claimed again");
         pending.settle(stale, [a.id]);
         pending.release(stale, [a.id]);
         assert!(pending.holds(fresh, a.id));
@@ -336,14 +365,30 @@ mod tests {
     }
 
     #[test]
+    fn what_leaves_memory_carries_its_log_position() {
+        let mut pending = Pending::default();
+        let (a, b) = (message("a"), message("a"));
+        pending.commit(30, Utc::now(), vec![(17, a.clone()), (23, b.clone())]);
+        let sequence = |m: &Message| m.headers.get(HEADER_SEQUENCE).cloned();
+        let (_, taken) = claim(&mut pending, 1);
+        assert_eq!(sequence(&taken[0]).as_deref(), Some("17"));
+        let later = pending.later_of_key("a", Some(a.id));
+        assert_eq!(sequence(&later[0]).as_deref(), Some("23"));
+    }
+
+    #[test]
     fn later_messages_of_a_key_follow_it_out() {
         let mut pending = Pending::default();
         let (a1, b1, a2) = (message("a"), message("b"), message("a"));
-        pending.commit(10, Utc::now(), vec![a1.clone(), b1.clone(), a2.clone()]);
-        assert_eq!(pending.later_of_key("a", Some(a1.id)), vec![a2.clone()]);
+        pending.commit(
+            10,
+            Utc::now(),
+            vec![(0, a1.clone()), (0, b1.clone()), (0, a2.clone())],
+        );
+        assert_eq!(ids(&pending.later_of_key("a", Some(a1.id))), vec![a2.id]);
         pending.settle_taken([a1.id, a2.id]);
         assert_eq!(pending.len(), 1);
         let (_, taken) = claim(&mut pending, 10);
-        assert_eq!(taken, vec![b1]);
+        assert_eq!(ids(&taken), vec![b1.id]);
     }
 }

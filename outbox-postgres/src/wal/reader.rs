@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use outbox_core::{Message, HEADER_SEQUENCE};
+use outbox_core::Message;
 use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent,
 };
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::envelope::{decode, Malformed};
 use super::failures::{Failures, Parked};
+use super::pending::stamped;
 use super::shared::{Shared, State, Status};
 use super::WalConfig;
 
@@ -35,8 +36,10 @@ pub(crate) struct Reader {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// One message as read: the message, or the reason it cannot be one.
-type Read = Result<Message, (Uuid, String, Vec<u8>, String)>;
+/// One message as read: its log position and the message (its sequence
+/// header stamped when it leaves memory, see [`Pending`](super::pending)),
+/// or the reason it cannot be one.
+type Read = Result<(u64, Message), (Uuid, String, Vec<u8>, String)>;
 
 impl Reader {
     /// Reads until `stop`: connects, stands by while another relay holds
@@ -233,20 +236,15 @@ impl Reader {
                     return self.commit(None, Utc::now(), vec![read]).await;
                 };
                 reads.push(match decode(&content, *committed_at) {
-                    Ok(mut message) => {
-                        message
-                            .headers
-                            .insert(HEADER_SEQUENCE.to_string(), lsn.to_string());
-                        match message.validate() {
-                            Ok(()) => Ok(message),
-                            Err(err) => Err((
-                                message.id,
-                                message.ordering_key.clone(),
-                                content.to_vec(),
-                                format!("malformed envelope: {}", err.report()),
-                            )),
-                        }
-                    }
+                    Ok(message) => match message.validate() {
+                        Ok(()) => Ok((lsn, message)),
+                        Err(err) => Err((
+                            message.id,
+                            message.ordering_key.clone(),
+                            content.to_vec(),
+                            format!("malformed envelope: {}", err.report()),
+                        )),
+                    },
                     Err(why) => malformed(lsn, &content, why),
                 });
             }
@@ -286,8 +284,10 @@ impl Reader {
         let mut parked = Vec::new();
         for read in reads {
             match read {
-                Ok(message) if state.parked.contains(&message.ordering_key) => parked.push(message),
-                Ok(message) => held.push(message),
+                Ok((position, message)) if state.parked.contains(&message.ordering_key) => {
+                    parked.push(stamped(message, position))
+                }
+                Ok(read) => held.push(read),
                 Err((id, key, payload, reason)) => dead.push((
                     Message {
                         id,
