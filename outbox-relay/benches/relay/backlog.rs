@@ -127,12 +127,44 @@ impl Backlog {
         Backlog::Mysql { pool, outbox }
     }
 
-    /// The table's name as the relay's settings spell it.
-    pub fn table(&self) -> String {
+    /// The log the WAL outbox's slot makes the server keep: from the slot's
+    /// restart position to the log's end, in bytes.
+    pub async fn retained_bytes(&self) -> i64 {
+        let Backlog::Wal { pool, outbox } = self else {
+            panic!("only the WAL outbox retains log")
+        };
+        sqlx::query_scalar(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&outbox.config().slot)
+        .fetch_one(pool)
+        .await
+        .expect("the slot's restart position")
+    }
+
+    /// The `[source]` settings of an `outbox-relay` on this PostgreSQL
+    /// outbox at `url`.
+    pub fn relay_source_settings(&self, url: &str) -> String {
         match self {
-            Backlog::Postgres { outbox, .. } => outbox.config().table.clone(),
-            Backlog::Mysql { outbox, .. } => outbox.config().table.clone(),
-            Backlog::Wal { outbox, .. } => outbox.config().slot.clone(),
+            Backlog::Postgres { outbox, .. } => format!(
+                "kind = \"postgres\"\nurl = \"{url}\"\nschema = \"outbox_bench\"\n\
+                 table = \"{}\"\nnotify = false\n",
+                outbox.config().table
+            ),
+            Backlog::Wal { outbox, .. } => {
+                let config = outbox.config();
+                format!(
+                    "kind = \"postgres_wal\"\nurl = \"{url}\"\nprefix = \"{}\"\nslot = \"{}\"\n\
+                     publication = \"{}\"\nschema = \"{}\"\nfailures_table = \"{}\"\n",
+                    config.prefix,
+                    config.slot,
+                    config.publication,
+                    config.schema,
+                    config.failures_table
+                )
+            }
+            Backlog::Mysql { .. } => panic!("outbox-relay processes run on PostgreSQL here"),
         }
     }
 
@@ -144,24 +176,28 @@ impl Backlog {
             Backlog::Postgres { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
             Backlog::Mysql { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
             Backlog::Wal { pool, outbox } => {
-                let advance = "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())";
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-                loop {
-                    let slot = &outbox.config().slot;
-                    match sqlx::query(advance).bind(slot).execute(pool).await {
-                        Ok(_) => break,
-                        // A stopping relay may still hold the slot a moment.
-                        Err(err) if std::time::Instant::now() < deadline => {
-                            let _ = err;
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                        Err(err) => panic!("advance the slot: {err}"),
-                    }
-                }
+                advance_to_end(pool, &outbox.config().slot).await;
                 sqlx::query(&sql).execute(pool).await.map(drop)
             }
         }
         .expect("truncate");
+    }
+
+    /// For the WAL outbox: moves the slot's restart position to the log's
+    /// end, as a relay that has been reading for 15 s finds it (PostgreSQL
+    /// moves it on where it logged a snapshot of running transactions, which
+    /// it does every 15 s while it writes, and at a checkpoint). Without it,
+    /// a drain would first decode everything the other runs wrote since the
+    /// last snapshot: a relay's start after downtime, not its rate.
+    pub async fn restart_at_end(&self) {
+        let Backlog::Wal { pool, outbox } = self else {
+            return;
+        };
+        sqlx::query("CHECKPOINT")
+            .execute(pool)
+            .await
+            .expect("checkpoint");
+        advance_to_end(pool, &outbox.config().slot).await;
     }
 
     fn qualified(&self) -> String {
@@ -464,6 +500,25 @@ impl Backlog {
                     .await
                     .expect("truncate orders");
             }
+        }
+    }
+}
+
+/// Advances `slot` to the log's end, once no relay reads it.
+async fn advance_to_end(pool: &PgPool, slot: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
+            .bind(slot)
+            .execute(pool)
+            .await
+        {
+            Ok(_) => return,
+            // A stopping relay may still hold the slot a moment.
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(err) => panic!("advance the slot: {err}"),
         }
     }
 }

@@ -406,6 +406,11 @@ async fn main() {
         runs: options.runs,
         enqueue_seconds: options.enqueue_seconds,
         latency_seconds: options.latency_seconds,
+        process_messages: if options.wal_messages > 0 {
+            options.process_messages
+        } else {
+            0
+        },
     };
     wal::run(&servers, &wal_options).await;
 

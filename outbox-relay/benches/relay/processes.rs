@@ -17,7 +17,8 @@ pub struct ProcessDrain {
     pub peak_mib: Vec<f64>,
 }
 
-/// Starts `processes` relays on the filled PostgreSQL `backlog`, waits for
+/// Starts `processes` relays on the filled PostgreSQL `backlog` (the table
+/// or the WAL outbox, on the server at `postgres_url`), waits for
 /// the broker to hold `count` messages at `address`, notes each process's
 /// peak memory, stops them with SIGTERM and checks the table is empty.
 pub async fn drain(
@@ -29,7 +30,7 @@ pub async fn drain(
     processes: usize,
     count: usize,
 ) -> ProcessDrain {
-    let settings = settings(&backlog.table(), postgres_url, nats_url);
+    let settings = settings(&backlog.relay_source_settings(postgres_url), nats_url);
     let started = Instant::now();
     let mut children: Vec<Child> = (0..processes)
         .map(|_| {
@@ -81,16 +82,11 @@ pub async fn drain(
 
 /// The relay's settings file: the same relay settings as the in-process
 /// drain, no HTTP endpoint, warnings only.
-fn settings(table: &str, postgres_url: &str, nats_url: &str) -> PathBuf {
+fn settings(source: &str, nats_url: &str) -> PathBuf {
     let config = drain::config();
     let text = format!(
         r#"[source]
-kind = "postgres"
-url = "{postgres_url}"
-schema = "outbox_bench"
-table = "{table}"
-notify = false
-
+{source}
 [destination]
 kind = "nats"
 url = "{nats_url}"

@@ -5,7 +5,9 @@
 //! ceiling (the same messages built in memory and published 1,000 at a
 //! time with their acknowledgements in flight together, no database);
 //! what a message adds to a writer's one-row transaction against the floor
-//! (`SELECT 1`); and commit-to-broker latency at a steady rate.
+//! (`SELECT 1`); commit-to-broker latency at a steady rate; and one
+//! `outbox-relay` process draining the WAL outbox: its rate and peak
+//! resident memory, and the log the slot retains before and after.
 
 use std::time::Instant;
 
@@ -15,7 +17,7 @@ use crate::backlog::{Backlog, Row};
 use crate::broker::Broker;
 use crate::enqueue::{self, Extra};
 use crate::report::{self, Costs, Spread};
-use crate::{drain, latency, Servers};
+use crate::{drain, latency, processes, Servers};
 
 /// What the section runs.
 pub struct WalOptions {
@@ -23,6 +25,8 @@ pub struct WalOptions {
     pub runs: usize,
     pub enqueue_seconds: u64,
     pub latency_seconds: u64,
+    /// Messages one `outbox-relay` process drains (0: none).
+    pub process_messages: usize,
 }
 
 pub async fn run(servers: &Servers, options: &WalOptions) {
@@ -111,6 +115,41 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
         table.truncate().await;
     }
 
+    if options.process_messages > 0 {
+        let wal = Backlog::wal(url, "bench_wal_process").await;
+        let broker = Broker::Nats(destination.clone());
+        let count = options.process_messages;
+        let mut rates = Vec::new();
+        let mut peak = 0.0_f64;
+        for _ in 0..options.runs {
+            let address = broker.prepare("pgwal-process").await;
+            wal.restart_at_end().await;
+            wal.fill(&address, count).await;
+            let before = wal.retained_bytes().await;
+            let drained =
+                processes::drain(&wal, &broker, url, &servers.nats, &address, 1, count).await;
+            let after = wal.retained_bytes().await;
+            println!(
+                "PostgreSQL (WAL) -> NATS JetStream, one outbox-relay process, {count} waiting: \
+                 {:.0} msg/s, peak memory {:.1} MiB; log retained by the slot {:.1} MiB before, \
+                 {:.1} MiB after",
+                drained.rate,
+                drained.peak_mib[0],
+                before as f64 / 1048576.0,
+                after as f64 / 1048576.0
+            );
+            rates.push(drained.rate);
+            peak = drained.peak_mib.into_iter().fold(peak, f64::max);
+            broker.release(&address).await;
+        }
+        println!(
+            "PostgreSQL (WAL) -> NATS JetStream, one outbox-relay process, {count} waiting: \
+             median {:.0} msg/s, peak memory {peak:.1} MiB",
+            Spread::of(rates).median
+        );
+        wal.truncate().await;
+    }
+
     if options.latency_seconds > 0 {
         let wal = Backlog::wal(url, "bench_wal_latency").await;
         for rate in [1000, 5000] {
@@ -134,11 +173,26 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
 /// Fills `backlog` with `count` messages to `address`, drains it with the
 /// outbox's relay, and returns the rate.
 async fn drained(backlog: &Backlog, broker: &Broker, address: &str, count: usize) -> f64 {
+    backlog.restart_at_end().await;
     backlog.fill(address, count).await;
+    let wal = matches!(backlog, Backlog::Wal { .. });
+    let retained = if wal {
+        backlog.retained_bytes().await
+    } else {
+        0
+    };
     let started = Instant::now();
     let cpu = crate::cpu::CpuSample::take();
     drain::drain(backlog, broker, count).await;
     let rate = count as f64 / started.elapsed().as_secs_f64();
+    if wal {
+        println!(
+            "  WAL drain of {count}: {rate:.0} msg/s; log retained by the slot {:.1} MiB before, \
+             {:.1} MiB after",
+            retained as f64 / 1048576.0,
+            backlog.retained_bytes().await as f64 / 1048576.0
+        );
+    }
     if std::env::var_os("OUTBOX_BENCH_CPU").is_some() {
         println!(
             "{:.0} msg/s, CPU: {}",
