@@ -26,6 +26,20 @@ pub(crate) struct Parked<'a> {
     pub(crate) dead: bool,
 }
 
+impl<'a> Parked<'a> {
+    /// A message moved to the table unfailed: it waits behind its key, due
+    /// now, with the attempts it has.
+    pub(crate) fn waiting(message: &'a Message) -> Self {
+        Self {
+            message,
+            attempts: message.attempts,
+            retry_after: Duration::ZERO,
+            error: None,
+            dead: false,
+        }
+    }
+}
+
 /// The table's statements for one configured name.
 #[derive(Debug)]
 pub(crate) struct Failures {

@@ -306,13 +306,7 @@ impl Reader {
         }
         let rows: Vec<Parked> = parked
             .iter()
-            .map(|message| Parked {
-                message,
-                attempts: 0,
-                retry_after: Duration::ZERO,
-                error: None,
-                dead: false,
-            })
+            .map(Parked::waiting)
             .chain(dead.iter().map(|(message, reason)| Parked {
                 message,
                 attempts: 0,
@@ -355,16 +349,7 @@ pub(crate) async fn move_behind_settled(
     slot: &str,
 ) {
     let behind = state.pending.behind_settled();
-    let rows: Vec<Parked> = behind
-        .iter()
-        .map(|message| Parked {
-            message,
-            attempts: message.attempts,
-            retry_after: Duration::ZERO,
-            error: None,
-            dead: false,
-        })
-        .collect();
+    let rows: Vec<Parked> = behind.iter().map(Parked::waiting).collect();
     match failures.insert(pool, &rows).await {
         Ok(()) => {
             state.pending.settle_taken(behind.iter().map(|m| m.id));

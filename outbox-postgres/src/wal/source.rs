@@ -109,16 +109,7 @@ impl WalSource {
             .difference(&state.parked)
             .flat_map(|key| state.pending.later_of_key(key, None))
             .collect();
-        let rows: Vec<Parked> = held
-            .iter()
-            .map(|message| Parked {
-                message,
-                attempts: message.attempts,
-                retry_after: Duration::ZERO,
-                error: None,
-                dead: false,
-            })
-            .collect();
+        let rows: Vec<Parked> = held.iter().map(Parked::waiting).collect();
         self.failures.insert(&self.pool, &rows).await?;
         for message in &held {
             if let Some(lease) = state.pending.lease_of(message.id, self.config.lease) {
