@@ -45,6 +45,13 @@ impl Shop for AnyShop {
         }
     }
 
+    async fn close(&self) -> Result {
+        match self {
+            AnyShop::Postgres(shop) => shop.close().await,
+            AnyShop::Mysql(shop) => shop.close().await,
+        }
+    }
+
     async fn source(&self) -> Result<BoxSource<Message>> {
         Ok(match self {
             AnyShop::Postgres(shop) => shop.source().await?,

@@ -112,6 +112,13 @@ pub trait Shop {
 
     /// How many history rows the orders named `prefix…` have.
     async fn history(&self, prefix: &str) -> Result<u64>;
+
+    /// Once the relay stopped: lets go of what would outlast the example
+    /// on the server (the WAL outbox's replication slot, which a service
+    /// keeps but a demo must not leave behind pinning the log).
+    async fn close(&self) -> Result {
+        Ok(())
+    }
 }
 
 /// The consumer's name in the inbox.
@@ -245,6 +252,7 @@ where
     let elapsed = started.elapsed();
     shutdown.cancel();
     running.await??;
+    shop.close().await?;
 
     for (order, statuses) in per_order.iter().take(3) {
         println!("  {order}: {}", statuses.join(" -> "));

@@ -49,12 +49,16 @@ impl PostgresShop {
 
     /// Connects to `OUTBOX_POSTGRES_WAL_URL` (a server with `wal_level =
     /// logical`) and writes the events into the write-ahead log: the relay
-    /// reads them through the slot `<name>`.
+    /// reads them through the slot `<name>`, made afresh for each run and
+    /// dropped at its end (see [`Shop::close`]).
     #[cfg(feature = "postgres-wal")]
     pub async fn open_wal(name: &str) -> Result<Self> {
         let url = std::env::var("OUTBOX_POSTGRES_WAL_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into());
         let pool = connect("OUTBOX_POSTGRES_WAL_URL", &url).await?;
+        // A slot an earlier run left (stopped before its end) may have been
+        // invalidated by the server since, past max_slot_wal_keep_size.
+        drop_slot(&pool, name).await?;
         let outbox = WalOutbox::new(
             WalConfig {
                 url,
@@ -90,6 +94,29 @@ impl PostgresShop {
             inbox,
             history,
         })
+    }
+}
+
+/// Drops the replication slot `slot` if it exists, waiting (at most ten
+/// seconds) for a relay that just stopped to let go of it.
+#[cfg(feature = "postgres-wal")]
+async fn drop_slot(pool: &PgPool, slot: &str) -> Result {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let dropped = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .execute(pool)
+        .await;
+        match dropped {
+            Ok(_) => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(err) => return Err(format!("dropping the slot {slot}: {err}").into()),
+        }
     }
 }
 
@@ -158,6 +185,14 @@ impl Shop for PostgresShop {
         }
         tx.commit().await?;
         Ok(receipt.is_new())
+    }
+
+    async fn close(&self) -> Result {
+        match &self.outbox {
+            Outbox::Table(_) => Ok(()),
+            #[cfg(feature = "postgres-wal")]
+            Outbox::Wal(outbox) => drop_slot(&self.pool, &outbox.config().slot).await,
+        }
     }
 
     async fn history(&self, prefix: &str) -> Result<u64> {

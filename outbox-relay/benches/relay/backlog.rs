@@ -104,6 +104,16 @@ impl Backlog {
             pool.clone(),
         )
         .expect("config");
+        // A fresh slot each run: one left by an earlier run has pinned the
+        // log written since, or been invalidated past max_slot_wal_keep_size.
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await
+        .expect("drop an earlier run's slot");
         outbox.migrate().await.expect("migrate");
         Backlog::Wal { pool, outbox }
     }
