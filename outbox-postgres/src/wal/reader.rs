@@ -64,6 +64,7 @@ impl Reader {
                     failed_before = false;
                 }
                 Err(err) => {
+                    let err = explained(err);
                     if !failed_before {
                         tracing::warn!(slot = %self.config.slot, "log reader: {err}");
                     }
@@ -372,8 +373,42 @@ fn malformed(lsn: u64, content: &[u8], why: Malformed) -> Read {
     Err((id, key, content.to_vec(), why.reason))
 }
 
+/// A reader's error with what to do about it, where the server's words
+/// alone do not say: a slot the server invalidated (`wal_status = lost`,
+/// past `max_slot_wal_keep_size`) answers every reader with SQLSTATE 55000.
+fn explained(err: String) -> String {
+    if !err.contains("cannot read from logical replication slot") {
+        return err;
+    }
+    format!(
+        "{err}: the server invalidated the slot (pg_replication_slots.wal_status = 'lost'), \
+         having removed log it still needed past max_slot_wal_keep_size; messages in that log \
+         can no longer be read. Drop the slot (pg_drop_replication_slot) and run migrate to \
+         read from now on"
+    )
+}
+
 /// PostgreSQL's microseconds since 2000-01-01 as a time.
 fn postgres_time(micros: i64) -> DateTime<Utc> {
     const EPOCH_2000: i64 = 946_684_800;
     DateTime::from_timestamp_micros(EPOCH_2000 * 1_000_000 + micros).unwrap_or_else(Utc::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidated_slot_says_what_to_do() {
+        // The words PostgreSQL 15 answered a reader of a lost slot with.
+        let server = "server error: cannot read from logical replication slot \"orders\" \
+                      (SQLSTATE 55000)";
+        let said = explained(server.to_string());
+        assert!(said.starts_with(server), "{said}");
+        assert!(
+            said.contains("max_slot_wal_keep_size") && said.contains("migrate"),
+            "{said}"
+        );
+        assert_eq!(explained("connection refused".into()), "connection refused");
+    }
 }
