@@ -69,9 +69,10 @@ done
 step "scheduler benchmark (smoke)"
 cargo bench --quiet -p txoutbox-core --bench scheduler -- 20000 1000
 
-# Every pair, latency, enqueue cost and relay processes, on small numbers:
+# Every pair, latency, enqueue cost, relay processes and sustained load, on
+# small numbers:
 # it fails if a drain loses a message or leaves a row.
 step "relay benchmark (smoke): every pair"
 cargo bench --quiet -p txoutbox-relay --bench relay -- --messages 5000 --runs 1 \
     --latency-seconds 2 --enqueue-seconds 1 --inbox-seconds 1 --small 2000 --processes 1,2 \
-    --wal-messages 5000
+    --wal-messages 5000 --sustained-seconds 10 --sustained-relays 2

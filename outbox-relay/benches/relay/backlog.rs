@@ -159,8 +159,9 @@ impl Backlog {
         match self {
             Backlog::Postgres { outbox, .. } => format!(
                 "kind = \"postgres\"\nurl = \"{url}\"\nschema = \"outbox_bench\"\n\
-                 table = \"{}\"\nnotify = false\n",
-                outbox.config().table
+                 table = \"{}\"\nnotify = {}\n",
+                outbox.config().table,
+                outbox.config().notify
             ),
             Backlog::Wal { outbox, .. } => {
                 let config = outbox.config();

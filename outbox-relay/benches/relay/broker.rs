@@ -25,7 +25,7 @@ use crate::backlog::Row;
 
 /// Partitions of each Kafka topic.
 const KAFKA_PARTITIONS: i32 = 4;
-const NATS_STREAM: &str = "OUTBOX_BENCH";
+pub const NATS_STREAM: &str = "OUTBOX_BENCH";
 
 /// Which broker, connected, with the outbox's own destination for it.
 #[derive(Clone)]

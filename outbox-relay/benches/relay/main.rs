@@ -9,16 +9,18 @@
 //! cargo bench -p txoutbox-relay --bench relay -- [--messages N] [--runs N]
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
 //!     [--latency-seconds S] [--enqueue-seconds S] [--inbox-seconds S]
-//!     [--processes 1,2,4]
-//!     [--process-messages N] [--small N] [--wal-messages N] [--write]
+//!     [--processes 1,2,4,8]
+//!     [--process-messages N] [--small N] [--wal-messages N]
+//!     [--sustained-seconds S] [--sustained-relays 1,3] [--write]
 //! ```
 //!
 //! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
 //! median, with min and max), every pair, 30 s per latency run, 10 s per
-//! enqueue mode and per inbox mode, 1, 2 and 4 processes (on `--process-messages`, default
-//! `--messages`), a small backlog of 10,000, and the WAL outbox's section
+//! enqueue mode and per inbox mode, 1, 2, 4 and 8 processes (on `--process-messages`, default
+//! `--messages`), a small backlog of 10,000, the WAL outbox's section
 //! (`wal.rs`) on 100,000 waiting with the latency and enqueue seconds of
-//! the rest. A value
+//! the rest, and the sustained section (`sustained.rs`): 600 s at the
+//! highest rate 1 and then 3 processes keep up with, autovacuum on. A value
 //! of 0 (or an empty list) skips that part. `--write` puts the tables into
 //! `BENCHMARKS.md` (between its `bench:begin` and `bench:end` marks) and
 //! the charts into `benchmarks/`. Servers come from the variables
@@ -37,6 +39,8 @@ mod latency;
 mod processes;
 mod references;
 mod report;
+mod sustained;
+mod waits;
 mod wal;
 
 use std::time::Instant;
@@ -71,6 +75,8 @@ struct Options {
     process_messages: usize,
     small: usize,
     wal_messages: usize,
+    sustained_seconds: u64,
+    sustained_relays: Vec<usize>,
     write: bool,
 }
 
@@ -83,10 +89,12 @@ impl Options {
             latency_seconds: 30,
             enqueue_seconds: 10,
             inbox_seconds: 10,
-            processes: vec![1, 2, 4],
+            processes: vec![1, 2, 4, 8],
             process_messages: 0,
             small: 10_000,
             wal_messages: 100_000,
+            sustained_seconds: 600,
+            sustained_relays: vec![1, 3],
             write: false,
         };
         let mut args = std::env::args().skip(1);
@@ -104,6 +112,11 @@ impl Options {
                 "--wal-messages" => options.wal_messages = number(&arg, &value()),
                 "--process-messages" => options.process_messages = number(&arg, &value()),
                 "--pairs" => options.pairs = list(&value()),
+                "--sustained-seconds" => options.sustained_seconds = number(&arg, &value()) as u64,
+                "--sustained-relays" => {
+                    options.sustained_relays =
+                        list(&value()).iter().map(|n| number(&arg, n)).collect()
+                }
                 "--processes" => {
                     options.processes = list(&value()).iter().map(|n| number(&arg, n)).collect()
                 }
@@ -450,6 +463,9 @@ async fn main() {
         for &processes in &options.processes {
             let mut rates = Vec::new();
             let mut peak = 0.0_f64;
+            let mut claims = processes::Claims::default();
+            let mut waits = waits::Waits::default();
+            let mut reads = processes::IndexReads::default();
             for _ in 0..options.runs {
                 let address = broker.prepare("pg-nats").await;
                 backlog.fill(&address, options.process_messages).await;
@@ -465,15 +481,48 @@ async fn main() {
                 .await;
                 rates.push(drained.rate);
                 peak = drained.peak_mib.into_iter().fold(peak, f64::max);
+                claims.count += drained.claims.count;
+                claims.seconds += drained.claims.seconds;
+                waits.add(&drained.waits);
+                reads.add(&drained.reads);
                 broker.release(&address).await;
             }
             let rates = Spread::of(rates);
             println!(
-                "{processes} outbox-relay process(es), PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB",
-                rates.median
+                "{processes} outbox-relay process(es), PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB; \
+                 {:.0} claims, mean {:.1} ms, claim samples waiting for a lock {:.1} % of {}, for an LWLock {:.1} %; \
+                 index entries read per message: waiting {:.2}, key {:.2}",
+                rates.median,
+                claims.count,
+                claims.mean_ms(),
+                waits.claim_lock_share() * 100.0,
+                waits.claiming,
+                waits.claim_lwlock_share() * 100.0,
+                reads.waiting as f64 / (options.process_messages * options.runs) as f64,
+                reads.key as f64 / (options.process_messages * options.runs) as f64,
             );
-            report.processes(processes, options.process_messages, rates, peak);
+            report.processes(
+                options.process_messages,
+                report::ProcessRow {
+                    processes,
+                    rate: rates,
+                    peak_mib: peak,
+                    claims,
+                    waits,
+                    reads,
+                    messages: options.process_messages * options.runs,
+                },
+            );
         }
+    }
+
+    let sustained_options = sustained::SustainedOptions {
+        seconds: options.sustained_seconds,
+        relays: options.sustained_relays.clone(),
+        still_messages: options.process_messages,
+    };
+    for run in sustained::run(&servers, &sustained_options).await {
+        report.sustained(run);
     }
 
     print!("{}", report.markdown());

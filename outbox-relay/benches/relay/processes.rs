@@ -1,5 +1,6 @@
-//! Drains by `outbox-relay` processes, as deployed: 1, 2 or 4 of them on
-//! one backlog, and the peak resident memory of each.
+//! `outbox-relay` processes, as deployed: drains by 1, 2, 4 or 8 of them
+//! on one backlog, with the peak resident memory of each, how long their
+//! claims took and what their database sessions waited for.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,6 +9,11 @@ use std::time::{Duration, Instant};
 use crate::backlog::Backlog;
 use crate::broker::Broker;
 use crate::drain;
+use crate::waits::{WaitSampler, Waits};
+
+/// The `application_name` the relays' database sessions carry, by which
+/// [`WaitSampler`] finds them.
+pub const APPLICATION: &str = "outbox-bench-relay";
 
 /// What one drain by processes measured.
 pub struct ProcessDrain {
@@ -15,12 +21,174 @@ pub struct ProcessDrain {
     pub rate: f64,
     /// Peak resident memory of each process (`VmHWM`), in MiB.
     pub peak_mib: Vec<f64>,
+    /// Claims made by all the processes and the time they took.
+    pub claims: Claims,
+    /// What the processes' database sessions waited for (PostgreSQL).
+    pub waits: Waits,
+    /// Index entries the drain read (the table outbox; zero for the WAL's).
+    pub reads: IndexReads,
 }
 
-/// Starts `processes` relays on the filled PostgreSQL `backlog` (the table
-/// or the WAL outbox, on the server at `postgres_url`), waits for
-/// the broker to hold `count` messages at `address`, notes each process's
-/// peak memory, stops them with SIGTERM and checks the table is empty.
+/// Entries read from the table outbox's indexes (`idx_tup_read`): the
+/// `waiting` index is the claims' scan, which steps over the rows other
+/// batches hold locked; the `key` index is the claims' look-back.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IndexReads {
+    pub waiting: i64,
+    pub key: i64,
+}
+
+impl IndexReads {
+    /// The table's counters now (zero for the WAL outbox).
+    pub async fn of(backlog: &Backlog) -> IndexReads {
+        let Backlog::Postgres { pool, outbox } = backlog else {
+            return IndexReads::default();
+        };
+        let table = &outbox.config().table;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT indexrelname::text, idx_tup_read FROM pg_stat_user_indexes \
+             WHERE schemaname = 'outbox_bench' AND relname = $1",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .expect("index statistics");
+        let read = |suffix: &str| {
+            rows.iter()
+                .filter(|(name, _)| name == &format!("{table}_{suffix}"))
+                .map(|(_, reads)| reads)
+                .sum()
+        };
+        IndexReads {
+            waiting: read("waiting"),
+            key: read("key"),
+        }
+    }
+
+    pub fn since(&self, earlier: &IndexReads) -> IndexReads {
+        IndexReads {
+            waiting: self.waiting - earlier.waiting,
+            key: self.key - earlier.key,
+        }
+    }
+
+    pub fn add(&mut self, other: &IndexReads) {
+        self.waiting += other.waiting;
+        self.key += other.key;
+    }
+}
+
+/// Claims counted by the relays' `outbox_claim_duration_seconds`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Claims {
+    pub count: f64,
+    pub seconds: f64,
+}
+
+impl Claims {
+    /// The mean claim's duration, in milliseconds (0 without claims).
+    pub fn mean_ms(&self) -> f64 {
+        if self.count > 0.0 {
+            self.seconds / self.count * 1000.0
+        } else {
+            0.0
+        }
+    }
+
+    /// The claims made between `earlier` and these totals.
+    pub fn since(&self, earlier: &Claims) -> Claims {
+        Claims {
+            count: self.count - earlier.count,
+            seconds: self.seconds - earlier.seconds,
+        }
+    }
+}
+
+/// Running `outbox-relay` processes on one outbox, each serving `/metrics`
+/// on a port of its own.
+pub struct Relays {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    settings: PathBuf,
+}
+
+impl Relays {
+    /// Starts `processes` relays on the PostgreSQL `backlog` (the table or
+    /// the WAL outbox, on the server at `postgres_url`), publishing to NATS.
+    pub fn start(backlog: &Backlog, postgres_url: &str, nats_url: &str, processes: usize) -> Self {
+        let url = with_application_name(postgres_url);
+        let settings = settings(&backlog.relay_source_settings(&url), nats_url);
+        let ports: Vec<u16> = (0..processes).map(|_| spare_port()).collect();
+        let children = ports
+            .iter()
+            .map(|port| {
+                Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+                    .arg("--config")
+                    .arg(&settings)
+                    .arg("run")
+                    .env_remove("RUST_LOG")
+                    .env("OUTBOX_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("outbox-relay")
+            })
+            .collect();
+        Relays {
+            children,
+            ports,
+            settings,
+        }
+    }
+
+    /// Panics if a process has exited.
+    pub fn assert_running(&mut self) {
+        for child in &mut self.children {
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "an outbox-relay process exited"
+            );
+        }
+    }
+
+    /// Peak resident memory of each process, in MiB.
+    pub fn peak_mib(&self) -> Vec<f64> {
+        self.children.iter().map(|c| peak_mib(c.id())).collect()
+    }
+
+    /// Every process's claims so far, from its `/metrics` (a process not
+    /// serving yet counts none).
+    pub async fn claims(&self) -> Claims {
+        let mut total = Claims::default();
+        for port in &self.ports {
+            if let Some(text) = scrape(*port).await {
+                total.count += series_sum(&text, "outbox_claim_duration_seconds_count");
+                total.seconds += series_sum(&text, "outbox_claim_duration_seconds_sum");
+            }
+        }
+        total
+    }
+
+    /// Stops every process with SIGTERM and checks each exits cleanly.
+    pub fn stop(mut self) {
+        for child in &self.children {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "SIGTERM to outbox-relay");
+        }
+        for child in &mut self.children {
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "outbox-relay exited with {status}");
+        }
+        std::fs::remove_file(&self.settings).ok();
+    }
+}
+
+/// Starts `processes` relays on the filled PostgreSQL `backlog`, waits for
+/// the broker to hold `count` messages at `address` while sampling what
+/// the relays' sessions wait for, notes each process's peak memory and its
+/// claims, stops them and checks the table is empty.
 pub async fn drain(
     backlog: &Backlog,
     broker: &Broker,
@@ -30,58 +198,50 @@ pub async fn drain(
     processes: usize,
     count: usize,
 ) -> ProcessDrain {
-    let settings = settings(&backlog.relay_source_settings(postgres_url), nats_url);
+    let reads_before = IndexReads::of(backlog).await;
+    let sampler = WaitSampler::start(postgres_url, APPLICATION).await;
     let started = Instant::now();
-    let mut children: Vec<Child> = (0..processes)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-                .arg("--config")
-                .arg(&settings)
-                .arg("run")
-                .env_remove("RUST_LOG")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("outbox-relay")
-        })
-        .collect();
+    let mut relays = Relays::start(backlog, postgres_url, nats_url, processes);
     let deadline = Instant::now() + Duration::from_secs(600);
     while broker.stored(address).await < count as u64 {
-        for child in &mut children {
-            assert!(
-                child.try_wait().expect("wait").is_none(),
-                "an outbox-relay process exited during the drain"
-            );
-        }
+        relays.assert_running();
         assert!(
             Instant::now() < deadline,
             "processes: drain took over 10 minutes"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let peak_mib = children.iter().map(|c| peak_mib(c.id())).collect();
-    for child in &children {
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "SIGTERM to outbox-relay");
-    }
-    for child in &mut children {
-        let status = child.wait().expect("wait");
-        assert!(status.success(), "outbox-relay exited with {status}");
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    std::fs::remove_file(&settings).ok();
+    let elapsed = started.elapsed();
+    let waits = sampler.finish().await;
+    let peak_mib = relays.peak_mib();
+    let claims = relays.claims().await;
+    relays.stop();
+    // The relays' sessions report their counters as they end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = IndexReads::of(backlog).await.since(&reads_before);
+    let rate = count as f64 / elapsed.as_secs_f64();
     assert_eq!(
         backlog.remaining().await,
         0,
         "processes: rows left in the outbox"
     );
-    ProcessDrain { rate, peak_mib }
+    ProcessDrain {
+        rate,
+        peak_mib,
+        claims,
+        waits,
+        reads,
+    }
+}
+
+/// `url` with the relays' `application_name`.
+fn with_application_name(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={APPLICATION}")
 }
 
 /// The relay's settings file: the same relay settings as the in-process
-/// drain, no HTTP endpoint, warnings only.
+/// drain, warnings only; the HTTP endpoint's port is given per process.
 fn settings(source: &str, nats_url: &str) -> PathBuf {
     let config = drain::config();
     let text = format!(
@@ -95,9 +255,6 @@ url = "{nats_url}"
 batch_size = {batch}
 max_concurrent_keys = {keys}
 
-[http]
-listen = ""
-
 [log]
 level = "warn"
 "#,
@@ -107,6 +264,42 @@ level = "warn"
     let path = std::env::temp_dir().join(format!("outbox-bench-{}.toml", uuid::Uuid::now_v7()));
     std::fs::write(&path, text).expect("settings file");
     path
+}
+
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a spare port")
+        .port()
+}
+
+/// The body of `GET /metrics` on `port`, or `None` when nothing answers.
+async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// The sum of every series named `name` (whatever its labels) in a
+/// Prometheus text body.
+fn series_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// `VmHWM` of a running process, in MiB.

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::enqueue::Cost;
 use crate::latency::Latency;
+use crate::processes::{Claims, IndexReads};
+use crate::sustained::Sustained;
+use crate::waits::Waits;
 use crate::{chart, label, Options, KEYS};
 
 const BEGIN: &str = "<!-- bench:begin -->";
@@ -68,8 +71,24 @@ pub struct Report {
     enqueue: Vec<(String, Vec<Costs>)>,
     commit_rates: Vec<(String, usize, Costs, Costs)>,
     inbox: Vec<(String, Costs, Costs)>,
-    processes: Vec<(usize, Spread, f64)>,
+    processes: Vec<ProcessRow>,
     process_messages: usize,
+    sustained: Vec<Sustained>,
+}
+
+/// One line of the processes' table.
+pub struct ProcessRow {
+    pub processes: usize,
+    pub rate: Spread,
+    pub peak_mib: f64,
+    /// Over every run.
+    pub claims: Claims,
+    /// Over every run.
+    pub waits: Waits,
+    /// Over every run.
+    pub reads: IndexReads,
+    /// Delivered over every run.
+    pub messages: usize,
 }
 
 impl Report {
@@ -92,6 +111,7 @@ impl Report {
             inbox: Vec::new(),
             processes: Vec::new(),
             process_messages: 0,
+            sustained: Vec::new(),
         }
     }
 
@@ -124,9 +144,13 @@ impl Report {
         self.inbox.push((database.to_string(), without, with));
     }
 
-    pub fn processes(&mut self, processes: usize, messages: usize, rate: Spread, peak_mib: f64) {
+    pub fn processes(&mut self, messages: usize, row: ProcessRow) {
         self.process_messages = messages;
-        self.processes.push((processes, rate, peak_mib));
+        self.processes.push(row);
+    }
+
+    pub fn sustained(&mut self, run: Sustained) {
+        self.sustained.push(run);
     }
 
     /// Every table, between the marks `write` replaces.
@@ -209,13 +233,37 @@ impl Report {
         if !self.processes.is_empty() {
             md += &format!(
                 "\n### `outbox-relay` processes, PostgreSQL -> NATS JetStream, {} waiting\n\n\
-                 | processes | msg/s, first start to last exit | peak resident memory of a process |\n\
-                 |---|---|---|\n",
+                 Claims: their count and mean duration over every run, from the relays' \
+                 `outbox_claim_duration_seconds`. Waiting for a lock: the share of the samples \
+                 of `pg_stat_activity` (every 10 ms) in which a relay's session running a claim \
+                 statement waited for a heavyweight lock (row, transaction, advisory) or a \
+                 lightweight one (buffer content, WAL insert). Index entries read per message \
+                 (`idx_tup_read`): the `waiting` index is the claims' scan, which steps over rows \
+                 other batches hold; the `key` index is their look-back.\n\n\
+                 | processes | msg/s, first start to last exit | peak resident memory of a process \
+                 | claims | claim, mean | claim samples waiting: lock | LWLock \
+                 | index entries read per message: `waiting` | `key` |\n\
+                 |---|---|---|---|---|---|---|---|---|\n",
                 thousands(self.process_messages as f64)
             );
-            for (processes, rate, peak) in &self.processes {
-                md += &format!("| {processes} | {} | {peak:.1} MiB |\n", rate.cell());
+            for row in &self.processes {
+                md += &format!(
+                    "| {} | {} | {:.1} MiB | {} | {:.1} ms | {:.1} % of {} | {:.1} % | {:.2} | {:.2} |\n",
+                    row.processes,
+                    row.rate.cell(),
+                    row.peak_mib,
+                    thousands(row.claims.count),
+                    row.claims.mean_ms(),
+                    row.waits.claim_lock_share() * 100.0,
+                    thousands(row.waits.claiming as f64),
+                    row.waits.claim_lwlock_share() * 100.0,
+                    row.reads.waiting as f64 / row.messages.max(1) as f64,
+                    row.reads.key as f64 / row.messages.max(1) as f64,
+                );
             }
+        }
+        for run in &self.sustained {
+            md += &run.markdown();
         }
         md + END + "\n"
     }
