@@ -30,6 +30,11 @@ impl NatsDestination {
     pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
         config.validate()?;
         let (servers, auth) = split_credentials(&config.url, &config.auth)?;
+        // async-nats asks rustls for the process's provider when it goes
+        // TLS, which panics when the build holds two (the WAL outbox's TLS
+        // brings aws-lc-rs beside ring) and none was installed: install
+        // ring unless the application chose one, as lapin's TLS does.
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
         let mut options = ConnectOptions::new()
             .name("outbox-relay")
             .connection_timeout(config.connect_timeout)

@@ -96,6 +96,11 @@ enum DeadLetters {
 }
 
 fn main() -> ExitCode {
+    // The replication client's TLS brings rustls's aws-lc-rs provider
+    // beside the ring one the rest uses; with two, rustls cannot pick one
+    // by itself and a client that asks it to (async-nats's) would panic.
+    #[cfg(feature = "tls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

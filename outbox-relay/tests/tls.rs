@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use outbox_core::Message;
 use outbox_mysql::{MysqlConfig, MysqlOutbox};
-use outbox_postgres::{PostgresConfig, PostgresOutbox};
+use outbox_postgres::{PostgresConfig, PostgresOutbox, WalConfig, WalOutbox};
 use outbox_testkit::{assert_order_per_key, eventually, numbered_messages};
 use support::certificates::Certificates;
 use support::servers::{OwnKafkaTls, OwnMariadb, OwnNats, OwnPostgres, OwnRabbit};
@@ -55,6 +55,71 @@ async fn the_relay_reaches_postgres_and_nats_over_tls_only() {
     );
     relay_delivers(&source, &destination, "tls", &stream, &messages).await;
     assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reads_the_log_over_tls_only() {
+    install_crypto_provider();
+    let certificates = Certificates::generate("relay-wal");
+    let postgres = OwnPostgres::start_logical_tls(&certificates).await;
+    let ca = certificates.ca().display().to_string();
+    // By name, not address: the replication client checks the name.
+    let url = postgres.url().replace("127.0.0.1", "localhost");
+    let url = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .expect("PostgreSQL over TLS, the certificate verified");
+    let outbox = WalOutbox::new(
+        WalConfig {
+            url: url.clone(),
+            prefix: "tls_wal".into(),
+            slot: "tls_wal".into(),
+            publication: "tls_wal".into(),
+            failures_table: "tls_wal".into(),
+            ..WalConfig::default()
+        },
+        pool.clone(),
+    )
+    .unwrap();
+    outbox.migrate().await.unwrap();
+    let messages = numbered_messages("tls-wal.orders", 20, 10);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_many(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let stream = stream("TLS_WAL", "tls-wal").await;
+    let source = format!(
+        "kind = \"postgres_wal\"\nurl = \"{url}\"\nprefix = \"tls_wal\"\nslot = \"tls_wal\"\n\
+         publication = \"tls_wal\"\nfailures_table = \"tls_wal\""
+    );
+    let destination = format!("kind = \"nats\"\nurl = \"{}\"", nats_url());
+    let total = messages.len();
+    // Plain TCP is refused (`hostssl` only), so a relay that read the log
+    // read it over TLS; the server's own view says so while it reads.
+    let encrypted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    relay_until(&source, &destination, "tls-wal", || {
+        let (mut stream, pool, seen) = (stream.clone(), pool.clone(), encrypted.clone());
+        async move {
+            let walsender: Option<bool> = sqlx::query_scalar(
+                "SELECT s.ssl FROM pg_stat_ssl AS s JOIN pg_stat_activity AS a USING (pid) \
+                 WHERE a.backend_type = 'walsender'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            if walsender == Some(true) {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            seen.load(std::sync::atomic::Ordering::Relaxed)
+                && stream.info().await.unwrap().state.messages as usize >= total
+        }
+    })
+    .await;
+    assert!(
+        encrypted.load(std::sync::atomic::Ordering::Relaxed),
+        "the replication connection was not seen over TLS"
+    );
+    assert_order_per_key(&messages, &read(&stream, &messages).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +441,7 @@ async fn tls_stream(
     name: &str,
     subject: &str,
 ) -> stream::Stream {
+    install_crypto_provider();
     let client = async_nats::ConnectOptions::new()
         .require_tls(true)
         .add_root_certificates(certificates.ca())

@@ -12,8 +12,9 @@ pub struct WalConfig {
     /// A PostgreSQL URL (`postgres://user:password@host:port/database`) for
     /// the replication connection, whose user needs the `REPLICATION`
     /// attribute (or superuser). Never logged. Password or SCRAM
-    /// authentication; no TLS yet (an `sslmode` of `require` or stricter is
-    /// refused).
+    /// authentication. TLS by libpq's parameters (`sslmode`, default
+    /// `prefer`; `sslrootcert`, `sslcert`, `sslkey`) with the feature
+    /// `wal-tls`; without it a URL that requires TLS is refused.
     pub url: String,
     /// The prefix writers give `pg_logical_emit_message`; messages under
     /// other prefixes are not the outbox's. Default `outbox`.
@@ -128,15 +129,7 @@ impl WalConfig {
         let decode = |text: &str| {
             percent_decode(text).ok_or_else(|| bad("holds a percent-escape that is not UTF-8"))
         };
-        let tls = url
-            .query_pairs()
-            .any(|(k, v)| k == "sslmode" && matches!(&*v, "require" | "verify-ca" | "verify-full"));
-        if tls {
-            return Err(bad(
-                "asks for TLS (sslmode), which the replication connection does not offer yet: \
-                 reach the server over a private network, or use the table-based outbox",
-            ));
-        }
+        let tls = super::tls::tls_config(&url)?;
         let database = url.path().trim_start_matches('/');
         if database.is_empty() {
             return Err(bad("names no database (postgres://user@host/database)"));
@@ -154,6 +147,7 @@ impl WalConfig {
                 .query_pairs()
                 .find(|(k, _)| k == "application_name")
                 .map_or_else(|| "outbox-relay".to_string(), |(_, v)| v.into_owned()),
+            tls,
         })
     }
 }
@@ -167,6 +161,7 @@ pub(crate) struct Endpoint {
     pub(crate) database: String,
     /// The URL's `application_name`, or `outbox-relay`.
     pub(crate) application_name: String,
+    pub(crate) tls: pgwire_replication::TlsConfig,
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -222,7 +217,7 @@ mod tests {
             ("", "url"),
             ("mysql://root@h/db", "url"),
             ("postgres://root:secret@h", "url"),
-            ("postgres://root:secret@h/db?sslmode=require", "url"),
+            ("postgres://root:secret@h/db?sslmode=sometimes", "url"),
         ] {
             let err = config(url).validate().unwrap_err();
             assert_eq!(err.setting, setting, "{url}");

@@ -33,6 +33,7 @@ mod pending;
 mod reader;
 mod shared;
 mod source;
+mod tls;
 
 use std::sync::Arc;
 

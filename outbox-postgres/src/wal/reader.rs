@@ -101,6 +101,7 @@ impl Reader {
         .with_wakeup_interval(Duration::from_secs(1))
         .with_options(options)
         .with_application_name(endpoint.application_name)
+        .with_tls(endpoint.tls)
         // With an observer the client says when every raise was reported.
         .with_feedback_observer(FeedbackObserver::new(|_| {}));
         let mut client = ReplicationClient::connect(replication)

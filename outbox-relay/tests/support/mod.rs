@@ -44,6 +44,14 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Installs ring as the process's rustls provider, as `outbox-relay`'s
+/// `main` does: with the replication client's TLS this build holds two
+/// providers, and a client that asks rustls for its default (async-nats's)
+/// would panic.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn nats_url() -> String {
     std::env::var("OUTBOX_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }

@@ -193,6 +193,12 @@ impl OwnPostgres {
         Self::start_with(Some(certificates), "").await
     }
 
+    /// A server with `wal_level = logical` that takes connections over
+    /// TLS only, replication connections included.
+    pub async fn start_logical_tls(certificates: &Certificates) -> Self {
+        Self::start_with(Some(certificates), " -c wal_level=logical").await
+    }
+
     async fn start_with(certificates: Option<&Certificates>, extra: &str) -> Self {
         let port = spare_port();
         let dir = std::env::temp_dir().join(format!("outbox-own-pg-{port}"));
@@ -229,7 +235,8 @@ impl OwnPostgres {
         ));
         if certificates.is_some() {
             server.run(&format!(
-                "printf 'local all all trust\\nhostssl all all 127.0.0.1/32 trust\\n' > {}",
+                "printf 'local all all trust\\nhostssl all all 127.0.0.1/32 trust\\n\
+                 hostssl replication all 127.0.0.1/32 trust\\n' > {}",
                 server.data().join("pg_hba.conf").display()
             ));
         }
