@@ -1,14 +1,20 @@
 //! The configured broker, connected, behind one type whatever its kind.
 
+#[cfg(any(feature = "kafka", feature = "nats"))]
 use std::time::Duration;
 
-use outbox_core::{BoxDestination, CancellationToken, Destination, Error, Message};
+#[cfg(any(feature = "kafka", feature = "amqp", feature = "nats"))]
+use outbox_core::Destination;
+use outbox_core::{BoxDestination, CancellationToken, Error, Message};
 
 use crate::settings::DestinationSettings;
-use crate::startup::{until_up, Readiness};
+#[cfg(any(feature = "amqp", feature = "nats"))]
+use crate::startup::until_up;
+use crate::startup::Readiness;
 
 /// Connects the destination `settings` name, trying again while it cannot
 /// be reached; `None` when `shutdown` came first.
+#[cfg_attr(not(any(feature = "amqp", feature = "nats")), allow(unused_variables))]
 pub async fn connect(
     settings: &DestinationSettings,
     readiness: &Readiness,

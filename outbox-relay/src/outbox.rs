@@ -17,6 +17,7 @@ fn not_compiled(kind: &str) -> ConfigError {
 }
 
 /// sqlx's complaint about a URL, which does not repeat the URL.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn bad_url(err: sqlx::Error) -> ConfigError {
     ConfigError::new("source.url", err.to_string())
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use outbox_core::{ConfigError, RelayConfig};
 use serde::Deserialize;
 
-pub use crate::destination_settings::{DestinationSettings, NatsModeSetting};
+pub use crate::destination_settings::DestinationSettings;
+#[cfg(feature = "nats")]
+pub use crate::destination_settings::NatsModeSetting;
 pub use crate::source_settings::{Database, SharedSourceSettings, SourceSettings};
 pub use outbox_sql::AckMode;
 

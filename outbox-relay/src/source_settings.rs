@@ -77,7 +77,9 @@ pub enum Database {
     /// `outbox-postgres`.
     Postgres(PostgresSettings),
     /// `outbox-postgres`'s WAL outbox: the log read through a replication
-    /// slot; `table` is not used, `ack` must stay `delete`.
+    /// slot; `table` is not used, `ack` must stay `delete`. Read only in a
+    /// build with `postgres-wal`; without it the kind is refused by name.
+    #[cfg_attr(not(feature = "postgres-wal"), allow(dead_code))]
     PostgresWal(PostgresWalSettings),
     /// `outbox-mysql` (MySQL 8, MariaDB 10.6+).
     Mysql(MysqlSettings),
@@ -88,6 +90,7 @@ pub enum Database {
 /// `kind = "postgres"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub struct PostgresSettings {
     /// The schema of the outbox table. Default `public`.
     #[serde(default = "default_schema")]
@@ -103,6 +106,7 @@ pub struct PostgresSettings {
 /// `kind = "postgres_wal"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "postgres-wal"), allow(dead_code))]
 pub struct PostgresWalSettings {
     /// The prefix writers give `pg_logical_emit_message`. Default `outbox`.
     #[serde(default = "default_prefix")]
