@@ -139,6 +139,9 @@ impl WalOutbox {
                 .map(drop)
                 .map_err(not_logical);
         }
+        if done.is_ok() {
+            done = self.refuse_a_lost_slot(&mut conn).await;
+        }
         let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
             .bind(format!("outbox-wal-migrate-{}", self.config.slot))
             .execute(&mut *conn)
@@ -146,6 +149,29 @@ impl WalOutbox {
         done?;
         unlock.map_err(classify)?;
         Ok(())
+    }
+
+    /// An existing slot the server invalidated (`wal_status = 'lost'`)
+    /// cannot be read again: said here, at migration, rather than by the
+    /// relay at its start.
+    async fn refuse_a_lost_slot(&self, conn: &mut PgConnection) -> Result<(), Error> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(&self.config.slot)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(classify)?
+                .flatten();
+        if status.as_deref() != Some("lost") {
+            return Ok(());
+        }
+        Err(Error::permanent(format!(
+            "the replication slot {:?} is invalidated (pg_replication_slots.wal_status = 'lost'): \
+             the server removed log it still needed past max_slot_wal_keep_size, and messages in \
+             that log can no longer be read. Drop the slot (pg_drop_replication_slot) and run \
+             migrate again to read from now on",
+            self.config.slot
+        )))
     }
 
     /// Writes one message on `conn`, which should be your open transaction

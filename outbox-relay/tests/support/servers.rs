@@ -193,6 +193,14 @@ impl OwnPostgres {
         Self::start_with(Some(certificates), "").await
     }
 
+    /// A cluster with `wal_level = logical` that keeps at most `megabytes`
+    /// of log for a slot behind (`max_slot_wal_keep_size`): past it, a
+    /// checkpoint invalidates the slot.
+    pub async fn start_logical_keeping(megabytes: u32) -> Self {
+        let extra = format!(" -c wal_level=logical -c max_slot_wal_keep_size={megabytes}MB");
+        Self::start_with(None, &extra).await
+    }
+
     /// A server with `wal_level = logical` that takes connections over
     /// TLS only, replication connections included.
     pub async fn start_logical_tls(certificates: &Certificates) -> Self {
