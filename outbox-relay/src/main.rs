@@ -248,9 +248,16 @@ fn init_logs(settings: &Settings) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
     // lapin at `trace` logs every frame it writes, the SASL PLAIN response
     // with the password included (as a list of bytes): its trace events
-    // never reach the output, whatever the level asked for.
+    // never reach the output, whatever the level asked for. rustls (whose
+    // `logging` the replication client's TLS turns on) dumps every
+    // handshake message at `debug` and `trace`, kilobytes per connection
+    // and nothing an operator reads: from it, `info` and up only.
     let no_secrets = filter_fn(|meta| {
-        !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("lapin"))
+        let lapin_trace =
+            *meta.level() == tracing::Level::TRACE && meta.target().starts_with("lapin");
+        let rustls_detail =
+            *meta.level() > tracing::Level::INFO && meta.target().starts_with("rustls");
+        !(lapin_trace || rustls_detail)
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
