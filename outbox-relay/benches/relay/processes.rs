@@ -217,7 +217,7 @@ pub async fn drain(
     let claims = relays.claims().await;
     relays.stop();
     // The relays' sessions report their counters as they end.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sessions_ended(postgres_url).await;
     let reads = IndexReads::of(backlog).await.since(&reads_before);
     let rate = count as f64 / elapsed.as_secs_f64();
     assert_eq!(
@@ -232,6 +232,30 @@ pub async fn drain(
         waits,
         reads,
     }
+}
+
+/// Waits (at most 10 s) until no session of the relays is left on the
+/// server at `url`.
+async fn sessions_ended(url: &str) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("PostgreSQL");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(APPLICATION)
+                .fetch_one(&pool)
+                .await
+                .expect("pg_stat_activity");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
 }
 
 /// `url` with the relays' `application_name`.
