@@ -5,9 +5,10 @@
 //! See `shop/mod.rs`.
 //!
 //! `scripts/services.sh up`, then
-//! `cargo run --example any_pair --all-features -- [ORDERS] [postgres|postgres_wal|mysql] [kafka|amqp|nats]`
+//! `cargo run --example any_pair --all-features -- [ORDERS] [postgres|postgres_wal|postgres_wal_table|mysql] [kafka|amqp|nats]`
 //! (`postgres_wal`: the events go through PostgreSQL's write-ahead log, on
-//! the server at `OUTBOX_POSTGRES_WAL_URL`).
+//! the server at `OUTBOX_POSTGRES_WAL_URL`; `postgres_wal_table`: they are
+//! rows of an outbox table that the relay reads from that log).
 
 #[path = "shop/mod.rs"]
 mod shop;
@@ -79,10 +80,18 @@ async fn main() -> Result {
     println!("{database} -> {broker}, chosen at run time");
     let shop = match database.as_str() {
         "postgres" => AnyShop::Postgres(shop::postgres::PostgresShop::open(&name).await?),
-        "postgres_wal" => AnyShop::Postgres(shop::postgres::PostgresShop::open_wal(&name).await?),
+        "postgres_wal" => {
+            AnyShop::Postgres(shop::postgres::PostgresShop::open_wal(&name, false).await?)
+        }
+        "postgres_wal_table" => {
+            AnyShop::Postgres(shop::postgres::PostgresShop::open_wal(&name, true).await?)
+        }
         "mysql" => AnyShop::Mysql(shop::mysql::MysqlShop::open(&name).await?),
         other => {
-            return Err(format!("no database {other:?}: postgres, postgres_wal or mysql").into())
+            return Err(format!(
+                "no database {other:?}: postgres, postgres_wal, postgres_wal_table or mysql"
+            )
+            .into())
         }
     };
     let broker = match broker.as_str() {

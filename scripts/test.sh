@@ -60,7 +60,7 @@ cargo run --quiet --all-features --example observed_service -- 20
 
 # The same service with its database and broker picked at run time, behind
 # BoxSource and BoxDestination.
-for pair in "mysql kafka" "postgres amqp" "postgres_wal nats"; do
+for pair in "mysql kafka" "postgres amqp" "postgres_wal nats" "postgres_wal_table amqp"; do
     step "example any_pair $pair"
     # shellcheck disable=SC2086
     cargo run --quiet --all-features --example any_pair -- 20 $pair

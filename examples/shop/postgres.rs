@@ -1,6 +1,7 @@
 //! The shop on PostgreSQL: `shop.<name>_orders` and its outbox table
 //! `shop.<name>_outbox` (or, feature `postgres-wal`, its events written
-//! into the write-ahead log); the consumer's `shop.<name>_history` and its
+//! into the write-ahead log, or into `shop.<name>_events` read from the
+//! log); the consumer's `shop.<name>_history` and its
 //! inbox `shop.<name>_inbox`.
 
 use outbox::postgres::{PostgresConfig, PostgresInbox, PostgresOutbox, Receipt};
@@ -50,9 +51,11 @@ impl PostgresShop {
     /// Connects to `OUTBOX_POSTGRES_WAL_URL` (a server with `wal_level =
     /// logical`) and writes the events into the write-ahead log: the relay
     /// reads them through the slot `<name>`, made afresh for each run and
-    /// dropped at its end (see [`Shop::close`]).
+    /// dropped at its end (see [`Shop::close`]). With `table`, the table
+    /// mode: the events are rows of `shop.<name>_events`, which the relay
+    /// reads from the log and deletes.
     #[cfg(feature = "postgres-wal")]
-    pub async fn open_wal(name: &str) -> Result<Self> {
+    pub async fn open_wal(name: &str, table: bool) -> Result<Self> {
         let url = std::env::var("OUTBOX_POSTGRES_WAL_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into());
         let pool = connect("OUTBOX_POSTGRES_WAL_URL", &url).await?;
@@ -66,6 +69,7 @@ impl PostgresShop {
                 slot: name.into(),
                 publication: name.into(),
                 schema: "shop".into(),
+                table: table.then(|| format!("{name}_events")),
                 failures_table: format!("{name}_failures"),
                 ..WalConfig::default()
             },

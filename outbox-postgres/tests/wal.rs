@@ -44,7 +44,17 @@ struct Wal {
 /// A fresh WAL outbox named after `scenario`: its old slot, publication and
 /// failures table dropped first.
 async fn wal(scenario: &str) -> Wal {
-    let name: String = format!("wal_{scenario}").chars().take(55).collect();
+    wal_of(&format!("wal_{scenario}"), false).await
+}
+
+/// The same in the table mode: writers insert rows into a table of the
+/// scenario's own, which the relay reads from the log.
+async fn wal_table(scenario: &str) -> Wal {
+    wal_of(&format!("walt_{scenario}"), true).await
+}
+
+async fn wal_of(name: &str, table: bool) -> Wal {
+    let name: String = name.chars().take(55).collect();
     let pool = pool().await;
     sqlx::query("CREATE SCHEMA IF NOT EXISTS outbox_test")
         .execute(&pool)
@@ -65,6 +75,7 @@ async fn wal(scenario: &str) -> Wal {
     for drop in [
         format!("DROP PUBLICATION IF EXISTS {name}"),
         format!("DROP TABLE IF EXISTS outbox_test.{name}"),
+        format!("DROP TABLE IF EXISTS outbox_test.{name}_rows"),
     ] {
         sqlx::query(&drop).execute(&pool).await.unwrap();
     }
@@ -74,6 +85,7 @@ async fn wal(scenario: &str) -> Wal {
         slot: name.clone(),
         publication: name.clone(),
         schema: "outbox_test".into(),
+        table: table.then(|| format!("{name}_rows")),
         failures_table: name,
         ..WalConfig::default()
     };
@@ -98,6 +110,48 @@ impl Wal {
             .expect("source");
         self.monitors.lock().unwrap().push(source.monitor());
         source
+    }
+
+    /// Runs a relay on `source` until `count` distinct messages arrived
+    /// (failing past the deadline), stops it, and returns what arrived.
+    async fn deliver(&self, source: WalSource, count: usize) -> Vec<(String, Uuid)> {
+        let destination = MemoryDestination::new();
+        let relay = run_relay(source, destination.clone(), fast_relay_config());
+        assert!(
+            destination.wait_for_distinct(count, DEADLINE).await,
+            "only {} of {count} arrived",
+            destination.sent_count()
+        );
+        relay.stop().await;
+        arrivals(&destination)
+    }
+
+    /// Asserts that the slot gets confirmed to the log's end.
+    async fn assert_confirmed_to_the_end(&self) {
+        assert!(
+            eventually(DEADLINE, || async {
+                self.outbox.unread().await.ok() == Some(0)
+            })
+            .await,
+            "the slot was not confirmed to the end: {:?} unread",
+            self.outbox.unread().await
+        );
+    }
+
+    /// Rows in the table mode's table.
+    async fn rows_left(&self) -> i64 {
+        let table = self.outbox.config().table.as_ref().expect("the table mode");
+        sqlx::query_scalar(&format!("SELECT count(*) FROM outbox_test.{table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Writes `messages` in a transaction that rolls back.
+    async fn roll_back(&self, messages: &[Message]) {
+        let mut tx = self.pool.begin().await.unwrap();
+        self.outbox.enqueue_many(&mut tx, messages).await.unwrap();
+        tx.rollback().await.unwrap();
     }
 
     async fn commit(&self, messages: &[Message]) {
@@ -138,9 +192,21 @@ impl SourceHarness for Wal {
     }
 
     /// An envelope without a destination, as a careless writer in another
-    /// language could emit.
+    /// language could emit; in the table mode, a row without one.
     async fn enqueue_malformed(&self, key: &str) -> Option<Uuid> {
         let id = Uuid::now_v7();
+        if let Some(table) = &self.outbox.config().table {
+            sqlx::query(&format!(
+                "INSERT INTO outbox_test.{table} (id, ordering_key, destination, payload) \
+                 VALUES ($1, $2, '', '')"
+            ))
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+            return Some(id);
+        }
         let head = serde_json::json!({"v": 1, "id": id, "key": key});
         sqlx::query("SELECT pg_logical_emit_message(true, $1, convert_to($2, 'UTF8'))")
             .bind(&self.outbox.config().prefix)
@@ -182,27 +248,40 @@ impl SourceHarness for Wal {
 /// `a_claim_keeps_no_row_it_holds_back`, which need two relays claiming the
 /// same outbox at once; here the second stands by
 /// (`a_standby_takes_over_when_the_reader_goes`).
+/// The scenarios of both modes.
+macro_rules! wal_scenarios {
+    ($make:path) => {
+        outbox_testkit::source_conformance!(@tests $make;
+            order_per_key_and_nothing_lost,
+            every_field_survives,
+            retry_then_success,
+            poison_is_dead_lettered,
+            no_head_of_line_blocking,
+            a_long_failing_key_holds_back_only_itself,
+            many_failing_keys_hold_back_only_themselves,
+            many_parked_keys_hold_back_only_themselves,
+            a_long_parked_key_holds_back_only_itself,
+            a_batch_past_its_send_window_keeps_its_acks,
+            a_key_in_a_slow_send_holds_back_only_itself,
+            look_alike_keys_stay_distinct,
+            shutdown_releases_claims,
+            dead_relay_claims_taken_over,
+            a_long_error_is_stored_cut_short,
+            a_malformed_head_parks_its_key,
+            a_claim_stays_within_its_byte_budget,
+        );
+    };
+}
+
 mod conformance {
     use super::*;
-    outbox_testkit::source_conformance!(@tests wal;
-        order_per_key_and_nothing_lost,
-        every_field_survives,
-        retry_then_success,
-        poison_is_dead_lettered,
-        no_head_of_line_blocking,
-        a_long_failing_key_holds_back_only_itself,
-        many_failing_keys_hold_back_only_themselves,
-        many_parked_keys_hold_back_only_themselves,
-        a_long_parked_key_holds_back_only_itself,
-        a_batch_past_its_send_window_keeps_its_acks,
-        a_key_in_a_slow_send_holds_back_only_itself,
-        look_alike_keys_stay_distinct,
-        shutdown_releases_claims,
-        dead_relay_claims_taken_over,
-        a_long_error_is_stored_cut_short,
-        a_malformed_head_parks_its_key,
-        a_claim_stays_within_its_byte_budget,
-    );
+    wal_scenarios!(wal);
+}
+
+/// The same scenarios in the table mode.
+mod table_conformance {
+    use super::*;
+    wal_scenarios!(wal_table);
 }
 
 /// A rolled-back transaction never delivers; one transaction with messages
@@ -212,45 +291,23 @@ mod conformance {
 async fn only_committed_messages_arrive_in_order_and_the_slot_is_confirmed() {
     let wal = wal("atomicity").await;
     let rolled_back = numbered_messages("events", 5, 2);
-    let mut tx = wal.pool.begin().await.unwrap();
-    wal.outbox
-        .enqueue_many(&mut tx, &rolled_back)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
+    wal.roll_back(&rolled_back).await;
     let messages = numbered_messages("events", 50, 4);
     wal.commit(&messages).await;
 
-    let destination = MemoryDestination::new();
-    let relay = run_relay(
-        wal.source(|_| {}).await,
-        destination.clone(),
-        fast_relay_config(),
-    );
-    assert!(
-        destination
-            .wait_for_distinct(messages.len(), DEADLINE)
-            .await,
-        "only {} of {} arrived",
-        destination.sent_count(),
-        messages.len()
-    );
-    relay.stop().await;
-    let arrived = arrivals(&destination);
+    let arrived = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
     assert_order_per_key(&messages, &arrived);
+    assert_none_of(&rolled_back, &arrived);
+    wal.assert_confirmed_to_the_end().await;
+}
+
+/// Fails if a message of `rolled_back` arrived.
+fn assert_none_of(rolled_back: &[Message], arrived: &[(String, Uuid)]) {
     assert!(
         arrived
             .iter()
             .all(|(_, id)| rolled_back.iter().all(|m| m.id != *id)),
         "a rolled-back message was delivered"
-    );
-    assert!(
-        eventually(DEADLINE, || async {
-            wal.outbox.unread().await.ok() == Some(0)
-        })
-        .await,
-        "the slot was not confirmed past the delivered messages: {:?} unread",
-        wal.outbox.unread().await
     );
 }
 
@@ -409,25 +466,9 @@ async fn a_backlog_larger_than_what_is_held_flows_through() {
     wal.commit(&messages[..150]).await;
     wal.commit(&messages[150..]).await;
     let source = wal.source(|c| c.max_held = 10).await;
-    let destination = MemoryDestination::new();
-    let relay = run_relay(source, destination.clone(), fast_relay_config());
-    assert!(
-        destination
-            .wait_for_distinct(messages.len(), DEADLINE)
-            .await,
-        "{} of {} arrived",
-        destination.sent_count(),
-        messages.len()
-    );
-    relay.stop().await;
-    assert_order_per_key(&messages, &arrivals(&destination));
-    assert!(
-        eventually(DEADLINE, || async {
-            wal.outbox.unread().await.ok() == Some(0)
-        })
-        .await,
-        "the slot was not confirmed to the end"
-    );
+    let arrived = wal.deliver(source, messages.len()).await;
+    assert_order_per_key(&messages, &arrived);
+    wal.assert_confirmed_to_the_end().await;
 }
 
 /// An idle outbox never pins the log: with nothing held, the reader
@@ -596,4 +637,113 @@ async fn the_slot_lag_is_reported_and_past_its_limit_the_relay_is_unhealthy() {
     let operator = wal.outbox.backlog().await.unwrap().log_lag.unwrap();
     assert_eq!(operator.age, None, "an operator's view reads nothing");
     assert_eq!(operator.max_bytes, Some(1 << 30));
+}
+
+/// The table mode reads the rows of any writer: this crate's WAL writer,
+/// the table-based outbox's writers on the same table, and a plain
+/// `INSERT`. A rolled-back transaction never delivers; a transaction with
+/// 50 keys delivers them all in order per key; a row that is not a message
+/// is dead-lettered with the reason; the table ends empty and the slot
+/// confirmed to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_mode_reads_every_writers_rows_and_leaves_the_table_empty() {
+    let wal = wal_table("any_writer").await;
+    let table = wal.outbox.config().table.clone().unwrap();
+    // The table-based outbox's own table, with its columns and indexes.
+    sqlx::query(&format!("DROP TABLE outbox_test.{table}"))
+        .execute(&wal.pool)
+        .await
+        .unwrap();
+    let table_outbox = outbox_postgres::PostgresOutbox::new(
+        outbox_postgres::PostgresConfig {
+            schema: "outbox_test".into(),
+            table: table.clone(),
+            ..Default::default()
+        },
+        wal.pool.clone(),
+    )
+    .unwrap();
+    table_outbox.migrate().await.unwrap();
+    wal.outbox
+        .migrate()
+        .await
+        .expect("migrate onto an existing table");
+
+    let rolled_back = numbered_messages("events", 5, 2);
+    wal.roll_back(&rolled_back).await;
+    let messages = numbered_messages("events", 50, 6);
+    wal.commit(&messages[..100]).await;
+    let mut tx = wal.pool.begin().await.unwrap();
+    table_outbox
+        .enqueue_many(&mut tx, &messages[100..200])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    for message in &messages[200..] {
+        sqlx::query(&format!(
+            "INSERT INTO outbox_test.{table} (id, ordering_key, destination, payload) \
+             VALUES ($1, $2, $3, $4)"
+        ))
+        .bind(message.id)
+        .bind(&message.ordering_key)
+        .bind(&message.destination)
+        .bind(&message.payload)
+        .execute(&wal.pool)
+        .await
+        .unwrap();
+    }
+    let malformed = wal.enqueue_malformed("bad").await.unwrap();
+
+    let arrived = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    assert_order_per_key(&messages, &arrived);
+    assert_none_of(&rolled_back, &arrived);
+    let dead = eventually(DEADLINE, || async { wal.dead_letters().await.len() == 1 }).await;
+    let letters = wal.dead_letters().await;
+    assert!(dead, "dead letters: {letters:?}");
+    assert_eq!(letters[0].0, malformed);
+    assert!(letters[0].1.contains("destination"), "{letters:?}");
+    assert_eq!(wal.rows_left().await, 0, "rows read from the log stayed");
+    wal.assert_confirmed_to_the_end().await;
+}
+
+/// The table mode deletes rows in the background, and the slot is never
+/// confirmed past a row still in the table: with deletes refused, the
+/// messages are delivered and the slot stays below them; once deletes
+/// work again, the next relay reads them again, sends them again (at
+/// least once) and deletes them, and the slot reaches the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_never_confirmed_past_a_row_still_in_the_table() {
+    let wal = wal_table("undeleted").await;
+    let table = wal.outbox.config().table.clone().unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE OR REPLACE FUNCTION outbox_test.{table}_refuse() RETURNS trigger \
+             LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'deletes refused'; END $$; \
+         CREATE TRIGGER refuse BEFORE DELETE ON outbox_test.{table} \
+             FOR EACH ROW EXECUTE FUNCTION outbox_test.{table}_refuse()"
+    ))
+    .execute(&wal.pool)
+    .await
+    .unwrap();
+    let messages = numbered_messages("events", 4, 5);
+    for message in &messages {
+        wal.commit(std::slice::from_ref(message)).await;
+    }
+
+    wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    let unread = eventually(DEADLINE, || async { wal.outbox.unread().await.is_ok() }).await;
+    assert!(unread, "the slot stayed active");
+    assert_eq!(
+        wal.outbox.unread().await.unwrap(),
+        messages.len() as u64,
+        "the slot was confirmed past rows still in the table"
+    );
+
+    sqlx::query(&format!("DROP TRIGGER refuse ON outbox_test.{table}"))
+        .execute(&wal.pool)
+        .await
+        .unwrap();
+    let arrived = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    assert_order_per_key(&messages, &arrived);
+    assert_eq!(wal.rows_left().await, 0, "rows stayed in the table");
+    wal.assert_confirmed_to_the_end().await;
 }

@@ -66,6 +66,7 @@ pub fn open(settings: &SourceSettings) -> Result<Box<dyn Operator>, ConfigError>
                 slot: wal.slot.clone(),
                 publication: wal.publication.clone(),
                 schema: wal.schema.clone(),
+                table: wal.read_table.then(|| shared.table.clone()),
                 failures_table: wal.failures_table.clone(),
                 lease,
                 on_dead_letter: shared.on_dead_letter,

@@ -77,7 +77,8 @@ pub enum Database {
     /// `outbox-postgres`.
     Postgres(PostgresSettings),
     /// `outbox-postgres`'s WAL outbox: the log read through a replication
-    /// slot; `table` is not used, `ack` must stay `delete`. Read only in a
+    /// slot; `table` is read only with `read_table`, `ack` must stay
+    /// `delete`. Read only in a
     /// build with `postgres-wal`; without it the kind is refused by name.
     #[cfg_attr(not(feature = "postgres-wal"), allow(dead_code))]
     PostgresWal(PostgresWalSettings),
@@ -123,6 +124,11 @@ pub struct PostgresWalSettings {
     /// The failures table. Default `outbox_wal_failures`.
     #[serde(default = "default_failures_table")]
     pub failures_table: String,
+    /// The table mode: also read the rows inserted into `table` (in
+    /// `schema`) from the log, and delete them once read. Default false:
+    /// only messages written with `pg_logical_emit_message`.
+    #[serde(default)]
+    pub read_table: bool,
     /// Most messages read and not yet settled held in memory. Default 10,000.
     #[serde(default = "default_max_held")]
     pub max_held: usize,

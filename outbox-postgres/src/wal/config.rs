@@ -22,11 +22,20 @@ pub struct WalConfig {
     /// The logical replication slot the relay reads (pgoutput). Default
     /// `outbox_slot`.
     pub slot: String,
-    /// The publication pgoutput needs; an empty one will do, as the
-    /// outbox's messages are not table rows. Default `outbox_publication`.
+    /// The publication pgoutput needs: empty for messages alone, with
+    /// `table`'s inserts in the table mode. Default `outbox_publication`.
     pub publication: String,
-    /// Schema of the failures table. Default `public`.
+    /// Schema of the failures table, and of `table`. Default `public`.
     pub schema: String,
+    /// The table mode: an outbox table (in `schema`) whose inserted rows
+    /// the relay reads from the log, beside the messages written under
+    /// `prefix`. [`WalOutbox::enqueue`](super::WalOutbox::enqueue) then
+    /// inserts rows; any writer that inserts into the table (the
+    /// table-based outbox's writers, another language's) is read the same
+    /// way. `migrate` creates the table if it does not exist and adds it to
+    /// the publication (inserts only); the relay deletes the rows it read.
+    /// Default `None`: messages only.
+    pub table: Option<String>,
     /// The failures table: messages waiting for a retry, the later
     /// messages of their keys, and dead letters. Default
     /// `outbox_wal_failures`.
@@ -59,6 +68,7 @@ impl Default for WalConfig {
             slot: "outbox_slot".into(),
             publication: "outbox_publication".into(),
             schema: "public".into(),
+            table: None,
             failures_table: "outbox_wal_failures".into(),
             lease: Duration::from_secs(30),
             on_dead_letter: OnDeadLetter::Continue,
@@ -77,6 +87,7 @@ impl fmt::Debug for WalConfig {
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("schema", &self.schema)
+            .field("table", &self.table)
             .field("failures_table", &self.failures_table)
             .field("lease", &self.lease)
             .field("on_dead_letter", &self.on_dead_letter)
@@ -98,6 +109,15 @@ impl WalConfig {
         outbox_sql::check_identifier("publication", &self.publication, 63)?;
         outbox_sql::check_identifier("schema", &self.schema, 63)?;
         outbox_sql::check_identifier("failures_table", &self.failures_table, 55)?;
+        if let Some(table) = &self.table {
+            outbox_sql::check_identifier("table", table, 63)?;
+            if *table == self.failures_table {
+                return Err(ConfigError::new(
+                    "table",
+                    "must differ from failures_table, which the relay writes itself",
+                ));
+            }
+        }
         outbox_sql::check_lease(self.lease)?;
         outbox_sql::check_batch_bytes(self.batch_bytes)?;
         if self.lease.as_millis() > i32::MAX as u128 {
@@ -233,6 +253,13 @@ mod tests {
             ..config("postgres://h/db")
         };
         assert_eq!(lag.validate().unwrap_err().setting, "max_lag_bytes");
+        for table in ["bad table", "outbox_wal_failures"] {
+            let mode = WalConfig {
+                table: Some(table.into()),
+                ..config("postgres://h/db")
+            };
+            assert_eq!(mode.validate().unwrap_err().setting, "table", "{table}");
+        }
         let shown = format!("{:?}", config("postgres://u:secret@h/db"));
         assert!(!shown.contains("secret"), "{shown}");
     }

@@ -33,6 +33,8 @@ mod pending;
 mod reader;
 mod shared;
 mod source;
+mod sweep;
+mod table;
 mod tls;
 
 use std::sync::Arc;
@@ -50,6 +52,7 @@ pub use envelope::{
 };
 use failures::Failures;
 pub use source::{WalMonitor, WalSource};
+use table::OutboxTable;
 
 /// One WAL outbox on one pool: writes messages in your transactions, sets
 /// up the slot, makes the relay's source and answers operators. Cheap to
@@ -59,6 +62,7 @@ pub struct WalOutbox {
     config: Arc<WalConfig>,
     pool: PgPool,
     failures: Arc<Failures>,
+    table: Option<OutboxTable>,
 }
 
 impl WalOutbox {
@@ -71,10 +75,15 @@ impl WalOutbox {
             &config.failures_table,
             config.on_dead_letter,
         );
+        let table = config
+            .table
+            .as_ref()
+            .map(|table| OutboxTable::new(&config.schema, table));
         Ok(Self {
             config: Arc::new(config),
             pool,
             failures: Arc::new(failures),
+            table,
         })
     }
 
@@ -95,15 +104,20 @@ impl WalOutbox {
 
     fn tables_sql(&self) -> String {
         let c = &self.config;
+        let publication = match &self.table {
+            Some(table) => table.schema_sql(&c.publication),
+            None => format!(
+                "DO $$ BEGIN\n    \
+                     IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = '{pubname}') THEN\n        \
+                         CREATE PUBLICATION \"{pubname}\";\n    \
+                     END IF;\n\
+                 END $$;\n",
+                pubname = c.publication,
+            ),
+        };
         format!(
-            "{}\
-             DO $$ BEGIN\n    \
-                 IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = '{pubname}') THEN\n        \
-                     CREATE PUBLICATION \"{pubname}\";\n    \
-                 END IF;\n\
-             END $$;\n",
-            Failures::schema_sql(&c.schema, &c.failures_table),
-            pubname = c.publication,
+            "{}{publication}",
+            Failures::schema_sql(&c.schema, &c.failures_table)
         )
     }
 
@@ -175,7 +189,9 @@ impl WalOutbox {
     }
 
     /// Writes one message on `conn`, which should be your open transaction
-    /// (`&mut tx`): it reaches the log only if the transaction commits.
+    /// (`&mut tx`): it reaches the log only if the transaction commits. In
+    /// the table mode (`table` set) it inserts a row, which reaches the log
+    /// the same way.
     pub async fn enqueue(&self, conn: &mut PgConnection, message: &Message) -> Result<(), Error> {
         self.enqueue_many(conn, std::slice::from_ref(message)).await
     }
@@ -188,6 +204,12 @@ impl WalOutbox {
     ) -> Result<(), Error> {
         for message in messages {
             message.validate()?;
+        }
+        if let Some(table) = &self.table {
+            return match messages {
+                [] => Ok(()),
+                _ => table.insert(conn, messages).await,
+            };
         }
         match messages {
             [] => Ok(()),
@@ -264,6 +286,7 @@ impl WalOutbox {
             self.config.clone(),
             self.pool.clone(),
             self.failures.clone(),
+            self.table.clone(),
         );
         // A replication connection that cannot be made (a wrong password,
         // a user without REPLICATION) fails here, at start-up.
@@ -324,18 +347,24 @@ impl WalOutbox {
     /// a free slot be peeked, so this fails while a relay reads it.
     pub async fn unread(&self) -> Result<u64, Error> {
         // A pgoutput message record: 'M', flags (1 byte), LSN (8 bytes),
-        // then the prefix, NUL-terminated.
+        // then the prefix, NUL-terminated. An insert record: 'I', then
+        // the table's OID (4 bytes).
         let mut prefix = self.config.prefix.as_bytes().to_vec();
         prefix.push(0);
+        let table = (self.config.table.as_ref())
+            .map(|table| format!("\"{}\".\"{table}\"", self.config.schema));
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, \
                  'proto_version', '1', 'publication_names', $2, 'messages', 'true') \
-             WHERE get_byte(data, 0) = 77 AND substr(data, 11, $3) = $4",
+             WHERE (get_byte(data, 0) = 77 AND substr(data, 11, $3) = $4) \
+                OR (get_byte(data, 0) = 73 \
+                    AND substr(data, 2, 4) = int4send(to_regclass($5::text)::oid::int4))",
         )
         .bind(&self.config.slot)
         .bind(&self.config.publication)
         .bind(prefix.len() as i32)
         .bind(prefix)
+        .bind(table)
         .fetch_one(&self.pool)
         .await
         .map_err(classify)?;

@@ -17,6 +17,8 @@ use super::envelope::{decode, Malformed};
 use super::failures::{Failures, Parked};
 use super::pending::stamped;
 use super::shared::{Shared, State, Status};
+use super::sweep::Sweeper;
+use super::table::{self, postgres_time, Change, Relation};
 use super::WalConfig;
 
 /// How often the reader ticks: feeds the confirmed position back and
@@ -34,6 +36,26 @@ pub(crate) struct Reader {
     pub(crate) pool: PgPool,
     pub(crate) failures: Arc<Failures>,
     pub(crate) shared: Arc<Shared>,
+    /// In the table mode, the deleter of the rows read (and the table,
+    /// whose inserts are read too).
+    pub(crate) sweeper: Option<Arc<Sweeper>>,
+}
+
+/// A transaction being read: its commit time, what it holds, and the ids
+/// of its rows in the table mode's table.
+struct Open {
+    committed_at: DateTime<Utc>,
+    reads: Vec<Read>,
+    rows: Vec<Uuid>,
+}
+
+/// What one replication connection has read so far.
+struct Session {
+    open: Option<Open>,
+    /// The table mode's table as its last `Relation` record described it.
+    relation: Option<Relation>,
+    /// The content of this connection's catch-up marker.
+    marker: String,
 }
 
 /// One message as read: its log position and the message (its sequence
@@ -102,6 +124,9 @@ impl Reader {
         .with_options(options)
         .with_application_name(endpoint.application_name)
         .with_tls(endpoint.tls)
+        // Rows in binary: a payload as its bytes, not hex text, and times
+        // independent of the connection's DateStyle and TimeZone.
+        .with_binary(self.sweeper.is_some())
         // With an observer the client says when every raise was reported.
         .with_feedback_observer(FeedbackObserver::new(|_| {}));
         let mut client = ReplicationClient::connect(replication)
@@ -127,16 +152,19 @@ impl Reader {
         self.shared.set(Status::Reading { caught_up: false });
         // Commits are sent in log order, so once this marker comes back
         // everything committed before the reader took the slot was read.
-        let marker = Uuid::now_v7().to_string();
+        let mut session = Session {
+            open: None,
+            relation: None,
+            marker: Uuid::now_v7().to_string(),
+        };
         sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
             .bind(self.marker_prefix())
-            .bind(&marker)
+            .bind(&session.marker)
             .execute(&self.pool)
             .await
             .map_err(|err| format!("emitting the catch-up marker: {err}"))?;
         let mut ticks = tokio::time::interval(TICK);
         let mut last_tick = Instant::now();
-        let mut open: Option<(DateTime<Utc>, Vec<Read>)> = None;
         loop {
             let full =
                 self.shared.held.load(std::sync::atomic::Ordering::Relaxed) >= self.config.max_held;
@@ -154,7 +182,7 @@ impl Reader {
                     }
                     last_tick = Instant::now();
                     self.shared.tick();
-                    let confirmable = self.shared.state.lock().await.pending.confirmable();
+                    let confirmable = self.shared.state.lock().await.confirmable();
                     client.update_applied_lsn(Lsn::from(confirmable));
                     if client.feedback_pending_since().is_none() {
                         self.shared.reported.send_if_modified(|reported| {
@@ -168,7 +196,7 @@ impl Reader {
                 event = client.recv(), if !full => {
                     let event = event.map_err(|err| err.to_string())?;
                     let Some(event) = event else { return Ok(()) };
-                    self.handle(event, &mut open, &marker).await?;
+                    self.handle(event, &mut session).await?;
                 }
             }
         }
@@ -179,11 +207,16 @@ impl Reader {
     /// reported (waiting for the report, at most a second) before the
     /// stream ends.
     async fn confirm_and_stop(&self, client: &mut ReplicationClient) {
+        if let Some(sweeper) = &self.sweeper {
+            if let Err(err) = sweeper.all().await {
+                tracing::warn!(slot = %self.config.slot, "deleting rows read from the log: {err}");
+            }
+        }
         let confirmable = {
             let mut state = self.shared.state.lock().await;
             move_behind_settled(&mut state, &self.failures, &self.pool, &self.config.slot).await;
             self.shared.count_held(&state);
-            state.pending.confirmable()
+            state.confirmable()
         };
         client.update_applied_lsn(Lsn::from(confirmable));
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -198,24 +231,26 @@ impl Reader {
         format!("{}:caught-up", self.config.prefix)
     }
 
-    async fn handle(
-        &self,
-        event: ReplicationEvent,
-        open: &mut Option<(DateTime<Utc>, Vec<Read>)>,
-        marker: &str,
-    ) -> Result<(), String> {
+    async fn handle(&self, event: ReplicationEvent, session: &mut Session) -> Result<(), String> {
+        let open = &mut session.open;
         match event {
             ReplicationEvent::Message {
                 transactional: false,
                 prefix,
                 content,
                 ..
-            } if prefix == self.marker_prefix() && content == marker.as_bytes() => {
+            } if prefix == self.marker_prefix() && content == session.marker.as_bytes() => {
                 self.shared.set(Status::Reading { caught_up: true });
             }
             ReplicationEvent::Begin {
                 commit_time_micros, ..
-            } => *open = Some((postgres_time(commit_time_micros), Vec::new())),
+            } => {
+                *open = Some(Open {
+                    committed_at: postgres_time(commit_time_micros),
+                    reads: Vec::new(),
+                    rows: Vec::new(),
+                })
+            }
             ReplicationEvent::Message {
                 transactional,
                 lsn,
@@ -223,7 +258,12 @@ impl Reader {
                 content,
             } if prefix == self.config.prefix => {
                 let lsn = lsn.as_u64();
-                let Some((committed_at, reads)) = open.as_mut().filter(|_| transactional) else {
+                let Some(Open {
+                    committed_at,
+                    reads,
+                    ..
+                }) = open.as_mut().filter(|_| transactional)
+                else {
                     let read = malformed(
                         lsn,
                         &content,
@@ -250,8 +290,28 @@ impl Reader {
                     Err(why) => malformed(lsn, &content, why),
                 });
             }
-            ReplicationEvent::Commit { end_lsn, .. } => {
-                let (committed_at, reads) = open.take().unwrap_or_else(|| (Utc::now(), Vec::new()));
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } if self.sweeper.is_some() => {
+                self.change(session, wal_start.as_u64(), &data)?;
+            }
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                let Open {
+                    committed_at,
+                    reads,
+                    rows,
+                } = open.take().unwrap_or_else(|| Open {
+                    committed_at: Utc::now(),
+                    reads: Vec::new(),
+                    rows: Vec::new(),
+                });
+                // The rows are deleted in the background, the slot held
+                // below them until then (added before the transaction is
+                // held, so no confirmation passes them meanwhile).
+                if let Some(sweeper) = self.sweeper.as_ref().filter(|_| !rows.is_empty()) {
+                    self.shared.state.lock().await.sweep.add(lsn.as_u64(), rows);
+                    sweeper.wake();
+                }
                 self.commit(Some(end_lsn.as_u64()), committed_at, reads)
                     .await?;
             }
@@ -262,6 +322,43 @@ impl Reader {
                     .await
                     .pending
                     .idle_at(wal_end.as_u64());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A record of the table mode: the table's columns, or a row of it
+    /// (other tables' and other kinds of records are not the outbox's).
+    fn change(&self, session: &mut Session, position: u64, data: &[u8]) -> Result<(), String> {
+        let table = self.sweeper.as_ref().expect("the table mode").table();
+        match table::parse(data).map_err(|why| format!("reading the log: {why}"))? {
+            Change::Relation(relation) if table.is(&relation) => session.relation = Some(relation),
+            Change::Insert { oid, values } => {
+                let Some(relation) = session.relation.as_ref().filter(|r| r.oid == oid) else {
+                    return Ok(());
+                };
+                let open = session
+                    .open
+                    .as_mut()
+                    .ok_or("reading the log: a row outside a transaction")?;
+                let read = match table::message(relation, &values, open.committed_at) {
+                    Ok(message) => match message.validate() {
+                        Ok(()) => Ok((position, message)),
+                        Err(err) => Err((
+                            message.id,
+                            message.ordering_key.clone(),
+                            message.payload.clone(),
+                            format!("malformed row: {}", err.report()),
+                        )),
+                    },
+                    Err(why) => malformed(position, &table::payload(relation, &values), why),
+                };
+                match &read {
+                    Ok((_, message)) => open.rows.push(message.id),
+                    Err((id, ..)) => open.rows.push(*id),
+                }
+                open.reads.push(read);
             }
             _ => {}
         }
@@ -387,12 +484,6 @@ fn explained(err: String) -> String {
          can no longer be read. Drop the slot (pg_drop_replication_slot) and run migrate to \
          read from now on"
     )
-}
-
-/// PostgreSQL's microseconds since 2000-01-01 as a time.
-fn postgres_time(micros: i64) -> DateTime<Utc> {
-    const EPOCH_2000: i64 = 946_684_800;
-    DateTime::from_timestamp_micros(EPOCH_2000 * 1_000_000 + micros).unwrap_or_else(Utc::now)
 }
 
 #[cfg(test)]

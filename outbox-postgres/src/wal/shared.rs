@@ -11,6 +11,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use uuid::Uuid;
 
 use super::pending::Pending;
+use super::sweep::Sweep;
 
 /// The state behind one lock, held across the failures table's statements
 /// so that a key cannot be parked and unparked at once.
@@ -29,9 +30,17 @@ pub(crate) struct State {
     pub(crate) stale: HashMap<String, (ClaimId, Instant)>,
     /// When the parked keys were last read from the table.
     pub(crate) parked_read_at: Option<Instant>,
+    /// The table mode's rows read and not yet deleted.
+    pub(crate) sweep: Sweep,
 }
 
 impl State {
+    /// The position the slot may be confirmed to now: past settled
+    /// transactions, and never past a table row not yet deleted.
+    pub(crate) fn confirmable(&mut self) -> u64 {
+        self.pending.confirmable().min(self.sweep.limit())
+    }
+
     /// Keys a claim must not hand out from memory or the table now.
     pub(crate) fn busy_keys(&self, lease: Duration) -> HashSet<String> {
         let now = Instant::now();

@@ -14,6 +14,8 @@ use super::failures::{Failures, Parked};
 use super::lag::slot_lag_bytes;
 use super::reader::{move_behind_settled, Reader};
 use super::shared::{Shared, State, Status};
+use super::sweep::Sweeper;
+use super::table::OutboxTable;
 use super::WalConfig;
 use crate::row::Decoded;
 
@@ -29,6 +31,8 @@ pub struct WalSource {
     pool: PgPool,
     failures: Arc<Failures>,
     shared: Arc<Shared>,
+    /// The table mode's deletes of rows read.
+    sweeper: Option<Arc<Sweeper>>,
     _reader: DropGuard,
 }
 
@@ -41,13 +45,24 @@ impl std::fmt::Debug for WalSource {
 }
 
 impl WalSource {
-    pub(crate) fn start(config: Arc<WalConfig>, pool: PgPool, failures: Arc<Failures>) -> Self {
+    pub(crate) fn start(
+        config: Arc<WalConfig>,
+        pool: PgPool,
+        failures: Arc<Failures>,
+        table: Option<OutboxTable>,
+    ) -> Self {
         let shared = Arc::new(Shared::new());
         let stop = CancellationToken::new();
+        let sweeper =
+            table.map(|table| Arc::new(Sweeper::new(table, pool.clone(), shared.clone())));
+        if let Some(sweeper) = &sweeper {
+            tokio::spawn(sweeper.clone().run(stop.clone()));
+        }
         let reader = Reader {
             config: config.clone(),
             pool: pool.clone(),
             failures: failures.clone(),
+            sweeper: sweeper.clone(),
             shared: shared.clone(),
         };
         tokio::spawn(reader.run(stop.clone()));
@@ -56,6 +71,7 @@ impl WalSource {
             pool,
             failures,
             shared,
+            sweeper,
             _reader: stop.drop_guard(),
         }
     }
@@ -407,13 +423,19 @@ impl Source for WalSource {
 
     /// Confirms the slot past everything settled and waits (at most two
     /// seconds) until the server was told: unsettled messages behind
-    /// settled ones move to the failures table first.
+    /// settled ones move to the failures table first, and the table
+    /// mode's rows read are deleted.
     async fn checkpoint(&self) {
+        if let Some(sweeper) = &self.sweeper {
+            if let Err(err) = sweeper.all().await {
+                tracing::warn!(slot = %self.config.slot, "deleting rows read from the log: {err}");
+            }
+        }
         let target = {
             let mut state = self.shared.state.lock().await;
             move_behind_settled(&mut state, &self.failures, &self.pool, &self.config.slot).await;
             self.settled(&state);
-            state.pending.confirmable()
+            state.confirmable()
         };
         let mut reported = self.shared.reported.subscribe();
         let told = reported.wait_for(|at| *at >= target);

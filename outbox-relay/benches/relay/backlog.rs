@@ -82,6 +82,16 @@ impl Backlog {
     /// table `outbox_bench.<name>`) on the logical cluster at `url`,
     /// created if missing.
     pub async fn wal(url: &str, name: &str) -> Self {
+        Self::wal_mode(url, name, false).await
+    }
+
+    /// The same in the table mode: writers insert rows into
+    /// `outbox_bench.<name>_rows`, which the relay reads from the log.
+    pub async fn wal_table(url: &str, name: &str) -> Self {
+        Self::wal_mode(url, name, true).await
+    }
+
+    async fn wal_mode(url: &str, name: &str, table: bool) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(80)
             .connect(url)
@@ -98,6 +108,7 @@ impl Backlog {
                 slot: name.into(),
                 publication: name.into(),
                 schema: "outbox_bench".into(),
+                table: table.then(|| format!("{name}_rows")),
                 failures_table: name.into(),
                 ..WalConfig::default()
             },
@@ -167,12 +178,16 @@ impl Backlog {
                 let config = outbox.config();
                 format!(
                     "kind = \"postgres_wal\"\nurl = \"{url}\"\nprefix = \"{}\"\nslot = \"{}\"\n\
-                     publication = \"{}\"\nschema = \"{}\"\nfailures_table = \"{}\"\n",
+                     publication = \"{}\"\nschema = \"{}\"\nfailures_table = \"{}\"\n{}",
                     config.prefix,
                     config.slot,
                     config.publication,
                     config.schema,
-                    config.failures_table
+                    config.failures_table,
+                    match &config.table {
+                        Some(table) => format!("read_table = true\ntable = \"{table}\"\n"),
+                        None => String::new(),
+                    }
                 )
             }
             Backlog::Mysql { .. } => panic!("outbox-relay processes run on PostgreSQL here"),
@@ -188,7 +203,14 @@ impl Backlog {
             Backlog::Mysql { pool, .. } => sqlx::query(&sql).execute(pool).await.map(drop),
             Backlog::Wal { pool, outbox } => {
                 advance_to_end(pool, &outbox.config().slot).await;
-                sqlx::query(&sql).execute(pool).await.map(drop)
+                let rows = match &outbox.config().table {
+                    Some(table) => format!(", {}.{table}", outbox.config().schema),
+                    None => String::new(),
+                };
+                sqlx::query(&format!("{sql}{rows}"))
+                    .execute(pool)
+                    .await
+                    .map(drop)
             }
         }
         .expect("truncate");
@@ -301,7 +323,20 @@ impl Backlog {
                     Err(err) => panic!("unread: {err}"),
                 }
             };
-            return (unread + outbox.backlog().await.expect("backlog").waiting) as i64;
+            let rows: i64 = match &outbox.config().table {
+                Some(table) => {
+                    let Backlog::Wal { pool, .. } = self else {
+                        unreachable!()
+                    };
+                    let sql = format!("SELECT COUNT(*) FROM {}.{table}", outbox.config().schema);
+                    sqlx::query_scalar(&sql)
+                        .fetch_one(pool)
+                        .await
+                        .expect("rows")
+                }
+                None => 0,
+            };
+            return (unread + outbox.backlog().await.expect("backlog").waiting) as i64 + rows;
         }
         match self {
             Backlog::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,

@@ -35,15 +35,17 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
         for name in ["nats", "kafka"] {
             let broker = servers.broker(&format!("pg-{name}")).await;
             let wal = Backlog::wal(url, &format!("bench_wal_{name}")).await;
+            let wal_table = Backlog::wal_table(url, &format!("bench_walt_{name}")).await;
             let table = Backlog::postgres(url, &format!("bench_table_{name}"), false).await;
-            let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+            let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..options.runs {
                 // Interleaved, so a drift of the machine touches all three.
                 for (kind, rates) in rates.iter_mut().enumerate() {
                     let address = broker.prepare(&format!("pgwal-{name}")).await;
                     let rate = match kind {
                         0 => drained(&wal, &broker, &address, options.messages).await,
-                        1 => drained(&table, &broker, &address, options.messages).await,
+                        1 => drained(&wal_table, &broker, &address, options.messages).await,
+                        2 => drained(&table, &broker, &address, options.messages).await,
                         _ => ceiling(&broker, &address, options.messages).await,
                     };
                     assert_eq!(
@@ -55,16 +57,20 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
                     rates.push(rate);
                 }
             }
-            let [wal_rate, table_rate, ceiling_rate] = rates.map(|r| Spread::of(r).median);
+            let [wal_rate, wal_table_rate, table_rate, ceiling_rate] =
+                rates.map(|r| Spread::of(r).median);
             println!(
-                "PostgreSQL (WAL) -> {name}, {} waiting: WAL relay {wal_rate:.0}, table relay \
-                 {table_rate:.0}, broker's batched ceiling {ceiling_rate:.0} msg/s; WAL/table \
-                 {:.2}, WAL/ceiling {:.2}",
+                "PostgreSQL (WAL) -> {name}, {} waiting: WAL relay {wal_rate:.0}, WAL relay \
+                 reading table rows {wal_table_rate:.0}, table relay {table_rate:.0}, broker's \
+                 batched ceiling {ceiling_rate:.0} msg/s; WAL/table {:.2}, WAL/ceiling {:.2}, \
+                 WAL table rows/table {:.2}",
                 options.messages,
                 wal_rate / table_rate,
-                wal_rate / ceiling_rate
+                wal_rate / ceiling_rate,
+                wal_table_rate / table_rate
             );
             wal.truncate().await;
+            wal_table.truncate().await;
             table.truncate().await;
         }
     }
@@ -74,18 +80,20 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
     };
     if options.enqueue_seconds > 0 {
         let wal = Backlog::wal(url, "bench_wal_enqueue").await;
+        let wal_table = Backlog::wal_table(url, "bench_walt_enqueue").await;
         let table = Backlog::postgres(url, "bench_table_enqueue", true).await;
         let broker = Broker::Nats(destination.clone());
         let subject = broker.prepare("pgwal-enqueue").await;
         let seconds = options.enqueue_seconds;
         // Alternated within each run: the machine's speed drifts.
-        let mut costs: [Vec<enqueue::Cost>; 4] = Default::default();
+        let mut costs: [Vec<enqueue::Cost>; 5] = Default::default();
         for _ in 0..options.runs {
             for (kind, costs) in costs.iter_mut().enumerate() {
                 let (backlog, extra) = match kind {
                     0 => (&wal, Extra::Nothing),
                     1 => (&wal, Extra::EmptyStatement),
                     2 => (&wal, Extra::Message),
+                    3 => (&wal_table, Extra::Message),
                     _ => (&table, Extra::Message),
                 };
                 let writers = enqueue::WRITERS;
@@ -95,11 +103,12 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
                 );
             }
         }
-        let [nothing, floor, wal_message, table_message] = costs.map(Costs::of);
+        let [nothing, floor, wal_message, wal_row, table_message] = costs.map(Costs::of);
         for (label, cost) in [
             ("the order row alone", &nothing),
             ("+ SELECT 1 (the floor)", &floor),
             ("+ a WAL message", &wal_message),
+            ("+ a WAL table row (read from the log)", &wal_row),
             ("+ a table message (default settings)", &table_message),
         ] {
             println!(
@@ -112,6 +121,7 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
         }
         broker.release(&subject).await;
         wal.truncate().await;
+        wal_table.truncate().await;
         table.truncate().await;
     }
 
@@ -152,21 +162,25 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
 
     if options.latency_seconds > 0 {
         let wal = Backlog::wal(url, "bench_wal_latency").await;
-        for rate in [1000, 5000] {
-            let broker = Broker::Nats(destination.clone());
-            let address = broker.prepare("pgwal-latency").await;
-            let measured =
-                latency::measure(&wal, &destination, &address, rate, options.latency_seconds).await;
-            broker.release(&address).await;
-            println!(
-                "PostgreSQL (WAL) -> NATS JetStream at {rate} msg/s ({:.0} reached): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                measured.reached,
-                report::ms(measured.quantile(0.5)),
-                report::ms(measured.quantile(0.99)),
-                report::ms(measured.max())
-            );
+        let wal_table = Backlog::wal_table(url, "bench_walt_latency").await;
+        for (mode, wal) in [("", &wal), (", table rows", &wal_table)] {
+            for rate in [1000, 5000] {
+                let broker = Broker::Nats(destination.clone());
+                let address = broker.prepare("pgwal-latency").await;
+                let measured =
+                    latency::measure(wal, &destination, &address, rate, options.latency_seconds)
+                        .await;
+                broker.release(&address).await;
+                println!(
+                    "PostgreSQL (WAL{mode}) -> NATS JetStream at {rate} msg/s ({:.0} reached): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    measured.reached,
+                    report::ms(measured.quantile(0.5)),
+                    report::ms(measured.quantile(0.99)),
+                    report::ms(measured.max())
+                );
+            }
+            wal.truncate().await;
         }
-        wal.truncate().await;
     }
 }
 

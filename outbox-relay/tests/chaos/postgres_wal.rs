@@ -1,5 +1,7 @@
-//! The WAL outbox as a chaos run's database: writers emit into the log,
-//! the relays share one replication slot (one reads, two stand by).
+//! The WAL outbox as a chaos run's database: writers emit into the log
+//! (or, in the table mode, every other commit inserts rows that the relay
+//! reads from the log), the relays share one replication slot (one reads,
+//! two stand by).
 
 use std::sync::Mutex;
 
@@ -13,6 +15,9 @@ use crate::support::servers::OwnPostgres;
 
 pub struct PostgresWal {
     outbox: WalOutbox,
+    /// In the table mode, the writer of the other commits: messages
+    /// emitted into the log.
+    emitter: Option<WalOutbox>,
     pool: PgPool,
     url: String,
     name: String,
@@ -29,18 +34,20 @@ fn wal_url() -> String {
 
 impl PostgresWal {
     /// A fresh slot, publication and failures table named `name` on the
-    /// bench's logical cluster.
-    pub async fn shared(name: &str) -> Self {
-        Self::on(wal_url(), name, None).await
+    /// bench's logical cluster, in the table mode: commits alternate
+    /// between rows of the table `<name>_rows` and messages emitted into
+    /// the log.
+    pub async fn shared_table(name: &str) -> Self {
+        Self::on(wal_url(), name, None, true).await
     }
 
     /// A logical cluster of the harness's own, which the run restarts.
     pub async fn own(name: &str) -> Self {
         let own = OwnPostgres::start_logical().await;
-        Self::on(own.url(), name, Some(own)).await
+        Self::on(own.url(), name, Some(own), false).await
     }
 
-    async fn on(url: String, name: &str, own: Option<OwnPostgres>) -> Self {
+    async fn on(url: String, name: &str, own: Option<OwnPostgres>, table: bool) -> Self {
         let pool = PgPool::connect(&url)
             .await
             .expect("PostgreSQL (logical) reachable");
@@ -53,7 +60,8 @@ impl PostgresWal {
         .await
         .expect("no relay of an earlier run reads the slot");
         sqlx::raw_sql(&format!(
-            "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS public.{name}"
+            "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS public.{name}; \
+             DROP TABLE IF EXISTS public.{name}_rows"
         ))
         .execute(&pool)
         .await
@@ -66,10 +74,16 @@ impl PostgresWal {
             failures_table: name.into(),
             ..WalConfig::default()
         };
+        let emitter = table.then(|| WalOutbox::new(config.clone(), pool.clone()).unwrap());
+        let config = WalConfig {
+            table: table.then(|| format!("{name}_rows")),
+            ..config
+        };
         let outbox = WalOutbox::new(config, pool.clone()).unwrap();
         outbox.migrate().await.unwrap();
         PostgresWal {
             outbox,
+            emitter,
             pool,
             url,
             name: name.into(),
@@ -90,18 +104,26 @@ impl PostgresWal {
 impl Database for PostgresWal {
     fn source_settings(&self) -> String {
         let separator = if self.url.contains('?') { '&' } else { '?' };
+        let table = match &self.outbox.config().table {
+            Some(table) => format!("\nread_table = true\ntable = \"{table}\""),
+            None => String::new(),
+        };
         format!(
             "kind = \"postgres_wal\"\nurl = \"{}{separator}application_name={APPLICATION}-{name}\"\n\
              prefix = \"{name}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\
-             failures_table = \"{name}\"",
+             failures_table = \"{name}\"{table}",
             self.url,
             name = self.name
         )
     }
 
     async fn commit(&self, messages: &[Message]) {
+        let writer = match &self.emitter {
+            Some(emitter) if self.commits.lock().unwrap().len() % 2 == 1 => emitter,
+            _ => &self.outbox,
+        };
         let mut tx = self.pool.begin().await.unwrap();
-        self.outbox.enqueue_many(&mut tx, messages).await.unwrap();
+        writer.enqueue_many(&mut tx, messages).await.unwrap();
         tx.commit().await.unwrap();
         let after: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
             .fetch_one(&self.pool)
@@ -161,6 +183,15 @@ impl Database for PostgresWal {
     }
 
     async fn clean_up(&self) {
+        // Rows go before their commit may be confirmed, and every commit
+        // was: none is left, whatever the faults.
+        if let Some(table) = &self.outbox.config().table {
+            let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM public.{table}"))
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            assert_eq!(left, 0, "rows read from the log stayed in {table}");
+        }
         // The stopped relays' walsenders end a moment after them.
         let dropped = outbox_testkit::eventually(std::time::Duration::from_secs(30), || async {
             sqlx::query("SELECT pg_drop_replication_slot($1)")
