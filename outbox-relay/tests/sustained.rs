@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::Message;
 use outbox_testkit::{assert_order_per_key, eventually};
-use sqlx::PgPool;
+use support::autovacuum::set_autovacuum;
 use support::*;
 use uuid::Uuid;
 
@@ -42,20 +42,6 @@ async fn relays_keep_up_with_writers_at_full_speed() {
         set_autovacuum(&admin, false).await;
         phase.unwrap_or_else(|failure| panic!("autovacuum {autovacuum}: {failure}"));
     }
-}
-
-/// Turns the cluster's autovacuum on or back to the bench's setting.
-async fn set_autovacuum(pool: &PgPool, on: bool) {
-    let statement = if on {
-        "ALTER SYSTEM SET autovacuum = on"
-    } else {
-        "ALTER SYSTEM RESET autovacuum"
-    };
-    sqlx::query(statement).execute(pool).await.unwrap();
-    sqlx::query("SELECT pg_reload_conf()")
-        .execute(pool)
-        .await
-        .unwrap();
 }
 
 async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {

@@ -16,11 +16,15 @@ use futures_util::StreamExt;
 use outbox_core::Message;
 use sqlx::PgPool;
 
+#[path = "../../tests/support/autovacuum.rs"]
+mod autovacuum;
+
 use crate::backlog::Backlog;
 use crate::broker::{Broker, NATS_STREAM};
 use crate::processes::{self, Claims, Relays};
 use crate::report::{ms, thousands};
 use crate::{Servers, KEYS};
+use autovacuum::set_autovacuum;
 
 /// Writer tasks, each on keys of its own (no writer waits for another's
 /// per-key lock).
@@ -306,23 +310,6 @@ async fn bounded_stream(broker: &Broker) {
     })
     .await
     .expect("stream");
-}
-
-/// Turns the cluster's autovacuum on, or back to the bench's setting.
-async fn set_autovacuum(pool: &PgPool, on: bool) {
-    let statement = if on {
-        "ALTER SYSTEM SET autovacuum = on"
-    } else {
-        "ALTER SYSTEM RESET autovacuum"
-    };
-    sqlx::query(statement)
-        .execute(pool)
-        .await
-        .expect("ALTER SYSTEM");
-    sqlx::query("SELECT pg_reload_conf()")
-        .execute(pool)
-        .await
-        .expect("reload");
 }
 
 /// Waits until the table is empty, or `longest`.

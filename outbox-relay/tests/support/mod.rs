@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+pub mod autovacuum;
 pub mod certificates;
 pub mod servers;
 
