@@ -113,8 +113,9 @@ impl Wal {
     }
 
     /// Runs a relay on `source` until `count` distinct messages arrived
-    /// (failing past the deadline), stops it, and returns what arrived.
-    async fn deliver(&self, source: WalSource, count: usize) -> Vec<(String, Uuid)> {
+    /// (failing past the deadline), stops it, and returns where they
+    /// arrived.
+    async fn deliver(&self, source: WalSource, count: usize) -> MemoryDestination {
         let destination = MemoryDestination::new();
         let relay = run_relay(source, destination.clone(), fast_relay_config());
         assert!(
@@ -123,7 +124,7 @@ impl Wal {
             destination.sent_count()
         );
         relay.stop().await;
-        arrivals(&destination)
+        destination
     }
 
     /// Asserts that the slot gets confirmed to the log's end.
@@ -295,7 +296,7 @@ async fn only_committed_messages_arrive_in_order_and_the_slot_is_confirmed() {
     let messages = numbered_messages("events", 50, 4);
     wal.commit(&messages).await;
 
-    let arrived = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    let arrived = arrivals(&wal.deliver(wal.source(|_| {}).await, messages.len()).await);
     assert_order_per_key(&messages, &arrived);
     assert_none_of(&rolled_back, &arrived);
     wal.assert_confirmed_to_the_end().await;
@@ -466,7 +467,7 @@ async fn a_backlog_larger_than_what_is_held_flows_through() {
     wal.commit(&messages[..150]).await;
     wal.commit(&messages[150..]).await;
     let source = wal.source(|c| c.max_held = 10).await;
-    let arrived = wal.deliver(source, messages.len()).await;
+    let arrived = arrivals(&wal.deliver(source, messages.len()).await);
     assert_order_per_key(&messages, &arrived);
     wal.assert_confirmed_to_the_end().await;
 }
@@ -671,7 +672,13 @@ async fn the_table_mode_reads_every_writers_rows_and_leaves_the_table_empty() {
 
     let rolled_back = numbered_messages("events", 5, 2);
     wal.roll_back(&rolled_back).await;
-    let messages = numbered_messages("events", 50, 6);
+    let mut messages = numbered_messages("events", 50, 6);
+    // Incompressible and larger than a page: stored out of line (TOAST),
+    // and still whole in the log's insert record.
+    let big: Vec<u8> = (0..20_000)
+        .flat_map(|_| *Uuid::new_v4().as_bytes())
+        .collect();
+    messages[0].payload = big.clone();
     wal.commit(&messages[..100]).await;
     let mut tx = wal.pool.begin().await.unwrap();
     table_outbox
@@ -694,7 +701,17 @@ async fn the_table_mode_reads_every_writers_rows_and_leaves_the_table_empty() {
     }
     let malformed = wal.enqueue_malformed("bad").await.unwrap();
 
-    let arrived = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    let destination = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    let arrived = arrivals(&destination);
+    let sent = destination.sent();
+    let whole = sent
+        .iter()
+        .find(|s| s.message.id == messages[0].id)
+        .unwrap();
+    assert!(
+        whole.message.payload == big,
+        "the large payload arrived cut or changed"
+    );
     assert_order_per_key(&messages, &arrived);
     assert_none_of(&rolled_back, &arrived);
     let dead = eventually(DEADLINE, || async { wal.dead_letters().await.len() == 1 }).await;
@@ -742,7 +759,7 @@ async fn the_slot_is_never_confirmed_past_a_row_still_in_the_table() {
         .execute(&wal.pool)
         .await
         .unwrap();
-    let arrived = wal.deliver(wal.source(|_| {}).await, messages.len()).await;
+    let arrived = arrivals(&wal.deliver(wal.source(|_| {}).await, messages.len()).await);
     assert_order_per_key(&messages, &arrived);
     assert_eq!(wal.rows_left().await, 0, "rows stayed in the table");
     wal.assert_confirmed_to_the_end().await;
