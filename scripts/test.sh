@@ -66,13 +66,17 @@ for pair in "mysql kafka" "postgres amqp" "postgres_wal nats" "postgres_wal_tabl
     cargo run --quiet --all-features --example any_pair -- 20 $pair
 done
 
+# The benchmark programs' smoke runs check that every section runs and
+# loses nothing, not how fast: they run in the test profile, on the build
+# the tests made (a release build would add several minutes on 2 cores).
+# Figures come from `cargo bench` (BENCHMARKS.md).
 step "scheduler benchmark (smoke)"
-cargo bench --quiet -p txoutbox-core --bench scheduler -- 20000 1000
+cargo test --quiet --all-features -p txoutbox-core --bench scheduler -- 20000 1000
 
 # Every pair, latency, enqueue cost, relay processes and sustained load, on
 # small numbers:
 # it fails if a drain loses a message or leaves a row.
 step "relay benchmark (smoke): every pair"
-cargo bench --quiet -p txoutbox-relay --bench relay -- --messages 5000 --runs 1 \
+cargo test --quiet --all-features -p txoutbox-relay --bench relay -- --messages 5000 --runs 1 \
     --latency-seconds 2 --enqueue-seconds 1 --inbox-seconds 1 --small 2000 --processes 1,2 \
     --wal-messages 5000 --sustained-seconds 10 --sustained-relays 2
