@@ -9,7 +9,7 @@
 //! cargo bench -p txoutbox-relay --bench relay -- [--messages N] [--runs N]
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
 //!     [--latency-seconds S] [--enqueue-seconds S] [--inbox-seconds S]
-//!     [--processes 1,2,4,8]
+//!     [--processes 1,2,4,8] [--leader-only-processes 2,4,8]
 //!     [--process-messages N] [--small N] [--wal-messages N]
 //!     [--sustained-seconds S] [--sustained-relays 1,3] [--write]
 //! ```
@@ -17,7 +17,8 @@
 //! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
 //! median, with min and max), every pair, 30 s per latency run, 10 s per
 //! enqueue mode and per inbox mode, 1, 2, 4 and 8 processes (on `--process-messages`, default
-//! `--messages`), a small backlog of 10,000, the WAL outbox's section
+//! `--messages`) and the same counts but 1 with `leader_only = true`
+//! (one claims, the others stand by), a small backlog of 10,000, the WAL outbox's section
 //! (`wal.rs`) on 100,000 waiting with the latency and enqueue seconds of
 //! the rest, and the sustained section (`sustained.rs`): 600 s at the
 //! highest rate 1 and then 3 processes keep up with, autovacuum on. A value
@@ -72,6 +73,8 @@ struct Options {
     enqueue_seconds: u64,
     inbox_seconds: u64,
     processes: Vec<usize>,
+    /// Process counts run again with `leader_only = true`.
+    leader_only_processes: Vec<usize>,
     process_messages: usize,
     small: usize,
     wal_messages: usize,
@@ -90,6 +93,7 @@ impl Options {
             enqueue_seconds: 10,
             inbox_seconds: 10,
             processes: vec![1, 2, 4, 8],
+            leader_only_processes: vec![2, 4, 8],
             process_messages: 0,
             small: 10_000,
             wal_messages: 100_000,
@@ -119,6 +123,10 @@ impl Options {
                 }
                 "--processes" => {
                     options.processes = list(&value()).iter().map(|n| number(&arg, n)).collect()
+                }
+                "--leader-only-processes" => {
+                    options.leader_only_processes =
+                        list(&value()).iter().map(|n| number(&arg, n)).collect()
                 }
                 other => panic!("unknown option {other}; see the top of benches/relay/main.rs"),
             }
@@ -457,10 +465,13 @@ async fn main() {
         }
     }
 
-    if !options.processes.is_empty() {
+    let process_runs: Vec<(usize, bool)> = (options.processes.iter().map(|&n| (n, false)))
+        .chain(options.leader_only_processes.iter().map(|&n| (n, true)))
+        .collect();
+    if !process_runs.is_empty() {
         let backlog = servers.backlog("pg-nats", false).await;
         let broker = servers.broker("pg-nats").await;
-        for &processes in &options.processes {
+        for &(processes, leader_only) in &process_runs {
             let mut rates = Vec::new();
             let mut peak = 0.0_f64;
             let mut claims = processes::Claims::default();
@@ -475,7 +486,10 @@ async fn main() {
                     &servers.postgres,
                     &servers.nats,
                     &address,
-                    processes,
+                    processes::Fleet {
+                        processes,
+                        leader_only,
+                    },
                     options.process_messages,
                 )
                 .await;
@@ -488,8 +502,9 @@ async fn main() {
                 broker.release(&address).await;
             }
             let rates = Spread::of(rates);
+            let leading = if leader_only { ", leader only" } else { "" };
             println!(
-                "{processes} outbox-relay process(es), PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB; \
+                "{processes} outbox-relay process(es){leading}, PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB; \
                  {:.0} claims, mean {:.1} ms, claim samples waiting for a lock {:.1} % of {}, for an LWLock {:.1} %; \
                  index entries read per message: waiting {:.2}, key {:.2}",
                 rates.median,
@@ -505,6 +520,7 @@ async fn main() {
                 options.process_messages,
                 report::ProcessRow {
                     processes,
+                    leader_only,
                     rate: rates,
                     peak_mib: peak,
                     claims,

@@ -112,13 +112,35 @@ pub struct Relays {
     settings: PathBuf,
 }
 
+/// How many relay processes run, and whether only a leader claims.
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet {
+    pub processes: usize,
+    /// `leader_only = true`: one claims, the others stand by.
+    pub leader_only: bool,
+}
+
+impl Fleet {
+    /// `processes` relays, every one claiming.
+    pub fn all_claiming(processes: usize) -> Fleet {
+        Fleet {
+            processes,
+            leader_only: false,
+        }
+    }
+}
+
 impl Relays {
     /// Starts `processes` relays on the PostgreSQL `backlog` (the table or
     /// the WAL outbox, on the server at `postgres_url`), publishing to NATS.
-    pub fn start(backlog: &Backlog, postgres_url: &str, nats_url: &str, processes: usize) -> Self {
+    pub fn start(backlog: &Backlog, postgres_url: &str, nats_url: &str, fleet: Fleet) -> Self {
         let url = with_application_name(postgres_url);
-        let settings = settings(&backlog.relay_source_settings(&url), nats_url);
-        let ports: Vec<u16> = (0..processes).map(|_| spare_port()).collect();
+        let mut source = backlog.relay_source_settings(&url);
+        if fleet.leader_only {
+            source.push_str("leader_only = true\n");
+        }
+        let settings = settings(&source, nats_url);
+        let ports: Vec<u16> = (0..fleet.processes).map(|_| spare_port()).collect();
         let children = ports
             .iter()
             .map(|port| {
@@ -195,13 +217,13 @@ pub async fn drain(
     postgres_url: &str,
     nats_url: &str,
     address: &str,
-    processes: usize,
+    fleet: Fleet,
     count: usize,
 ) -> ProcessDrain {
     let reads_before = IndexReads::of(backlog).await;
     let sampler = WaitSampler::start(postgres_url, APPLICATION).await;
     let started = Instant::now();
-    let mut relays = Relays::start(backlog, postgres_url, nats_url, processes);
+    let mut relays = Relays::start(backlog, postgres_url, nats_url, fleet);
     let deadline = Instant::now() + Duration::from_secs(600);
     while broker.stored(address).await < count as u64 {
         relays.assert_running();

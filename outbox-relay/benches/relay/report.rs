@@ -79,6 +79,8 @@ pub struct Report {
 /// One line of the processes' table.
 pub struct ProcessRow {
     pub processes: usize,
+    /// With `leader_only = true`: one relay claims, the others stand by.
+    pub leader_only: bool,
     pub rate: Spread,
     pub peak_mib: f64,
     /// Over every run.
@@ -239,7 +241,9 @@ impl Report {
                  statement waited for a heavyweight lock (row, transaction, advisory) or a \
                  lightweight one (buffer content, WAL insert). Index entries read per message \
                  (`idx_tup_read`): the `waiting` index is the claims' scan, which steps over rows \
-                 other batches hold; the `key` index is their look-back.\n\n\
+                 other batches hold; the `key` index is their look-back. \
+                 \"leader only\": the relays run with `leader_only = true`, one claiming and \
+                 the others standing by.\n\n\
                  | processes | msg/s, first start to last exit | peak resident memory of a process \
                  | claims | claim, mean | claim samples waiting: lock | LWLock \
                  | index entries read per message: `waiting` | `key` |\n\
@@ -249,7 +253,11 @@ impl Report {
             for row in &self.processes {
                 md += &format!(
                     "| {} | {} | {:.1} MiB | {} | {:.1} ms | {:.1} % of {} | {:.1} % | {:.2} | {:.2} |\n",
-                    row.processes,
+                    if row.leader_only {
+                        format!("{}, leader only", row.processes)
+                    } else {
+                        row.processes.to_string()
+                    },
                     row.rate.cell(),
                     row.peak_mib,
                     thousands(row.claims.count),

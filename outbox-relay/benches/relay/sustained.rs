@@ -137,7 +137,12 @@ async fn one_run(
     bounded_stream(&broker).await;
     backlog.truncate().await;
     let arrivals = Arrivals::subscribe(destination.client(), &subject).await;
-    let mut processes = Relays::start(backlog, &servers.postgres, &servers.nats, relays);
+    let mut processes = Relays::start(
+        backlog,
+        &servers.postgres,
+        &servers.nats,
+        processes::Fleet::all_claiming(relays),
+    );
 
     let step_seconds = (options.seconds / 20).clamp(5, 30);
     let mut steps = Vec::new();
@@ -243,7 +248,7 @@ async fn one_run(
         &servers.postgres,
         &servers.nats,
         &address,
-        relays,
+        processes::Fleet::all_claiming(relays),
         options.still_messages,
     )
     .await;

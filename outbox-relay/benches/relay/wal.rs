@@ -136,8 +136,16 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
             wal.restart_at_end().await;
             wal.fill(&address, count).await;
             let before = wal.retained_bytes().await;
-            let drained =
-                processes::drain(&wal, &broker, url, &servers.nats, &address, 1, count).await;
+            let drained = processes::drain(
+                &wal,
+                &broker,
+                url,
+                &servers.nats,
+                &address,
+                processes::Fleet::all_claiming(1),
+                count,
+            )
+            .await;
             let after = wal.retained_bytes().await;
             println!(
                 "PostgreSQL (WAL) -> NATS JetStream, one outbox-relay process, {count} waiting: \
