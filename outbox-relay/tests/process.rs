@@ -699,27 +699,7 @@ async fn a_relay_started_before_its_broker_comes_up_by_itself() {
 async fn the_wal_outbox_is_relayed_by_settings_alone() {
     let name = "relay_wal";
     let url = postgres_wal_url();
-    let pool = sqlx::PgPool::connect(&url)
-        .await
-        .expect("logical PostgreSQL");
-    let gone = eventually(DEADLINE, || async {
-        sqlx::query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1",
-        )
-        .bind(name)
-        .execute(&pool)
-        .await
-        .is_ok()
-    })
-    .await;
-    assert!(gone, "an earlier run's relay still reads the slot");
-    sqlx::raw_sql(&format!(
-        "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS public.{name}"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = fresh_wal(name).await;
     let source = format!(
         "kind = \"postgres_wal\"\nurl = \"{url}\"\nprefix = \"{name}\"\nslot = \"{name}\"\n\
          publication = \"{name}\"\nfailures_table = \"{name}\"\nmax_lag_bytes = 1073741824"
@@ -769,13 +749,127 @@ async fn the_wal_outbox_is_relayed_by_settings_alone() {
     .await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("malformed envelope"), "{text}");
-    let dropped = eventually(DEADLINE, || async {
-        sqlx::query("SELECT pg_drop_replication_slot($1)")
-            .bind(name)
-            .execute(&pool)
-            .await
-            .is_ok()
+    assert!(
+        slot_dropped(&pool, name).await,
+        "the slot stayed active after the relay exited"
+    );
+}
+
+/// A pool on the logical cluster, with the slot and publication `name` and
+/// the tables `name` and `name_failures` of an earlier run gone.
+async fn fresh_wal(name: &str) -> sqlx::PgPool {
+    let pool = sqlx::PgPool::connect(&postgres_wal_url())
+        .await
+        .expect("logical PostgreSQL");
+    assert!(
+        slot_dropped(&pool, name).await,
+        "an earlier run's relay still reads the slot"
+    );
+    sqlx::raw_sql(&format!(
+        "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS public.{name}; \
+         DROP TABLE IF EXISTS public.{name}_failures"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
+/// A table-based outbox moved to the WAL outbox's table mode while its
+/// writers go on, by the README's steps: `migrate` for the WAL relay
+/// creates the slot and warns of the rows already waiting (they are not in
+/// the log it reads); the table-based relay drains the table; the WAL
+/// relay then reads what was committed since the slot. Every message
+/// arrives, in order per key (JetStream drops the copies the WAL relay
+/// sends of rows the table relay delivered, by their message id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_outbox_moves_to_the_log_and_loses_nothing() {
+    let name = "relay_switch";
+    let url = postgres_wal_url();
+    let pool = fresh_wal(name).await;
+    let writer = outbox_postgres::PostgresOutbox::new(
+        outbox_postgres::PostgresConfig {
+            table: name.into(),
+            ..Default::default()
+        },
+        pool.clone(),
+    )
+    .unwrap();
+    writer.migrate().await.unwrap();
+    let messages = numbered_messages("relay-switch.orders", 5, 4);
+    let commit = |messages: &'static [outbox_core::Message]| {
+        let (pool, writer) = (pool.clone(), writer.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            writer.enqueue_many(&mut tx, messages).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let messages: &'static [outbox_core::Message] = Vec::leak(messages);
+    commit(&messages[..10]).await;
+
+    let wal = settings_with_source(
+        &format!(
+            "kind = \"postgres_wal\"\nurl = \"{url}\"\ntable = \"{name}\"\nread_table = true\n\
+             prefix = \"{name}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\
+             failures_table = \"{name}_failures\""
+        ),
+        name,
+        spare_port(),
+        "",
+    );
+    let (code, text) = finish(relay(&wal, &["migrate"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("holds 10 rows") && text.contains("not in the log"),
+        "migrate did not warn of the rows before the slot: {text}"
+    );
+    commit(&messages[10..]).await;
+
+    let nats_stream = stream("RELAY_SWITCH", "relay-switch").await;
+    let table = settings_with_source(
+        &format!("kind = \"postgres\"\nurl = \"{url}\"\ntable = \"{name}\""),
+        name,
+        spare_port(),
+        "",
+    );
+    let (code, text) = finish(relay(&table, &["drain"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("published 20\n"), "{text}");
+    let (code, text) = finish(relay(&wal, &["drain"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("published 10\n"),
+        "the rows since the slot: {text}"
+    );
+    let arrivals = read(&nats_stream, messages).await;
+    assert_eq!(arrivals.len(), messages.len());
+    assert_order_per_key(messages, &arrivals);
+
+    let (code, text) = finish(relay(&wal, &["migrate"]).spawn().unwrap(), DEADLINE).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains("not in the log"),
+        "a second migrate warned: {text}"
+    );
+    assert!(
+        slot_dropped(&pool, name).await,
+        "the slot stayed active after the relay exited"
+    );
+}
+
+/// Drops the slot `name` if it exists, once no relay reads it (false if
+/// one still does past the deadline).
+async fn slot_dropped(pool: &sqlx::PgPool, name: &str) -> bool {
+    eventually(DEADLINE, || async {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(name)
+        .execute(pool)
+        .await
+        .is_ok()
     })
-    .await;
-    assert!(dropped, "the slot stayed active after the relay exited");
+    .await
 }

@@ -131,7 +131,9 @@ impl WalOutbox {
 
     /// Creates the failures table, the publication and the slot if needed
     /// (idempotent). Needs `wal_level = logical` on the server; the error
-    /// says so when it is not.
+    /// says so when it is not. In the table mode, a slot created while the
+    /// table holds rows is warned about: rows committed before the slot
+    /// existed are not in the log it reads (README, "The table mode").
     pub async fn migrate(&self) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         let lock = sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
@@ -146,12 +148,24 @@ impl WalOutbox {
             .await
             .map(drop)
             .map_err(classify);
+        let mut created = false;
         if done.is_ok() {
-            done = (*conn)
-                .execute(sqlx::raw_sql(&self.slot_sql()))
-                .await
-                .map(drop)
-                .map_err(not_logical);
+            done = match self.slot_exists(&mut conn).await {
+                Ok(existed) => {
+                    created = !existed;
+                    (*conn)
+                        .execute(sqlx::raw_sql(&self.slot_sql()))
+                        .await
+                        .map(drop)
+                        .map_err(not_logical)
+                }
+                Err(err) => Err(err),
+            };
+        }
+        if let (true, Ok(()), Some(table)) = (created, &done, &self.table) {
+            done = table
+                .warn_of_rows_before(&mut conn, &self.config.slot)
+                .await;
         }
         if done.is_ok() {
             done = self.refuse_a_lost_slot(&mut conn).await;
@@ -163,6 +177,14 @@ impl WalOutbox {
         done?;
         unlock.map_err(classify)?;
         Ok(())
+    }
+
+    async fn slot_exists(&self, conn: &mut PgConnection) -> Result<bool, Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)")
+            .bind(&self.config.slot)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(classify)
     }
 
     /// An existing slot the server invalidated (`wal_status = 'lost'`)

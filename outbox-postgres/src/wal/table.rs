@@ -138,6 +138,37 @@ impl OutboxTable {
         Ok(())
     }
 
+    /// Warns when the table holds rows as the slot `slot` is created: rows
+    /// committed before are not in the log the slot reads, so the WAL
+    /// relay never sees them (a table-based outbox moving to the log).
+    pub(crate) async fn warn_of_rows_before(
+        &self,
+        conn: &mut PgConnection,
+        slot: &str,
+    ) -> Result<(), Error> {
+        let rows: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (SELECT FROM {} LIMIT 1000000) AS r",
+            self.qualified
+        ))
+        .fetch_one(conn)
+        .await
+        .map_err(classify)?;
+        if rows > 0 {
+            let at_least = if rows == 1_000_000 { "at least " } else { "" };
+            tracing::warn!(
+                slot,
+                table = %self.qualified,
+                "the slot was created while the table holds {at_least}{rows} rows: rows \
+                 committed before the slot existed are not in the log it reads, and the WAL \
+                 relay will not deliver them. Deliver them with the table-based relay first \
+                 (kind = \"postgres\", `outbox-relay drain`), then start the WAL relay; rows \
+                 committed since the slot was created are in the log (those the table-based \
+                 relay also delivers arrive twice)"
+            );
+        }
+        Ok(())
+    }
+
     /// Deletes the rows `ids`, read from the log.
     pub(crate) async fn delete(&self, pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
         if ids.is_empty() {
