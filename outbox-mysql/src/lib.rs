@@ -19,6 +19,7 @@ mod claim;
 mod config;
 mod error;
 mod inbox;
+mod key_lock;
 mod leader;
 mod operator;
 mod row;

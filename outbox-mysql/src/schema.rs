@@ -21,6 +21,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_utf8mb4.sql",
         include_str!("../migrations/0004_utf8mb4.sql"),
     ),
+    (
+        "0005_key_lock_trigger.sql",
+        include_str!("../migrations/0005_key_lock_trigger.sql"),
+    ),
 ];
 
 /// The statements of every migration rendered for `config`'s (validated)

@@ -9,6 +9,7 @@ use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use tokio::sync::Notify;
 
 use crate::error::classify;
+use crate::key_lock::{trigger_name, KeyLockTrigger};
 use crate::schema::statements;
 use crate::sql::{table_lock, Statements};
 use crate::{MysqlConfig, MysqlSource};
@@ -25,6 +26,9 @@ pub struct MysqlOutbox {
     pub(crate) pool: MySqlPool,
     pub(crate) sql: Arc<Statements>,
     pub(crate) committed: Arc<Notify>,
+    /// Whether inserts lock their key by the schema's trigger.
+    key_lock: Arc<KeyLockTrigger>,
+    trigger: Arc<str>,
 }
 
 impl MysqlOutbox {
@@ -33,11 +37,14 @@ impl MysqlOutbox {
     pub fn new(config: MysqlConfig, pool: MySqlPool) -> Result<Self, ConfigError> {
         config.validate()?;
         let sql = Statements::new(&config);
+        let trigger = trigger_name(&config.table).into();
         Ok(Self {
             config: Arc::new(config),
             pool,
             sql: Arc::new(sql),
             committed: Arc::default(),
+            key_lock: Arc::default(),
+            trigger,
         })
     }
 
@@ -82,9 +89,21 @@ impl MysqlOutbox {
         for statement in statements(&self.config) {
             // `Executor::execute`, not `RawSql::execute`: with the latter
             // this future is not `Send`, and `migrate` could not be spawned.
-            conn.execute(sqlx::raw_sql(&statement))
-                .await
-                .map_err(classify)?;
+            let done = conn.execute(sqlx::raw_sql(&statement)).await;
+            match done {
+                Err(err) if is_trigger(&statement) && trigger_refused(&err) => {
+                    // Writers then lock their keys themselves (see
+                    // `key_lock`): one statement more per call, same order.
+                    tracing::warn!(
+                        error = %err,
+                        "migrate: the server refused the outbox's key-lock trigger \
+                         (0005_key_lock_trigger.sql); writers will lock keys themselves"
+                    );
+                }
+                done => {
+                    done.map_err(classify)?;
+                }
+            }
         }
         conn.close().await.map_err(classify)
     }
@@ -117,6 +136,14 @@ impl MysqlOutbox {
         let mut keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
+        // One key: the insert's trigger locks it (when the schema has it).
+        // Several: locked here first, in byte order, so that two writers
+        // never take two keys in opposite orders; the trigger then finds
+        // each already held.
+        let locked_by_insert = keys.len() == 1 && self.key_lock.present(conn, &self.trigger).await;
+        if locked_by_insert {
+            keys.clear();
+        }
         // In statements of at most MAX_ROWS rows: MySQL takes 65,535
         // placeholders a statement. Keys are locked in byte order, chunk
         // after chunk, and rows inserted in order, so `seq` keeps it.
@@ -228,4 +255,23 @@ fn fits_columns(message: &Message) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Whether `statement` is the migration that creates the key-lock trigger.
+fn is_trigger(statement: &str) -> bool {
+    statement.trim_start().starts_with("CREATE TRIGGER")
+}
+
+/// The errors of a server that will not create the trigger, which the
+/// outbox works without: binary logging on without SUPER (1419), no
+/// TRIGGER privilege (1142), or MySQL before 8.0.29, which does not know
+/// `CREATE TRIGGER IF NOT EXISTS` (1064).
+fn trigger_refused(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return false;
+    };
+    let code = db
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number());
+    matches!(code, Some(1419 | 1142 | 1064))
 }

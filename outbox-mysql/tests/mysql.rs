@@ -1,6 +1,7 @@
 //! outbox-mysql against a real MariaDB or MySQL (`OUTBOX_MYSQL_URL`, default
 //! `mysql://root@127.0.0.1:3306/test`). Every test owns its table.
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,11 +166,13 @@ impl OpenWrites for MyTable {
             .unwrap()
     }
 
-    /// Writers in the middle of locking a key's row: only a blocked one
-    /// stays there (MariaDB 10.11's `INNODB_TRX` did not list one blocked in a
+    /// Writers in the middle of locking a key's row, by a statement on the
+    /// keys table or by an insert whose trigger does (the process list then
+    /// shows the trigger's statement): only a blocked one stays there
+    /// (MariaDB 10.11's `INNODB_TRX` did not list one blocked in a
     /// prepared statement).
     async fn writers_waiting(&self) -> usize {
-        let keys = format!("%`{}_keys`%", self.outbox.config().table);
+        let keys = format!("%{}_keys%", self.outbox.config().table);
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM information_schema.PROCESSLIST \
              WHERE id <> CONNECTION_ID() AND info LIKE ?",
@@ -188,6 +191,128 @@ impl OpenWrites for MyTable {
 async fn a_second_writer_of_a_key_waits_for_the_first_to_commit() {
     let (outbox, pool) = table("writer_lock").await;
     outbox_testkit::second_writer_of_a_key_waits(&MyTable { outbox, pool }).await;
+}
+
+/// A table migrated before the key-lock trigger (or on a server that
+/// refused it): writers lock their keys themselves, and same-key writers
+/// still commit in enqueue order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_trigger_writers_lock_their_keys_themselves() {
+    let (_, pool) = table("no_trigger_writers").await;
+    sqlx::query("DROP TRIGGER no_trigger_writers_keylock")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let config = MysqlConfig {
+        table: "no_trigger_writers".into(),
+        ..MysqlConfig::default()
+    };
+    let outbox = MysqlOutbox::new(config, pool.clone()).unwrap();
+    outbox_testkit::second_writer_of_a_key_waits(&MyTable { outbox, pool }).await;
+}
+
+/// A user without the TRIGGER privilege (or a server with binary logging
+/// and no SUPER) migrates all the same: the server refuses the key-lock
+/// trigger, `migrate` says so and goes on, and writers lock their keys
+/// themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_without_the_trigger_privilege_leaves_writers_locking_keys() {
+    let (_, root) = table("no_trigger_privilege").await;
+    sqlx::query("DROP TABLE no_trigger_privilege, no_trigger_privilege_keys")
+        .execute(&root)
+        .await
+        .unwrap();
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&root)
+        .await
+        .unwrap();
+    for statement in [
+        "CREATE USER IF NOT EXISTS 'outbox_no_trigger'@'%' IDENTIFIED BY 'no-trigger'".to_string(),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER \
+             ON `{database}`.* TO 'outbox_no_trigger'@'%'"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&root).await.unwrap();
+    }
+    let url = std::env::var("OUTBOX_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+        .unwrap()
+        .username("outbox_no_trigger")
+        .password("no-trigger");
+    let pool = MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let config = MysqlConfig {
+        table: "no_trigger_privilege".into(),
+        ..MysqlConfig::default()
+    };
+    let outbox = MysqlOutbox::new(config, pool.clone()).unwrap();
+    outbox
+        .migrate()
+        .await
+        .expect("migrate goes on without the trigger");
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+         WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'no_trigger_privilege'",
+    )
+    .fetch_one(&root)
+    .await
+    .unwrap();
+    assert_eq!(triggers, 0);
+    outbox_testkit::second_writer_of_a_key_waits(&MyTable { outbox, pool }).await;
+}
+
+/// A writer that inserts rows with plain SQL, knowing nothing of the keys
+/// table (another service, another language), keeps a key's order too: the
+/// schema's trigger locks the key on its insert, so it waits for an open
+/// transaction holding the key and takes its `seq` after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_sql_writer_waits_for_the_key_like_the_outbox_writer() {
+    let (outbox, pool) = table("plain_sql_writer").await;
+    let harness = MyTable {
+        outbox,
+        pool: pool.clone(),
+    };
+    let first = message_of("contested");
+    let open = harness.begin_and_enqueue(vec![first.clone()]).await;
+    let second = Uuid::now_v7();
+    let writer = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO plain_sql_writer (id, ordering_key, destination, payload, headers, \
+                 created_at, next_attempt_at) \
+                 VALUES (?, 'contested', 'events', 'x', '{}', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+            )
+            .bind(second)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    });
+    let pending = &writer;
+    let harness_ref = &harness;
+    assert!(
+        eventually(DEADLINE, || async move {
+            pending.is_finished() || harness_ref.writers_waiting().await == 1
+        })
+        .await
+            && !writer.is_finished(),
+        "the plain SQL writer did not wait for the key's open transaction"
+    );
+    harness.commit(open).await;
+    tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("the plain SQL writer went on after the first committed")
+        .unwrap();
+    assert_eq!(
+        harness.ids_in_order("contested").await,
+        vec![first.id, second]
+    );
 }
 
 async fn conformance_table(scenario: &'static str) -> MyTable {
