@@ -244,45 +244,18 @@ impl SourceHarness for Wal {
     }
 }
 
-/// The shared scenarios for a source with one reader at a time. Left out:
-/// `stale_relay_is_fenced`, `lost_claims_never_touch_newer_ones` and
-/// `a_claim_keeps_no_row_it_holds_back`, which need two relays claiming the
-/// same outbox at once; here the second stands by
-/// (`a_standby_takes_over_when_the_reader_goes`).
-/// The scenarios of both modes.
-macro_rules! wal_scenarios {
-    ($make:path) => {
-        outbox_testkit::source_conformance!(@tests $make;
-            order_per_key_and_nothing_lost,
-            every_field_survives,
-            retry_then_success,
-            poison_is_dead_lettered,
-            no_head_of_line_blocking,
-            a_long_failing_key_holds_back_only_itself,
-            many_failing_keys_hold_back_only_themselves,
-            many_parked_keys_hold_back_only_themselves,
-            a_long_parked_key_holds_back_only_itself,
-            a_batch_past_its_send_window_keeps_its_acks,
-            a_key_in_a_slow_send_holds_back_only_itself,
-            look_alike_keys_stay_distinct,
-            shutdown_releases_claims,
-            dead_relay_claims_taken_over,
-            a_long_error_is_stored_cut_short,
-            a_malformed_head_parks_its_key,
-            a_claim_stays_within_its_byte_budget,
-        );
-    };
-}
-
+/// The shared scenarios for a source with one reader at a time: the
+/// three that need two relays claiming at once are left out; here the
+/// second stands by (`a_standby_takes_over_when_the_reader_goes`).
 mod conformance {
     use super::*;
-    wal_scenarios!(wal);
+    outbox_testkit::source_conformance!(@one_reader wal);
 }
 
 /// The same scenarios in the table mode.
 mod table_conformance {
     use super::*;
-    wal_scenarios!(wal_table);
+    outbox_testkit::source_conformance!(@one_reader wal_table);
 }
 
 /// A rolled-back transaction never delivers; one transaction with messages
