@@ -48,8 +48,9 @@ impl KeyLockTrigger {
                 if state == ABSENT {
                     tracing::warn!(
                         trigger,
-                        "the outbox table has no key-lock trigger (migration \
-                         0005_key_lock_trigger.sql): writers lock their keys \
+                        "no key-lock trigger on the outbox table (migration \
+                         0005_key_lock_trigger.sql), or this user lacks the TRIGGER \
+                         privilege that shows it: writers lock their keys \
                          themselves, one statement more per call"
                     );
                 }
