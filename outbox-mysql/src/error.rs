@@ -10,17 +10,12 @@ use outbox_core::{Error, ErrorKind};
 /// Everything else is permanent.
 pub fn classify(err: sqlx::Error) -> Error {
     let kind = match &err {
-        sqlx::Error::Database(db) => {
-            let code = db
-                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .map(|e| e.number());
-            match code {
-                Some(1213 | 1205 | 1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013) => {
-                    ErrorKind::Temporary
-                }
-                _ => ErrorKind::Permanent,
+        sqlx::Error::Database(_) => match error_number(&err) {
+            Some(1213 | 1205 | 1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013) => {
+                ErrorKind::Temporary
             }
-        }
+            _ => ErrorKind::Permanent,
+        },
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
@@ -30,4 +25,13 @@ pub fn classify(err: sqlx::Error) -> Error {
         _ => ErrorKind::Permanent,
     };
     Error::new(kind, "mysql").with_source(err)
+}
+
+/// The server's error number, for an error the server reported.
+pub(crate) fn error_number(err: &sqlx::Error) -> Option<u16> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number())
 }

@@ -8,7 +8,7 @@ use outbox_core::{ConfigError, Error, Event, Message, Metadata};
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use tokio::sync::Notify;
 
-use crate::error::classify;
+use crate::error::{classify, error_number};
 use crate::key_lock::{trigger_name, KeyLockTrigger};
 use crate::schema::statements;
 use crate::sql::{table_lock, Statements};
@@ -267,11 +267,5 @@ fn is_trigger(statement: &str) -> bool {
 /// TRIGGER privilege (1142), or MySQL before 8.0.29, which does not know
 /// `CREATE TRIGGER IF NOT EXISTS` (1064).
 fn trigger_refused(err: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = err else {
-        return false;
-    };
-    let code = db
-        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-        .map(|e| e.number());
-    matches!(code, Some(1419 | 1142 | 1064))
+    matches!(error_number(err), Some(1419 | 1142 | 1064))
 }
