@@ -7,9 +7,9 @@
 -- take them first, in byte order, so two of them never wait for each
 -- other; the trigger then finds its key already held.
 --
--- With binary logging on, creating a trigger needs SUPER (or BINLOG ADMIN
--- on MariaDB 10.5+, or log_bin_trust_function_creators = 1). Without the
--- trigger the writer takes the lock itself, as before this migration.
+-- Creating it needs the TRIGGER privilege and, with binary logging on,
+-- SUPER or log_bin_trust_function_creators = 1. Without the trigger the
+-- writer takes the lock itself, as before this migration.
 CREATE TRIGGER IF NOT EXISTS outbox_messages_keylock
     BEFORE INSERT ON outbox_messages FOR EACH ROW
     INSERT INTO outbox_messages_keys (ordering_key) VALUES (NEW.ordering_key)
