@@ -42,6 +42,17 @@ pub struct PostgresConfig {
     /// large the rows. The first row of a claim is always taken: a row
     /// larger than the budget is delivered alone, in a batch of one.
     pub batch_bytes: usize,
+    /// Lanes of keys (default 1: none). With more than one, each ordering
+    /// key belongs to one lane (a hash of the key), and a claim takes the
+    /// rows of one lane no other batch holds, locking the lane for its
+    /// batch: relays claiming at once no longer step over each other's
+    /// rows at the head of the queue, which made each claim's work grow
+    /// with the number of relays. Give about four lanes per relay (each
+    /// relay holds two batches with prefetch). Every relay of a table must
+    /// use the same count, and `migrate` with it creates the lane index
+    /// `<table>_l<lanes>` (one more index each message pays for), which a
+    /// relay checks for when it starts. At most 1024.
+    pub lanes: u16,
 }
 
 impl Default for PostgresConfig {
@@ -55,6 +66,7 @@ impl Default for PostgresConfig {
             notify: true,
             leader_only: false,
             batch_bytes: DEFAULT_BATCH_BYTES,
+            lanes: 1,
         }
     }
 }
@@ -62,6 +74,9 @@ impl Default for PostgresConfig {
 /// Longest table name: PostgreSQL cuts identifiers at 63 bytes, and index
 /// names append up to 8 characters.
 const MAX_TABLE_LEN: usize = 55;
+
+/// Most lanes of keys (see [`PostgresConfig::lanes`]).
+pub(crate) const MAX_LANES: u16 = 1024;
 
 /// Longest NOTIFY channel PostgreSQL takes (an identifier, 63 bytes).
 const MAX_CHANNEL_LEN: usize = 63;
@@ -82,6 +97,15 @@ impl PostgresConfig {
                     "{:?} is over PostgreSQL's idle_in_transaction_session_timeout range \
                      (at most 2147483647 ms, about 24 days)",
                     self.lease
+                ),
+            ));
+        }
+        if !(1..=MAX_LANES).contains(&self.lanes) {
+            return Err(ConfigError::new(
+                "lanes",
+                format!(
+                    "{} lanes: give 1 (no lanes) to {MAX_LANES}, about four per relay",
+                    self.lanes
                 ),
             ));
         }
@@ -153,6 +177,23 @@ mod tests {
             ..PostgresConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().setting, "lease");
+    }
+
+    #[test]
+    fn lanes_out_of_range_are_refused_and_named() {
+        for lanes in [0, MAX_LANES + 1] {
+            let config = PostgresConfig {
+                lanes,
+                ..PostgresConfig::default()
+            };
+            assert_eq!(config.validate().unwrap_err().setting, "lanes", "{lanes}");
+        }
+        PostgresConfig {
+            lanes: MAX_LANES,
+            ..PostgresConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

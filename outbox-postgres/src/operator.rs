@@ -127,14 +127,17 @@ impl PostgresOutbox {
         conn.execute(claim_settings(self.config.lease).as_str())
             .await
             .map_err(classify)?;
-        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", self.sql.claim))
+        let explain = format!("EXPLAIN {}", self.sql.claim);
+        let mut query = sqlx::query_scalar(&explain)
             .bind(i64::from(limit))
             .bind(0_i64)
             .bind(Vec::<String>::new())
-            .bind(i64::try_from(self.config.batch_bytes).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
+            .bind(i64::try_from(self.config.batch_bytes).unwrap_or(i64::MAX));
+        if self.config.lanes > 1 {
+            // Lane 0's plan: every lane's is the same.
+            query = query.bind(0_i32);
+        }
+        let lines: Vec<String> = query.fetch_all(&mut *tx).await.map_err(classify)?;
         tx.rollback().await.map_err(classify)?;
         Ok(lines.join("\n"))
     }

@@ -72,11 +72,42 @@ pub(crate) fn render(config: &PostgresConfig) -> String {
         (DEFAULT_TABLE, table.as_str()),
         (DEFAULT_INDEX_PREFIX, &prefix),
     ];
-    MIGRATIONS
+    let mut sql = MIGRATIONS
         .iter()
         .map(|(_, sql)| replace_once(sql, &names))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    if config.lanes > 1 {
+        sql.push_str(&lane_index(config));
+    }
+    sql
+}
+
+/// The name of the lane index for `config`'s lane count (see
+/// [`PostgresConfig::lanes`]).
+pub(crate) fn lane_index_name(config: &PostgresConfig) -> String {
+    format!("{}_l{}", config.table, config.lanes)
+}
+
+/// A key's lane, as every statement computes it: `hashtext` (immutable,
+/// the hash the writers' key locks use) folded to a lane number.
+pub(crate) fn lane_of_key(config: &PostgresConfig, key: &str) -> String {
+    format!("((hashtext({key}) & 2147483647) % {})", config.lanes)
+}
+
+/// The index a claim of one lane scans: the waiting rows of each lane in
+/// enqueue order. Named for the lane count, so relays configured with
+/// another count find it missing instead of scanning a wrong one.
+fn lane_index(config: &PostgresConfig) -> String {
+    format!(
+        "\n-- Lanes of keys (lanes = {lanes}): a claim scans one lane's waiting rows.\n\
+         CREATE INDEX IF NOT EXISTS \"{name}\"\n    ON {table} ({lane}, seq)\n    \
+         WHERE done_at IS NULL AND dead_at IS NULL;\n",
+        lanes = config.lanes,
+        name = lane_index_name(config),
+        table = qualified(config),
+        lane = lane_of_key(config, "ordering_key"),
+    )
 }
 
 /// Replaces each default name in `sql` in one pass from left to right, so
@@ -117,6 +148,20 @@ mod tests {
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"billing\".\"events\""));
         assert!(sql.contains("events_waiting"));
         assert!(!sql.contains("outbox_messages"), "{sql}");
+    }
+
+    #[test]
+    fn lanes_add_their_index_and_one_lane_adds_none() {
+        let config = PostgresConfig {
+            lanes: 16,
+            ..PostgresConfig::default()
+        };
+        let sql = render(&config);
+        assert!(
+            sql.contains("\"outbox_messages_l16\"\n    ON \"public\".\"outbox_messages\" (((hashtext(ordering_key) & 2147483647) % 16), seq)"),
+            "{sql}"
+        );
+        assert!(!render(&PostgresConfig::default()).contains("hashtext"));
     }
 
     #[test]

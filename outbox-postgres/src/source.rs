@@ -3,6 +3,7 @@
 //! is reported; wake on NOTIFY.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use outbox_core::{Backlog, Claim, ClaimId, Error, Failure, Message, OnDeadLetter, Source};
@@ -14,7 +15,8 @@ use crate::error::classify;
 use crate::idle::IdleListing;
 use crate::leader::PostgresLeaderLock;
 use crate::row::{decode, text, Decoded};
-use crate::sql::claim_settings;
+use crate::schema::lane_index_name;
+use crate::sql::{claim_settings, CANDIDATES_SAVEPOINT};
 use crate::wake::Wake;
 use crate::PostgresOutbox;
 
@@ -46,6 +48,8 @@ pub struct PostgresSource {
     leadership: Option<Leadership<PostgresLeaderLock>>,
     /// Open batches by claim.
     held: HeldBatches<Transaction<'static, Postgres>>,
+    /// With lanes: the lane the next claim tries first.
+    next_lane: AtomicU16,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -60,6 +64,7 @@ impl std::fmt::Debug for PostgresSource {
 impl PostgresSource {
     pub(crate) async fn connect(outbox: PostgresOutbox) -> Result<Self, Error> {
         let pool = outbox.pool.clone();
+        check_lane_index(&outbox).await?;
         let relay_id = Uuid::now_v7();
         let idle = if outbox.config.notify {
             let wake = Wake::listen(&pool, &outbox.config.channel()).await?;
@@ -89,6 +94,7 @@ impl PostgresSource {
             idle,
             leadership,
             held: HeldBatches::default(),
+            next_lane: AtomicU16::new(0),
         })
     }
 
@@ -96,11 +102,38 @@ impl PostgresSource {
     async fn claim_rows(&self, limit: usize) -> Result<Claim<Message>, Error> {
         self.held.forget_expired(self.lease());
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        // The lease, the planner's settings and the savepoint the claim can
-        // give rows back to (see `claim_settings`), in one round trip.
-        let begin = claim_settings(self.lease());
+        // The lease, the planner's settings, the lane (with lanes) and the
+        // savepoint the claim can give rows back to (see `claim_settings`),
+        // in one round trip.
+        let lanes = self.outbox.config.lanes;
+        let start = self.next_lane.fetch_add(1, Ordering::Relaxed) % lanes;
+        let pick = self.outbox.sql.pick_lane(start);
+        let begin = match &pick {
+            Some(pick) => format!(
+                "{}; {pick}; {CANDIDATES_SAVEPOINT}",
+                claim_settings(self.lease())
+            ),
+            None => format!("{}; {CANDIDATES_SAVEPOINT}", claim_settings(self.lease())),
+        };
         let conn: &mut PgConnection = &mut tx;
-        conn.execute(begin.as_str()).await.map_err(classify)?;
+        let picked = conn.fetch_all(begin.as_str()).await.map_err(classify)?;
+        let lane: Option<i32> = match picked.first() {
+            Some(row) => Some(row.try_get("l").map_err(classify)?),
+            None => None,
+        };
+        // The claim's scans, in turn: without lanes, the whole table; with
+        // lanes, the lane it holds, then (when that left the batch under
+        // half full, or when every lane with work was another claim's) all
+        // the other lanes, stepping over the rows other batches hold.
+        let sql = &self.outbox.sql;
+        let scans: Vec<(&str, Option<i32>)> = match (&pick, lane) {
+            (None, _) => vec![(&sql.claim, None)],
+            (Some(_), Some(lane)) => vec![
+                (&sql.claim, Some(lane)),
+                (&sql.claim_outside_lane, Some(lane)),
+            ],
+            (Some(_), None) => vec![(&sql.claim_outside_lane, Some(-1))],
+        };
         // In rounds: when most candidates were held back, claim again past them,
         // leaving out their keys, so a key with more messages than a batch
         // behind a held or failing head cannot fill the claim.
@@ -115,87 +148,93 @@ impl PostgresSource {
         // row is dead-lettered, so its key's later rows must stay behind it.
         let mut parked: HashMap<String, i64> = HashMap::new();
         let parking = self.outbox.config.on_dead_letter == OnDeadLetter::Park;
-        let mut after = 0_i64;
         // Payload bytes claimed so far, against the byte budget.
         let mut bytes = 0_usize;
         let mut budget_spent = false;
-        for _ in 0..CLAIM_ROUNDS {
-            let asked = limit - claimed.len();
-            let rows = sqlx::query(&self.outbox.sql.claim)
-                .bind(asked as i64)
-                .bind(after)
-                .bind(
-                    passed_over
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<&str>>(),
-                )
-                .bind(self.outbox.config.batch_bytes.saturating_sub(bytes) as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-            // Over the byte budget, the rows came without their payloads:
-            // take those that fit, read theirs.
-            let over_budget = match rows.first() {
-                Some(row) => row.try_get::<bool, _>("over_budget").map_err(classify)?,
-                None => false,
-            };
-            let mut payloads = HashMap::new();
-            if over_budget {
-                let within = self.within_budget(&rows, bytes, claimed.is_empty())?;
-                budget_spent = true;
-                payloads = sqlx::query_as::<_, (i64, Vec<u8>)>(&self.outbox.sql.payloads)
-                    .bind(within)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(classify)?
-                    .into_iter()
-                    .collect();
-            }
-            let mut held_back = false;
-            for row in &rows {
-                let seq: i64 = row.try_get("seq").map_err(classify)?;
-                after = after.max(seq);
-                let held = row.try_get::<bool, _>("held").map_err(classify)?;
-                // Past the budget: left, as the claim's last rows.
-                if over_budget && !held && !payloads.contains_key(&seq) {
-                    left_locked = true;
-                    continue;
+        for (statement, lane) in scans {
+            let mut after = 0_i64;
+            for _ in 0..CLAIM_ROUNDS {
+                let asked = limit - claimed.len();
+                let mut query = sqlx::query(statement)
+                    .bind(asked as i64)
+                    .bind(after)
+                    .bind(
+                        passed_over
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<&str>>(),
+                    )
+                    .bind(self.outbox.config.batch_bytes.saturating_sub(bytes) as i64);
+                if let Some(lane) = lane {
+                    query = query.bind(lane);
                 }
-                if held {
-                    left_locked = true;
-                    // A key that cannot be read passes over nothing: its
-                    // head is dead-lettered as malformed.
-                    if let Ok(Some(key)) = text(row, "ordering_key") {
-                        passed_over.insert(key);
-                    }
-                    held_back = true;
-                    continue;
+                let rows = query.fetch_all(&mut *tx).await.map_err(classify)?;
+                // Over the byte budget, the rows came without their payloads:
+                // take those that fit, read theirs.
+                let over_budget = match rows.first() {
+                    Some(row) => row.try_get::<bool, _>("over_budget").map_err(classify)?,
+                    None => false,
+                };
+                let mut payloads = HashMap::new();
+                if over_budget {
+                    let within = self.within_budget(&rows, bytes, claimed.is_empty())?;
+                    budget_spent = true;
+                    payloads = sqlx::query_as::<_, (i64, Vec<u8>)>(&self.outbox.sql.payloads)
+                        .bind(within)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .into_iter()
+                        .collect();
                 }
-                taken.insert(seq, row.try_get("attempts").map_err(classify)?);
-                match decode(row, payloads.remove(&seq)).map_err(classify)? {
-                    Decoded::Message(message) => {
-                        bytes = bytes.saturating_add(message.payload.len());
-                        claimed.push((seq, message));
+                let mut held_back = false;
+                for row in &rows {
+                    let seq: i64 = row.try_get("seq").map_err(classify)?;
+                    after = after.max(seq);
+                    let held = row.try_get::<bool, _>("held").map_err(classify)?;
+                    // Past the budget: left, as the claim's last rows.
+                    if over_budget && !held && !payloads.contains_key(&seq) {
+                        left_locked = true;
+                        continue;
                     }
-                    Decoded::Malformed {
-                        key: id,
-                        attempts,
-                        reason,
-                    } => {
-                        tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
-                        if let (true, Ok(Some(key))) = (parking, text(row, "ordering_key")) {
-                            let first = parked.entry(key).or_insert(seq);
-                            *first = (*first).min(seq);
+                    if held {
+                        left_locked = true;
+                        // A key that cannot be read passes over nothing: its
+                        // head is dead-lettered as malformed.
+                        if let Ok(Some(key)) = text(row, "ordering_key") {
+                            passed_over.insert(key);
                         }
-                        malformed.push((seq, id, attempts + 1, reason));
+                        held_back = true;
+                        continue;
+                    }
+                    taken.insert(seq, row.try_get("attempts").map_err(classify)?);
+                    match decode(row, payloads.remove(&seq)).map_err(classify)? {
+                        Decoded::Message(message) => {
+                            bytes = bytes.saturating_add(message.payload.len());
+                            claimed.push((seq, message));
+                        }
+                        Decoded::Malformed {
+                            key: id,
+                            attempts,
+                            reason,
+                        } => {
+                            tracing::warn!(%id, reason, "malformed outbox row dead-lettered");
+                            if let (true, Ok(Some(key))) = (parking, text(row, "ordering_key")) {
+                                let first = parked.entry(key).or_insert(seq);
+                                *first = (*first).min(seq);
+                            }
+                            malformed.push((seq, id, attempts + 1, reason));
+                        }
                     }
                 }
+                // Another round only for a claim mostly held back: a few held
+                // rows simply wait for the next claim, which costs less than a
+                // round of statements for the rest.
+                if !held_back || budget_spent || rows.len() < asked || claimed.len() * 2 >= limit {
+                    break;
+                }
             }
-            // Another round only for a claim mostly held back: a few held
-            // rows simply wait for the next claim, which costs less than a
-            // round of statements for the rest.
-            if !held_back || budget_spent || rows.len() < asked || claimed.len() * 2 >= limit {
+            if budget_spent || claimed.len() * 2 >= limit {
                 break;
             }
         }
@@ -375,6 +414,31 @@ impl TransactionReports for PostgresSource {
     async fn commit(tx: Self::Tx) -> Result<(), Error> {
         tx.commit().await.map_err(classify)
     }
+}
+
+/// With lanes, fails unless the table has the index of that lane count:
+/// relays configured with another count than the migration's would scan a
+/// missing index, or one that sorts keys into other lanes.
+async fn check_lane_index(outbox: &PostgresOutbox) -> Result<(), Error> {
+    let config = &outbox.config;
+    if config.lanes <= 1 {
+        return Ok(());
+    }
+    let index = lane_index_name(config);
+    let found: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("\"{}\".\"{index}\"", config.schema))
+        .fetch_one(&outbox.pool)
+        .await
+        .map_err(classify)?;
+    if found {
+        return Ok(());
+    }
+    Err(Error::permanent(format!(
+        "lanes = {}: the outbox table has no lane index \"{}\".\"{index}\"; run migrate \
+         (or the schema SQL) with lanes = {} first, or set lanes to the count the table \
+         was migrated with",
+        config.lanes, config.schema, config.lanes
+    )))
 }
 
 fn failure_columns(failures: &[&Failure<Message>]) -> (Vec<Uuid>, Vec<i32>, Vec<String>) {

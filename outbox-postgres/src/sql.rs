@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use outbox_core::OnDeadLetter;
 
-use crate::schema::{qualified, qualified_idle};
+use crate::schema::{lane_of_key, qualified, qualified_idle};
 use crate::{AckMode, PostgresConfig};
 
 /// Columns a claim's candidates carry.
@@ -35,6 +35,8 @@ pub(crate) struct Statements {
     pub enqueue: String,
     pub enqueue_one: String,
     pub claim: String,
+    /// With lanes: the same claim of every lane but one (`$5`).
+    pub claim_outside_lane: String,
     pub payloads: String,
     pub relock: String,
     pub ack: String,
@@ -57,6 +59,10 @@ pub(crate) struct Statements {
     /// its per-key writer locks (int4 pair space, this is the first int).
     pub table_lock: i64,
     pub key_lock_class: i32,
+    /// With lanes (see [`PostgresConfig::lanes`]): the query that picks and
+    /// locks the claim's lane, trying lanes from `__START__` on (see
+    /// [`Statements::pick_lane`]).
+    lane_pick: Option<String>,
 }
 
 impl Statements {
@@ -86,6 +92,41 @@ impl Statements {
             OnDeadLetter::Park => "(f.next_attempt_at > now() OR f.dead_at IS NOT NULL)",
             OnDeadLetter::Continue => "f.dead_at IS NULL AND f.next_attempt_at > now()",
         };
+        // Rows a claim may take at all: waiting, due, and not behind a
+        // failed row of their key (`o` is the candidate).
+        let ready = format!(
+            "o.done_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= now() \
+             AND (NOT EXISTS (SELECT 1 FROM {t} AS a WHERE a.attempts > 0 AND a.done_at IS NULL) \
+               OR NOT EXISTS (SELECT 1 FROM {t} AS f \
+                 WHERE f.ordering_key = o.ordering_key AND f.seq < o.seq \
+                   AND f.attempts > 0 AND f.done_at IS NULL AND {failing} OFFSET 0))"
+        );
+        // With lanes, a claim takes its lane's rows (`$5`) first, and then,
+        // or when no lane was free, the others' (see `PostgresSource`).
+        let lane = lane_of_key(config, "o.ordering_key");
+        let in_lane = if config.lanes > 1 {
+            format!(" AND {lane} = $5")
+        } else {
+            String::new()
+        };
+        let outside_lane = format!(" AND {lane} <> $5");
+        // The first lane, from `__START__` on, that has a ready row and
+        // that no other claim holds, locked for this claim's transaction.
+        // `CASE` so the lock is tried only on a lane with work, and `LIMIT
+        // 1` stops at the first lane locked: the filter runs row by row.
+        let lane_pick = (config.lanes > 1).then(|| {
+            let lanes = config.lanes;
+            format!(
+                "SELECT l FROM (SELECT (s + __START__) % {lanes} AS l \
+                   FROM generate_series(0, {lanes} - 1) AS s) AS lanes \
+                 WHERE CASE WHEN EXISTS (SELECT 1 FROM {t} AS o \
+                     WHERE {lane} = lanes.l AND {ready}) \
+                   THEN pg_try_advisory_xact_lock('{base}'::int8 + l) ELSE false END \
+                 LIMIT 1",
+                lane = lane_of_key(config, "o.ordering_key"),
+                base = lane_lock_base(hash),
+            )
+        });
         let ack = match config.ack_mode {
             AckMode::Delete => format!("DELETE FROM {t} WHERE id = ANY($1)"),
             AckMode::MarkDone => format!("UPDATE {t} SET done_at = now() WHERE id = ANY($1)"),
@@ -116,49 +157,8 @@ impl Statements {
                  SELECT $2::uuid, $3::text, $4::text, $5::text, $6::bytea, $7::text::jsonb, $8::text, $9::timestamptz \
                  FROM lock{notify}"
             ),
-            // Candidates: the first waiting rows after `$2` not locked by
-            // another batch, not of a key in `$3`, and not behind a failed
-            // row of their key (waiting for its retry, or parked dead),
-            // locked by this claim's transaction. Skipping those before the
-            // `LIMIT` keeps a failing key with more messages than a batch
-            // from filling every claim with rows it must leave behind. The
-            // probe uses the small `failing` index (rows with `attempts >
-            // 0`), and only when it holds a row: one probe for the whole
-            // claim otherwise.
-            //
-            // Every candidate comes back, `held` when an earlier row of its
-            // key is left in the table outside this claim: one held by
-            // another batch, waiting for its retry, or (when parking) dead.
-            // The source claims again past held rows, leaving out their keys
-            // (`$2`, `$3`), then gives them back (`relock`). `OFFSET 0` keeps each look-back a per-row probe of an
-            // index. The candidates carry every column: joining back to the
-            // table for them cost 9,053 buffer hits per 1,000 rows claimed,
-            // against 5,053.
-            //
-            // The byte budget: when the candidates' payloads add up to
-            // more than `$4` bytes, they come back `over_budget`, without
-            // their payloads, and the source takes a prefix of them within
-            // the budget and reads those payloads alone (`payloads`). One
-            // window over the whole claim, no sort: about 0.1 ms on a claim
-            // of 500 rows, where a running sum in `seq` order cost 0.5 ms.
-            claim: format!(
-                "WITH c AS MATERIALIZED (\
-                   SELECT {COLUMNS} FROM {t} AS o \
-                   WHERE o.done_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= now() \
-                     AND o.seq > $2 AND o.ordering_key <> ALL($3::text[]) \
-                     AND (NOT EXISTS (SELECT 1 FROM {t} AS a WHERE a.attempts > 0 AND a.done_at IS NULL) \
-                       OR NOT EXISTS (SELECT 1 FROM {t} AS f \
-                         WHERE f.ordering_key = o.ordering_key AND f.seq < o.seq \
-                           AND f.attempts > 0 AND f.done_at IS NULL AND {failing} OFFSET 0)) \
-                   ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
-                 SELECT {READ_COLUMNS}, octet_length(payload) AS size, \
-                   CASE WHEN sum(octet_length(payload)) OVER () <= $4 THEN payload END AS payload, \
-                   sum(octet_length(payload)) OVER () > $4 AS over_budget, \
-                   EXISTS (SELECT 1 FROM {t} AS p \
-                     WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
-                       AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0) AS held \
-                 FROM c"
-            ),
+            claim: claim(&t, &ready, &in_lane, blocks),
+            claim_outside_lane: claim(&t, &ready, &outside_lane, blocks),
             // By `seq`, in `seq` order: with sorts off (see
             // `claim_settings`) only an index on `seq` can answer, never a
             // scan of the whole `key` index filtered by `seq`.
@@ -230,12 +230,68 @@ impl Statements {
             announce_busy: format!("DELETE FROM {idle} WHERE relay = $1"),
             table_lock: hash as i64,
             key_lock_class: (hash >> 32) as i32,
+            lane_pick,
         }
+    }
+
+    /// With lanes, the statement that picks and locks a claim's lane, trying
+    /// lanes from `start` on (each claim of a relay starts one further, so
+    /// one relay visits every lane in turn); `None` without lanes.
+    pub fn pick_lane(&self, start: u16) -> Option<String> {
+        self.lane_pick
+            .as_ref()
+            .map(|sql| sql.replace("__START__", &start.to_string()))
     }
 }
 
-/// The settings of a claim's transaction, and the savepoint its candidates
-/// are locked after, as one string of statements.
+/// Candidates: the first waiting rows after `$2` not locked by another
+/// batch, not of a key in `$3`, not behind a failed row of their key
+/// (waiting for its retry, or parked dead: `ready`), and in the lanes
+/// `lanes` selects (none, or `$5`), locked by this claim's transaction.
+/// Skipping those before the `LIMIT` keeps a failing key with more messages
+/// than a batch from filling every claim with rows it must leave behind.
+/// The probe uses the small `failing` index (rows with `attempts > 0`), and
+/// only when it holds a row: one probe for the whole claim otherwise.
+///
+/// Every candidate comes back, `held` when an earlier row of its key is
+/// left in the table outside this claim: one held by another batch,
+/// waiting for its retry, or (when parking) dead. The source claims again
+/// past held rows, leaving out their keys (`$2`, `$3`), then gives them back
+/// (`relock`). `OFFSET 0` keeps each look-back a per-row probe of an index.
+/// The candidates carry every column: joining back to the table for them
+/// cost 9,053 buffer hits per 1,000 rows claimed, against 5,053.
+///
+/// The byte budget: when the candidates' payloads add up to more than `$4`
+/// bytes, they come back `over_budget`, without their payloads, and the
+/// source takes a prefix of them within the budget and reads those payloads
+/// alone (`payloads`). One window over the whole claim, no sort: about 0.1
+/// ms on a claim of 500 rows, where a running sum in `seq` order cost 0.5 ms.
+fn claim(t: &str, ready: &str, lanes: &str, blocks: &str) -> String {
+    format!(
+        "WITH c AS MATERIALIZED (\
+           SELECT {COLUMNS} FROM {t} AS o \
+           WHERE {ready} AND o.seq > $2 AND o.ordering_key <> ALL($3::text[]){lanes} \
+           ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
+         SELECT {READ_COLUMNS}, octet_length(payload) AS size, \
+           CASE WHEN sum(octet_length(payload)) OVER () <= $4 THEN payload END AS payload, \
+           sum(octet_length(payload)) OVER () > $4 AS over_budget, \
+           EXISTS (SELECT 1 FROM {t} AS p \
+             WHERE p.ordering_key = c.ordering_key AND p.seq < c.seq AND p.done_at IS NULL \
+               AND {blocks} AND p.seq NOT IN (SELECT seq FROM c) OFFSET 0) AS held \
+         FROM c"
+    )
+}
+
+/// The advisory lock of lane 0 of a table (bigint key space, as the leader
+/// and migration locks), lane `l` being this plus `l`: the table's hash
+/// with "lane" in its high bytes and its low 16 bits cleared for the lane.
+fn lane_lock_base(table_hash: u64) -> i64 {
+    ((table_hash ^ 0x6c61_6e65_0000_0000) & !0xffff) as i64
+}
+
+/// The settings of a claim's transaction, as one string of statements; the
+/// claim then takes its lane, if any, and the savepoint
+/// [`CANDIDATES_SAVEPOINT`].
 ///
 /// - The lease: PostgreSQL ends the transaction once it has been idle (the
 ///   relay publishing, or stalled) for this long.
@@ -251,17 +307,21 @@ impl Statements {
 ///   as the backlog grew, which it then did (the sustained run with
 ///   autovacuum on, issue 28). The other statements of the transaction
 ///   (payloads, relock, reports) look rows up by key too.
-/// - The savepoint: the claim gives back, by rolling back to it, the rows
-///   it locked and does not return (see `PostgresSource::relock`).
 pub(crate) fn claim_settings(lease: Duration) -> String {
     format!(
         "SET LOCAL idle_in_transaction_session_timeout = {}; \
          SET LOCAL plan_cache_mode = force_custom_plan; \
          SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-         SET LOCAL enable_sort = off; SAVEPOINT candidates",
+         SET LOCAL enable_sort = off",
         lease.as_millis()
     )
 }
+
+/// The savepoint a claim's candidates are locked after: the claim gives
+/// back, by rolling back to it, the rows it locked and does not return (see
+/// `PostgresSource::relock`). Taken after the lane's lock, which a rollback
+/// to it would release.
+pub(crate) const CANDIDATES_SAVEPOINT: &str = "SAVEPOINT candidates";
 
 /// A stable hash (FNV-1a), so every process derives the same lock keys.
 fn fnv1a(text: &str) -> u64 {

@@ -140,6 +140,10 @@ impl SourceHarness for PgTable {
     fn claims_end_with_the_relay(&self) -> bool {
         true
     }
+
+    fn claims_take_lanes(&self) -> bool {
+        self.outbox.config().lanes > 1
+    }
 }
 
 impl OpenWrites for PgTable {
@@ -1032,4 +1036,177 @@ async fn migrations_racing_into_a_new_schema_all_succeed() {
             );
         }
     }
+}
+
+async fn lanes_table(scenario: &'static str) -> PgTable {
+    let (outbox, pool) = table(&format!("lane_{scenario}"), |c| c.lanes = 4).await;
+    PgTable { outbox, pool }
+}
+
+/// The source's scenarios again, with four lanes of keys.
+mod lanes_conformance {
+    use super::*;
+    outbox_testkit::source_conformance!(lanes_table);
+}
+
+/// The lanes of the claimed messages' keys, as the lane index computes them.
+async fn lanes_of(pool: &PgPool, messages: &[Message], lanes: u16) -> Vec<i32> {
+    let keys: Vec<&str> = messages.iter().map(|m| m.ordering_key.as_str()).collect();
+    sqlx::query_scalar(&format!(
+        "SELECT DISTINCT (hashtext(k) & 2147483647) % {lanes} FROM unnest($1::text[]) AS k ORDER BY 1"
+    ))
+    .bind(keys)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// With lanes, claims open at once each take the rows of a lane of their
+/// own (no claim steps over another's rows) while a lane fills their batch;
+/// a claim when every lane with work is held, and one that its lane leaves
+/// under half full, takes the rows of the other lanes no batch holds; one
+/// relay alone delivers every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_at_once_take_different_lanes_and_one_relay_delivers_them_all() {
+    let (outbox, pool) = table("lanes_apart", |c| {
+        c.lanes = 4;
+        c.notify = false;
+    })
+    .await;
+    // About 100 keys, of one message each, per lane.
+    let messages = numbered_messages("orders", 400, 1);
+    commit(&outbox, &pool, &messages).await;
+    let first = outbox.source().await.unwrap();
+    let second = outbox.source().await.unwrap();
+    let mut claims = Vec::new();
+    let mut seen = Vec::new();
+    for source in [&first, &second, &first, &second] {
+        let claim = source.claim(50).await.unwrap();
+        assert_eq!(claim.len(), 50);
+        let lanes = lanes_of(&pool, &claim, 4).await;
+        assert_eq!(lanes.len(), 1, "a claim took the rows of lanes {lanes:?}");
+        assert!(
+            !seen.contains(&lanes[0]),
+            "two open claims took lane {}",
+            lanes[0]
+        );
+        seen.push(lanes[0]);
+        claims.push((source, claim));
+    }
+    // Every lane held: the rows no batch holds, from any lane.
+    let fifth = first.claim(50).await.unwrap();
+    assert_eq!(fifth.len(), 50, "the rows no batch holds were not claimed");
+    assert!(lanes_of(&pool, &fifth, 4).await.len() > 1);
+    claims.push((&first, fifth));
+    let mut delivered: Vec<Uuid> = Vec::new();
+    for (source, claim) in claims {
+        delivered.extend(claim.iter().map(|m| m.id));
+        source.ack(claim.id(), &claim).await.unwrap();
+    }
+    // One relay alone: a lane, then the rest.
+    loop {
+        let claim = first.claim(1000).await.unwrap();
+        if claim.is_empty() {
+            break;
+        }
+        delivered.extend(claim.iter().map(|m| m.id));
+        first.ack(claim.id(), &claim).await.unwrap();
+    }
+    delivered.sort_unstable();
+    let mut written: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    written.sort_unstable();
+    assert_eq!(delivered, written, "every message, each once");
+    assert_eq!(outbox.backlog().await.unwrap().waiting, 0);
+}
+
+/// A claim that gives rows back (here: past its byte budget) rolls back to
+/// its savepoint and keeps its lane: the lane's lock is taken before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_gives_rows_back_keeps_its_lane() {
+    let (outbox, pool) = table("lanes_kept", |c| {
+        c.lanes = 2;
+        c.notify = false;
+        c.batch_bytes = 1024;
+    })
+    .await;
+    let messages: Vec<Message> = (0..200)
+        .map(|key| {
+            Message::builder("orders", format!("key-{key}"))
+                .payload(vec![b'x'; 600])
+                .build()
+                .unwrap()
+        })
+        .collect();
+    commit(&outbox, &pool, &messages).await;
+    let first = outbox.source().await.unwrap();
+    let held = first.claim(50).await.unwrap();
+    assert_eq!(held.len(), 1, "the budget holds one row of 600 bytes");
+    let second = outbox.source().await.unwrap();
+    let next = second.claim(50).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_ne!(
+        lanes_of(&pool, &held, 2).await,
+        lanes_of(&pool, &next, 2).await,
+        "the second claim took the lane the first gave rows back in"
+    );
+}
+
+/// A relay configured with a lane count the table was not migrated for
+/// stops at its start and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_lanes_the_table_was_not_migrated_for_is_refused_at_start() {
+    let (outbox, pool) = table("lanes_unmigrated", |c| c.lanes = 4).await;
+    let config = PostgresConfig {
+        lanes: 8,
+        ..outbox.config().clone()
+    };
+    let err = PostgresOutbox::new(config, pool)
+        .unwrap()
+        .source()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lanes = 8") && err.contains("lanes_unmigrated_l8") && err.contains("migrate"),
+        "{err}"
+    );
+}
+
+/// A claim of one lane walks that lane's part of the lane index in `seq`
+/// order and stops at the limit: no other index, no sort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lanes_the_claim_walks_its_lane_in_the_lane_index() {
+    let (outbox, pool) = table("lanes_plan", |c| {
+        c.lanes = 16;
+        c.notify = false;
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO outbox_test.lanes_plan (id, ordering_key, destination, payload) \
+         SELECT gen_random_uuid(), 'key-' || (g % 1000), 'orders', convert_to(repeat('x', 200), 'UTF8') \
+         FROM generate_series(1, 50000) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE outbox_test.lanes_plan")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plan = outbox.explain_claim(500).await.unwrap();
+    assert!(
+        plan.contains("Index Scan using lanes_plan_l16"),
+        "the claim does not walk the lane index:\n{plan}"
+    );
+    for step in ["Sort", "Bitmap", "Seq Scan"] {
+        assert!(
+            !plan.contains(step),
+            "the claim's plan has a {step}:\n{plan}"
+        );
+    }
+    let source = outbox.source().await.unwrap();
+    let claim = source.claim(500).await.unwrap();
+    assert_eq!(claim.len(), 500);
+    assert_eq!(lanes_of(&pool, &claim, 16).await.len(), 1);
+    source.ack(claim.id(), &claim).await.unwrap();
 }

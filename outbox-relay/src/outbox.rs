@@ -57,6 +57,7 @@ pub fn open(settings: &SourceSettings) -> Result<Box<dyn Operator>, ConfigError>
                 notify: postgres.notify,
                 leader_only: postgres.leader_only,
                 batch_bytes: shared.batch_bytes,
+                lanes: postgres.lanes,
             };
             Ok(Box::new(PostgresOutbox::new(config, pool).map_err(prefix)?))
         }

@@ -102,6 +102,15 @@ pub struct PostgresSettings {
     /// One relay claims, the others stand by. Default false.
     #[serde(default)]
     pub leader_only: bool,
+    /// Lanes of keys: each claim takes one lane's rows (about four lanes
+    /// per relay; the same count as `migrate` was run with). Default 1, no
+    /// lanes.
+    #[serde(default = "one_lane")]
+    pub lanes: u16,
+}
+
+fn one_lane() -> u16 {
+    1
 }
 
 /// `kind = "postgres_wal"`.

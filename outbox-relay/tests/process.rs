@@ -873,3 +873,47 @@ async fn slot_dropped(pool: &sqlx::PgPool, name: &str) -> bool {
     })
     .await
 }
+
+/// `lanes` by settings alone: a relay whose table lacks the lane index
+/// stops at its start naming the setting; three relays that migrate with
+/// `lanes = 8` create it and deliver everything, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_with_lanes_migrate_their_index_and_deliver_in_order() {
+    let (outbox, pool) = table("relay_lanes").await;
+    let nats_stream = stream("RELAY_LANES", "relay-lanes").await;
+    let messages = numbered_messages("relay-lanes.orders", 100, 20);
+    commit(&outbox, &pool, &messages).await;
+
+    let config = settings("relay_lanes", spare_port(), "batch_size = 50");
+    let mut command = relay(&config, &["run"]);
+    command.env("OUTBOX_SOURCE__LANES", "8");
+    let (code, text) = finish(command.spawn().unwrap(), DEADLINE).await;
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("lanes = 8") && text.contains("relay_lanes_l8"),
+        "{text}"
+    );
+
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            let config = settings("relay_lanes", spare_port(), "batch_size = 50");
+            let mut command = relay(&config, &["run"]);
+            command.env("OUTBOX_SOURCE__LANES", "8");
+            command.env("OUTBOX_SOURCE__MIGRATE", "true");
+            command.spawn().unwrap()
+        })
+        .collect();
+    let drained = eventually(DEADLINE, || async {
+        outbox.backlog().await.unwrap().waiting == 0
+    })
+    .await;
+    for child in children {
+        sigterm(&child);
+        let (code, text) = finish(child, Duration::from_secs(20)).await;
+        assert_eq!(code, 0, "{text}");
+    }
+    assert!(drained, "three relays with lanes did not drain the outbox");
+    let arrivals = read(&nats_stream, &messages).await;
+    assert_eq!(arrivals.len(), messages.len());
+    assert_order_per_key(&messages, &arrivals);
+}

@@ -52,6 +52,14 @@ pub trait SourceHarness: Send + Sync {
     fn claims_end_with_the_relay(&self) -> bool {
         false
     }
+
+    /// Whether a claim takes the rows of one lane of keys before the rest
+    /// (the PostgreSQL source with `lanes`): claims then come in an order
+    /// other than enqueue order across keys, each key still in its order.
+    /// False by default.
+    fn claims_take_lanes(&self) -> bool {
+        false
+    }
 }
 
 /// Writers' transactions of a real database, left open, for the scenario

@@ -78,6 +78,38 @@ impl Backlog {
         Backlog::Postgres { pool, outbox }
     }
 
+    /// Leaves the PostgreSQL table with the lane index of `lanes` only
+    /// (none for 1), so that the relays of one fleet pay for their own lanes
+    /// and no other fleet's writes pay for them.
+    pub async fn lane_index(&self, lanes: u16) {
+        let Backlog::Postgres { pool, outbox } = self else {
+            return;
+        };
+        let table = &outbox.config().table;
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'outbox_bench' \
+             AND tablename = $1 AND indexname ~ ('^' || $1 || '_l[0-9]+$')",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .expect("lane indexes");
+        for index in indexes {
+            sqlx::query(&format!("DROP INDEX outbox_bench.\"{index}\""))
+                .execute(pool)
+                .await
+                .expect("drop lane index");
+        }
+        if lanes > 1 {
+            let config = PostgresConfig {
+                lanes,
+                ..outbox.config().clone()
+            };
+            let laned = PostgresOutbox::new(config, pool.clone()).expect("lanes");
+            laned.migrate().await.expect("lane index");
+        }
+    }
+
     /// The WAL outbox `<name>` (its prefix, slot, publication and failures
     /// table `outbox_bench.<name>`) on the logical cluster at `url`,
     /// created if missing.

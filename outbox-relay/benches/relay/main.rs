@@ -10,18 +10,22 @@
 //!     [--pairs pg-nats,pg-kafka,pg-amqp,mysql-nats,mysql-kafka,mysql-amqp]
 //!     [--latency-seconds S] [--enqueue-seconds S] [--inbox-seconds S]
 //!     [--processes 1,2,4,8] [--leader-only-processes 2,4,8]
+//!     [--lanes-processes 1,2,4,8]
 //!     [--process-messages N] [--small N] [--wal-messages N]
-//!     [--sustained-seconds S] [--sustained-relays 1,3] [--write]
+//!     [--sustained-seconds S] [--sustained-relays 1,3]
+//!     [--sustained-lanes N] [--write]
 //! ```
 //!
 //! Defaults: 1,000,000 messages waiting, 3 runs (each figure is their
 //! median, with min and max), every pair, 30 s per latency run, 10 s per
 //! enqueue mode and per inbox mode, 1, 2, 4 and 8 processes (on `--process-messages`, default
 //! `--messages`) and the same counts but 1 with `leader_only = true`
-//! (one claims, the others stand by), a small backlog of 10,000, the WAL outbox's section
+//! (one claims, the others stand by) and with lanes of keys
+//! (`--lanes-processes`, default 1, 2, 4 and 8, four lanes per process), a small backlog of 10,000, the WAL outbox's section
 //! (`wal.rs`) on 100,000 waiting with the latency and enqueue seconds of
 //! the rest, and the sustained section (`sustained.rs`): 600 s at the
-//! highest rate 1 and then 3 processes keep up with, autovacuum on. A value
+//! highest rate 1 and then 3 processes keep up with, autovacuum on
+//! (`--sustained-lanes N`: their relays with N lanes of keys per process). A value
 //! of 0 (or an empty list) skips that part. `--write` puts the tables into
 //! `BENCHMARKS.md` (between its `bench:begin` and `bench:end` marks) and
 //! the charts into `benchmarks/`. Servers come from the variables
@@ -75,11 +79,15 @@ struct Options {
     processes: Vec<usize>,
     /// Process counts run again with `leader_only = true`.
     leader_only_processes: Vec<usize>,
+    /// Process counts run again with `lanes`, four per process.
+    lanes_processes: Vec<usize>,
     process_messages: usize,
     small: usize,
     wal_messages: usize,
     sustained_seconds: u64,
     sustained_relays: Vec<usize>,
+    /// Lanes per relay in the sustained section (0: none).
+    sustained_lanes: u16,
     write: bool,
 }
 
@@ -94,11 +102,13 @@ impl Options {
             inbox_seconds: 10,
             processes: vec![1, 2, 4, 8],
             leader_only_processes: vec![2, 4, 8],
+            lanes_processes: vec![1, 2, 4, 8],
             process_messages: 0,
             small: 10_000,
             wal_messages: 100_000,
             sustained_seconds: 600,
             sustained_relays: vec![1, 3],
+            sustained_lanes: 0,
             write: false,
         };
         let mut args = std::env::args().skip(1);
@@ -117,12 +127,17 @@ impl Options {
                 "--process-messages" => options.process_messages = number(&arg, &value()),
                 "--pairs" => options.pairs = list(&value()),
                 "--sustained-seconds" => options.sustained_seconds = number(&arg, &value()) as u64,
+                "--sustained-lanes" => options.sustained_lanes = number(&arg, &value()) as u16,
                 "--sustained-relays" => {
                     options.sustained_relays =
                         list(&value()).iter().map(|n| number(&arg, n)).collect()
                 }
                 "--processes" => {
                     options.processes = list(&value()).iter().map(|n| number(&arg, n)).collect()
+                }
+                "--lanes-processes" => {
+                    options.lanes_processes =
+                        list(&value()).iter().map(|n| number(&arg, n)).collect()
                 }
                 "--leader-only-processes" => {
                     options.leader_only_processes =
@@ -465,13 +480,31 @@ async fn main() {
         }
     }
 
-    let process_runs: Vec<(usize, bool)> = (options.processes.iter().map(|&n| (n, false)))
-        .chain(options.leader_only_processes.iter().map(|&n| (n, true)))
+    let fleet = |processes: usize, leader_only: bool, lanes: u16| processes::Fleet {
+        processes,
+        leader_only,
+        lanes,
+    };
+    let process_runs: Vec<processes::Fleet> = (options.processes.iter())
+        .map(|&n| fleet(n, false, 1))
+        .chain(
+            options
+                .leader_only_processes
+                .iter()
+                .map(|&n| fleet(n, true, 1)),
+        )
+        .chain((options.lanes_processes.iter()).map(|&n| fleet(n, false, (4 * n).max(2) as u16)))
         .collect();
     if !process_runs.is_empty() {
         let backlog = servers.backlog("pg-nats", false).await;
         let broker = servers.broker("pg-nats").await;
-        for &(processes, leader_only) in &process_runs {
+        for &fleet in &process_runs {
+            let processes::Fleet {
+                processes,
+                leader_only,
+                lanes,
+            } = fleet;
+            backlog.lane_index(lanes).await;
             let mut rates = Vec::new();
             let mut peak = 0.0_f64;
             let mut claims = processes::Claims::default();
@@ -486,10 +519,7 @@ async fn main() {
                     &servers.postgres,
                     &servers.nats,
                     &address,
-                    processes::Fleet {
-                        processes,
-                        leader_only,
-                    },
+                    fleet,
                     options.process_messages,
                 )
                 .await;
@@ -501,12 +531,17 @@ async fn main() {
                 reads.add(&drained.reads);
                 broker.release(&address).await;
             }
+            backlog.lane_index(1).await;
             let rates = Spread::of(rates);
-            let leading = if leader_only { ", leader only" } else { "" };
+            let leading = match (leader_only, lanes) {
+                (true, _) => ", leader only".to_string(),
+                (false, 1) => String::new(),
+                (false, lanes) => format!(", {lanes} lanes"),
+            };
             println!(
                 "{processes} outbox-relay process(es){leading}, PostgreSQL -> NATS JetStream: {:.0} msg/s, peak memory of a process {peak:.1} MiB; \
                  {:.0} claims, mean {:.1} ms, claim samples waiting for a lock {:.1} % of {}, for an LWLock {:.1} %; \
-                 index entries read per message: waiting {:.2}, key {:.2}",
+                 index entries read per message: waiting {:.2} (of which the lane index {:.2}), key {:.2}",
                 rates.median,
                 claims.count,
                 claims.mean_ms(),
@@ -514,6 +549,7 @@ async fn main() {
                 waits.claiming,
                 waits.claim_lwlock_share() * 100.0,
                 reads.waiting as f64 / (options.process_messages * options.runs) as f64,
+                reads.lane as f64 / (options.process_messages * options.runs) as f64,
                 reads.key as f64 / (options.process_messages * options.runs) as f64,
             );
             report.processes(
@@ -521,6 +557,7 @@ async fn main() {
                 report::ProcessRow {
                     processes,
                     leader_only,
+                    lanes,
                     rate: rates,
                     peak_mib: peak,
                     claims,
@@ -536,6 +573,7 @@ async fn main() {
         seconds: options.sustained_seconds,
         relays: options.sustained_relays.clone(),
         still_messages: options.process_messages,
+        lanes_per_relay: options.sustained_lanes,
     };
     for run in sustained::run(&servers, &sustained_options).await {
         report.sustained(run);

@@ -31,11 +31,14 @@ pub struct ProcessDrain {
 
 /// Entries read from the table outbox's indexes (`idx_tup_read`): the
 /// `waiting` index is the claims' scan, which steps over the rows other
-/// batches hold locked; the `key` index is the claims' look-back.
+/// batches hold locked (with lanes, the lane index `<table>_l<lanes>` is,
+/// and counts here); the `key` index is the claims' look-back.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IndexReads {
     pub waiting: i64,
     pub key: i64,
+    /// Of `waiting`, those read from a lane index.
+    pub lane: i64,
 }
 
 impl IndexReads {
@@ -53,15 +56,21 @@ impl IndexReads {
         .fetch_all(pool)
         .await
         .expect("index statistics");
-        let read = |suffix: &str| {
+        let read = |scan: &dyn Fn(&str) -> bool| {
             rows.iter()
-                .filter(|(name, _)| name == &format!("{table}_{suffix}"))
+                .filter(|(name, _)| name.strip_prefix(table.as_str()).is_some_and(scan))
                 .map(|(_, reads)| reads)
                 .sum()
         };
+        let lane = |suffix: &str| {
+            suffix
+                .strip_prefix("_l")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
         IndexReads {
-            waiting: read("waiting"),
-            key: read("key"),
+            waiting: read(&|suffix| suffix == "_waiting" || lane(suffix)),
+            key: read(&|suffix| suffix == "_key"),
+            lane: read(&lane),
         }
     }
 
@@ -69,12 +78,14 @@ impl IndexReads {
         IndexReads {
             waiting: self.waiting - earlier.waiting,
             key: self.key - earlier.key,
+            lane: self.lane - earlier.lane,
         }
     }
 
     pub fn add(&mut self, other: &IndexReads) {
         self.waiting += other.waiting;
         self.key += other.key;
+        self.lane += other.lane;
     }
 }
 
@@ -112,12 +123,16 @@ pub struct Relays {
     settings: PathBuf,
 }
 
-/// How many relay processes run, and whether only a leader claims.
+/// How many relay processes run, whether only a leader claims, and over
+/// how many lanes of keys they claim.
 #[derive(Debug, Clone, Copy)]
 pub struct Fleet {
     pub processes: usize,
     /// `leader_only = true`: one claims, the others stand by.
     pub leader_only: bool,
+    /// `lanes` (1: none); the table needs the lane index (see
+    /// [`Backlog::lane_index`]).
+    pub lanes: u16,
 }
 
 impl Fleet {
@@ -126,6 +141,7 @@ impl Fleet {
         Fleet {
             processes,
             leader_only: false,
+            lanes: 1,
         }
     }
 }
@@ -138,6 +154,9 @@ impl Relays {
         let mut source = backlog.relay_source_settings(&url);
         if fleet.leader_only {
             source.push_str("leader_only = true\n");
+        }
+        if fleet.lanes > 1 {
+            source.push_str(&format!("lanes = {}\n", fleet.lanes));
         }
         let settings = settings(&source, nats_url);
         let ports: Vec<u16> = (0..fleet.processes).map(|_| spare_port()).collect();

@@ -81,6 +81,8 @@ pub struct ProcessRow {
     pub processes: usize,
     /// With `leader_only = true`: one relay claims, the others stand by.
     pub leader_only: bool,
+    /// Lanes of keys (1: none).
+    pub lanes: u16,
     pub rate: Spread,
     pub peak_mib: f64,
     /// Over every run.
@@ -243,7 +245,9 @@ impl Report {
                  (`idx_tup_read`): the `waiting` index is the claims' scan, which steps over rows \
                  other batches hold; the `key` index is their look-back. \
                  \"leader only\": the relays run with `leader_only = true`, one claiming and \
-                 the others standing by.\n\n\
+                 the others standing by. \"N lanes\": the relays run with `lanes = N`, each \
+                 claim taking the rows of one lane of keys no other batch holds; their scan \
+                 is the lane index, counted under `waiting`.\n\n\
                  | processes | msg/s, first start to last exit | peak resident memory of a process \
                  | claims | claim, mean | claim samples waiting: lock | LWLock \
                  | index entries read per message: `waiting` | `key` |\n\
@@ -253,10 +257,10 @@ impl Report {
             for row in &self.processes {
                 md += &format!(
                     "| {} | {} | {:.1} MiB | {} | {:.1} ms | {:.1} % of {} | {:.1} % | {:.2} | {:.2} |\n",
-                    if row.leader_only {
-                        format!("{}, leader only", row.processes)
-                    } else {
-                        row.processes.to_string()
+                    match (row.leader_only, row.lanes) {
+                        (true, _) => format!("{}, leader only", row.processes),
+                        (false, 1) => row.processes.to_string(),
+                        (false, lanes) => format!("{}, {lanes} lanes", row.processes),
                     },
                     row.rate.cell(),
                     row.peak_mib,

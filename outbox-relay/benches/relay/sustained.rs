@@ -51,6 +51,8 @@ pub struct SustainedOptions {
     pub relays: Vec<usize>,
     /// The still backlog the same processes drain afterwards.
     pub still_messages: usize,
+    /// Lanes of keys per relay process (0: none, the default).
+    pub lanes_per_relay: u16,
 }
 
 /// One step of the search for the highest rate kept.
@@ -86,6 +88,8 @@ pub struct TableState {
 /// One sustained run, with `relays` processes.
 pub struct Sustained {
     pub relays: usize,
+    /// The relays' `lanes` (1: none).
+    pub lanes: u16,
     pub step_seconds: u64,
     pub steps: Vec<Step>,
     /// The highest rate kept, run for the whole duration.
@@ -110,7 +114,18 @@ pub async fn run(servers: &Servers, options: &SustainedOptions) -> Vec<Sustained
             unreachable!("a PostgreSQL table")
         };
         set_autovacuum(pool, true).await;
-        let run = one_run(servers, &backlog, &table, relays, options).await;
+        let lanes = match options.lanes_per_relay {
+            0 => 1,
+            per_relay => (usize::from(per_relay) * relays).max(2) as u16,
+        };
+        backlog.lane_index(lanes).await;
+        let fleet = processes::Fleet {
+            processes: relays,
+            leader_only: false,
+            lanes,
+        };
+        let run = one_run(servers, &backlog, &table, fleet, options).await;
+        backlog.lane_index(1).await;
         set_autovacuum(pool, false).await;
         backlog.truncate().await;
         println!("{}", run.summary());
@@ -123,9 +138,10 @@ async fn one_run(
     servers: &Servers,
     backlog: &Backlog,
     table: &str,
-    relays: usize,
+    fleet: processes::Fleet,
     options: &SustainedOptions,
 ) -> Sustained {
+    let relays = fleet.processes;
     let Backlog::Postgres { pool, .. } = backlog else {
         unreachable!("a PostgreSQL table")
     };
@@ -137,12 +153,7 @@ async fn one_run(
     bounded_stream(&broker).await;
     backlog.truncate().await;
     let arrivals = Arrivals::subscribe(destination.client(), &subject).await;
-    let mut processes = Relays::start(
-        backlog,
-        &servers.postgres,
-        &servers.nats,
-        processes::Fleet::all_claiming(relays),
-    );
+    let mut processes = Relays::start(backlog, &servers.postgres, &servers.nats, fleet);
 
     let step_seconds = (options.seconds / 20).clamp(5, 30);
     let mut steps = Vec::new();
@@ -248,13 +259,14 @@ async fn one_run(
         &servers.postgres,
         &servers.nats,
         &address,
-        processes::Fleet::all_claiming(relays),
+        fleet,
         options.still_messages,
     )
     .await;
     broker.release(&address).await;
     Sustained {
         relays,
+        lanes: fleet.lanes,
         step_seconds,
         steps,
         rate,
@@ -524,12 +536,21 @@ impl Sustained {
         self.most_waiting() as f64 <= self.rate as f64 * KEPT_WAITING_SECONDS
     }
 
+    /// `, N lanes` with lanes, nothing without.
+    fn lanes_label(&self) -> String {
+        match self.lanes {
+            1 => String::new(),
+            lanes => format!(", {lanes} lanes"),
+        }
+    }
+
     /// One line for the console.
     pub fn summary(&self) -> String {
         let (low, high) = self.delivered_range();
         format!(
-            "sustained, {} relay(s), autovacuum on: {} msg/s for {} s, {} (most waiting {}; delivered per window {:.0} - {:.0}); still backlog of {} drained at {:.0} msg/s; sustained / still {:.2}",
+            "sustained, {} relay(s){}, autovacuum on: {} msg/s for {} s, {} (most waiting {}; delivered per window {:.0} - {:.0}); still backlog of {} drained at {:.0} msg/s; sustained / still {:.2}",
             self.relays,
+            self.lanes_label(),
             self.rate,
             self.windows.last().map_or(0, |w| w.end.as_secs()),
             if self.kept_throughout() { "kept up throughout" } else { "fell behind" },
@@ -545,13 +566,14 @@ impl Sustained {
     /// The run's tables.
     pub fn markdown(&self) -> String {
         let mut md = format!(
-            "\n### Sustained load, PostgreSQL -> NATS JetStream, {} `outbox-relay` process(es), autovacuum on\n\n\
+            "\n### Sustained load, PostgreSQL -> NATS JetStream, {} `outbox-relay` process(es){}, autovacuum on\n\n\
              {WRITERS} writers commit {PER_TRANSACTION} messages per transaction at a fixed rate (default settings: \
              they notify a relay that waits). The rate steps up, {} s a step, while the writers reach \
              {:.0} % of it and at most {KEPT_WAITING_SECONDS} s of writes wait at the step's end; then the gap \
              between the last rate kept and the first not kept is halved twice:\n\n\
              | rate asked | written msg/s | delivered msg/s | waiting at the end | kept |\n|---|---|---|---|---|\n",
             self.relays,
+            self.lanes_label(),
             self.step_seconds,
             KEPT_WRITTEN * 100.0,
         );

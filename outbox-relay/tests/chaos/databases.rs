@@ -52,6 +52,8 @@ pub struct Postgres {
     pool: sqlx::PgPool,
     url: String,
     own: Option<OwnPostgres>,
+    /// The relays' `lanes` setting (1: none).
+    lanes: u16,
 }
 
 impl Postgres {
@@ -63,6 +65,16 @@ impl Postgres {
             pool,
             url: postgres_url(),
             own: None,
+            lanes: 1,
+        }
+    }
+
+    /// The same, its relays claiming by `lanes` lanes of keys, which they
+    /// migrate the table for when they start.
+    pub async fn shared_lanes(name: &str, lanes: u16) -> Self {
+        Postgres {
+            lanes,
+            ..Self::shared(name).await
         }
     }
 
@@ -85,6 +97,7 @@ impl Postgres {
             pool,
             url,
             own: Some(own),
+            lanes: 1,
         }
     }
 }
@@ -92,9 +105,13 @@ impl Postgres {
 impl Database for Postgres {
     fn source_settings(&self) -> String {
         let separator = if self.url.contains('?') { '&' } else { '?' };
+        let lanes = match self.lanes {
+            1 => String::new(),
+            lanes => format!("\nlanes = {lanes}\nmigrate = true"),
+        };
         format!(
             "kind = \"postgres\"\nurl = \"{}{separator}application_name={APPLICATION}-{table}\"\n\
-             schema = \"{}\"\ntable = \"{table}\"",
+             schema = \"{}\"\ntable = \"{table}\"{lanes}",
             self.url,
             self.outbox.config().schema,
             table = self.outbox.config().table

@@ -90,6 +90,15 @@ async fn postgres_to_nats_survives_kills_stops_and_lost_connections() {
     .await;
 }
 
+/// The same with lanes of keys: each claim takes a lane no other batch
+/// holds, so a relay stopped or killed holds its lanes until its lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_lanes_to_nats_survives_kills_stops_and_lost_connections() {
+    let database = Postgres::shared_lanes("chaos_pg_lanes", 8).await;
+    let target = Target::nats("pg-lanes").await;
+    chaos(&database, target, "pg-lanes", 2000, RELAY_FAULTS).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_to_nats_survives_kills_stops_and_lost_connections() {
     let database = Mysql::shared("chaos_my_nats").await;
