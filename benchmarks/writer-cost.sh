@@ -21,7 +21,7 @@ postgres() {
     local values="gen_random_uuid(), 'key-' || :c, 'orders', NULL, decode(repeat('ab', 200), 'hex'), '{}'::jsonb, 'order.placed', now()"
     psql -q -v ON_ERROR_STOP=1 "$OUTBOX_POSTGRES_URL" <<'SQL'
 SET client_min_messages = warning;
-DROP TABLE IF EXISTS pgb_orders, pgb_full, pgb_min, pgb_idle;
+DROP TABLE IF EXISTS pgb_orders, pgb_full, pgb_lanes, pgb_min, pgb_idle;
 CREATE TABLE pgb_orders (id bigserial PRIMARY KEY, customer text, total bigint, created_at timestamptz DEFAULT now());
 -- The adapter's table and indexes (outbox-postgres/migrations).
 CREATE TABLE pgb_full (
@@ -34,6 +34,9 @@ CREATE UNIQUE INDEX ON pgb_full (id);
 CREATE INDEX ON pgb_full (seq) WHERE done_at IS NULL AND dead_at IS NULL;
 CREATE INDEX ON pgb_full (ordering_key, seq) WHERE done_at IS NULL;
 CREATE INDEX ON pgb_full (ordering_key, seq) WHERE attempts > 0 AND done_at IS NULL;
+-- The adapter's table with lanes = 16: one more index, on each row's lane.
+CREATE TABLE pgb_lanes (LIKE pgb_full INCLUDING ALL);
+CREATE INDEX ON pgb_lanes (((hashtext(ordering_key) & 2147483647) % 16), seq) WHERE done_at IS NULL AND dead_at IS NULL;
 -- The same row with only the primary key and the claim's look-back index.
 CREATE TABLE pgb_min (LIKE pgb_full INCLUDING DEFAULTS);
 ALTER TABLE pgb_min ADD PRIMARY KEY (seq);
@@ -47,16 +50,17 @@ SQL
     variant floor "SELECT 1;"
     variant second_row "INSERT INTO pgb_orders (customer, total) VALUES ('audit-' || :c, :c);"
     variant outbox "WITH lock AS (SELECT pg_advisory_xact_lock(1, hashtext('key-' || :c))) INSERT INTO pgb_full ($columns) SELECT $values FROM lock, $notify;"
+    variant outbox_lanes "WITH lock AS (SELECT pg_advisory_xact_lock(1, hashtext('key-' || :c))) INSERT INTO pgb_lanes ($columns) SELECT $values FROM lock, $notify;"
     variant no_notify_check "WITH lock AS (SELECT pg_advisory_xact_lock(1, hashtext('key-' || :c))) INSERT INTO pgb_full ($columns) SELECT $values FROM lock;"
     variant plain_insert "INSERT INTO pgb_full ($columns) VALUES ($values);"
     variant two_indexes "INSERT INTO pgb_min ($columns) VALUES ($values);"
     for round in $(seq "$rounds"); do
-        for v in alone floor second_row outbox no_notify_check plain_insert two_indexes; do
+        for v in alone floor second_row outbox outbox_lanes no_notify_check plain_insert two_indexes; do
             pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -f "$work/$v.sql" "$OUTBOX_POSTGRES_URL" 2>&1 |
                 awk -v r="$round" -v v="$v" '/latency average/ {l=$4} /^tps/ {t=$3} END {printf "round %s  %-16s %7.3f ms  %8.0f tx/s\n", r, v, l, t}'
         done
     done
-    psql -q "$OUTBOX_POSTGRES_URL" -c "DROP TABLE pgb_orders, pgb_full, pgb_min, pgb_idle"
+    psql -q "$OUTBOX_POSTGRES_URL" -c "DROP TABLE pgb_orders, pgb_full, pgb_lanes, pgb_min, pgb_idle"
 }
 
 mariadb() {
