@@ -79,5 +79,5 @@ cargo test --quiet --all-features -p txoutbox-core --bench scheduler -- 20000 10
 step "relay benchmark (smoke): every pair"
 cargo test --quiet --all-features -p txoutbox-relay --bench relay -- --messages 5000 --runs 1 \
     --latency-seconds 2 --enqueue-seconds 1 --inbox-seconds 1 --small 2000 --processes 1,2 \
-    --leader-only-processes 2 \
+    --leader-only-processes 2 --lanes-processes 2 \
     --wal-messages 5000 --sustained-seconds 10 --sustained-relays 2
