@@ -123,7 +123,6 @@ impl Statements {
                      WHERE {lane} = lanes.l AND {ready}) \
                    THEN pg_try_advisory_xact_lock('{base}'::int8 + l) ELSE false END \
                  LIMIT 1",
-                lane = lane_of_key(config, "o.ordering_key"),
                 base = lane_lock_base(hash),
             )
         });
