@@ -226,6 +226,19 @@ impl Relays {
     }
 }
 
+/// A section that panics (an assertion on what was delivered) leaves no
+/// process running: the next run would share the database with it.
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Starts `processes` relays on the filled PostgreSQL `backlog`, waits for
 /// the broker to hold `count` messages at `address` while sampling what
 /// the relays' sessions wait for, notes each process's peak memory and its
