@@ -562,6 +562,16 @@ impl Sustained {
         self.most_waiting() as f64 <= self.rate as f64 * KEPT_WAITING_SECONDS
     }
 
+    /// The rate the relays sustained: the rate asked when they kept up
+    /// throughout, else what they delivered on average while the writers
+    /// wrote (a run that fell behind did not sustain the rate asked).
+    fn sustained_rate(&self) -> f64 {
+        if self.kept_throughout() || self.windows.is_empty() {
+            return self.rate as f64;
+        }
+        self.windows.iter().map(|w| w.delivered).sum::<f64>() / self.windows.len() as f64
+    }
+
     /// `, N lanes` with lanes, nothing without.
     fn lanes_label(&self) -> String {
         match self.lanes {
@@ -585,7 +595,7 @@ impl Sustained {
             high,
             self.still_messages,
             self.still,
-            self.rate as f64 / self.still
+            self.sustained_rate() / self.still
         )
     }
 
@@ -644,7 +654,7 @@ impl Sustained {
         let (low, high) = self.delivered_range();
         md += &format!(
             "\n{}: at most {} waiting at a window's end. Delivered per window {} – {} msg/s. The same \
-             processes then drained a still backlog of {} at {} msg/s: the sustained rate is **{:.2}** of it.\n",
+             processes then drained a still backlog of {} at {} msg/s: the rate sustained ({}) is **{:.2}** of it.\n",
             if self.kept_throughout() {
                 "Kept up throughout"
             } else {
@@ -655,7 +665,12 @@ impl Sustained {
             thousands(high),
             thousands(self.still_messages as f64),
             thousands(self.still),
-            self.rate as f64 / self.still,
+            if self.kept_throughout() {
+                "the rate asked".to_string()
+            } else {
+                format!("the mean delivered, {}", thousands(self.sustained_rate()))
+            },
+            self.sustained_rate() / self.still,
         );
         md
     }
