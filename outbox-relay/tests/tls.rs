@@ -196,13 +196,21 @@ async fn the_relay_reaches_rabbitmq_over_tls_only() {
     let unverified = connect(rabbit.tls_url(), None).await;
     match unverified {
         Ok(Err(err)) => assert!(err.to_string().contains("UnknownIssuer"), "{err}"),
-        _ => panic!("a certificate from an unknown CA must be refused"),
+        Ok(Ok(_)) => panic!("a certificate from an unknown CA must be refused"),
+        Err(_) => panic!(
+            "no answer over TLS in 20 s; the node's log ends:\n{}",
+            rabbit.log_tail()
+        ),
     }
 
-    let admin = connect(rabbit.tls_url(), Some(certificates.ca()))
-        .await
-        .expect("RabbitMQ answers over TLS")
-        .expect("RabbitMQ over TLS, the certificate verified");
+    let admin = match connect(rabbit.tls_url(), Some(certificates.ca())).await {
+        Ok(Ok(connection)) => connection,
+        failed => panic!(
+            "RabbitMQ over TLS, the certificate verified: {:?}; the node's log ends:\n{}",
+            failed.map(|c| c.err()),
+            rabbit.log_tail()
+        ),
+    };
     let channel = admin.channel().await.unwrap();
     let queue = "tls_orders";
     declare_durable(&channel, queue, false).await;

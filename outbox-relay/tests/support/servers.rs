@@ -13,13 +13,17 @@ use super::certificates::Certificates;
 use super::spare_port;
 
 async fn wait_for_port(port: u16, what: &str) {
-    let up = eventually(Duration::from_secs(120), || async {
+    assert!(port_opens(port).await, "{what} did not start on {port}");
+}
+
+/// Whether a listener answers on `port` within two minutes.
+async fn port_opens(port: u16) -> bool {
+    eventually(Duration::from_secs(120), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
     })
-    .await;
-    assert!(up, "{what} did not start on {port}");
+    .await
 }
 
 /// A nats-server with JetStream whose store survives its restarts.
@@ -579,8 +583,32 @@ impl OwnRabbit {
         };
         // The listener opens once the node has booted (tens of seconds on
         // a loaded machine).
-        wait_for_port(port, "own RabbitMQ").await;
+        assert!(
+            port_opens(port).await,
+            "own RabbitMQ did not start on {port}; its log ends:\n{}",
+            server.log_tail()
+        );
         server
+    }
+
+    /// The last lines of the node's logs: what a failing test shows of why
+    /// the node did not start or turned a client away.
+    pub fn log_tail(&self) -> String {
+        let mut tail = String::new();
+        for entry in std::fs::read_dir(self.dir.join("log"))
+            .into_iter()
+            .flatten()
+        {
+            let path = entry.map(|e| e.path()).unwrap_or_default();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            tail.push_str(&format!("--- {}\n", path.display()));
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                tail.push_str(line);
+                tail.push('\n');
+            }
+        }
+        tail
     }
 
     pub fn url(&self) -> String {
