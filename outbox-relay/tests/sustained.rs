@@ -18,7 +18,9 @@
 //!
 //! `OUTBOX_SUSTAINED_SECONDS` sets each phase's length (default 15; the
 //! long run is `OUTBOX_SUSTAINED_SECONDS=300 cargo test --release -p
-//! outbox-relay --test sustained -- --nocapture`). Each second it prints
+//! outbox-relay --test sustained -- --nocapture`); `OUTBOX_SUSTAINED_PACE`
+//! the writers' pace as a share of the still rate, or `full` for writers
+//! as fast as they can (the scenario of the long runs in BENCHMARKS.md). Each second it prints
 //! the backlog, the delivered count and PostgreSQL's notification queue
 //! usage.
 
@@ -95,7 +97,7 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
         return Err("the still backlog never drained".into());
     }
     let still_rate = drain_rate(&publishes, &still);
-    let pace = still_rate * PACE;
+    let pace = still_rate * pace_share();
     // Each writer's share of the pace, in messages per second.
     let share = pace / WRITERS as f64;
 
@@ -228,6 +230,17 @@ async fn run_phase(seconds: u64, autovacuum: bool) -> Result<(), String> {
         return Err(format!("commit to broker p99 {:?}", p(0.99)));
     }
     Ok(())
+}
+
+/// [`PACE`], or what `OUTBOX_SUSTAINED_PACE` asks for (`full`: no pace).
+fn pace_share() -> f64 {
+    match std::env::var("OUTBOX_SUSTAINED_PACE") {
+        Ok(pace) if pace == "full" => f64::INFINITY,
+        Ok(pace) => pace.parse().unwrap_or_else(|_| {
+            panic!("OUTBOX_SUSTAINED_PACE: {pace:?} is neither a number nor full")
+        }),
+        Err(_) => PACE,
+    }
 }
 
 /// The rate `messages` arrived at, from the first arrival to the last.
