@@ -142,11 +142,18 @@ where
                 }
                 continue;
             }
-            let claimed = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                claimed = relay.claim(&shutdown) => claimed,
-            };
+            let claimed = relay.claim_to_its_end(&shutdown).await;
+            if shutdown.is_cancelled() {
+                // Claimed as shutdown came: given back at once, unsent.
+                if let Some(batch) = claimed.filter(|batch| !batch.items.is_empty()) {
+                    let released = BatchOutcome {
+                        released: batch.items,
+                        ..BatchOutcome::default()
+                    };
+                    relay.report(batch.claim, released, batch.at).await;
+                }
+                break;
+            }
             match claimed {
                 Some(batch) if !batch.items.is_empty() => {
                     idle = relay.config.poll_interval_min;
@@ -234,6 +241,25 @@ where
             Err(err) => {
                 tracing::warn!(error = %err.report(), "claim failed; will try again");
                 None
+            }
+        }
+    }
+
+    /// Claims a batch (see [`claim`](Self::claim)), never cut short by
+    /// shutdown: a source's claim dropped half-way can leave its connection
+    /// inside a transaction (sqlx 0.8.6 returns a PostgreSQL connection
+    /// whose `BEGIN` was cancelled to the pool still in it, sqlx#4393,
+    /// where the application's next writes would run and be lost), and the
+    /// rows it had taken would wait out their lease. After shutdown, the
+    /// claim gets `shutdown_timeout` to end.
+    async fn claim_to_its_end(&self, shutdown: &CancellationToken) -> Option<Claimed<S::Item>> {
+        let claim = self.claim(shutdown);
+        tokio::pin!(claim);
+        tokio::select! {
+            biased;
+            claimed = &mut claim => claimed,
+            _ = shutdown.cancelled() => {
+                tokio::time::timeout(self.config.shutdown_timeout, claim).await.ok().flatten()
             }
         }
     }

@@ -246,15 +246,32 @@ struct Slow {
     backlog: Duration,
     backlogs_counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     checkpoints: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    claims: std::sync::Arc<ClaimCounts>,
+}
+
+/// What became of a [`Slow`] source's claims.
+#[derive(Default)]
+struct ClaimCounts {
+    /// Claims begun.
+    begun: std::sync::atomic::AtomicU64,
+    /// Items the claims took.
+    taken: std::sync::atomic::AtomicU64,
+    /// Claims that ran to their end.
+    ended: std::sync::atomic::AtomicU64,
 }
 
 impl outbox_core::Source for Slow {
     type Item = Message;
 
     async fn claim(&self, limit: usize) -> Result<outbox_core::Claim<Message>, outbox_core::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.claims.begun.fetch_add(1, Relaxed);
         tokio::time::sleep(self.before_claim).await;
         let claim = self.source.claim(limit).await;
+        let taken = claim.as_ref().map_or(0, |claim| claim.len());
+        self.claims.taken.fetch_add(taken as u64, Relaxed);
         tokio::time::sleep(self.after_claim).await;
+        self.claims.ended.fetch_add(1, Relaxed);
         claim
     }
 
@@ -515,4 +532,59 @@ async fn drain_and_run_end_with_a_checkpoint() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     assert_eq!(checkpoints.load(Ordering::Relaxed), 3);
+}
+
+/// Shutdown never cuts a claim short: a source's claim dropped half-way
+/// can leave its connection inside a transaction (sqlx 0.8.6 returns a
+/// PostgreSQL connection whose `BEGIN` was cancelled to the pool still in
+/// it, where the application's next writes would run and be lost), and
+/// rows it had taken would wait out their lease. The claim in flight ends,
+/// and what it took is released at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_claim_in_flight_end_and_releases_what_it_took() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let lease = Duration::from_secs(60);
+    let memory = MemorySource::new(lease);
+    let messages = numbered_messages("t", 5, 1);
+    let slow = Slow {
+        source: memory.clone(),
+        after_claim: Duration::from_millis(500),
+        ..Slow::default()
+    };
+    let claims = slow.claims.clone();
+    let destination = MemoryDestination::new();
+    let relay = Relay::new(slow, destination.clone(), fast()).unwrap();
+    let shutdown = outbox_core::CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // The relay's first claim finds nothing; the messages arrive, and the
+    // next claim takes them and is still in flight when shutdown comes.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims.ended.load(Relaxed) >= 1
+        })
+        .await
+    );
+    memory.enqueue(messages.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims.taken.load(Relaxed) == messages.len() as u64
+        })
+        .await,
+        "no claim took the messages"
+    );
+    assert!(claims.begun.load(Relaxed) > claims.ended.load(Relaxed));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        claims.begun.load(Relaxed),
+        claims.ended.load(Relaxed),
+        "a claim was cut short"
+    );
+    let next = memory.another_relay(lease);
+    let free = outbox_core::Source::claim(&next, 10).await.unwrap().len();
+    assert_eq!(
+        destination.distinct_count() + free,
+        messages.len(),
+        "what the last claim took waits for its lease"
+    );
 }
