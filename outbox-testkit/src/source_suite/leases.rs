@@ -140,8 +140,10 @@ pub async fn stale_relay_is_fenced<H: SourceHarness>(harness: &H) {
     assert_eq!(mine.len(), 3);
     let other = harness.relay(Duration::from_secs(30)).await;
     // The rows come free as the stale claim's lease ends; a claim made in
-    // that moment may find some of them still held, so the other relay
-    // claims until it holds all three, in one claim or more.
+    // that moment may find some of them still held (with lanes, a claim
+    // scans its own lane, then the others: the lease can end in between),
+    // so the other relay claims until it holds all three, in one claim or
+    // more.
     let deadline = Instant::now() + DEADLINE;
     let mut theirs = Vec::new();
     let mut held = 0;
