@@ -20,9 +20,9 @@
 //! long run is `OUTBOX_SUSTAINED_SECONDS=300 cargo test --release -p
 //! outbox-relay --test sustained -- --nocapture`); `OUTBOX_SUSTAINED_PACE`
 //! the writers' pace as a share of the still rate, or `full` for writers
-//! as fast as they can (the scenario of the long runs in BENCHMARKS.md). Each second it prints
-//! the backlog, the delivered count and PostgreSQL's notification queue
-//! usage.
+//! as fast as they can (the scenario of the long runs in BENCHMARKS.md).
+//! Each second it prints the backlog, the delivered count and
+//! PostgreSQL's notification queue usage.
 
 mod support;
 
