@@ -44,6 +44,8 @@ pub(crate) struct Reader {
 /// A transaction being read: its commit time, what it holds, and the ids
 /// of its rows in the table mode's table.
 struct Open {
+    /// The transaction's (top-level) id.
+    xid: u32,
     committed_at: DateTime<Utc>,
     reads: Vec<Read>,
     rows: Vec<Uuid>,
@@ -243,9 +245,12 @@ impl Reader {
                 self.shared.set(Status::Reading { caught_up: true });
             }
             ReplicationEvent::Begin {
-                commit_time_micros, ..
+                xid,
+                commit_time_micros,
+                ..
             } => {
                 *open = Some(Open {
+                    xid,
                     committed_at: postgres_time(commit_time_micros),
                     reads: Vec::new(),
                     rows: Vec::new(),
@@ -297,10 +302,12 @@ impl Reader {
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 let Open {
+                    xid,
                     committed_at,
                     reads,
                     rows,
                 } = open.take().unwrap_or_else(|| Open {
+                    xid: 0,
                     committed_at: Utc::now(),
                     reads: Vec::new(),
                     rows: Vec::new(),
@@ -309,7 +316,12 @@ impl Reader {
                 // below them until then (added before the transaction is
                 // held, so no confirmation passes them meanwhile).
                 if let Some(sweeper) = self.sweeper.as_ref().filter(|_| !rows.is_empty()) {
-                    self.shared.state.lock().await.sweep.add(lsn.as_u64(), rows);
+                    self.shared
+                        .state
+                        .lock()
+                        .await
+                        .sweep
+                        .add(lsn.as_u64(), xid, rows);
                     sweeper.wake();
                 }
                 self.commit(Some(end_lsn.as_u64()), committed_at, reads)

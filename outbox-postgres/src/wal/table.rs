@@ -169,10 +169,10 @@ impl OutboxTable {
         Ok(())
     }
 
-    /// Deletes the rows `ids`, read from the log.
-    pub(crate) async fn delete(&self, pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    /// Deletes the rows `ids`, read from the log; says how many were there.
+    pub(crate) async fn delete(&self, pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         sqlx::query(&format!(
             "DELETE FROM {} WHERE id = ANY($1)",
@@ -181,7 +181,25 @@ impl OutboxTable {
         .bind(ids)
         .execute(pool)
         .await
-        .map(drop)
+        .map(|done| done.rows_affected())
+    }
+
+    /// Whether the transactions `xids` (32-bit, as the log names them),
+    /// read from the log as committed, are visible to a new snapshot. Each
+    /// is widened to its 64-bit id against the snapshot's next id: it is
+    /// recent, the slot holding back how old an id it can read.
+    pub(crate) async fn visible(&self, pool: &PgPool, xids: &[u32]) -> Result<bool, sqlx::Error> {
+        let xids: Vec<i64> = xids.iter().map(|&xid| i64::from(xid)).collect();
+        sqlx::query_scalar(
+            "SELECT coalesce(bool_and(pg_visible_in_snapshot( \
+                 (next - ((next - xid) & 4294967295))::text::xid8, snapshot)), true) \
+             FROM (SELECT pg_current_snapshot() AS snapshot) AS now, \
+                  LATERAL (SELECT pg_snapshot_xmax(snapshot)::text::bigint AS next) AS upper, \
+                  unnest($1::bigint[]) AS xid",
+        )
+        .bind(xids)
+        .fetch_one(pool)
+        .await
     }
 
     /// Whether a `Relation` record names this table.

@@ -205,6 +205,17 @@ impl OwnPostgres {
         Self::start_with(None, &extra).await
     }
 
+    /// A cluster with `wal_level = logical` whose commits wait for a
+    /// synchronous standby named `nobody`, which never comes, in sessions
+    /// that ask for it (`SET synchronous_commit = on`; the cluster's
+    /// default is `local`): such a commit is in the log, flushed, and not
+    /// yet visible to other sessions until its wait is cancelled.
+    pub async fn start_logical_waiting_for_a_standby() -> Self {
+        let extra = " -c wal_level=logical -c synchronous_standby_names=nobody \
+                     -c synchronous_commit=local";
+        Self::start_with(None, extra).await
+    }
+
     /// A server with `wal_level = logical` that takes connections over
     /// TLS only, replication connections included.
     pub async fn start_logical_tls(certificates: &Certificates) -> Self {
