@@ -196,6 +196,11 @@ impl Relays {
         self.children.iter().map(|c| peak_mib(c.id())).collect()
     }
 
+    /// How many processes run.
+    pub fn count(&self) -> usize {
+        self.children.len()
+    }
+
     /// Every process's claims so far, from its `/metrics` (a process not
     /// serving yet counts none).
     pub async fn claims(&self) -> Claims {

@@ -4,8 +4,12 @@
 //! then the highest rate kept runs for the whole duration, reported per
 //! minute (written and delivered rates, the backlog, commit to broker,
 //! the claims' duration, the table's and its indexes' size, dead tuples
-//! and autovacuum's runs); last, the same processes drain a still backlog,
-//! the figure the sustained rate is compared with.
+//! and autovacuum's runs). A step is short, and a rate kept for a step can
+//! fall behind over minutes (the table and its indexes grow under it), so
+//! a long run that falls behind stops, drains, and starts over a quarter
+//! lower, until a rate holds for the whole duration. Last, the same
+//! processes drain a still backlog, the figure the sustained rate is
+//! compared with.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +54,11 @@ const KEPT_DELIVERED: f64 = 0.97;
 /// How long a backlog may stay without shrinking before the section gives
 /// up waiting for it to drain.
 const STALL: Duration = Duration::from_secs(60);
+/// A long run has fallen behind once more than this many seconds of
+/// writes wait at a window's end: it stops, and the next starts lower.
+const FELL_BEHIND_SECONDS: f64 = 5.0;
+/// Most times the long run starts over lower.
+const MOST_STEPS_DOWN: usize = 4;
 
 /// What to run.
 pub struct SustainedOptions {
@@ -93,6 +102,15 @@ pub struct TableState {
     pub autovacuums: i64,
 }
 
+/// A long run that fell behind and was given up for a lower rate.
+pub struct GivenUp {
+    pub rate: u64,
+    /// How long it ran.
+    pub after: Duration,
+    /// Messages waiting then.
+    pub waiting: i64,
+}
+
 /// One sustained run, with `relays` processes.
 pub struct Sustained {
     pub relays: usize,
@@ -100,7 +118,9 @@ pub struct Sustained {
     pub lanes: u16,
     pub step_seconds: u64,
     pub steps: Vec<Step>,
-    /// The highest rate kept, run for the whole duration.
+    /// Long runs that fell behind, highest rate first.
+    pub given_up: Vec<GivenUp>,
+    /// The rate of the last long run, which ran for the whole duration.
     pub rate: u64,
     pub windows: Vec<Window>,
     /// The same processes on a still backlog, msg/s.
@@ -150,9 +170,6 @@ async fn one_run(
     options: &SustainedOptions,
 ) -> Sustained {
     let relays = fleet.processes;
-    let Backlog::Postgres { pool, .. } = backlog else {
-        unreachable!("a PostgreSQL table")
-    };
     let broker = servers.broker("pg-nats").await;
     let Broker::Nats(destination) = &broker else {
         unreachable!("a NATS pair")
@@ -163,7 +180,7 @@ async fn one_run(
     let arrivals = Arrivals::subscribe(destination.client(), &subject).await;
     let mut processes = Relays::start(backlog, &servers.postgres, &servers.nats, fleet);
 
-    let step_seconds = (options.seconds / 20).clamp(5, 30);
+    let step_seconds = (options.seconds / 10).clamp(5, 60);
     let mut steps = Vec::new();
     let mut rate = 0;
     // Up the steps to the first rate not kept, then two halvings of the
@@ -201,13 +218,107 @@ async fn one_run(
     }
 
     let window = Duration::from_secs((options.seconds / 10).clamp(1, 60));
-    let load = Load::start(backlog, &subject, rate, arrivals.commits.clone());
+    let mut given_up = Vec::new();
+    let windows = loop {
+        let windows = long_run(
+            backlog,
+            table,
+            &arrivals,
+            &subject,
+            &mut processes,
+            rate,
+            window,
+            options.seconds,
+        )
+        .await;
+        let last = windows.last().expect("a window");
+        let behind = last.waiting as f64 > rate as f64 * FELL_BEHIND_SECONDS;
+        let lower = rate * 3 / 4 / 500 * 500;
+        if !behind || given_up.len() == MOST_STEPS_DOWN || lower < STEPS[0] {
+            break windows;
+        }
+        println!(
+            "sustained, {relays} relay(s): {rate} msg/s fell behind after {} s ({} waiting); \
+             draining, then {lower} msg/s",
+            last.end.as_secs(),
+            last.waiting
+        );
+        given_up.push(GivenUp {
+            rate,
+            after: last.end,
+            waiting: last.waiting,
+        });
+        drained(backlog).await;
+        rate = lower;
+    };
+    let left = backlog.remaining().await;
+    let stopped = Instant::now();
+    drained(backlog).await;
+    assert_eq!(
+        backlog.remaining().await,
+        0,
+        "sustained: rows left in the outbox, none delivered for {} s",
+        STALL.as_secs()
+    );
+    println!(
+        "sustained, {relays} relay(s): the {left} left waiting when the writers stopped drained in {:.0} s",
+        stopped.elapsed().as_secs_f64()
+    );
+    processes.stop();
+    arrivals.stop();
+
+    // The same processes on a still backlog, autovacuum still on.
+    let address = broker.prepare("pg-nats").await;
+    backlog.fill(&address, options.still_messages).await;
+    let still = processes::drain(
+        backlog,
+        &broker,
+        &servers.postgres,
+        &servers.nats,
+        &address,
+        fleet,
+        options.still_messages,
+    )
+    .await;
+    broker.release(&address).await;
+    Sustained {
+        relays,
+        lanes: fleet.lanes,
+        step_seconds,
+        steps,
+        given_up,
+        rate,
+        windows,
+        still: still.rate,
+        still_messages: options.still_messages,
+    }
+}
+
+/// Writers at `rate` msg/s for `seconds`, reported per `window`, until a
+/// window ends with more than [`FELL_BEHIND_SECONDS`] of writes waiting;
+/// the writers stop with it.
+#[allow(clippy::too_many_arguments)]
+async fn long_run(
+    backlog: &Backlog,
+    table: &str,
+    arrivals: &Arrivals,
+    subject: &str,
+    processes: &mut Relays,
+    rate: u64,
+    window: Duration,
+    seconds: u64,
+) -> Vec<Window> {
+    let Backlog::Postgres { pool, .. } = backlog else {
+        unreachable!("a PostgreSQL table")
+    };
+    let relays = processes.count();
+    let load = Load::start(backlog, subject, rate, arrivals.commits.clone());
     arrivals.take_window();
     let started = Instant::now();
     let mut windows = Vec::new();
     let mut claims_before = processes.claims().await;
     let mut written_before = 0;
-    while started.elapsed() < Duration::from_secs(options.seconds) {
+    while started.elapsed() < Duration::from_secs(seconds) {
         let end = started.elapsed() + window;
         tokio::time::sleep_until((started + end).into()).await;
         processes.assert_running();
@@ -244,51 +355,16 @@ async fn one_run(
             one.table.dead_tuples,
             one.table.autovacuums,
         );
+        let behind = one.waiting as f64 > rate as f64 * FELL_BEHIND_SECONDS;
         windows.push(one);
+        if behind {
+            break;
+        }
         claims_before = claims;
         written_before = written;
     }
     load.stop().await;
-    let left = backlog.remaining().await;
-    let stopped = Instant::now();
-    drained(backlog).await;
-    assert_eq!(
-        backlog.remaining().await,
-        0,
-        "sustained: rows left in the outbox, none delivered for {} s",
-        STALL.as_secs()
-    );
-    println!(
-        "sustained, {relays} relay(s): the {left} left waiting when the writers stopped drained in {:.0} s",
-        stopped.elapsed().as_secs_f64()
-    );
-    processes.stop();
-    arrivals.stop();
-
-    // The same processes on a still backlog, autovacuum still on.
-    let address = broker.prepare("pg-nats").await;
-    backlog.fill(&address, options.still_messages).await;
-    let still = processes::drain(
-        backlog,
-        &broker,
-        &servers.postgres,
-        &servers.nats,
-        &address,
-        fleet,
-        options.still_messages,
-    )
-    .await;
-    broker.release(&address).await;
-    Sustained {
-        relays,
-        lanes: fleet.lanes,
-        step_seconds,
-        steps,
-        rate,
-        windows,
-        still: still.rate,
-        still_messages: options.still_messages,
-    }
+    windows
 }
 
 /// Writers at `asked` msg/s for `seconds`: kept when they reached it, the
@@ -584,9 +660,13 @@ impl Sustained {
     pub fn summary(&self) -> String {
         let (low, high) = self.delivered_range();
         format!(
-            "sustained, {} relay(s){}, autovacuum on: {} msg/s for {} s, {} (most waiting {}; delivered per window {:.0} - {:.0}); still backlog of {} drained at {:.0} msg/s; sustained / still {:.2}",
+            "sustained, {} relay(s){}, autovacuum on: {}{} msg/s for {} s, {} (most waiting {}; delivered per window {:.0} - {:.0}); still backlog of {} drained at {:.0} msg/s; sustained / still {:.2}",
             self.relays,
             self.lanes_label(),
+            self.given_up
+                .iter()
+                .map(|g| format!("{} msg/s fell behind after {} s, ", g.rate, g.after.as_secs()))
+                .collect::<String>(),
             self.rate,
             self.windows.last().map_or(0, |w| w.end.as_secs()),
             if self.kept_throughout() { "kept up throughout" } else { "fell behind" },
@@ -623,6 +703,23 @@ impl Sustained {
                 thousands(step.delivered),
                 thousands(step.waiting as f64),
                 if step.kept { "yes" } else { "no" }
+            );
+        }
+        if !self.given_up.is_empty() {
+            md += &format!(
+                "\nThe long run started at the highest rate kept and fell behind (more than \
+                 {FELL_BEHIND_SECONDS} s of writes waiting at a window's end); each time it \
+                 stopped, drained and started over a quarter lower: {}.\n",
+                self.given_up
+                    .iter()
+                    .map(|g| format!(
+                        "{} msg/s after {} s ({} waiting)",
+                        thousands(g.rate as f64),
+                        g.after.as_secs(),
+                        thousands(g.waiting as f64)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         md += &format!(
