@@ -93,6 +93,14 @@ pub struct Window {
     pub table: TableState,
 }
 
+impl Window {
+    /// Whether writers at `rate` msg/s left more than
+    /// [`FELL_BEHIND_SECONDS`] of their writes waiting at this window's end.
+    fn fell_behind(&self, rate: u64) -> bool {
+        self.waiting as f64 > rate as f64 * FELL_BEHIND_SECONDS
+    }
+}
+
 /// The outbox table as PostgreSQL's statistics see it.
 #[derive(Default, Clone, Copy)]
 pub struct TableState {
@@ -232,7 +240,7 @@ async fn one_run(
         )
         .await;
         let last = windows.last().expect("a window");
-        let behind = last.waiting as f64 > rate as f64 * FELL_BEHIND_SECONDS;
+        let behind = last.fell_behind(rate);
         let lower = rate * 3 / 4 / 500 * 500;
         if !behind || given_up.len() == MOST_STEPS_DOWN || lower < STEPS[0] {
             break windows;
@@ -355,7 +363,7 @@ async fn long_run(
             one.table.dead_tuples,
             one.table.autovacuums,
         );
-        let behind = one.waiting as f64 > rate as f64 * FELL_BEHIND_SECONDS;
+        let behind = one.fell_behind(rate);
         windows.push(one);
         if behind {
             break;
