@@ -43,19 +43,30 @@ impl State {
 
     /// Keys a claim must not hand out from memory or the table now.
     pub(crate) fn busy_keys(&self, lease: Duration) -> HashSet<String> {
+        let mut keys = self.leased_elsewhere(lease);
+        keys.extend(
+            self.pending
+                .leases(lease)
+                .into_iter()
+                .map(|(key, _, _)| key),
+        );
+        keys
+    }
+
+    /// The busy keys a claim of held messages must be told of: those with
+    /// a failures-table row handed out, and those of a lost claim. The
+    /// keys of held messages leased now it finds itself ([`Pending::claim`]
+    /// meets a key's leased messages before its others). Collecting those
+    /// too cost a copy of every key in flight, up to two batches of them,
+    /// on every claim.
+    pub(crate) fn leased_elsewhere(&self, lease: Duration) -> HashSet<String> {
         let now = Instant::now();
         let mut keys: HashSet<String> = self
-            .pending
-            .leases(lease)
-            .into_iter()
-            .map(|(key, _, _)| key)
+            .table_leases
+            .values()
+            .filter(|(_, at, _)| now.duration_since(*at) < lease)
+            .map(|(_, _, key)| key.clone())
             .collect();
-        keys.extend(
-            self.table_leases
-                .values()
-                .filter(|(_, at, _)| now.duration_since(*at) < lease)
-                .map(|(_, _, key)| key.clone()),
-        );
         keys.extend(
             self.stale
                 .iter()

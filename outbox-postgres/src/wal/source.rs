@@ -241,9 +241,9 @@ impl WalSource {
         self.refresh_parked(&mut state).await?;
         let claim = ClaimId::new();
         let now = Instant::now();
-        let busy = state.busy_keys(lease);
         let mut items = Vec::new();
         if !state.parked.is_empty() {
+            let busy = state.busy_keys(lease);
             let mut skipped: HashSet<String> = HashSet::new();
             let mut dead = Vec::new();
             for row in self.failures.due(&self.pool, limit).await? {
@@ -274,7 +274,7 @@ impl WalSource {
                 self.failures.fail(&self.pool, &failed, true).await?;
             }
         }
-        let mut blocked = busy;
+        let mut blocked = state.leased_elsewhere(lease);
         blocked.extend(state.parked.iter().cloned());
         blocked.extend(items.iter().map(|m| m.ordering_key.clone()));
         let budget = self
