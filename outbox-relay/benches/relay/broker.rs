@@ -11,6 +11,7 @@ use outbox_amqp::lapin::options::{
 use outbox_amqp::lapin::types::{FieldTable, ShortString};
 use outbox_amqp::lapin::{BasicProperties, Channel};
 use outbox_amqp::{AmqpConfig, AmqpDestination};
+use outbox_core::{Destination, Message};
 use outbox_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use outbox_kafka::rdkafka::message::{Header, OwnedHeaders};
 use outbox_kafka::rdkafka::producer::FutureRecord;
@@ -170,6 +171,24 @@ impl Broker {
                 .await
                 .expect("queue")
                 .message_count() as u64,
+        }
+    }
+
+    /// Sends every message through the destination adapter's own `send`,
+    /// all in flight together: the adapter and the broker with the headers
+    /// the outbox's contract puts on each message, without a source or the
+    /// relay.
+    pub async fn send_all(&self, messages: &[Message]) {
+        async fn each<D: Destination<Item = Message>>(destination: &D, messages: &[Message]) {
+            let sends = messages.iter().map(|m| destination.send(m));
+            for sent in join_all(sends).await {
+                sent.expect("sent by the adapter");
+            }
+        }
+        match self {
+            Broker::Nats(destination) => each(&**destination, messages).await,
+            Broker::Kafka { destination, .. } => each(destination, messages).await,
+            Broker::Amqp { destination, .. } => each(destination, messages).await,
         }
     }
 

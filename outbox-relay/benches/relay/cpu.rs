@@ -21,6 +21,7 @@ pub struct CpuSample {
     at: Instant,
     own: u64,
     components: [u64; COMPONENTS.len()],
+    machine: u64,
 }
 
 /// Cores used on average between two samples.
@@ -31,6 +32,10 @@ pub struct CpuUse {
     pub database: f64,
     /// The broker's processes.
     pub broker: f64,
+    /// Every process of the machine, those that ended in between too (a
+    /// WAL relay's walsender ends with its connection, before the second
+    /// sample): what the others leave is mostly such processes.
+    pub machine: f64,
 }
 
 impl CpuSample {
@@ -42,6 +47,7 @@ impl CpuSample {
             at: Instant::now(),
             own: 0,
             components: [0; COMPONENTS.len()],
+            machine: read_machine().unwrap_or(0),
         };
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return sample;
@@ -77,18 +83,33 @@ impl CpuSample {
             own: cores(self.own, earlier.own),
             database: cores(self.components[0], earlier.components[0]),
             broker: cores(self.components[1], earlier.components[1]),
+            machine: cores(self.machine, earlier.machine),
         }
     }
 }
 
 impl CpuUse {
-    /// "relay 0.9, database 0.6, broker 0.4 cores".
+    /// "relay 0.90, database 0.60, broker 0.40 cores (machine 1.95)".
     pub fn describe(&self, own: &str) -> String {
         format!(
-            "{own} {:.2}, database {:.2}, broker {:.2} cores",
-            self.own, self.database, self.broker
+            "{own} {:.2}, database {:.2}, broker {:.2} cores (machine {:.2})",
+            self.own, self.database, self.broker, self.machine
         )
     }
+}
+
+/// The machine's busy ticks so far, every core: the first line of
+/// `/proc/stat` less its idle and iowait columns.
+fn read_machine() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let busy = ticks.iter().take(8).sum::<u64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy)
 }
 
 /// The name and user + system ticks of process `pid`.

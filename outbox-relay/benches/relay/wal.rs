@@ -11,6 +11,7 @@
 
 use std::time::Instant;
 
+use outbox_core::{Message, HEADER_SEQUENCE};
 use uuid::Uuid;
 
 use crate::backlog::{Backlog, Row};
@@ -37,7 +38,7 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
             let wal = Backlog::wal(url, &format!("bench_wal_{name}")).await;
             let wal_table = Backlog::wal_table(url, &format!("bench_walt_{name}")).await;
             let table = Backlog::postgres(url, &format!("bench_table_{name}"), false).await;
-            let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+            let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..options.runs {
                 // Interleaved, so a drift of the machine touches all three.
                 for (kind, rates) in rates.iter_mut().enumerate() {
@@ -46,7 +47,8 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
                         0 => drained(&wal, &broker, &address, options.messages).await,
                         1 => drained(&wal_table, &broker, &address, options.messages).await,
                         2 => drained(&table, &broker, &address, options.messages).await,
-                        _ => ceiling(&broker, &address, options.messages).await,
+                        3 => ceiling(&broker, &address, options.messages).await,
+                        _ => adapter_ceiling(&broker, &address, options.messages).await,
                     };
                     assert_eq!(
                         broker.stored(&address).await,
@@ -57,16 +59,17 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
                     rates.push(rate);
                 }
             }
-            let [wal_rate, wal_table_rate, table_rate, ceiling_rate] =
+            let [wal_rate, wal_table_rate, table_rate, ceiling_rate, adapter_rate] =
                 rates.map(|r| Spread::of(r).median);
             println!(
                 "PostgreSQL (WAL) -> {name}, {} waiting: WAL relay {wal_rate:.0}, WAL relay \
                  reading table rows {wal_table_rate:.0}, table relay {table_rate:.0}, broker's \
-                 batched ceiling {ceiling_rate:.0} msg/s; WAL/table {:.2}, WAL/ceiling {:.2}, \
-                 WAL table rows/table {:.2}",
+                 batched ceiling {ceiling_rate:.0}, the adapter's {adapter_rate:.0} msg/s; \
+                 WAL/table {:.2}, WAL/ceiling {:.2}, WAL/adapter's {:.2}, WAL table rows/table {:.2}",
                 options.messages,
                 wal_rate / table_rate,
                 wal_rate / ceiling_rate,
+                wal_rate / adapter_rate,
                 wal_table_rate / table_rate
             );
             wal.truncate().await;
@@ -225,6 +228,43 @@ async fn drained(backlog: &Backlog, broker: &Broker, address: &str, count: usize
     rate
 }
 
+/// The adapter's ceiling: the messages a WAL relay delivers (200 bytes,
+/// over the bench's keys, each with its log position as the sequence
+/// header), built in memory and sent through the destination adapter's own
+/// `send`, 1,000 in flight at a time. The broker's ceiling below carries
+/// one header; these carry the contract's (message id twice for NATS,
+/// ordering key, sequence), which cost the broker and its client too.
+async fn adapter_ceiling(broker: &Broker, address: &str, count: usize) -> f64 {
+    let messages: Vec<Message> = (0..count)
+        .map(|n| {
+            let mut message = Message::builder(address, format!("key-{}", n % crate::KEYS))
+                .payload(vec![b'x'; 200])
+                .build()
+                .expect("message");
+            let position = 0x1_0000_0000_u64 + 300 * n as u64;
+            message
+                .headers
+                .insert(HEADER_SEQUENCE.to_string(), position.to_string());
+            message
+        })
+        .collect();
+    let started = Instant::now();
+    let cpu = crate::cpu::CpuSample::take();
+    for chunk in messages.chunks(1000) {
+        broker.send_all(chunk).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("OUTBOX_BENCH_CPU").is_some() {
+        println!(
+            "{rate:.0} msg/s, CPU: {}",
+            crate::cpu::CpuSample::take()
+                .since(&cpu)
+                .describe("adapter")
+        );
+    }
+    rate
+}
+
 /// The broker's own batched ceiling: `count` messages of 200 bytes built in
 /// memory, published 1,000 at a time with their acknowledgements in flight
 /// together.
@@ -238,8 +278,18 @@ async fn ceiling(broker: &Broker, address: &str, count: usize) -> f64 {
         })
         .collect();
     let started = Instant::now();
+    let cpu = crate::cpu::CpuSample::take();
     for chunk in rows.chunks(1000) {
         broker.publish_all(chunk).await;
     }
-    count as f64 / started.elapsed().as_secs_f64()
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("OUTBOX_BENCH_CPU").is_some() {
+        println!(
+            "{rate:.0} msg/s, CPU: {}",
+            crate::cpu::CpuSample::take()
+                .since(&cpu)
+                .describe("ceiling")
+        );
+    }
+    rate
 }
