@@ -737,3 +737,44 @@ async fn the_slot_is_never_confirmed_past_a_row_still_in_the_table() {
     assert_eq!(wal.rows_left().await, 0, "rows stayed in the table");
     wal.assert_confirmed_to_the_end().await;
 }
+
+/// The reader runs on a thread of its own: an application whose runtime
+/// is busy (here blocked outright, longer than half a lease) does not make
+/// it drop what it holds and take the slot again, as its ticks would
+/// otherwise arrive late. The walsender that serves it stays the same.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_application_runtime_does_not_cost_the_reader_its_slot() {
+    let wal = wal("busy_runtime").await;
+    let lease = Duration::from_secs(4);
+    let source = wal.relay(lease).await;
+    let monitor = source.monitor();
+    assert!(eventually(DEADLINE, || async { monitor.is_caught_up() }).await);
+    let walsender = || async {
+        sqlx::query_scalar::<_, Option<i32>>(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&wal.outbox.config().slot)
+        .fetch_one(&wal.pool)
+        .await
+        .unwrap()
+    };
+    let before = walsender().await;
+    assert!(before.is_some(), "the reader holds the slot");
+
+    // Blocks this runtime's only thread: none of its tasks runs meanwhile.
+    std::thread::sleep(lease * 3 / 4);
+
+    // Once the reader holds a message written after the block, any late
+    // tick it had has been handled.
+    wal.commit(&numbered_messages("events", 1, 1)).await;
+    assert!(
+        eventually(DEADLINE, || async { monitor.held().await == Some(1) }).await,
+        "the message written after the block was not read"
+    );
+    assert_eq!(
+        walsender().await,
+        before,
+        "the reader connected again after the application's runtime was busy"
+    );
+    drop(source);
+}

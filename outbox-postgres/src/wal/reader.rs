@@ -1,5 +1,6 @@
-//! The task that holds the replication slot and reads the log: a relay
-//! whose slot another relay holds stands by and tries again.
+//! The reader that holds the replication slot and reads the log, on a
+//! thread of its own: a relay whose slot another relay holds stands by and
+//! tries again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use outbox_core::Message;
 use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent,
 };
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -51,6 +53,15 @@ struct Open {
     rows: Vec<Uuid>,
 }
 
+/// The reader's pool: one connection, opened when first needed, with the
+/// settings (server, credentials, TLS) of the pool the outbox was given.
+fn own_pool(given: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(given.options().get_acquire_timeout())
+        .connect_lazy_with((*given.connect_options()).clone())
+}
+
 /// What one replication connection has read so far.
 struct Session {
     open: Option<Open>,
@@ -66,6 +77,47 @@ struct Session {
 type Read = Result<(u64, Message), (Uuid, String, Vec<u8>, String)>;
 
 impl Reader {
+    /// Starts reading on a thread of its own, with a single-threaded
+    /// runtime and one database connection of its own (for the catch-up
+    /// marker and the failures table), until `stop`.
+    ///
+    /// Why not a task of the caller's runtime: there the reader's decoding
+    /// took turns with the relay's sends and their acknowledgements, and
+    /// its ticks (the feedback that keeps the slot and the proof that the
+    /// process runs) waited for whatever else the application's runtime
+    /// was doing. On its own thread the WAL relay's drains to JetStream
+    /// reached 0.70 - 0.86 of the adapter's ceiling against 0.48 - 0.68,
+    /// builds alternated (BENCHMARKS.md, "What a WAL relay waits for").
+    /// The connection is its own so that none of the caller's pool is
+    /// tied to this runtime, which ends with the reader.
+    pub(crate) fn start(mut self, stop: CancellationToken) {
+        let shared = self.shared.clone();
+        let slot = self.config.slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("outbox-wal-reader".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(async move {
+                        self.pool = own_pool(&self.pool);
+                        self.run(stop).await;
+                    }),
+                    Err(err) => {
+                        let err = format!("cannot start the log reader's runtime: {err}");
+                        tracing::error!(slot = %self.config.slot, "{err}");
+                        self.shared.set(Status::Failed(err));
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            let err = format!("cannot start the log reader's thread: {err}");
+            tracing::error!(slot = %slot, "{err}");
+            shared.set(Status::Failed(err));
+        }
+    }
+
     /// Reads until `stop`: connects, stands by while another relay holds
     /// the slot, and after any loss of the connection drops what it held
     /// and connects again.

@@ -65,7 +65,7 @@ impl WalSource {
             sweeper: sweeper.clone(),
             shared: shared.clone(),
         };
-        tokio::spawn(reader.run(stop.clone()));
+        reader.start(stop.clone());
         Self {
             config,
             pool,
