@@ -406,7 +406,7 @@ async fn main() {
             let costs: Vec<report::Costs> = runs.into_iter().map(report::Costs::of).collect();
             for (extra, cost) in Extra::ALL.iter().zip(&costs) {
                 println!(
-                    "{} one-row transaction, {} writers, {}: p50 {:.2} ms, {:.0}/s, added {:.1}x what SELECT 1 adds",
+                    "{} one-row transaction, {} writers, {}: p50 {:.2} ms, {:.0}/s, added {} what SELECT 1 adds",
                     database_of(pair),
                     enqueue::WRITERS,
                     extra.label(),

@@ -383,9 +383,16 @@ pub fn thousands(value: f64) -> String {
 /// A table of what `extra` adds to a transaction, per database; empty
 /// without rows.
 /// What a message adds to a business transaction's p50, in multiples of
-/// what an empty statement adds.
-pub fn added_ratio(nothing: &Costs, floor: &Costs, message: &Costs) -> f64 {
-    (ms(message.p50) - ms(nothing.p50)) / (ms(floor.p50) - ms(nothing.p50))
+/// what an empty statement adds ("1.5x"), or "n/a" with the floor's figure
+/// when the floor added too little to divide by.
+pub fn added_ratio(nothing: &Costs, floor: &Costs, message: &Costs) -> String {
+    let floor_added = ms(floor.p50) - ms(nothing.p50);
+    // In a noisy run the floor's p50 can come out level with the
+    // transaction alone, or below it: a ratio to that says nothing.
+    if floor_added < 0.02 {
+        return format!("n/a (the floor added {floor_added:+.2} ms)");
+    }
+    format!("{:.1}x", (ms(message.p50) - ms(nothing.p50)) / floor_added)
 }
 
 fn enqueue_table(rows: &[(String, Vec<Costs>)], rates: &[(String, usize, Costs, Costs)]) -> String {
@@ -405,7 +412,7 @@ fn enqueue_table(rows: &[(String, Vec<Costs>)], rates: &[(String, usize, Costs, 
         let (nothing, floor) = (&costs[0], &costs[1]);
         for (extra, cost) in crate::enqueue::Extra::ALL.iter().zip(costs) {
             md += &format!(
-                "| {database} | {} | {:.2} ms | {} | {:+.2} ms | {:.1}x |\n",
+                "| {database} | {} | {:.2} ms | {} | {:+.2} ms | {} |\n",
                 extra.label(),
                 ms(cost.p50),
                 thousands(cost.per_second),

@@ -115,7 +115,7 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
             ("+ a table message (default settings)", &table_message),
         ] {
             println!(
-                "PostgreSQL (logical) one-row transaction, {} writers, {label}: p50 {:.2} ms, {:.0}/s, added {:.1}x what SELECT 1 adds",
+                "PostgreSQL (logical) one-row transaction, {} writers, {label}: p50 {:.2} ms, {:.0}/s, added {} what SELECT 1 adds",
                 enqueue::WRITERS,
                 report::ms(cost.p50),
                 cost.per_second,
