@@ -248,21 +248,12 @@ async fn adapter_ceiling(broker: &Broker, address: &str, count: usize) -> f64 {
             message
         })
         .collect();
-    let started = Instant::now();
-    let cpu = crate::cpu::CpuSample::take();
-    for chunk in messages.chunks(1000) {
-        broker.send_all(chunk).await;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    if std::env::var_os("OUTBOX_BENCH_CPU").is_some() {
-        println!(
-            "{rate:.0} msg/s, CPU: {}",
-            crate::cpu::CpuSample::take()
-                .since(&cpu)
-                .describe("adapter")
-        );
-    }
-    rate
+    let sends = async {
+        for chunk in messages.chunks(1000) {
+            broker.send_all(chunk).await;
+        }
+    };
+    rate_of(count, "adapter", sends).await
 }
 
 /// The broker's own batched ceiling: `count` messages of 200 bytes built in
@@ -277,18 +268,26 @@ async fn ceiling(broker: &Broker, address: &str, count: usize) -> f64 {
             payload: vec![b'x'; 200],
         })
         .collect();
+    let publishes = async {
+        for chunk in rows.chunks(1000) {
+            broker.publish_all(chunk).await;
+        }
+    };
+    rate_of(count, "ceiling", publishes).await
+}
+
+/// The rate at which `sends` sends `count` messages; with
+/// `OUTBOX_BENCH_CPU`, also the cores each part used, this process named
+/// `own`.
+async fn rate_of(count: usize, own: &str, sends: impl std::future::Future<Output = ()>) -> f64 {
     let started = Instant::now();
     let cpu = crate::cpu::CpuSample::take();
-    for chunk in rows.chunks(1000) {
-        broker.publish_all(chunk).await;
-    }
+    sends.await;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     if std::env::var_os("OUTBOX_BENCH_CPU").is_some() {
         println!(
             "{rate:.0} msg/s, CPU: {}",
-            crate::cpu::CpuSample::take()
-                .since(&cpu)
-                .describe("ceiling")
+            crate::cpu::CpuSample::take().since(&cpu).describe(own)
         );
     }
     rate
