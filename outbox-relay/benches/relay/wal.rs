@@ -40,7 +40,7 @@ pub async fn run(servers: &Servers, options: &WalOptions) {
             let table = Backlog::postgres(url, &format!("bench_table_{name}"), false).await;
             let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..options.runs {
-                // Interleaved, so a drift of the machine touches all three.
+                // Interleaved, so a drift of the machine touches every variant.
                 for (kind, rates) in rates.iter_mut().enumerate() {
                     let address = broker.prepare(&format!("pgwal-{name}")).await;
                     let rate = match kind {
