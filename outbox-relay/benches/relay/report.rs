@@ -380,8 +380,6 @@ pub fn thousands(value: f64) -> String {
     out
 }
 
-/// A table of what `extra` adds to a transaction, per database; empty
-/// without rows.
 /// What a message adds to a business transaction's p50, in multiples of
 /// what an empty statement adds ("1.5x"), or "n/a" with the floor's figure
 /// when the floor added too little to divide by.
@@ -395,6 +393,8 @@ pub fn added_ratio(nothing: &Costs, floor: &Costs, message: &Costs) -> String {
     format!("{:.1}x", (ms(message.p50) - ms(nothing.p50)) / floor_added)
 }
 
+/// A table of what `extra` adds to a transaction, per database; empty
+/// without rows.
 fn enqueue_table(rows: &[(String, Vec<Costs>)], rates: &[(String, usize, Costs, Costs)]) -> String {
     if rows.is_empty() {
         return String::new();
