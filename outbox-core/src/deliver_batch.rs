@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures_util::stream::{self, StreamExt};
 
 use crate::error::bounded;
-use crate::{Destination, Error, ErrorKind, Failure, Item, RelayConfig};
+use crate::{Destination, Error, ErrorKind, Failure, Item, RelayConfig, Stats};
 
 /// What became of each item of a batch, ready to report to the source.
 #[derive(Debug)]
@@ -55,6 +55,9 @@ pub(crate) struct Bounds<'a> {
     pub last_send_start: Instant,
     /// Set on shutdown once the grace period is over: start no new sends.
     pub stop: &'a AtomicBool,
+    /// Where each run of a key's sends is timed (feature `metrics`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub stats: &'a Stats,
 }
 
 /// Splits `items` into groups by ordering key, keeping claim order inside each.
@@ -132,11 +135,9 @@ async fn deliver_group<D: Destination>(
         let sending = Instant::now();
         let results = send_chunk(destination, &chunk, config).await;
         #[cfg(feature = "metrics")]
-        crate::metrics::sent(
-            destination.messaging_system(),
-            sending.elapsed(),
-            results.iter().all(Result::is_ok),
-        );
+        bounds
+            .stats
+            .observe_send(sending.elapsed(), results.iter().all(Result::is_ok));
         #[cfg(feature = "opentelemetry")]
         crate::publish_span::close(spans, &results);
         let mut failed = false;

@@ -317,6 +317,7 @@ where
             last_send_start: batch.leased_at
                 + Self::send_window(self.source.lease(), self.config.send_timeout),
             stop,
+            stats: &self.stats,
         };
         let delivery =
             deliver_batch(&self.destination, batch.items, &self.config, &bounds).instrument(span);

@@ -20,6 +20,8 @@ pub struct Stats {
     counts: Mutex<Counts>,
     batch_latency: Histogram,
     end_to_end_latency: Histogram,
+    #[cfg(feature = "metrics")]
+    handles: crate::metrics::Handles,
     last_claim_ms: AtomicU64,
     last_progress_ms: AtomicU64,
     /// Batches in a row released unsent because their lease left no time.
@@ -89,6 +91,8 @@ impl Stats {
             counts: Mutex::new(Counts::default()),
             batch_latency: Histogram::default(),
             end_to_end_latency: Histogram::default(),
+            #[cfg(feature = "metrics")]
+            handles: crate::metrics::Handles::default(),
             last_claim_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
             unsent_in_a_row: AtomicU64::new(0),
@@ -175,7 +179,13 @@ impl Stats {
     pub(crate) fn observe_end_to_end(&self, latency: Duration) {
         self.end_to_end_latency.observe(latency);
         #[cfg(feature = "metrics")]
-        crate::metrics::end_to_end_latency(self.destination, latency);
+        self.handles.end_to_end_latency(self.destination, latency);
+    }
+
+    /// A run of one key's messages sent, all acknowledged (`ok`) or not.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn observe_send(&self, took: Duration, ok: bool) {
+        self.handles.sent(self.destination, took, ok);
     }
 
     /// Evaluates health, which (feature `metrics`) also sets its gauge;
