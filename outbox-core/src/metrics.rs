@@ -107,8 +107,8 @@ pub(crate) fn claimed(destination: &'static str, items: u64, took: Duration) {
 
 /// One relay's handles on the series it records once per message or per
 /// key: the facade's macros look a series up by its name and labels on
-/// every call, which at tens of thousands of messages a second took about
-/// a twentieth of a relay's time. Each handle is looked up at its first
+/// every call (about 1 % of a relay draining tens of thousands of
+/// messages a second, besides the record itself). Each handle is looked up at its first
 /// use rather than when the relay is built, so a recorder installed in
 /// between still receives everything.
 #[derive(Default)]
