@@ -61,7 +61,7 @@ pub(crate) fn stamped(mut message: Message, position: Lsn) -> Message {
 pub(crate) struct Pending {
     first: u64,
     entries: VecDeque<Option<Entry>>,
-    held: usize,
+    count: usize,
     by_id: HashMap<Uuid, u64>,
     txns: VecDeque<Txn>,
     last_end: Lsn,
@@ -76,7 +76,7 @@ impl Pending {
 
     /// Messages held now.
     pub(crate) fn len(&self) -> usize {
-        self.held
+        self.count
     }
 
     /// The oldest held message's commit time.
@@ -89,14 +89,18 @@ impl Pending {
         self.entries.iter().flatten()
     }
 
+    /// Where the entry numbered `seq` sits in `entries`.
+    fn slot(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.first)?).ok()
+    }
+
     /// The entry numbered `seq`, if still held.
     fn entry(&self, seq: u64) -> Option<&Entry> {
-        let at = usize::try_from(seq.checked_sub(self.first)?).ok()?;
-        self.entries.get(at)?.as_ref()
+        self.entries.get(self.slot(seq)?)?.as_ref()
     }
 
     fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
-        let at = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        let at = self.slot(seq)?;
         self.entries.get_mut(at)?.as_mut()
     }
 
@@ -129,7 +133,7 @@ impl Pending {
                 txn: end,
                 lease: None,
             }));
-            self.held += 1;
+            self.count += 1;
             open += 1;
         }
         self.txns.push_back(Txn {
@@ -239,10 +243,11 @@ impl Pending {
     pub(crate) fn later_of_key(&self, key: &str, after: Option<Uuid>) -> Vec<Message> {
         let skip = after
             .and_then(|id| self.by_id.get(&id))
-            .map_or(0, |seq| seq + 1 - self.first);
+            .and_then(|seq| self.slot(*seq))
+            .map_or(0, |at| at + 1);
         self.entries
             .iter()
-            .skip(skip as usize)
+            .skip(skip)
             .flatten()
             .filter(|e| e.message.ordering_key == key)
             .map(Entry::stamped)
@@ -260,9 +265,9 @@ impl Pending {
         let Some(seq) = self.by_id.remove(&id) else {
             return;
         };
-        let at = (seq - self.first) as usize;
+        let at = self.slot(seq).expect("indexed");
         let entry = self.entries[at].take().expect("indexed");
-        self.held -= 1;
+        self.count -= 1;
         while self.entries.front().is_some_and(Option::is_none) {
             self.entries.pop_front();
             self.first += 1;
