@@ -49,6 +49,10 @@ pub(crate) fn stamped(mut message: Message, position: Lsn) -> Message {
     message
 }
 
+/// Slots the deque keeps room for when it shrinks: what the default
+/// `max_held` (10,000) grows it to.
+const KEPT_SLOTS: usize = 16_384;
+
 /// The relay's unsettled messages, in the order they were committed.
 ///
 /// Messages are numbered in the order read; `entries[n]` holds number
@@ -166,7 +170,7 @@ impl Pending {
     ) -> Vec<Message> {
         let now = Instant::now();
         let mut held_back: HashSet<&str> = HashSet::new();
-        let mut taken = Vec::new();
+        let mut taken = Vec::with_capacity(limit.min(self.count));
         let mut bytes = 0;
         for entry in self.entries.iter_mut().flatten() {
             if taken.len() == limit {
@@ -272,10 +276,25 @@ impl Pending {
             self.entries.pop_front();
             self.first += 1;
         }
+        self.give_back_room();
         // Transactions are kept in commit order, so their ends ascend.
         if let Ok(at) = self.txns.binary_search_by_key(&entry.txn, |t| t.end) {
             self.txns[at].open -= 1;
             self.txns[at].settled += 1;
+        }
+    }
+
+    /// A transaction is held whole, however many messages it carries
+    /// (`max_held` pauses reading only between transactions): once such a
+    /// one has gone, the room it grew the deque and the index to is given
+    /// back, where the deque would keep it for the life of the process
+    /// (224 bytes a slot and 24 an id in the index: a quarter of a GiB
+    /// and more after a transaction of a million messages).
+    fn give_back_room(&mut self) {
+        if self.entries.capacity() > KEPT_SLOTS.max(4 * self.entries.len()) {
+            self.entries
+                .shrink_to(KEPT_SLOTS.max(2 * self.entries.len()));
+            self.by_id.shrink_to(KEPT_SLOTS.max(2 * self.count));
         }
     }
 
@@ -432,6 +451,40 @@ mod tests {
         pending.release(id, [c.id, d.id]);
         let (_, taken) = claim(&mut pending, 10);
         assert_eq!(ids(&taken), vec![c.id, d.id]);
+    }
+
+    #[test]
+    fn the_room_a_large_transaction_took_is_given_back() {
+        let mut pending = Pending::default();
+        let large: Vec<(Lsn, Message)> = (0..100_000)
+            .map(|n| (n, message(&format!("k{}", n % 1_000))))
+            .collect();
+        let small = message("after");
+        pending.commit(10, Utc::now(), large);
+        pending.commit(20, Utc::now(), vec![(0, small.clone())]);
+        assert!(pending.entries.capacity() >= 100_001);
+        while pending.len() > 1 {
+            let (id, taken) = claim(&mut pending, 1_000);
+            pending.settle(id, ids(&taken).into_iter().filter(|id| *id != small.id));
+            pending.release(id, [small.id]);
+        }
+        assert_eq!(pending.confirmable(), 10);
+        assert!(
+            pending.entries.capacity() <= 2 * KEPT_SLOTS,
+            "the deque kept room for {} messages",
+            pending.entries.capacity()
+        );
+        assert!(
+            pending.by_id.capacity() <= 2 * KEPT_SLOTS,
+            "the index kept room for {} ids",
+            pending.by_id.capacity()
+        );
+        let (_, taken) = claim(&mut pending, 10);
+        assert_eq!(
+            ids(&taken),
+            vec![small.id],
+            "what is still held stays reachable"
+        );
     }
 
     #[test]
