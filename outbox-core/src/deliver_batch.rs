@@ -113,9 +113,15 @@ async fn deliver_group<D: Destination>(
     bounds: &Bounds<'_>,
 ) -> BatchOutcome<D::Item> {
     let mut outcome = BatchOutcome::default();
-    let mut rest = items.into_iter();
+    let mut rest = items;
     loop {
-        let chunk: Vec<D::Item> = rest.by_ref().take(config.max_in_flight_per_key).collect();
+        // Most keys' items fit in one chunk: the group itself, not a copy.
+        let after = if rest.len() > config.max_in_flight_per_key {
+            rest.split_off(config.max_in_flight_per_key)
+        } else {
+            Vec::new()
+        };
+        let chunk = std::mem::replace(&mut rest, after);
         if chunk.is_empty() {
             return outcome;
         }

@@ -140,20 +140,22 @@ fn headers(message: &Message) -> Result<HeaderMap, Error> {
         })?;
         headers.insert(parsed_name, parsed_value);
     }
+    // The outbox's own names are built at compile time: from a `&str`,
+    // async-nats checks and copies a name on every insert.
     let mut buffer = [0u8; 36];
     let id: &str = message.id.hyphenated().encode_lower(&mut buffer);
-    headers.insert(NATS_MSG_ID, id);
-    headers.insert(HEADER_MESSAGE_ID, id);
+    headers.insert(const { HeaderName::from_static(NATS_MSG_ID) }, id);
+    headers.insert(const { HeaderName::from_static(HEADER_MESSAGE_ID) }, id);
     // A key with a line break cannot be a NATS header value; such a message
     // still goes out, and its consumer reads no ordering key.
     if let Ok(key) = message.ordering_key.parse::<HeaderValue>() {
-        headers.insert(HEADER_ORDERING_KEY, key);
+        headers.insert(const { HeaderName::from_static(HEADER_ORDERING_KEY) }, key);
     }
     if let Some(event_type) = &message.event_type {
         let value: HeaderValue = event_type
             .parse()
             .map_err(|_| unfit(message, "the event type has a line break".to_string()))?;
-        headers.insert(HEADER_EVENT_TYPE, value);
+        headers.insert(const { HeaderName::from_static(HEADER_EVENT_TYPE) }, value);
     }
     Ok(headers)
 }
